@@ -1,0 +1,275 @@
+"""The emollm config family: one tree of dataclasses for build, features, train, predict, evaluate.
+
+Every command reads the same file shape; each uses the sections it needs. A section's
+``validate()`` holds its own checks, :meth:`EmollmConfig.validate` the checks across sections.
+Keys, defaults and meanings are listed by ``emollm config keys``; docs/config.md explains the
+file format (``extends:``, ``${ENV}``, dotted overrides).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Literal
+
+from emollm.config.loader import ConfigCheck
+
+SCHEMA_VERSION = 1
+
+LabelSetName = Literal["merr", "dfew", "mer2023", "meld"]
+Modality = Literal["audio", "visual", "face", "video", "au"]
+TorchDtype = Literal["auto", "float32", "float16", "bfloat16"]
+
+
+def _positive(section: object, *names: str) -> None:
+    for name in names:
+        value = getattr(section, name)
+        if value is not None and value <= 0:
+            raise ConfigCheck(name, f"must be > 0, got {value}")
+
+
+@dataclass
+class RunConfig:
+    """Where a command writes and how it behaves."""
+
+    name: str = "emollm"
+    output_dir: str = "runs/emollm"  # the resolved config is saved here next to the outputs
+    seed: int = 42
+    log_level: Literal["debug", "info", "warning", "error"] = "info"
+
+
+@dataclass
+class DataConfig:
+    """Inputs: raw clips for `build`, a built dataset for `features` / `train` / `predict` / `evaluate`."""
+
+    clips_dir: str | None = None
+    dataset_dir: str | None = None
+    labels_csv: str | None = None  # ground-truth labels by clip id
+    subtitles_csv: str | None = None  # subtitles by clip id
+    label_set: LabelSetName = "merr"
+    train_split: str = "train"
+    eval_split: str = "test"
+
+    def validate(self) -> None:
+        if self.train_split == self.eval_split:
+            raise ConfigCheck("eval_split", f"must differ from train_split ('{self.train_split}')")
+
+
+@dataclass
+class FaceConfig:
+    """Face detection, tracking and alignment (dlib HOG + 68-point landmarks)."""
+
+    detector: Literal["dlib_hog"] = "dlib_hog"
+    detect_max_side: int = 640  # frames are downscaled to this for detection only
+    upsample: int = 0  # dlib upsampling passes: 1 finds smaller faces, costs ~4x time
+    iou_threshold: float = 0.3  # detections further apart than this start a new track
+    crop_size: int = 224  # aligned face crops are crop_size x crop_size
+
+    def validate(self) -> None:
+        _positive(self, "detect_max_side", "crop_size")
+        if self.upsample < 0:
+            raise ConfigCheck("upsample", f"must be >= 0, got {self.upsample}")
+        if not 0.0 < self.iou_threshold < 1.0:
+            raise ConfigCheck("iou_threshold", f"must be between 0 and 1, got {self.iou_threshold}")
+
+
+@dataclass
+class MediaConfig:
+    """How clips are decoded: frame sampling (num_frames XOR fps) and audio resampling."""
+
+    num_frames: int | None = 16  # uniform sampling over the clip
+    fps: float | None = None  # or: sample at this rate
+    max_side: int | None = None  # downscale decoded frames so the longer side is at most this
+    sample_rate: int = 16000
+    face: FaceConfig = field(default_factory=FaceConfig)
+
+    def validate(self) -> None:
+        if (self.num_frames is None) == (self.fps is None):
+            raise ConfigCheck(
+                "num_frames",
+                "set exactly one of media.num_frames and media.fps",
+                hint="for example media.num_frames=16 media.fps=null",
+            )
+        _positive(self, "num_frames", "fps", "max_side", "sample_rate")
+
+
+@dataclass
+class BuildConfig:
+    """The MERR-style dataset builder (`emollm build`)."""
+
+    au_source: Literal["builtin", "openface_csv", "openface_bin"] = "builtin"
+    openface_dir: str | None = None  # folder of OpenFace CSVs named by clip id
+    peak_frame: Literal["frequent_aus", "intensity_sum"] = "frequent_aus"
+    workers: int = 1
+
+    def validate(self) -> None:
+        if self.au_source == "openface_csv" and not self.openface_dir:
+            raise ConfigCheck("openface_dir", "au_source 'openface_csv' needs build.openface_dir")
+        _positive(self, "workers")
+
+
+@dataclass
+class FeaturesConfig:
+    """The feature cache (`emollm features`): each frozen encoder once per clip."""
+
+    cache_dir: str | None = None  # default: <data.dataset_dir>/features
+    batch_size: int = 8
+    dtype: Literal["float32", "float16", "bfloat16"] = "float16"
+
+    def validate(self) -> None:
+        _positive(self, "batch_size")
+
+
+@dataclass
+class BackboneConfig:
+    """The LLM: any causal LM by local path or hub id, loaded as transformers does."""
+
+    name_or_path: str = ""
+    template: str | None = None  # chat template name; None: chosen from the checkpoint's family
+    revision: str | None = None
+    torch_dtype: TorchDtype = "auto"
+    attn_implementation: Literal["eager", "sdpa", "flash_attention_2"] = "sdpa"
+    trust_remote_code: bool = False  # only when the user asks: it runs the checkpoint's own code
+
+
+@dataclass
+class EncoderConfig:
+    """One modality encoder (frozen by default) and how many tokens it contributes."""
+
+    modality: Modality = "visual"
+    name_or_path: str | None = None  # None only for the learned AU encoder
+    num_tokens: int = 1
+    frozen: bool = True
+
+    def validate(self) -> None:
+        if self.modality != "au" and not self.name_or_path:
+            raise ConfigCheck("name_or_path", f"a '{self.modality}' encoder needs a checkpoint path or hub id")
+        _positive(self, "num_tokens")
+
+
+@dataclass
+class ModelConfig:
+    backbone: BackboneConfig = field(default_factory=BackboneConfig)
+    encoders: dict[str, EncoderConfig] = field(default_factory=dict)
+    projector: Literal["linear", "mlp2x_gelu"] = "linear"
+
+
+@dataclass
+class LoraSettings:
+    enabled: bool = True
+    r: int = 64
+    alpha: int = 16
+    dropout: float = 0.05
+    target_modules: list[str] | None = None  # None: the backbone family's default
+
+    def validate(self) -> None:
+        _positive(self, "r", "alpha")
+        if not 0.0 <= self.dropout < 1.0:
+            raise ConfigCheck("dropout", f"must be in [0, 1), got {self.dropout}")
+
+
+@dataclass
+class TrainConfig:
+    """`accelerate launch train.py` settings."""
+
+    stage: Literal[1, 2] = 1
+    init_from: str | None = None  # stage 2 starts from stage 1's run dir
+    tasks: list[str] = field(default_factory=lambda: ["emotion", "reason"])
+    lr: float = 2e-4
+    projector_lr: float | None = None  # None: same as lr
+    epochs: float = 1.0
+    max_steps: int | None = None  # overrides epochs when set
+    per_device_batch_size: int = 4
+    gradient_accumulation_steps: int = 1
+    warmup_ratio: float = 0.03
+    weight_decay: float = 0.0
+    lr_scheduler: Literal["cosine", "linear", "constant"] = "cosine"
+    max_grad_norm: float = 1.0
+    max_length: int = 1024
+    bf16: bool = False
+    fp16: bool = False
+    gradient_checkpointing: bool = False
+    full_finetune: bool = False
+    quantization: Literal["none", "4bit", "8bit"] = "none"
+    lora: LoraSettings = field(default_factory=LoraSettings)
+    deepspeed: str | None = None  # a train_configs/deepspeed/*.json
+    save_steps: int = 500
+    logging_steps: int = 10
+
+    def validate(self) -> None:
+        _positive(
+            self, "lr", "projector_lr", "epochs", "max_steps", "per_device_batch_size",
+            "gradient_accumulation_steps", "max_length", "save_steps", "logging_steps",
+        )  # fmt: skip
+        if self.bf16 and self.fp16:
+            raise ConfigCheck("fp16", "bf16 and fp16 cannot both be true")
+        if not 0.0 <= self.warmup_ratio < 1.0:
+            raise ConfigCheck("warmup_ratio", f"must be in [0, 1), got {self.warmup_ratio}")
+        if self.stage == 2 and not self.init_from:
+            raise ConfigCheck("init_from", "stage 2 starts from a stage-1 run dir: set train.init_from")
+        if self.full_finetune and self.lora.enabled:
+            raise ConfigCheck("full_finetune", "full fine-tuning and LoRA exclude each other; set train.lora.enabled=false")
+        if self.quantization != "none" and not self.lora.enabled:
+            raise ConfigCheck("quantization", f"{self.quantization} weights train only through LoRA (QLoRA)")
+        if not self.tasks:
+            raise ConfigCheck("tasks", "needs at least one task")
+
+
+@dataclass
+class PredictConfig:
+    """Generation for `predict` / `infer`."""
+
+    max_new_tokens: int = 256
+    temperature: float = 0.0  # 0: greedy
+    top_p: float = 1.0
+    num_beams: int = 1
+    batch_size: int = 4
+
+    def validate(self) -> None:
+        _positive(self, "max_new_tokens", "num_beams", "batch_size")
+        if self.temperature < 0:
+            raise ConfigCheck("temperature", f"must be >= 0, got {self.temperature}")
+        if not 0.0 < self.top_p <= 1.0:
+            raise ConfigCheck("top_p", f"must be in (0, 1], got {self.top_p}")
+
+
+@dataclass
+class EvaluateConfig:
+    label_set: LabelSetName | None = None  # None: data.label_set
+    parse: Literal["last_word", "first_mention", "synonym"] = "last_word"
+    fallback_label: str | None = "neutral"  # unparsable answers; null counts them as wrong
+    folds: int = 1
+
+    def validate(self) -> None:
+        _positive(self, "folds")
+
+
+@dataclass
+class EmollmConfig:
+    """The root of every emollm config file."""
+
+    schema_version: int = SCHEMA_VERSION
+    run: RunConfig = field(default_factory=RunConfig)
+    data: DataConfig = field(default_factory=DataConfig)
+    media: MediaConfig = field(default_factory=MediaConfig)
+    build: BuildConfig = field(default_factory=BuildConfig)
+    features: FeaturesConfig = field(default_factory=FeaturesConfig)
+    model: ModelConfig = field(default_factory=ModelConfig)
+    train: TrainConfig = field(default_factory=TrainConfig)
+    predict: PredictConfig = field(default_factory=PredictConfig)
+    evaluate: EvaluateConfig = field(default_factory=EvaluateConfig)
+
+    def validate(self) -> None:
+        if self.schema_version != SCHEMA_VERSION:
+            raise ConfigCheck(
+                "schema_version",
+                f"this emollm reads config schema {SCHEMA_VERSION}, the file says {self.schema_version}",
+                hint="upgrade emollm, or rewrite the config for this version",
+            )
+        if self.train.init_from and self.train.init_from.rstrip("/") == self.run.output_dir.rstrip("/"):
+            raise ConfigCheck("train.init_from", "must not be the run's own output_dir (it would be overwritten)")
+        if self.train.quantization != "none" and self.train.deepspeed and "zero3" in self.train.deepspeed.replace("_", ""):
+            raise ConfigCheck("train.quantization", "bitsandbytes quantization does not shard under ZeRO-3; use ZeRO-2")
+
+    @property
+    def eval_label_set(self) -> str:
+        return self.evaluate.label_set or self.data.label_set

@@ -1,0 +1,82 @@
+"""Typed exceptions: the one place every emollm error type is declared.
+
+Every error a user can cause (bad input, bad config, missing optional dependency) is an
+:class:`EmollmError`. The CLI prints such an error as one line (plus its hint) instead of a
+traceback; ``--debug`` shows the traceback. Anything that is *not* an EmollmError is a bug.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+
+class EmollmError(Exception):
+    """Base of all user-facing errors. ``hint`` says what to do about it."""
+
+    hint: str | None = None
+
+    def __init__(self, message: str, *, hint: str | None = None):
+        super().__init__(message)
+        if hint is not None:
+            self.hint = hint
+
+    @property
+    def message(self) -> str:
+        return str(self.args[0]) if self.args else self.__class__.__name__
+
+
+class ConfigError(EmollmError):
+    """A config file or override is invalid: unknown key, wrong type, failed check."""
+
+    hint = "run `emollm config show --config FILE` to see the resolved config and its valid keys"
+
+
+class MissingDependencyError(EmollmError):
+    """An optional dependency (an extra) is needed for this feature and is not installed."""
+
+    def __init__(self, package: str, extra: str, feature: str):
+        super().__init__(
+            f"{feature} needs the optional package '{package}', which is not installed",
+            hint=f"pip install 'emollm[{extra}]'",
+        )
+        self.package = package
+        self.extra = extra
+
+
+class MediaError(EmollmError):
+    """A clip could not be read. ``path`` names the file and ``cause`` the reason."""
+
+    hint = "check the file plays in a media player; a builder run records it and goes on"
+
+    def __init__(self, path: str | Path, cause: str):
+        self.path = str(path)
+        self.cause = cause
+        super().__init__(f"{self.path}: {cause}")
+
+
+class MediaNotFoundError(MediaError):
+    """The path does not exist, is a directory, or cannot be read (permissions)."""
+
+
+class EmptyMediaError(MediaError):
+    """The file is zero bytes long, or holds no decodable frame / sample."""
+
+
+class CorruptMediaError(MediaError):
+    """The container or stream data is invalid or truncated."""
+
+
+class UnsupportedCodecError(MediaError):
+    """The stream uses a codec this PyAV build cannot decode."""
+
+
+class NoVideoStreamError(MediaError):
+    """Frames were asked for, but the file has no video stream (and is not an image)."""
+
+
+class NoAudioStreamError(MediaError):
+    """Audio was asked for, but the file has no audio stream."""
+
+
+class FixtureError(EmollmError):
+    """An offline test fixture (tiny model, sample media) could not be built or fetched."""

@@ -1,0 +1,1 @@
+"""Evaluation: UAR / WAR / weighted F1, label parsing from free text, EMER reasoning scores, reports."""

@@ -1,0 +1,97 @@
+"""The `emollm` command: help, one-line errors, --debug tracebacks, config commands."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import yaml
+
+from emollm import config as cfglib
+from emollm.cli import main as cli
+
+TRAIN_PY = str(Path(__file__).resolve().parents[2] / "train.py")
+NOT_BUILT_YET = ("build", "features", "train", "predict", "infer", "evaluate", "export", "render")
+
+
+def run_cli(*argv: str):
+    return subprocess.run([sys.executable, "-m", "emollm.cli.main", *argv], capture_output=True, text=True)
+
+
+def test_help_lists_only_built_commands():
+    result = run_cli("--help")
+    assert result.returncode == 0
+    for name in cli.COMMANDS:
+        assert f"    {name} " in result.stdout
+    listed = result.stdout.split("commands:")[1]
+    for name in NOT_BUILT_YET:
+        if name not in cli.COMMANDS:
+            assert f"    {name} " not in listed, f"'{name}' is listed but its capability is not built"
+
+
+@pytest.mark.parametrize("name", cli.COMMANDS)
+def test_each_command_help_shows_defaults(name, capsys):
+    with pytest.raises(SystemExit) as info:
+        cli.main([name, "--help"])
+    assert info.value.code == 0
+    out = capsys.readouterr().out
+    assert f"usage: emollm {name}" in out
+    assert "(default:" in out
+
+
+def test_config_typo_is_one_line_with_a_hint(capsys):
+    code = cli.main(["config", "show", "--config", "tiny_cpu", "train.lrr=1e-4"])
+    assert code == 2
+    err = capsys.readouterr().err
+    lines = err.strip().splitlines()
+    assert lines == ["error: unknown config key 'train.lrr' (from command line)", "hint: did you mean 'train.lr'?"]
+    assert "Traceback" not in err
+
+
+def test_debug_shows_the_traceback():
+    result = run_cli("--debug", "config", "show", "train.lrr=1")
+    assert result.returncode == 2
+    assert "Traceback (most recent call last)" in result.stderr
+    assert "error: unknown config key 'train.lrr'" in result.stderr
+
+
+def test_unexpected_errors_say_bug_and_exit_1(monkeypatch, capsys):
+    def boom(*args, **kwargs):
+        raise RuntimeError("kaboom")
+
+    monkeypatch.setattr(cfglib, "load", boom)
+    assert cli.main(["config", "show"]) == 1
+    err = capsys.readouterr().err
+    assert "error: unexpected RuntimeError: kaboom" in err and "--debug" in err
+
+
+def test_config_show_prints_a_loadable_resolved_config(tmp_path, capsys):
+    assert cli.main(["config", "show", "--config", "tiny_cpu", "train.lr=3e-5", "--save", str(tmp_path)]) == 0
+    shown = yaml.safe_load(capsys.readouterr().out)
+    assert shown["train"]["lr"] == pytest.approx(3e-5)
+    assert cfglib.load(tmp_path / "config.yaml") == cfglib.load("tiny_cpu", ["train.lr=3e-5"])
+
+
+def test_config_keys_lists_every_leaf(capsys):
+    assert cli.main(["config", "keys"]) == 0
+    out = capsys.readouterr().out
+    assert "train.lr  [float]  default: 0.0002" in out
+    assert "media.face.crop_size  [int]  default: 224" in out
+
+
+def test_unknown_arguments_are_rejected(capsys):
+    with pytest.raises(SystemExit) as info:
+        cli.main(["config", "show", "--bogus"])
+    assert info.value.code == 2
+    assert "unrecognized arguments: --bogus" in capsys.readouterr().err
+
+
+def test_train_entry_checks_the_config():
+    ok = subprocess.run([sys.executable, TRAIN_PY, "--config", "tiny_cpu", "--check", "train.lr=1e-5"],
+                        capture_output=True, text=True)
+    assert ok.returncode == 0 and yaml.safe_load(ok.stdout)["train"]["lr"] == pytest.approx(1e-5)
+    bad = subprocess.run([sys.executable, TRAIN_PY, "--config", "tiny_cpu", "train.lrr=1e-5"],
+                         capture_output=True, text=True)
+    assert bad.returncode == 2 and "did you mean 'train.lr'" in bad.stderr
