@@ -78,5 +78,12 @@ class NoAudioStreamError(MediaError):
     """Audio was asked for, but the file has no audio stream."""
 
 
+class FrameSamplingError(MediaError, ValueError):
+    """A frame-sampling request is invalid: indices out of range, or not exactly one of
+    num_frames / fps / indices, or a non-positive count or rate."""
+
+    hint = "frame indices are 0-based and below the clip's frame count (see emollm.media.probe)"
+
+
 class FixtureError(EmollmError):
     """An offline test fixture (tiny model, sample media) could not be built or fetched."""

@@ -14,6 +14,8 @@ from __future__ import annotations
 import argparse
 import importlib
 import logging
+import os
+import re
 import sys
 import traceback
 from collections.abc import Sequence
@@ -23,7 +25,7 @@ from emollm.errors import EmollmError
 from emollm.log import setup_logging
 
 # Module names under emollm.cli, in --help order.
-COMMANDS = ("config",)
+COMMANDS = ("probe", "config")
 
 EXIT_USER_ERROR = 2
 EXIT_BUG = 1
@@ -48,6 +50,20 @@ def add_config_arguments(parser: argparse.ArgumentParser, *, default: str | None
         metavar="KEY=VALUE",
         help="dotted overrides applied after the file, e.g. train.lr=2e-5 model.backbone.name_or_path=/ckpt",
     )
+
+
+_OVERRIDE = re.compile(r"^[A-Za-z_][\w\-]*(\.[\w\-]+)*=")
+
+
+def split_overrides(items: Sequence[str]) -> tuple[list[str], list[str]]:
+    """Separate ``KEY=VALUE`` overrides from path positionals that argparse collected together.
+
+    An item is an override when it looks like ``dotted.key=value`` and is not an existing path.
+    """
+    paths, overrides = [], []
+    for item in items:
+        (overrides if _OVERRIDE.match(item) and not os.path.exists(item) else paths).append(item)
+    return paths, overrides
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -1,0 +1,217 @@
+"""Tiny audio / image / face / video encoders with their processors, saved like the hub checkpoints.
+
+Each builder writes ``config.json``, ``model.safetensors`` and ``preprocessor_config.json`` into an
+empty directory; ``AutoModel`` and ``AutoFeatureExtractor`` / ``AutoImageProcessor`` load them by path.
+The hidden sizes differ from one encoder to the next (and from the LLMs' 64) so a projector wired to
+the wrong encoder fails on shape instead of passing silently. Processor settings (mean/std, sampling
+rate, mel bins) are those of the checkpoint each one stands in for; only the sizes are scaled down.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+from emollm.testing.tiny._common import seeded_init
+
+# The normalisation constants of the real checkpoints.
+_IMAGENET_MEAN, _IMAGENET_STD = [0.485, 0.456, 0.406], [0.229, 0.224, 0.225]
+_HALF = [0.5, 0.5, 0.5]
+_CLIP_MEAN = [0.48145466, 0.4578275, 0.40821073]
+_CLIP_STD = [0.26862954, 0.26130258, 0.27577711]
+
+
+@dataclass(frozen=True)
+class EncoderShape:
+    """What a test needs to know to feed an encoder and check its output."""
+
+    hidden_size: int
+    num_hidden_layers: int = 2
+    num_attention_heads: int = 4
+    image_size: int | None = None  # vision encoders: the processor's output size (square)
+    patch_size: int | None = None
+    num_frames: int | None = None  # video
+    sampling_rate: int | None = None  # audio
+
+
+HUBERT = EncoderShape(hidden_size=32, sampling_rate=16000)
+WAV2VEC2 = EncoderShape(hidden_size=48, sampling_rate=16000)
+WHISPER_ENCODER = EncoderShape(hidden_size=40, sampling_rate=16000)
+CLIP_VISION = EncoderShape(hidden_size=56, image_size=32, patch_size=8)
+VIT = EncoderShape(hidden_size=36, image_size=48, patch_size=16)
+VIT_MAE = EncoderShape(hidden_size=52, image_size=32, patch_size=8)
+VIDEOMAE = EncoderShape(hidden_size=44, image_size=32, patch_size=16, num_frames=16)
+
+# The convolutional front end of HuBERT / wav2vec2 keeps its real strides (320x: 16 kHz -> 50 Hz) but
+# not its 512 channels.
+_CONV_DIM = (32,) * 7
+
+
+def _save(out: Path, model, processor) -> None:
+    model.save_pretrained(out)
+    processor.save_pretrained(out)
+
+
+def build_hubert(out: Path, seed: int) -> None:
+    """facebook/hubert-base-ls960-shaped."""
+    from transformers import HubertConfig, HubertModel, Wav2Vec2FeatureExtractor
+
+    s = HUBERT
+    config = HubertConfig(
+        hidden_size=s.hidden_size,
+        num_hidden_layers=s.num_hidden_layers,
+        num_attention_heads=s.num_attention_heads,
+        intermediate_size=2 * s.hidden_size,
+        conv_dim=_CONV_DIM,
+        num_conv_pos_embeddings=16,
+        num_conv_pos_embedding_groups=16,
+        feat_extract_norm="group",
+        do_stable_layer_norm=False,
+    )
+    processor = Wav2Vec2FeatureExtractor(
+        feature_size=1, sampling_rate=16000, padding_value=0.0, do_normalize=True, return_attention_mask=False
+    )
+    _save(out, seeded_init(HubertModel, config, seed), processor)
+
+
+def build_wav2vec2(out: Path, seed: int) -> None:
+    """facebook/wav2vec2-base-shaped."""
+    from transformers import Wav2Vec2Config, Wav2Vec2FeatureExtractor, Wav2Vec2Model
+
+    s = WAV2VEC2
+    config = Wav2Vec2Config(
+        hidden_size=s.hidden_size,
+        num_hidden_layers=s.num_hidden_layers,
+        num_attention_heads=s.num_attention_heads,
+        intermediate_size=2 * s.hidden_size,
+        conv_dim=_CONV_DIM,
+        num_conv_pos_embeddings=16,
+        num_conv_pos_embedding_groups=16,
+        feat_extract_norm="group",
+        do_stable_layer_norm=False,
+    )
+    processor = Wav2Vec2FeatureExtractor(
+        feature_size=1, sampling_rate=16000, padding_value=0.0, do_normalize=True, return_attention_mask=False
+    )
+    _save(out, seeded_init(Wav2Vec2Model, config, seed), processor)
+
+
+def build_whisper_encoder(out: Path, seed: int) -> None:
+    """openai/whisper-tiny-shaped ``WhisperModel`` (use ``model.get_encoder()``): 80 mel bins, 30 s windows."""
+    from transformers import WhisperConfig, WhisperFeatureExtractor, WhisperModel
+
+    s = WHISPER_ENCODER
+    config = WhisperConfig(
+        d_model=s.hidden_size,
+        encoder_layers=s.num_hidden_layers,
+        encoder_attention_heads=s.num_attention_heads,
+        encoder_ffn_dim=2 * s.hidden_size,
+        decoder_layers=1,
+        decoder_attention_heads=s.num_attention_heads,
+        decoder_ffn_dim=2 * s.hidden_size,
+        num_mel_bins=80,
+        max_source_positions=1500,
+        max_target_positions=448,
+    )
+    processor = WhisperFeatureExtractor(
+        feature_size=80, sampling_rate=16000, hop_length=160, chunk_length=30, n_fft=400, padding_value=0.0
+    )
+    _save(out, seeded_init(WhisperModel, config, seed), processor)
+
+
+def build_clip_vision(out: Path, seed: int) -> None:
+    """openai/clip-vit-*-shaped vision tower (``CLIPVisionModel``) with the CLIP image processor."""
+    from transformers import CLIPImageProcessor, CLIPVisionConfig, CLIPVisionModel
+
+    s = CLIP_VISION
+    config = CLIPVisionConfig(
+        hidden_size=s.hidden_size,
+        intermediate_size=2 * s.hidden_size,
+        num_hidden_layers=s.num_hidden_layers,
+        num_attention_heads=s.num_attention_heads,
+        image_size=s.image_size,
+        patch_size=s.patch_size,
+        projection_dim=32,
+        hidden_act="quick_gelu",
+    )
+    processor = CLIPImageProcessor(
+        size={"shortest_edge": s.image_size},
+        crop_size={"height": s.image_size, "width": s.image_size},
+        do_center_crop=True,
+        image_mean=_CLIP_MEAN,
+        image_std=_CLIP_STD,
+        resample=3,
+    )
+    _save(out, seeded_init(CLIPVisionModel, config, seed), processor)
+
+
+def build_vit(out: Path, seed: int) -> None:
+    """google/vit-base-patch16-224-in21k-shaped."""
+    from transformers import ViTConfig, ViTImageProcessor, ViTModel
+
+    s = VIT
+    config = ViTConfig(
+        hidden_size=s.hidden_size,
+        num_hidden_layers=s.num_hidden_layers,
+        num_attention_heads=s.num_attention_heads,
+        intermediate_size=2 * s.hidden_size,
+        image_size=s.image_size,
+        patch_size=s.patch_size,
+    )
+    processor = ViTImageProcessor(
+        size={"height": s.image_size, "width": s.image_size}, image_mean=_HALF, image_std=_HALF, resample=2
+    )
+    _save(out, seeded_init(ViTModel, config, seed), processor)
+
+
+def build_vit_mae(out: Path, seed: int) -> None:
+    """facebook/vit-mae-base-shaped (keeps ``mask_ratio=0.75``: pass ``mask_ratio=0.0`` to get all patches)."""
+    from transformers import ViTImageProcessor, ViTMAEConfig, ViTMAEModel
+
+    s = VIT_MAE
+    config = ViTMAEConfig(
+        hidden_size=s.hidden_size,
+        num_hidden_layers=s.num_hidden_layers,
+        num_attention_heads=s.num_attention_heads,
+        intermediate_size=2 * s.hidden_size,
+        image_size=s.image_size,
+        patch_size=s.patch_size,
+        decoder_hidden_size=32,
+        decoder_num_hidden_layers=1,
+        decoder_num_attention_heads=4,
+        decoder_intermediate_size=64,
+        mask_ratio=0.75,
+    )
+    processor = ViTImageProcessor(
+        size={"height": s.image_size, "width": s.image_size},
+        image_mean=_IMAGENET_MEAN,
+        image_std=_IMAGENET_STD,
+        resample=3,
+    )
+    _save(out, seeded_init(ViTMAEModel, config, seed), processor)
+
+
+def build_videomae(out: Path, seed: int) -> None:
+    """MCG-NJU/videomae-base-shaped: 16 frames, tubelet 2."""
+    from transformers import VideoMAEConfig, VideoMAEImageProcessor, VideoMAEModel
+
+    s = VIDEOMAE
+    config = VideoMAEConfig(
+        hidden_size=s.hidden_size,
+        num_hidden_layers=s.num_hidden_layers,
+        num_attention_heads=s.num_attention_heads,
+        intermediate_size=2 * s.hidden_size,
+        image_size=s.image_size,
+        patch_size=s.patch_size,
+        num_frames=s.num_frames,
+        tubelet_size=2,
+        use_mean_pooling=False,
+    )
+    processor = VideoMAEImageProcessor(
+        size={"shortest_edge": s.image_size},
+        crop_size={"height": s.image_size, "width": s.image_size},
+        image_mean=_IMAGENET_MEAN,
+        image_std=_IMAGENET_STD,
+        resample=2,
+    )
+    _save(out, seeded_init(VideoMAEModel, config, seed), processor)
