@@ -25,7 +25,7 @@ from emollm.errors import EmollmError
 from emollm.log import setup_logging
 
 # Module names under emollm.cli, in --help order.
-COMMANDS = ("probe", "config")
+COMMANDS = ("demo", "probe", "config")
 
 EXIT_USER_ERROR = 2
 EXIT_BUG = 1
@@ -117,6 +117,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         return EXIT_USER_ERROR
     level = logging.DEBUG if args.debug else logging.WARNING if args.quiet else logging.INFO
     setup_logging(level, progress=False if args.quiet else None)
+    if not args.debug:  # third-party weight-loading bars and advisories drown the command's own output
+        os.environ.setdefault("HF_HUB_DISABLE_PROGRESS_BARS", "1")
+        os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
     try:
         return int(args._run(args) or 0)
     except KeyboardInterrupt:

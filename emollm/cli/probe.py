@@ -5,7 +5,6 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import json
-import sys
 
 from emollm import config as cfglib
 from emollm.errors import EmollmError, MediaError

