@@ -52,16 +52,16 @@ def _save(out: Path, model, processor) -> None:
     processor.save_pretrained(out)
 
 
-def build_hubert(out: Path, seed: int) -> None:
-    """facebook/hubert-base-ls960-shaped."""
-    from transformers import HubertConfig, HubertModel, Wav2Vec2FeatureExtractor
+def _build_wav2vec2_family(out: Path, seed: int, shape: EncoderShape, config_cls: str, model_cls: str) -> None:
+    """HuBERT and wav2vec2 share the conv feature encoder, the config fields and the feature extractor."""
+    import transformers
+    from transformers import Wav2Vec2FeatureExtractor
 
-    s = HUBERT
-    config = HubertConfig(
-        hidden_size=s.hidden_size,
-        num_hidden_layers=s.num_hidden_layers,
-        num_attention_heads=s.num_attention_heads,
-        intermediate_size=2 * s.hidden_size,
+    config = getattr(transformers, config_cls)(
+        hidden_size=shape.hidden_size,
+        num_hidden_layers=shape.num_hidden_layers,
+        num_attention_heads=shape.num_attention_heads,
+        intermediate_size=2 * shape.hidden_size,
         conv_dim=_CONV_DIM,
         num_conv_pos_embeddings=16,
         num_conv_pos_embedding_groups=16,
@@ -71,29 +71,17 @@ def build_hubert(out: Path, seed: int) -> None:
     processor = Wav2Vec2FeatureExtractor(
         feature_size=1, sampling_rate=16000, padding_value=0.0, do_normalize=True, return_attention_mask=False
     )
-    _save(out, seeded_init(HubertModel, config, seed), processor)
+    _save(out, seeded_init(getattr(transformers, model_cls), config, seed), processor)
+
+
+def build_hubert(out: Path, seed: int) -> None:
+    """facebook/hubert-base-ls960-shaped."""
+    _build_wav2vec2_family(out, seed, HUBERT, "HubertConfig", "HubertModel")
 
 
 def build_wav2vec2(out: Path, seed: int) -> None:
     """facebook/wav2vec2-base-shaped."""
-    from transformers import Wav2Vec2Config, Wav2Vec2FeatureExtractor, Wav2Vec2Model
-
-    s = WAV2VEC2
-    config = Wav2Vec2Config(
-        hidden_size=s.hidden_size,
-        num_hidden_layers=s.num_hidden_layers,
-        num_attention_heads=s.num_attention_heads,
-        intermediate_size=2 * s.hidden_size,
-        conv_dim=_CONV_DIM,
-        num_conv_pos_embeddings=16,
-        num_conv_pos_embedding_groups=16,
-        feat_extract_norm="group",
-        do_stable_layer_norm=False,
-    )
-    processor = Wav2Vec2FeatureExtractor(
-        feature_size=1, sampling_rate=16000, padding_value=0.0, do_normalize=True, return_attention_mask=False
-    )
-    _save(out, seeded_init(Wav2Vec2Model, config, seed), processor)
+    _build_wav2vec2_family(out, seed, WAV2VEC2, "Wav2Vec2Config", "Wav2Vec2Model")
 
 
 def build_whisper_encoder(out: Path, seed: int) -> None:
