@@ -71,10 +71,6 @@ class DemoResult:
         }
 
 
-def _path(text: str) -> Path:
-    return Path(os.path.expanduser(text))
-
-
 @contextmanager
 def _stage(result: DemoResult, name: str, report: Callable[[str], None]):
     report(f"[{len(result.stages) + 1}] {name} ...")
@@ -172,7 +168,7 @@ def _encode(cfg: cfglib.EmollmConfig, clip, face_images: np.ndarray | None) -> d
     for name, enc in cfg.model.encoders.items():
         if enc.modality == "au":  # the learned AU encoder has no checkpoint: it is trained with the model
             continue
-        path = _path(enc.name_or_path or "")
+        path = enc.name_or_path or ""
         if enc.modality == "audio":
             if clip.audio is None:
                 log.warning("encoder '%s' skipped: the clip has no audio", name)
@@ -202,7 +198,7 @@ def _prompt_backbone(cfg: cfglib.EmollmConfig) -> dict[str, Any]:
     import torch
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
-    path = _path(cfg.model.backbone.name_or_path)
+    path = cfg.model.backbone.name_or_path
     tokenizer = AutoTokenizer.from_pretrained(path, revision=cfg.model.backbone.revision)
     model = AutoModelForCausalLM.from_pretrained(
         path, revision=cfg.model.backbone.revision, attn_implementation=cfg.model.backbone.attn_implementation

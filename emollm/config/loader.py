@@ -6,7 +6,8 @@ The pipeline for ``load_config("run.yaml", ["train.lr=2e-5"])``:
    name of a shipped config in ``train_configs/``) depth-first, later bases and the file itself
    overriding earlier ones (mappings merge key by key, everything else is replaced);
 2. apply the dotted overrides (values parsed as YAML: ``a.b=[1,2]``, ``a.c=null``);
-3. interpolate ``${VAR}`` / ``${VAR:-default}`` from the environment in every string;
+3. interpolate ``${VAR}`` / ``${VAR:-default}`` from the environment in every string, and expand a
+   leading ``~/`` (before or after interpolation) to the home directory;
 4. build the dataclass tree: unknown keys are rejected naming the key, the file that set it and the
    closest valid key; values are coerced to the field's type (``"2e-5"`` -> float) or rejected;
 5. run ``validate()`` on every section (per-field and cross-field checks).
@@ -175,7 +176,11 @@ def _interpolate(node: Any, sourced: _Sourced, dotted: str = "") -> Any:
         return {k: _interpolate(v, sourced, f"{dotted}.{k}" if dotted else k) for k, v in node.items()}
     if isinstance(node, list):
         return [_interpolate(v, sourced, f"{dotted}[{i}]") for i, v in enumerate(node)]
-    if not isinstance(node, str) or "${" not in node:
+    if not isinstance(node, str):
+        return node
+    if node.startswith("~/") or node == "~":  # a home path: expanded so every library can open it
+        node = os.path.expanduser(node)
+    if "${" not in node:
         return node
 
     def replace(match: re.Match) -> str:
@@ -191,7 +196,8 @@ def _interpolate(node: Any, sourced: _Sourced, dotted: str = "") -> Any:
             return default
         return value
 
-    return _ENV_PATTERN.sub(replace, node)
+    value = _ENV_PATTERN.sub(replace, node)
+    return os.path.expanduser(value) if value.startswith("~/") else value
 
 
 def load_raw(path: str | os.PathLike | None = None, overrides: Sequence[str] = ()) -> _Sourced:

@@ -8,6 +8,7 @@ file format (``extends:``, ``${ENV}``, dotted overrides).
 
 from __future__ import annotations
 
+import typing
 from dataclasses import dataclass, field
 from typing import Literal
 
@@ -135,12 +136,14 @@ class BackboneConfig:
 class EncoderConfig:
     """One modality encoder (frozen by default) and how many tokens it contributes."""
 
-    modality: Modality = "visual"
+    modality: Modality | None = None  # None: the entry's name when that is a modality ("audio", "face", ...)
     name_or_path: str | None = None  # None only for the learned AU encoder
     num_tokens: int = 1
     frozen: bool = True
 
     def validate(self) -> None:
+        if self.modality is None:
+            raise ConfigCheck("modality", f"set the modality: one of {list(typing.get_args(Modality))}")
         if self.modality != "au" and not self.name_or_path:
             raise ConfigCheck("name_or_path", f"a '{self.modality}' encoder needs a checkpoint path or hub id")
         _positive(self, "num_tokens")
@@ -151,6 +154,12 @@ class ModelConfig:
     backbone: BackboneConfig = field(default_factory=BackboneConfig)
     encoders: dict[str, EncoderConfig] = field(default_factory=dict)
     projector: Literal["linear", "mlp2x_gelu"] = "linear"
+
+    def __post_init__(self) -> None:
+        modalities = typing.get_args(Modality)
+        for name, encoder in self.encoders.items():
+            if encoder.modality is None and name in modalities:
+                encoder.modality = name  # `encoders: {audio: {name_or_path: ...}}` needs no modality line
 
 
 @dataclass

@@ -149,6 +149,22 @@ def test_cross_field_checks_name_the_key(overrides, key):
     assert f"'{key}'" in info.value.message
 
 
+def test_home_paths_are_expanded(monkeypatch, tmp_path):
+    monkeypatch.setenv("HOME", str(tmp_path))
+    monkeypatch.delenv("CKPT_ROOT", raising=False)
+    cfg = cfglib.load(None, ["data.dataset_dir=~/merr", "model.backbone.name_or_path=${CKPT_ROOT:-~/ckpt}/llama"])
+    assert cfg.data.dataset_dir == f"{tmp_path}/merr"
+    assert cfg.model.backbone.name_or_path == f"{tmp_path}/ckpt/llama"
+
+
+def test_encoder_modality_defaults_to_its_name_else_is_required():
+    cfg = cfglib.load(None, ["model.encoders.face.name_or_path=/mae", "model.encoders.au={}"])
+    assert cfg.model.encoders["face"].modality == "face" and cfg.model.encoders["au"].modality == "au"
+    with pytest.raises(ConfigError) as info:
+        cfglib.load(None, ["model.encoders.eva.name_or_path=/eva"])
+    assert "'model.encoders.eva.modality'" in info.value.message
+
+
 def test_dict_sections_build_typed_entries():
     cfg = cfglib.load(None, ["model.encoders.audio.modality=audio", "model.encoders.audio.name_or_path=/hubert",
                              "model.encoders.audio.num_tokens=2"])
