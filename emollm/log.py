@@ -28,6 +28,17 @@ def get_logger(name: str) -> logging.Logger:
     return logging.getLogger(f"{_ROOT}.{name}")
 
 
+class _DropCpuAcceleratorNotice(logging.Filter):
+    """DeepSpeed warns on every CPU-only import (transformers imports it) that it fell back to CPU:
+    expected on a CPU machine and not actionable, so the CLI drops it unless --debug."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return not record.getMessage().startswith("Setting accelerator to CPU")
+
+
+_ds_filter = _DropCpuAcceleratorNotice()
+
+
 def setup_logging(level: int | str = logging.INFO, *, progress: bool | None = None) -> None:
     """Configure the ``emollm`` logger for command-line use: one stderr handler, short format."""
     global _progress_enabled
@@ -41,6 +52,12 @@ def setup_logging(level: int | str = logging.INFO, *, progress: bool | None = No
     handler._emollm = True  # type: ignore[attr-defined]
     logger.addHandler(handler)
     logger.propagate = False
+    # The filter survives DeepSpeed creating its logger later: loggers are singletons by name.
+    ds_logger = logging.getLogger("DeepSpeed")
+    if level in (logging.DEBUG, "DEBUG"):
+        ds_logger.removeFilter(_ds_filter)
+    else:
+        ds_logger.addFilter(_ds_filter)
     if progress is not None:
         _progress_enabled = progress
 

@@ -35,7 +35,6 @@ class RunConfig:
     name: str = "emollm"
     output_dir: str = "runs/emollm"  # the resolved config is saved here next to the outputs
     seed: int = 42
-    log_level: Literal["debug", "info", "warning", "error"] = "info"
 
 
 @dataclass
