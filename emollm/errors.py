@@ -85,5 +85,12 @@ class FrameSamplingError(MediaError, ValueError):
     hint = "frame indices are 0-based and below the clip's frame count (see emollm.media.probe)"
 
 
+class MediaTokenMismatchError(EmollmError):
+    """The media tokens in a row do not match what the model expects for that modality
+    (a count other than 0 or the modality's tokens per clip, or tokens without features)."""
+
+    hint = "build inputs with the processor saved with this model: it expands each placeholder to the right count"
+
+
 class FixtureError(EmollmError):
     """An offline test fixture (tiny model, sample media) could not be built or fetched."""

@@ -1,0 +1,24 @@
+"""The model: emotion encoders projected into a swappable causal LM (see docs/model.md).
+
+- :mod:`.configuration` — ``EmoLLMConfig`` (backbone ``text_config`` + modalities + projector spec)
+- :mod:`.modeling_emollm` — ``EmoLLMForConditionalGeneration`` (composition, ``masked_scatter``, LoRA, save/load)
+- :mod:`.media` — the media modules (learned AU encoders -> projectors -> prompts -> fusion)
+- :mod:`.projectors`, :mod:`.fusion` — projector registry, cross-modal fusion, modality prompt tokens
+- :mod:`.encoders`, :mod:`.au_encoder` — frozen encoder registry (feature extraction) and the AU encoder
+"""
+
+from transformers import AutoConfig
+
+from emollm.errors import MediaTokenMismatchError
+from emollm.modeling.configuration import EmoLLMConfig, media_token
+from emollm.modeling.modeling_emollm import EmoLLMForConditionalGeneration, default_lora_targets
+
+AutoConfig.register(EmoLLMConfig.model_type, EmoLLMConfig, exist_ok=True)
+
+__all__ = [
+    "EmoLLMConfig",
+    "EmoLLMForConditionalGeneration",
+    "MediaTokenMismatchError",
+    "default_lora_targets",
+    "media_token",
+]

@@ -1,0 +1,66 @@
+"""``EmoLLMConfig``: the backbone's ``text_config`` plus one entry per modality and the projector spec."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from transformers import AutoConfig, PreTrainedConfig
+from transformers.configuration_utils import SubConfigSpec
+
+MISSING_MODALITY_POLICIES = ("drop", "zero")
+
+
+def media_token(name: str) -> str:
+    """The special token that stands for one media embedding of modality ``name`` (see docs/model.md)."""
+    return f"<|emo_{name}|>"
+
+
+class EmoLLMConfig(PreTrainedConfig):
+    r"""Configuration of :class:`~emollm.modeling.EmoLLMForConditionalGeneration`.
+
+    ``modalities`` maps a modality name (its placeholder is ``<name>``) to a plain dict:
+
+    - ``kind``: encoder kind (``visual`` | ``face`` | ``video`` | ``audio`` | ``au``);
+    - ``feature_dim``: width of one feature row (for ``au``: ``2 * num_aus``);
+    - ``num_input_tokens``: feature rows per clip given to the projector (for ``au``: frames, padded);
+    - ``projector``: projector name (``linear`` | ``mlp2x_gelu`` | …) and ``projector_options``;
+    - ``encoder``: optional ``{"name_or_path": ..., **options}`` of the frozen encoder that made the
+      features (the feature cache and live inference use it; the model does not need it to train);
+    - ``au_encoder``: for ``au``, the learned AU encoder's options (``num_tokens``, ``depth``, …);
+    - ``span_prefix`` / ``span_suffix``: text the processor writes around the media tokens.
+
+    ``prompt_tokens`` learned tokens are prepended to every modality's span; ``fusion`` (``{"depth":
+    …, "num_heads": …}`` or None) mixes the modality tokens before they enter the LLM.
+    """
+
+    model_type = "emollm"
+    sub_configs_defaults = {"text_config": SubConfigSpec(config_class=AutoConfig, model_type="llama")}
+
+    text_config: Any = None
+    modalities: dict | None = None
+    prompt_tokens: int = 0
+    fusion: dict | None = None
+    missing_modality: str = "zero"
+    media_token_ids: dict | None = None
+    backbone_name_or_path: str | None = None
+    template: str | None = None
+    tie_word_embeddings: bool = False
+
+    def __post_init__(self, **kwargs):
+        super().__post_init__(**kwargs)
+        self.modalities = {str(k): dict(v) for k, v in (self.modalities or {}).items()}
+        self.media_token_ids = {str(k): int(v) for k, v in (self.media_token_ids or {}).items()}
+        if self.missing_modality not in MISSING_MODALITY_POLICIES:
+            raise ValueError(f"missing_modality must be one of {MISSING_MODALITY_POLICIES}, got {self.missing_modality!r}")
+        for name, spec in self.modalities.items():
+            for key in ("kind", "feature_dim"):
+                if key not in spec:
+                    raise ValueError(f"modality '{name}' lacks '{key}'")
+
+    @property
+    def hidden_size(self) -> int:
+        return self.text_config.hidden_size
+
+    @property
+    def vocab_size(self) -> int:
+        return self.text_config.vocab_size

@@ -1,0 +1,303 @@
+"""``EmoLLMForConditionalGeneration``: media features projected into a swappable causal LM.
+
+Composition, as HF's LLaVA: the backbone (any ``AutoModelForCausalLM``) lives inside; one projector
+per modality (plus the learned AU encoder, modality prompt tokens and cross-modal fusion) turns
+features into embeddings; the processor has already expanded every ``<name>`` placeholder into ``N``
+media tokens ``<|emo_name|>``, and :meth:`merge_media` writes the projected rows into those
+positions with ``masked_scatter`` after checking the counts.
+
+Media token ids are never looked up in the backbone's embedding table (they are swapped for id 0
+first) and never predicted (labels there are -100), so adding them to the tokenizer needs no
+``resize_token_embeddings``: a LoRA run's whole delta is the adapter plus the media modules.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import nn
+from transformers import AutoModelForCausalLM, GenerationMixin, PreTrainedModel
+from transformers.modeling_outputs import CausalLMOutputWithPast
+
+from emollm.errors import EmollmError, MediaTokenMismatchError
+from emollm.modeling.configuration import EmoLLMConfig
+
+MEDIA_WEIGHTS_NAME = "media_modules.safetensors"
+ADAPTER_DIR = "adapter"
+MEDIA_KWARGS = ("media", "media_present", "media_masks")
+
+
+class EmoLLMPreTrainedModel(PreTrainedModel):
+    config_class = EmoLLMConfig
+    base_model_prefix = "emollm"
+    supports_gradient_checkpointing = True
+    _supports_sdpa = True
+    _supports_flash_attn = True
+    _skip_keys_device_placement = ["past_key_values"]
+
+    def _init_weights(self, module: nn.Module) -> None:
+        # The backbone initialises itself; the media modules initialise in their constructors.
+        pass
+
+
+class EmoLLMForConditionalGeneration(EmoLLMPreTrainedModel, GenerationMixin):
+    def __init__(self, config: EmoLLMConfig, language_model: PreTrainedModel | None = None):
+        super().__init__(config)
+        from emollm.modeling.media import build_media_modules
+
+        self.language_model = language_model if language_model is not None else AutoModelForCausalLM.from_config(config.text_config)
+        self.media = build_media_modules(config)
+        self.post_init()
+
+    # ------------------------------------------------------------------------------ construction
+    @classmethod
+    def from_backbone(
+        cls,
+        backbone: str | os.PathLike | PreTrainedModel,
+        modalities: dict[str, dict],
+        *,
+        prompt_tokens: int = 0,
+        fusion: dict | None = None,
+        missing_modality: str = "zero",
+        media_token_ids: dict[str, int] | None = None,
+        template: str | None = None,
+        **backbone_kwargs: Any,
+    ) -> EmoLLMForConditionalGeneration:
+        """Wrap a pretrained causal LM (a path, hub id or loaded model) with fresh media modules."""
+        if isinstance(backbone, PreTrainedModel):
+            language_model = backbone
+            name_or_path = getattr(backbone.config, "_name_or_path", None)
+        else:
+            name_or_path = str(backbone)
+            language_model = AutoModelForCausalLM.from_pretrained(name_or_path, **backbone_kwargs)
+        config = EmoLLMConfig(
+            text_config=language_model.config,
+            modalities=modalities,
+            prompt_tokens=prompt_tokens,
+            fusion=fusion,
+            missing_modality=missing_modality,
+            media_token_ids=media_token_ids or {},
+            backbone_name_or_path=name_or_path,
+            template=template,
+            # the composite config re-sets its sub-configs' attention backend: keep the backbone's
+            attn_implementation=language_model.config._attn_implementation,
+        )
+        model = cls(config, language_model=language_model)
+        model.media.to(dtype=language_model.dtype)
+        return model
+
+    # ------------------------------------------------------------------------------ HF plumbing
+    def get_input_embeddings(self) -> nn.Module:
+        return self.language_model.get_input_embeddings()
+
+    def set_input_embeddings(self, value: nn.Module) -> None:
+        self.language_model.set_input_embeddings(value)
+
+    def get_output_embeddings(self) -> nn.Module:
+        return self.language_model.get_output_embeddings()
+
+    def get_decoder(self):
+        return self.language_model.get_decoder()
+
+    @property
+    def is_lora(self) -> bool:
+        return hasattr(self.language_model, "peft_config")
+
+    def num_media_tokens(self, name: str) -> int:
+        """Media tokens per clip for modality ``name`` (the processor expands placeholders to this)."""
+        return self.media.num_tokens(name)
+
+    # ------------------------------------------------------------------------------ media merge
+    def merge_media(
+        self,
+        input_ids: torch.LongTensor,
+        inputs_embeds: torch.Tensor,
+        media: dict[str, torch.Tensor] | None,
+        media_present: dict[str, torch.Tensor] | None,
+        media_masks: dict[str, torch.Tensor] | None = None,
+    ) -> torch.Tensor:
+        """Replace media-token positions of ``inputs_embeds`` by the projected features."""
+        media = media or {}
+        batch = input_ids.shape[0]
+        present = {}
+        for name in self.config.modalities:
+            given = (media_present or {}).get(name)
+            if given is None:
+                given = torch.full((batch,), name in media, dtype=torch.bool, device=input_ids.device)
+            present[name] = given.to(input_ids.device).bool()
+        projected = self.media(media, present, media_masks, batch_size=batch)  # every module runs (ZeRO-3: no rank skips one)
+        dummy = inputs_embeds.new_zeros(())
+        for name, rows in projected.items():
+            dummy = dummy + rows.sum() * 0.0
+            token_id = self.config.media_token_ids.get(name)
+            if token_id is None:
+                continue
+            mask = input_ids == token_id
+            per_row = mask.sum(dim=1)
+            n = rows.shape[1]
+            bad = ((per_row != 0) & (per_row != n)).nonzero()
+            if len(bad):
+                row = int(bad[0])
+                raise MediaTokenMismatchError(
+                    f"modality '{name}': row {row} has {int(per_row[row])} media tokens but the projector gives "
+                    f"{n} rows per clip"
+                )
+            with_tokens = per_row > 0
+            if not bool(with_tokens.any()):
+                continue
+            if name not in media:
+                raise MediaTokenMismatchError(
+                    f"modality '{name}': {int(with_tokens.sum())} row(s) hold its media tokens but no '{name}' features were given"
+                )
+            source = rows[with_tokens].reshape(-1, rows.shape[-1]).to(inputs_embeds.dtype)
+            inputs_embeds = inputs_embeds.masked_scatter(mask.unsqueeze(-1), source)
+        return inputs_embeds + dummy.to(inputs_embeds.dtype)
+
+    def _media_token_mask(self, input_ids: torch.LongTensor) -> torch.Tensor:
+        ids = list(self.config.media_token_ids.values())
+        if not ids:
+            return torch.zeros_like(input_ids, dtype=torch.bool)
+        return torch.isin(input_ids, torch.tensor(ids, device=input_ids.device))
+
+    def embed(
+        self,
+        input_ids: torch.LongTensor,
+        media: dict[str, torch.Tensor] | None = None,
+        media_present: dict[str, torch.Tensor] | None = None,
+        media_masks: dict[str, torch.Tensor] | None = None,
+    ) -> torch.Tensor:
+        """Token embeddings with media merged (media token ids never reach the embedding table)."""
+        is_media = self._media_token_mask(input_ids)
+        safe_ids = input_ids.masked_fill(is_media | (input_ids >= self.get_input_embeddings().num_embeddings), 0)
+        embeds = self.get_input_embeddings()(safe_ids)
+        if self.config.modalities and (media is not None or bool(is_media.any())):
+            embeds = self.merge_media(input_ids, embeds, media, media_present, media_masks)
+        return embeds
+
+    def forward(
+        self,
+        input_ids: torch.LongTensor | None = None,
+        attention_mask: torch.Tensor | None = None,
+        labels: torch.LongTensor | None = None,
+        media: dict[str, torch.Tensor] | None = None,
+        media_present: dict[str, torch.Tensor] | None = None,
+        media_masks: dict[str, torch.Tensor] | None = None,
+        past_key_values=None,
+        inputs_embeds: torch.Tensor | None = None,
+        position_ids: torch.LongTensor | None = None,
+        use_cache: bool | None = None,
+        logits_to_keep: int | torch.Tensor = 0,
+        **kwargs: Any,
+    ) -> CausalLMOutputWithPast:
+        if (input_ids is None) == (inputs_embeds is None):
+            raise ValueError("pass exactly one of input_ids and inputs_embeds")
+        if inputs_embeds is None:
+            inputs_embeds = self.embed(input_ids, media, media_present, media_masks)
+        return self.language_model(
+            inputs_embeds=inputs_embeds,
+            attention_mask=attention_mask,
+            position_ids=position_ids,
+            past_key_values=past_key_values,
+            labels=labels,
+            use_cache=use_cache,
+            logits_to_keep=logits_to_keep,
+            **kwargs,
+        )
+
+    def prepare_inputs_for_generation(self, *args, is_first_iteration: bool | None = False, **kwargs):
+        inputs = super().prepare_inputs_for_generation(*args, is_first_iteration=is_first_iteration, **kwargs)
+        if not is_first_iteration and kwargs.get("use_cache", True):
+            for key in MEDIA_KWARGS:  # media is merged into the KV cache at prefill; later steps see new tokens only
+                inputs.pop(key, None)
+        return inputs
+
+    # ------------------------------------------------------------------------------ LoRA
+    def add_lora(
+        self,
+        *,
+        r: int = 64,
+        alpha: int = 16,
+        dropout: float = 0.05,
+        target_modules: list[str] | None = None,
+    ) -> None:
+        """Wrap the backbone with a peft LoRA adapter; the media modules stay fully trainable."""
+        from peft import LoraConfig, get_peft_model
+
+        if self.is_lora:
+            raise EmollmError("this model already has a LoRA adapter")
+        lora = LoraConfig(
+            r=r,
+            lora_alpha=alpha,
+            lora_dropout=dropout,
+            target_modules=target_modules or default_lora_targets(self.config.text_config),
+            bias="none",
+            task_type="CAUSAL_LM",
+        )
+        self.language_model = get_peft_model(self.language_model, lora)
+        for p in self.media.parameters():
+            p.requires_grad_(True)
+
+    def trainable_parameters_by_group(self) -> dict[str, int]:
+        groups = {"backbone": 0, "lora": 0, "media": 0}
+        for name, p in self.named_parameters():
+            if not p.requires_grad:
+                continue
+            key = "media" if name.startswith("media.") else "lora" if "lora_" in name else "backbone"
+            groups[key] += p.numel()
+        return groups
+
+    # ------------------------------------------------------------------------------ save / load
+    def save_pretrained(self, save_directory: str | os.PathLike, **kwargs: Any) -> None:
+        """Full weights without LoRA (as HF); with LoRA: config + adapter + media modules only.
+
+        A LoRA run dir does not copy the backbone: ``config.backbone_name_or_path`` points at it and
+        :meth:`from_pretrained` loads it from there, then the adapter, then the media modules.
+        """
+        if not self.is_lora:
+            super().save_pretrained(save_directory, **kwargs)
+            return
+        from safetensors.torch import save_file
+
+        out = Path(save_directory)
+        out.mkdir(parents=True, exist_ok=True)
+        if not self.config.backbone_name_or_path:
+            raise EmollmError("cannot save a LoRA run without config.backbone_name_or_path (where the base model lives)")
+        self.config.save_pretrained(out)
+        self.language_model.save_pretrained(out / ADAPTER_DIR)
+        state = {k: v.detach().contiguous().cpu() for k, v in self.media.state_dict().items()}
+        save_file(state, str(out / MEDIA_WEIGHTS_NAME), metadata={"format": "pt"})
+        (out / "emollm_run.json").write_text(json.dumps({"kind": "lora", "adapter": ADAPTER_DIR}, indent=2))
+
+    @classmethod
+    def from_pretrained(cls, pretrained_model_name_or_path: str | os.PathLike, *args: Any, **kwargs: Any):
+        path = Path(pretrained_model_name_or_path)
+        if not (path / ADAPTER_DIR / "adapter_config.json").is_file():
+            return super().from_pretrained(pretrained_model_name_or_path, *args, **kwargs)
+        from peft import PeftModel
+        from safetensors.torch import load_file
+
+        config = EmoLLMConfig.from_pretrained(path)
+        backbone_kwargs = {k: kwargs[k] for k in ("dtype", "torch_dtype", "attn_implementation", "device_map", "revision") if k in kwargs}
+        base = AutoModelForCausalLM.from_pretrained(config.backbone_name_or_path, **backbone_kwargs)
+        # The adapter goes on after construction: PreTrainedModel's init would overwrite loaded LoRA weights.
+        model = cls(config, language_model=base)
+        model.language_model = PeftModel.from_pretrained(
+            base, path / ADAPTER_DIR, is_trainable=kwargs.get("is_trainable", False)
+        )
+        missing, unexpected = model.media.load_state_dict(load_file(str(path / MEDIA_WEIGHTS_NAME)), strict=True)
+        model.media.to(dtype=base.dtype)
+        return model.eval()
+
+
+def default_lora_targets(text_config) -> list[str]:
+    """LoRA target modules per backbone family: all attention and MLP projections (QLoRA-paper style)."""
+    model_type = getattr(text_config, "model_type", "")
+    if model_type in ("llama", "mistral", "qwen2", "qwen3", "gemma", "gemma2", "mixtral"):
+        return ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"]
+    if model_type in ("gpt2",):
+        return ["c_attn", "c_proj", "c_fc"]
+    return ["q_proj", "k_proj", "v_proj", "o_proj"]
