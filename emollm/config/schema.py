@@ -8,9 +8,10 @@ file format (``extends:``, ``${ENV}``, dotted overrides).
 
 from __future__ import annotations
 
+import re
 import typing
 from dataclasses import dataclass, field
-from typing import Literal
+from typing import Any, Literal
 
 from emollm.config.loader import ConfigCheck
 
@@ -133,32 +134,65 @@ class BackboneConfig:
 
 @dataclass
 class EncoderConfig:
-    """One modality encoder (frozen by default) and how many tokens it contributes."""
+    """One modality (placeholder ``<name>``): its encoder, feature shape, projector and prompt span.
+
+    Frozen kinds (visual / face / video / audio) are HF checkpoints run once per clip by the feature
+    cache; ``au`` is the learned AU encoder, trained with the model (its options: num_tokens,
+    hidden_size, depth, num_heads, max_frames).
+    """
 
     modality: Modality | None = None  # None: the entry's name when that is a modality ("audio", "face", ...)
     name_or_path: str | None = None  # None only for the learned AU encoder
-    num_tokens: int = 1
-    frozen: bool = True
+    options: dict[str, Any] = field(default_factory=dict)  # encoder options (see docs/model.md)
+    feature_dim: int | None = None  # None: read from the checkpoint's config
+    num_input_tokens: int | None = None  # feature rows per clip; None: asked from the encoder
+    projector: str | None = None  # None: model.projector
+    projector_options: dict[str, Any] = field(default_factory=dict)  # e.g. {regroup: 4, cls_token: separate}
+    span_prefix: str = ""  # text around this modality's media tokens in the prompt
+    span_suffix: str = ""
 
     def validate(self) -> None:
         if self.modality is None:
             raise ConfigCheck("modality", f"set the modality: one of {list(typing.get_args(Modality))}")
         if self.modality != "au" and not self.name_or_path:
             raise ConfigCheck("name_or_path", f"a '{self.modality}' encoder needs a checkpoint path or hub id")
-        _positive(self, "num_tokens")
+        if self.modality == "au" and self.name_or_path:
+            raise ConfigCheck("name_or_path", "the AU encoder is learned with the model: it has no checkpoint")
+        _positive(self, "feature_dim", "num_input_tokens")
+
+
+@dataclass
+class FusionSettings:
+    depth: int = 0  # 0: no fusion; >0: a cross-modal transformer over all modality tokens
+    num_heads: int = 8
+
+    def validate(self) -> None:
+        if self.depth < 0:
+            raise ConfigCheck("depth", f"must be >= 0, got {self.depth}")
+        _positive(self, "num_heads")
 
 
 @dataclass
 class ModelConfig:
     backbone: BackboneConfig = field(default_factory=BackboneConfig)
     encoders: dict[str, EncoderConfig] = field(default_factory=dict)
-    projector: Literal["linear", "mlp2x_gelu"] = "linear"
+    projector: str = "linear"  # default projector of every modality (registry: linear, mlp2x_gelu, ...)
+    prompt_tokens: int = 0  # learned tokens marking the start of each modality span
+    fusion: FusionSettings = field(default_factory=FusionSettings)
+    missing_modality: Literal["drop", "zero"] = "zero"  # a clip without a modality: drop its span or zero it
 
     def __post_init__(self) -> None:
         modalities = typing.get_args(Modality)
         for name, encoder in self.encoders.items():
             if encoder.modality is None and name in modalities:
                 encoder.modality = name  # `encoders: {audio: {name_or_path: ...}}` needs no modality line
+
+    def validate(self) -> None:
+        if self.prompt_tokens < 0:
+            raise ConfigCheck("prompt_tokens", f"must be >= 0, got {self.prompt_tokens}")
+        for name in self.encoders:
+            if not re.fullmatch(r"[a-z][a-z0-9_]*", name):
+                raise ConfigCheck(f"encoders.{name}", "modality names are lowercase identifiers (they become <name> placeholders)")
 
 
 @dataclass

@@ -7,12 +7,9 @@ from typing import Any
 from transformers import AutoConfig, PreTrainedConfig
 from transformers.configuration_utils import SubConfigSpec
 
+from emollm.processing import media_token  # noqa: F401  (re-exported: one home, the processor)
+
 MISSING_MODALITY_POLICIES = ("drop", "zero")
-
-
-def media_token(name: str) -> str:
-    """The special token that stands for one media embedding of modality ``name`` (see docs/model.md)."""
-    return f"<|emo_{name}|>"
 
 
 class EmoLLMConfig(PreTrainedConfig):

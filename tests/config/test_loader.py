@@ -166,10 +166,14 @@ def test_encoder_modality_defaults_to_its_name_else_is_required():
 
 
 def test_dict_sections_build_typed_entries():
-    cfg = cfglib.load(None, ["model.encoders.audio.modality=audio", "model.encoders.audio.name_or_path=/hubert",
-                             "model.encoders.audio.num_tokens=2"])
-    enc = cfg.model.encoders["audio"]
-    assert isinstance(enc, cfglib.EncoderConfig) and enc.num_tokens == 2 and enc.name_or_path == "/hubert"
+    cfg = cfglib.load(None, ["model.encoders.speech.modality=audio", "model.encoders.speech.name_or_path=/hubert",
+                             "model.encoders.speech.projector_options={regroup: 2}", "model.fusion.depth=2"])
+    enc = cfg.model.encoders["speech"]
+    assert isinstance(enc, cfglib.EncoderConfig) and enc.name_or_path == "/hubert"
+    assert enc.projector_options == {"regroup": 2} and cfg.model.fusion.depth == 2
+    with pytest.raises(ConfigError, match="model.encoders.speech.num_input_tokens"):
+        cfglib.load(None, ["model.encoders.speech.modality=audio", "model.encoders.speech.name_or_path=/h",
+                           "model.encoders.speech.num_input_tokens=0"])
 
 
 def test_resolved_config_round_trips(tmp_path):

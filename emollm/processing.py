@@ -1,0 +1,310 @@
+"""The processor: instruction samples -> token ids, labels and media tokens for the model.
+
+An **instruction sample** is ``{"id", "task", "messages": [{"role", "content"}...], "target"?,
+"label"?}``. Each modality placeholder ``<name>`` in the message text becomes, before tokenization,
+``span.prefix + N × "<|emo_{name}|>" + span.suffix`` (``docs/model.md``); the media tokens are
+special tokens this processor adds to the tokenizer, one id each. The conversation is then encoded
+turn by turn by :func:`emollm.templates.encode_conversation`, so the labels cover exactly the
+answer and its end token.
+
+:meth:`EmoProcessor.encode` returns Python lists (cheap to store, e.g. in ``datasets.map``);
+:meth:`EmoProcessor.collate` pads a batch into ``torch.long`` tensors.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import dataclass
+from typing import Any, Literal
+
+from emollm.errors import EmollmError
+from emollm.log import get_logger
+from emollm.templates import IGNORE_INDEX, Template, encode_conversation, render_conversation, resolve_template
+
+log = get_logger(__name__)
+
+PLACEHOLDER = re.compile(r"<([A-Za-z_][A-Za-z0-9_]*)>")
+_DROPPED = "\x00"
+_DROPPED_RUN = re.compile(r"(\s*)\x00(?:\s*\x00)*(\s*)")
+
+
+def media_token(name: str) -> str:
+    """The special token of a modality: ``<|emo_{name}|>``."""
+    return f"<|emo_{name}|>"
+
+
+@dataclass(frozen=True)
+class ModalitySpan:
+    """How one modality appears in the prompt: ``prefix + num_tokens × media_token + suffix``."""
+
+    name: str
+    num_tokens: int
+    prefix: str = ""
+    suffix: str = ""
+
+    def __post_init__(self) -> None:
+        if not re.fullmatch(r"[A-Za-z_][A-Za-z0-9_]*", self.name):
+            raise EmollmError(f"modality name {self.name!r} must be letters, digits and '_' (it is used as <{self.name}>)")
+        if not isinstance(self.num_tokens, int) or self.num_tokens < 1:
+            raise EmollmError(f"modality {self.name!r}: num_tokens must be a positive integer, got {self.num_tokens!r}")
+
+    @property
+    def placeholder(self) -> str:
+        return f"<{self.name}>"
+
+    @property
+    def token(self) -> str:
+        return media_token(self.name)
+
+    def expand(self) -> str:
+        return self.prefix + self.token * self.num_tokens + self.suffix
+
+
+def parse_spans(text: str) -> dict[str, ModalitySpan]:
+    """``"video=4,audio=2"`` -> spans (no prefix/suffix)."""
+    spans: dict[str, ModalitySpan] = {}
+    for item in filter(None, (part.strip() for part in text.split(","))):
+        name, sep, count = item.partition("=")
+        if not sep or not count.strip().isdigit():
+            raise EmollmError(f"bad span {item!r}: expected NAME=COUNT, e.g. video=4,audio=2")
+        spans[name.strip()] = ModalitySpan(name.strip(), int(count))
+    return spans
+
+
+def _join_dropped(match: re.Match, text: str) -> str:
+    """Whitespace left where dropped placeholders were: none at the start/end of the text,
+    else one of the surrounding runs (the one with a line break, if any)."""
+    lead, trail = match.group(1), match.group(2)
+    if match.start() == 0 or match.end() == len(text):
+        return ""
+    if "\n" in trail:
+        return trail
+    return lead or trail
+
+
+def expand_placeholders(
+    text: str,
+    spans: Mapping[str, ModalitySpan],
+    present: set[str],
+    missing_modality: str = "drop",
+    seen: dict[str, int] | None = None,
+) -> str:
+    """Replace configured placeholders: expanded when present (or under ``zero``), removed (with
+    the whitespace around them) when missing under ``drop``; other ``<word>`` are left as text.
+    ``seen`` counts the configured placeholders met."""
+
+    def replace(match: re.Match) -> str:
+        name = match.group(1)
+        span = spans.get(name)
+        if span is None:
+            log.debug("%r is not a configured modality; left as text", match.group(0))
+            return match.group(0)
+        if seen is not None:
+            seen[name] = seen.get(name, 0) + 1
+        if name in present or missing_modality == "zero":
+            return span.expand()
+        return _DROPPED
+
+    out = PLACEHOLDER.sub(replace, text)
+    if _DROPPED in out:
+        out = _DROPPED_RUN.sub(lambda m: _join_dropped(m, out), out)
+    return out
+
+
+def prepare_messages(
+    sample: Mapping[str, Any],
+    spans: Mapping[str, ModalitySpan],
+    present: set[str] | None = None,
+    missing_modality: str = "drop",
+) -> tuple[list[dict], set[str]]:
+    """The sample's messages with ``target`` as the answer (when the last message is not the
+    assistant's) and placeholders expanded; and the configured modalities that occur in them."""
+    sample_id = sample.get("id", "?")
+    messages = sample.get("messages")
+    if not isinstance(messages, Sequence) or isinstance(messages, str) or not messages:
+        raise EmollmError(f"sample {sample_id}: 'messages' must be a non-empty list of {{role, content}}")
+    messages = [dict(m) if isinstance(m, Mapping) else m for m in messages]
+    target = sample.get("target")
+    if target is not None and isinstance(messages[-1], dict) and messages[-1].get("role") != "assistant":
+        messages.append({"role": "assistant", "content": str(target)})
+    present = set(spans) if present is None else set(present)
+    seen: dict[str, int] = {}
+    for message in messages:
+        if not isinstance(message, dict) or not isinstance(message.get("content"), str):
+            continue  # encode_conversation reports it
+        content = message["content"]
+        if message.get("role") == "assistant":
+            used = [m.group(0) for m in PLACEHOLDER.finditer(content) if m.group(1) in spans]
+            if used:
+                raise EmollmError(f"sample {sample_id}: media placeholder {used[0]} in an assistant message; "
+                                  "media belong in the user (or system) text")
+            continue
+        message["content"] = expand_placeholders(content, spans, present, missing_modality, seen)
+    repeated = [name for name, count in seen.items() if count > 1]
+    if repeated:
+        raise EmollmError(f"sample {sample_id}: placeholder <{repeated[0]}> occurs {seen[repeated[0]]} times; "
+                          "each modality may appear once per sample")
+    return messages, set(seen)
+
+
+class EmoProcessor:
+    """Turns instruction samples into model inputs for one backbone template and set of modalities.
+
+    Args:
+        tokenizer: the backbone's tokenizer; the media tokens are added to it (in place).
+        template: a :class:`Template`, a registered name, or None to guess from the tokenizer.
+        spans: ``{name: ModalitySpan}`` (or an iterable of spans) for the configured modalities.
+        max_length: longest ``input_ids`` allowed (None: no limit).
+        missing_modality: ``"drop"`` removes the placeholder of a modality the clip lacks (no tokens),
+            ``"zero"`` keeps its tokens (the model writes zeros there).
+        truncation: when a sample is longer than ``max_length``: ``"error"`` raises an EmollmError,
+            ``"drop"`` logs a warning and returns None (the collator skips it). Nothing is cut: a
+            media span or an answer is never shortened.
+
+    After construction: ``media_token_ids`` (name -> id), ``num_added_tokens`` and
+    ``vocab_grew`` (resize the model's embeddings to ``len(tokenizer)`` when True).
+    """
+
+    def __init__(
+        self,
+        tokenizer: Any,
+        template: Template | str | None = None,
+        spans: Mapping[str, ModalitySpan] | Iterable[ModalitySpan] = (),
+        max_length: int | None = None,
+        missing_modality: Literal["drop", "zero"] = "drop",
+        truncation: Literal["error", "drop"] = "error",
+    ):
+        if missing_modality not in ("drop", "zero"):
+            raise EmollmError(f"missing_modality must be 'drop' or 'zero', got {missing_modality!r}")
+        if truncation not in ("error", "drop"):
+            raise EmollmError(f"truncation must be 'error' or 'drop', got {truncation!r}")
+        if max_length is not None and max_length < 1:
+            raise EmollmError(f"max_length must be positive, got {max_length}")
+        self.tokenizer = tokenizer
+        self.template = resolve_template(template, tokenizer)
+        if isinstance(spans, Mapping):
+            for key, span in spans.items():
+                if key != span.name:
+                    raise EmollmError(f"span under key {key!r} is named {span.name!r}; they must match")
+            spans = list(spans.values())
+        self.spans: dict[str, ModalitySpan] = {span.name: span for span in spans}
+        self.max_length = max_length
+        self.missing_modality = missing_modality
+        self.truncation = truncation
+        self.num_added_tokens = self._add_media_tokens()
+        self.vocab_grew = self.num_added_tokens > 0
+        self.media_token_ids: dict[str, int] = {
+            name: int(tokenizer.convert_tokens_to_ids(span.token)) for name, span in self.spans.items()
+        }
+        for name, span in self.spans.items():  # each media token must be one id, also inside text
+            ids = tokenizer(f"a {span.token}{span.token}b", add_special_tokens=False).input_ids
+            if ids.count(self.media_token_ids[name]) != 2:
+                raise EmollmError(f"media token {span.token!r} does not tokenize to a single id with this tokenizer")
+
+    def _add_media_tokens(self) -> int:
+        tokens = [span.token for span in self.spans.values()]
+        if not tokens:
+            return 0
+        before = len(self.tokenizer)
+        self.tokenizer.add_special_tokens({"additional_special_tokens": tokens}, replace_extra_special_tokens=False)
+        added = len(self.tokenizer) - before
+        if added:
+            log.info("added %d media token(s) to the tokenizer: %s (vocabulary %d -> %d)",
+                     added, ", ".join(tokens), before, len(self.tokenizer))
+        return added
+
+    @property
+    def pad_token_id(self) -> int:
+        """The padding id: the tokenizer's pad token, else its EOS (padding is masked anyway)."""
+        pad = self.tokenizer.pad_token_id
+        if pad is None:
+            pad = self.tokenizer.eos_token_id
+        if pad is None:
+            raise EmollmError("the tokenizer has neither a pad nor an eos token to pad with")
+        return int(pad)
+
+    # -- text ------------------------------------------------------------------------------
+    def prepare_messages(self, sample: Mapping[str, Any], present: set[str] | None = None) -> tuple[list[dict], set[str]]:
+        """See :func:`prepare_messages`."""
+        return prepare_messages(sample, self.spans, present, self.missing_modality)
+
+    def render(self, sample: Mapping[str, Any], present: set[str] | None = None) -> str:
+        """The exact prompt string (placeholders expanded) the model sees for this sample."""
+        messages, _ = self.prepare_messages(sample, present)
+        return render_conversation(self.template, messages, tokenizer=self.tokenizer)
+
+    # -- ids -------------------------------------------------------------------------------
+    def encode(self, sample: Mapping[str, Any], present: set[str] | None = None) -> dict[str, Any] | None:
+        """Encode one instruction sample.
+
+        ``present``: the modalities this clip has (None: all configured). Returns
+        ``{"id", "input_ids", "attention_mask", "labels"}`` (lists of int) and ``"media_present"``
+        (sorted names of the modalities whose tokens are in the ids *and* whose features exist; under
+        ``zero`` a missing modality has tokens but is not listed), or None when the sample is too
+        long and ``truncation="drop"``.
+        """
+        sample_id = sample.get("id", "?")
+        present = set(self.spans) if present is None else set(present)
+        messages, used = self.prepare_messages(sample, present)
+        try:
+            input_ids, labels = encode_conversation(self.template, self.tokenizer, messages)
+        except EmollmError as exc:
+            raise EmollmError(f"sample {sample_id}: {exc.message}", hint=exc.hint) from None
+        in_prompt = {name for name in used if name in present or self.missing_modality == "zero"}
+        for name, token_id in self.media_token_ids.items():
+            expected = self.spans[name].num_tokens if name in in_prompt else 0
+            found = input_ids.count(token_id)
+            if found != expected:
+                raise EmollmError(f"sample {sample_id}: {found} {self.spans[name].token} token(s) in the ids, "
+                                  f"expected {expected} (is the media token written literally in the text?)")
+            if any(label == token_id for label in labels):
+                raise EmollmError(f"sample {sample_id}: a {name} media token is in the labels")
+        if self.max_length is not None and len(input_ids) > self.max_length:
+            answer = sum(label != IGNORE_INDEX for label in labels)
+            media = sum(input_ids.count(self.media_token_ids[n]) for n in in_prompt)
+            message = (f"sample {sample_id}: {len(input_ids)} tokens is longer than max_length {self.max_length} "
+                       f"({media} media tokens, {answer} answer tokens); samples are never cut")
+            if self.truncation == "error":
+                raise EmollmError(message, hint="raise max_length, shorten the text, or set truncation to 'drop'")
+            log.warning("%s: skipped", message)
+            return None
+        return {
+            "id": sample_id,
+            "input_ids": input_ids,
+            "attention_mask": [1] * len(input_ids),
+            "labels": labels,
+            "media_present": sorted(in_prompt & present),
+        }
+
+    __call__ = encode
+
+    def collate(self, batch: Sequence[Mapping[str, Any] | None], pad_to_multiple_of: int | None = None) -> dict[str, Any]:
+        """Right-pad encoded samples into ``torch.long`` tensors ``(B, L)``: ``input_ids`` with
+        :attr:`pad_token_id`, ``attention_mask`` 0, ``labels`` -100. ``media_present`` becomes
+        ``{name: BoolTensor (B,)}`` for every configured modality; ``ids`` lists the sample ids.
+        None entries (samples dropped as too long) are skipped."""
+        import torch
+
+        rows = [row for row in batch if row is not None]
+        if not rows:
+            raise EmollmError(f"no sample left in a batch of {len(batch)}: all were dropped as too long",
+                              hint="raise max_length")
+        length = max(len(row["input_ids"]) for row in rows)
+        if pad_to_multiple_of:
+            length = -(-length // pad_to_multiple_of) * pad_to_multiple_of
+        pad = self.pad_token_id
+        input_ids = torch.full((len(rows), length), pad, dtype=torch.long)
+        attention = torch.zeros((len(rows), length), dtype=torch.long)
+        labels = torch.full((len(rows), length), IGNORE_INDEX, dtype=torch.long)
+        for i, row in enumerate(rows):
+            n = len(row["input_ids"])
+            input_ids[i, :n] = torch.tensor(row["input_ids"], dtype=torch.long)
+            attention[i, :n] = torch.tensor(row["attention_mask"], dtype=torch.long)
+            labels[i, :n] = torch.tensor(row["labels"], dtype=torch.long)
+        media_present = {
+            name: torch.tensor([name in row.get("media_present", ()) for row in rows], dtype=torch.bool)
+            for name in self.spans
+        }
+        return {"input_ids": input_ids, "attention_mask": attention, "labels": labels,
+                "media_present": media_present, "ids": [row.get("id") for row in rows]}

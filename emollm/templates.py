@@ -1,0 +1,457 @@
+"""Chat templates as data, encoded turn by turn so the loss mask is exact by construction.
+
+A :class:`Template` holds the per-role formats of one backbone family (LLaMA-Factory's
+``register_template`` idea): how a user turn, an assistant answer and the system prompt are written,
+where BOS goes, which token ends an answer, the default system prompt and the stop words.
+:func:`encode_conversation` turns role/content messages into ``(input_ids, labels)``: every piece
+is tokenized on its own (``add_special_tokens=False``) and BOS / the end token are added as ids, so
+the labels cover exactly each assistant answer plus the token that ends it; nothing is inferred by
+counting lengths (LLaVA's "tokenization mismatch").
+
+Registered: ``llama2`` (LLaMA-2-chat), ``mistral`` (Mistral-7B-Instruct v0.1/v0.2), ``llama3``
+(LLaMA-3-Instruct), ``chatml`` (Qwen2-style). See docs/templates.md to add one.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import re
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from typing import Any, Literal
+
+from emollm.errors import EmollmError
+from emollm.log import get_logger
+
+log = get_logger(__name__)
+
+IGNORE_INDEX = -100
+_CONTENT = "{content}"
+
+
+@dataclass(frozen=True)
+class Template:
+    """One chat format. Format strings hold ``{content}`` once; other text in them is literal
+    (special tokens such as ``<|start_header_id|>`` are written as text and must be single tokens).
+
+    Layout of a conversation (``|`` separates pieces; ``[..]`` are ids added explicitly)::
+
+        [BOS] system-turn? | user | assistant_prefix | answer [END] | separator | user | ...
+
+    - ``format_user``: a user turn (``llama2``: ``"[INST] {content} [/INST]"``).
+    - ``assistant_prefix``: text that opens the assistant turn, not in the loss; also the
+      generation prompt (``llama3``: ``"<|start_header_id|>assistant<|end_header_id|>\\n\\n"``).
+    - ``format_assistant``: the answer (in the loss), followed by the end token id (in the loss).
+    - ``separator``: text after the end token, before the next turn (not in the loss; ``chatml``: ``"\\n"``).
+    - ``format_system`` + ``system_placement``: ``"first_user"`` puts the formatted system text in
+      front of the first user message's content (inside ``format_user``); ``"turn"`` writes it as a
+      turn of its own before the first user turn.
+    - ``bos``: ``"once"`` (start of the conversation), ``"every_user_turn"`` (``llama2``: before each
+      ``[INST]``), or ``"none"``. The id is ``tokenizer.bos_token_id``.
+    - ``end_token``: the token that ends an answer; ``None`` = the tokenizer's EOS. It is appended
+      after every answer and is always in the labels (LLaMA-Factory's ``efficient_eos`` concern:
+      the model must learn to stop, so the end token is never left out of the loss).
+    - ``strip_content``: strip the (system-merged) user text and the answer, as the official template does.
+    - ``bos_text`` / ``end_text``: how BOS / the end token are written when rendering without a tokenizer.
+    - ``stop_words``: tokens at which generation stops (besides ``end_token``).
+    """
+
+    name: str
+    format_user: str
+    format_assistant: str = _CONTENT
+    assistant_prefix: str = ""
+    separator: str = ""
+    format_system: str = _CONTENT
+    system_placement: Literal["first_user", "turn"] = "turn"
+    strip_system: bool = False
+    default_system: str | None = None
+    bos: Literal["once", "every_user_turn", "none"] = "once"
+    end_token: str | None = None
+    strip_content: bool = False
+    bos_text: str | None = None
+    end_text: str | None = None
+    stop_words: tuple[str, ...] = ()
+    description: str = ""
+
+    def __post_init__(self) -> None:
+        for field in ("format_user", "format_assistant", "format_system"):
+            value = getattr(self, field)
+            if value.count(_CONTENT) != 1:
+                raise EmollmError(f"template {self.name!r}: {field} must contain {_CONTENT} exactly once, got {value!r}")
+        if self.system_placement not in ("first_user", "turn"):
+            raise EmollmError(f"template {self.name!r}: system_placement must be 'first_user' or 'turn'")
+        if self.bos not in ("once", "every_user_turn", "none"):
+            raise EmollmError(f"template {self.name!r}: bos must be 'once', 'every_user_turn' or 'none'")
+
+    # -- ids ---------------------------------------------------------------------------------
+    def bos_id(self, tokenizer: Any) -> int | None:
+        if self.bos == "none":
+            return None
+        token_id = tokenizer.bos_token_id
+        if token_id is None and self.bos_text:
+            token_id = _single_token_id(tokenizer, self.bos_text, self.name, "BOS")
+        if token_id is None:
+            raise EmollmError(
+                f"template {self.name!r} starts with BOS but the tokenizer has no bos_token",
+                hint="pick the template of this checkpoint's family (model.backbone.template)",
+            )
+        return int(token_id)
+
+    def end_id(self, tokenizer: Any) -> int:
+        if self.end_token is not None:
+            return _single_token_id(tokenizer, self.end_token, self.name, "end token")
+        if tokenizer.eos_token_id is None:
+            raise EmollmError(f"template {self.name!r} ends answers with EOS but the tokenizer has no eos_token")
+        return int(tokenizer.eos_token_id)
+
+    def stop_token_ids(self, tokenizer: Any) -> list[int]:
+        """Ids at which generation stops: the end token, the tokenizer's EOS and the stop words."""
+        ids = [self.end_id(tokenizer)]
+        if tokenizer.eos_token_id is not None:
+            ids.append(int(tokenizer.eos_token_id))
+        for word in self.stop_words:
+            token_id = tokenizer.convert_tokens_to_ids(word)
+            if isinstance(token_id, int) and token_id != tokenizer.unk_token_id:
+                ids.append(token_id)
+        return list(dict.fromkeys(ids))
+
+
+def _single_token_id(tokenizer: Any, token: str, template: str, what: str) -> int:
+    ids = tokenizer(token, add_special_tokens=False).input_ids
+    if len(ids) != 1:
+        raise EmollmError(
+            f"template {template!r}: its {what} {token!r} is not a single token of this tokenizer "
+            f"(it tokenizes to {len(ids)} ids)",
+            hint="pick the template of this checkpoint's family (set model.backbone.template)",
+        )
+    return int(ids[0])
+
+
+# -- registry --------------------------------------------------------------------------------
+_TEMPLATES: dict[str, Template] = {}
+
+
+def register_template(name: str, *, overwrite: bool = False, **fields: Any) -> Template:
+    """Register a template by its fields (see :class:`Template`) and return it."""
+    if not re.fullmatch(r"[A-Za-z0-9_.\-]+", name):
+        raise EmollmError(f"template name {name!r} must be letters, digits, '_', '-' or '.'")
+    if name in _TEMPLATES and not overwrite:
+        raise EmollmError(f"template {name!r} is already registered", hint="pass overwrite=True to replace it")
+    template = Template(name=name, **fields)
+    _TEMPLATES[name] = template
+    return template
+
+
+def get_template(name: str) -> Template:
+    try:
+        return _TEMPLATES[name]
+    except KeyError:
+        raise EmollmError(
+            f"unknown chat template {name!r}; registered: {', '.join(list_templates())}",
+            hint="set model.backbone.template to one of them, or register_template(...) your own",
+        ) from None
+
+
+def list_templates() -> list[str]:
+    return sorted(_TEMPLATES)
+
+
+register_template(
+    "llama2",
+    description="LLaMA-2-chat: <s>[INST] <<SYS>>\\n{system}\\n<</SYS>>\\n\\n{user} [/INST] {answer} </s>",
+    format_user="[INST] {content} [/INST]",
+    format_assistant=" {content} ",
+    format_system="<<SYS>>\n{content}\n<</SYS>>\n\n",
+    system_placement="first_user",
+    bos="every_user_turn",
+    strip_content=True,
+    bos_text="<s>",
+    end_text="</s>",
+)
+register_template(
+    "mistral",
+    description="Mistral-7B-Instruct v0.1/v0.2: <s>[INST] {user} [/INST]{answer}</s>; the official template "
+    "has no system role, so the system prompt is put in front of the first user message, then a blank line",
+    format_user="[INST] {content} [/INST]",
+    format_system="{content}\n\n",
+    system_placement="first_user",
+    bos="once",
+    bos_text="<s>",
+    end_text="</s>",
+)
+register_template(
+    "llama3",
+    description="LLaMA-3-Instruct: header ids, each turn ends with <|eot_id|>",
+    format_user="<|start_header_id|>user<|end_header_id|>\n\n{content}<|eot_id|>",
+    assistant_prefix="<|start_header_id|>assistant<|end_header_id|>\n\n",
+    format_system="<|start_header_id|>system<|end_header_id|>\n\n{content}<|eot_id|>",
+    system_placement="turn",
+    strip_system=True,
+    bos="once",
+    end_token="<|eot_id|>",
+    strip_content=True,
+    bos_text="<|begin_of_text|>",
+    end_text="<|eot_id|>",
+    stop_words=("<|eot_id|>", "<|end_of_text|>"),
+)
+register_template(
+    "chatml",
+    description="ChatML as Qwen2-Instruct: <|im_start|>{role}\\n{content}<|im_end|>\\n, no BOS",
+    format_user="<|im_start|>user\n{content}<|im_end|>\n",
+    assistant_prefix="<|im_start|>assistant\n",
+    separator="\n",
+    format_system="<|im_start|>system\n{content}<|im_end|>\n",
+    system_placement="turn",
+    default_system="You are a helpful assistant.",
+    bos="none",
+    end_token="<|im_end|>",
+    end_text="<|im_end|>",
+    stop_words=("<|im_end|>", "<|endoftext|>"),
+)
+
+
+# -- guessing the family ---------------------------------------------------------------------
+_HINT_SET = "set model.backbone.template to one of: " + ", ".join(["llama2", "mistral", "llama3", "chatml"])
+
+
+def _guess_from_chat_template(chat_template: Any) -> str | None:
+    if isinstance(chat_template, Mapping):  # named templates: the default one
+        chat_template = chat_template.get("default") or next(iter(chat_template.values()), None)
+    if not isinstance(chat_template, str):
+        return None
+    if "<|start_header_id|>" in chat_template:
+        return "llama3"
+    if "<|im_start|>" in chat_template:
+        return "chatml"
+    if "<<SYS>>" in chat_template:
+        return "llama2"
+    if "[INST]" in chat_template:
+        return "mistral"
+    return None
+
+
+def _guess_from_vocab(tokenizer: Any) -> str | None:
+    try:
+        vocab = tokenizer.get_vocab()
+    except Exception:  # noqa: BLE001 - a tokenizer without a vocabulary view: nothing to guess from
+        return None
+    if "<|start_header_id|>" in vocab and "<|eot_id|>" in vocab:
+        return "llama3"
+    if "<|im_start|>" in vocab and "<|im_end|>" in vocab:
+        return "chatml"
+    return None
+
+
+def _guess_from_model_type(config: Any) -> str | None:
+    get = config.get if isinstance(config, Mapping) else lambda key, default=None: getattr(config, key, default)
+    model_type = get("model_type")
+    text_config = get("text_config")
+    if text_config is not None and model_type not in ("llama", "mistral", "qwen2"):
+        return _guess_from_model_type(text_config)
+    if model_type in ("mistral", "mixtral"):
+        return "mistral"
+    if model_type in ("qwen2", "qwen2_moe", "qwen3"):
+        return "chatml"
+    if model_type == "llama":
+        vocab_size = get("vocab_size")
+        if vocab_size == 32000:
+            return "llama2"
+        if isinstance(vocab_size, int) and vocab_size >= 128000:
+            return "llama3"
+    return None
+
+
+def template_for(tokenizer_or_config: Any) -> Template:
+    """Guess the template from a tokenizer (its chat_template, then its special tokens, then its
+    name) or from a model config (``model_type``, and the vocabulary size for ``llama``)."""
+    obj = tokenizer_or_config
+    name = None
+    what = type(obj).__name__
+    if hasattr(obj, "convert_tokens_to_ids"):  # a tokenizer
+        name = _guess_from_chat_template(getattr(obj, "chat_template", None)) or _guess_from_vocab(obj)
+        if name is None:
+            path = str(getattr(obj, "name_or_path", "")).lower().replace("-", "").replace("_", "")
+            name = "mistral" if "mistral" in path else "llama2" if "llama2" in path else None
+        what = f"tokenizer {getattr(obj, 'name_or_path', '') or what}"
+    elif hasattr(obj, "model_type") or isinstance(obj, Mapping):
+        name = _guess_from_model_type(obj)
+        model_type = obj.get("model_type") if isinstance(obj, Mapping) else obj.model_type
+        what = f"model config (model_type {model_type!r})"
+    if name is None:
+        raise EmollmError(f"cannot tell which chat template fits the {what}", hint=_HINT_SET)
+    log.debug("chat template guessed for %s: %s", what, name)
+    return get_template(name)
+
+
+def resolve_template(template: Template | str | None, tokenizer: Any = None) -> Template:
+    """A Template from a Template, a registered name, or (None) a guess from the tokenizer."""
+    if isinstance(template, Template):
+        return template
+    if isinstance(template, str):
+        return get_template(template)
+    if tokenizer is None:
+        raise EmollmError("no chat template given and no tokenizer to guess it from", hint=_HINT_SET)
+    return template_for(tokenizer)
+
+
+# -- conversation → pieces -------------------------------------------------------------------
+@dataclass(frozen=True)
+class Piece:
+    """A text piece or a special id (``special`` names which: ``"bos"`` or ``"end"``)."""
+
+    text: str = ""
+    special: str | None = None
+    loss: bool = False
+
+
+def _check_messages(messages: Sequence[Mapping[str, Any]], system: str | None) -> tuple[str | None, list[dict]]:
+    messages = [dict(m) for m in messages]
+    for i, message in enumerate(messages):
+        if not isinstance(message.get("content"), str) or message.get("role") not in ("system", "user", "assistant"):
+            raise EmollmError(
+                f"message {i} must be {{'role': 'system'|'user'|'assistant', 'content': str}}, got {message!r}"[:300]
+            )
+    if messages and messages[0]["role"] == "system":
+        first = messages.pop(0)
+        if system is None:
+            system = first["content"]
+    for i, message in enumerate(messages):
+        expected = "user" if i % 2 == 0 else "assistant"
+        if message["role"] != expected:
+            raise EmollmError(
+                f"message {i + (1 if system is not None else 0)} has role {message['role']!r}; after an optional "
+                "system message, roles must alternate user/assistant starting with user"
+            )
+    if not messages:
+        raise EmollmError("a conversation needs at least one user message")
+    return system, messages
+
+
+def conversation_pieces(
+    template: Template,
+    messages: Sequence[Mapping[str, Any]],
+    system: str | None = None,
+    add_generation_prompt: bool | None = None,
+) -> list[Piece]:
+    """The conversation as pieces, each marked in or out of the loss.
+
+    ``system`` overrides a leading system message; with neither, the template's default system
+    prompt is used. ``add_generation_prompt`` (default: when the last message is the user's)
+    appends the assistant prefix so the model answers next.
+    """
+    system, turns = _check_messages(messages, system)
+    if system is None:
+        system = template.default_system
+    ends_with_user = turns[-1]["role"] == "user"
+    if add_generation_prompt is None:
+        add_generation_prompt = ends_with_user
+    pieces: list[Piece] = []
+    if template.bos == "once":
+        pieces.append(Piece(special="bos"))
+    if system is not None and template.system_placement == "turn":
+        text = system.strip() if template.strip_system else system
+        pieces.append(Piece(template.format_system.replace(_CONTENT, text)))
+    for i, message in enumerate(turns):
+        content = message["content"]
+        if message["role"] == "user":
+            if i == 0 and system is not None and template.system_placement == "first_user":
+                content = template.format_system.replace(_CONTENT, system) + content
+            if template.strip_content:
+                content = content.strip()
+            if template.bos == "every_user_turn":
+                pieces.append(Piece(special="bos"))
+            pieces.append(Piece(template.format_user.replace(_CONTENT, content)))
+        else:
+            if template.strip_content:
+                content = content.strip()
+            if template.assistant_prefix:
+                pieces.append(Piece(template.assistant_prefix))
+            pieces.append(Piece(template.format_assistant.replace(_CONTENT, content), loss=True))
+            pieces.append(Piece(special="end", loss=True))
+            if template.separator:
+                pieces.append(Piece(template.separator))
+    if ends_with_user and add_generation_prompt and template.assistant_prefix:
+        pieces.append(Piece(template.assistant_prefix))
+    return [p for p in pieces if p.special or p.text]
+
+
+def render_conversation(
+    template: Template,
+    messages: Sequence[Mapping[str, Any]],
+    system: str | None = None,
+    add_generation_prompt: bool | None = None,
+    tokenizer: Any = None,
+) -> str:
+    """The conversation as the string the model sees (BOS / end tokens written as text: the
+    tokenizer's when given, else the template's ``bos_text`` / ``end_text``)."""
+    out = []
+    for piece in conversation_pieces(template, messages, system, add_generation_prompt):
+        if piece.special is None:
+            out.append(piece.text)
+        elif tokenizer is not None:
+            token_id = template.bos_id(tokenizer) if piece.special == "bos" else template.end_id(tokenizer)
+            out.append(tokenizer.convert_ids_to_tokens(token_id))
+        else:
+            text = template.bos_text if piece.special == "bos" else template.end_text
+            if text is None:
+                raise EmollmError(f"template {template.name!r} needs a tokenizer to write its {piece.special} token")
+            out.append(text)
+    return "".join(out)
+
+
+# -- tokenization ----------------------------------------------------------------------------
+def _ids(tokenizer: Any, text: str) -> list[int]:
+    return list(tokenizer(text, add_special_tokens=False).input_ids)
+
+
+def encode_conversation(
+    template: Template,
+    tokenizer: Any,
+    messages: Sequence[Mapping[str, Any]],
+    system: str | None = None,
+    add_generation_prompt: bool | None = None,
+) -> tuple[list[int], list[int]]:
+    """``(input_ids, labels)`` of a conversation; labels are ``-100`` except the assistant answers
+    and the end token after each.
+
+    Each text piece is tokenized with ``add_special_tokens=False`` in its real left context: the
+    text since the last explicit id, preceded by that id's token string (sentencepiece tokenizers
+    treat text after a special token and at the start of a string differently, and a piece that
+    continues a line, like Mistral's answer right after ``[/INST]``, must not gain a leading
+    ``▁``). The ids of the context must be a prefix of the ids of context + piece; if a merge
+    crosses the boundary, an EmollmError is raised rather than a silently shifted mask.
+    """
+    input_ids: list[int] = []
+    labels: list[int] = []
+    anchor = ""  # token string of the last explicit id ("" at the very start)
+    context = ""  # text since the last explicit id
+    context_ids: list[int] = []
+    for piece in conversation_pieces(template, messages, system, add_generation_prompt):
+        if piece.special is not None:
+            token_id = template.bos_id(tokenizer) if piece.special == "bos" else template.end_id(tokenizer)
+            new = [token_id]
+            anchor, context, context_ids = tokenizer.convert_ids_to_tokens(token_id), "", []
+        else:
+            full = _ids(tokenizer, anchor + context + piece.text)
+            head = _ids(tokenizer, anchor) if anchor else []
+            if full[: len(head)] != head:
+                raise EmollmError(
+                    f"template {template.name!r}: {anchor!r} does not tokenize as one token before {piece.text[:40]!r}"
+                )
+            full = full[len(head):]
+            if full[: len(context_ids)] != context_ids:
+                raise EmollmError(
+                    f"template {template.name!r}: the tokenizer merges across the boundary before "
+                    f"{piece.text[:40]!r}, so the loss mask cannot be placed exactly",
+                    hint="check the template's formats against the checkpoint's chat_template",
+                )
+            new = full[len(context_ids):]
+            context, context_ids = context + piece.text, full
+        input_ids.extend(new)
+        labels.extend(new if piece.loss else [IGNORE_INDEX] * len(new))
+    return input_ids, labels
+
+
+def template_fields(template: Template) -> dict[str, Any]:
+    """The template's fields as a plain dict (for saving next to a run)."""
+    return dataclasses.asdict(template)
