@@ -13,9 +13,13 @@ answer and its end token.
 
 from __future__ import annotations
 
+import dataclasses
+import json
+import os
 import re
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any, Literal
 
 from emollm.errors import EmollmError
@@ -24,6 +28,7 @@ from emollm.templates import IGNORE_INDEX, Template, encode_conversation, render
 
 log = get_logger(__name__)
 
+PROCESSOR_CONFIG = "emollm_processor.json"
 PLACEHOLDER = re.compile(r"<([A-Za-z_][A-Za-z0-9_]*)>")
 _DROPPED = "\x00"
 _DROPPED_RUN = re.compile(r"(\s*)\x00(?:\s*\x00)*(\s*)")
@@ -308,3 +313,46 @@ class EmoProcessor:
         }
         return {"input_ids": input_ids, "attention_mask": attention, "labels": labels,
                 "media_present": media_present, "ids": [row.get("id") for row in rows]}
+
+    # -- run dir -------------------------------------------------------------------------------
+    def save_pretrained(self, save_directory: str | os.PathLike) -> None:
+        """Tokenizer (with the media tokens) + ``emollm_processor.json`` (template, spans, policies)."""
+        from emollm.templates import template_fields
+
+        out = Path(save_directory)
+        out.mkdir(parents=True, exist_ok=True)
+        self.tokenizer.save_pretrained(out)
+        data = {
+            "template": template_fields(self.template),
+            "spans": [dataclasses.asdict(span) for span in self.spans.values()],
+            "max_length": self.max_length,
+            "missing_modality": self.missing_modality,
+            "truncation": self.truncation,
+            "media_token_ids": self.media_token_ids,
+        }
+        (out / PROCESSOR_CONFIG).write_text(json.dumps(data, indent=2), encoding="utf-8")
+
+    @classmethod
+    def from_pretrained(cls, directory: str | os.PathLike) -> EmoProcessor:
+        """Load what :meth:`save_pretrained` wrote; the media tokens keep their ids."""
+        from transformers import AutoTokenizer
+
+        path = Path(directory)
+        config_file = path / PROCESSOR_CONFIG
+        if not config_file.is_file():
+            raise EmollmError(f"{path} holds no {PROCESSOR_CONFIG}: not an emollm run or processor directory")
+        data = json.loads(config_file.read_text(encoding="utf-8"))
+        fields = data["template"]
+        fields["stop_words"] = tuple(fields.get("stop_words") or ())
+        processor = cls(
+            AutoTokenizer.from_pretrained(path),
+            Template(**fields),
+            [ModalitySpan(**span) for span in data["spans"]],
+            max_length=data["max_length"],
+            missing_modality=data["missing_modality"],
+            truncation=data["truncation"],
+        )
+        if processor.media_token_ids != data["media_token_ids"]:
+            raise EmollmError(f"{path}: the tokenizer's media token ids {processor.media_token_ids} differ from the "
+                              f"saved ones {data['media_token_ids']}; the directory was modified")
+        return processor
