@@ -39,7 +39,6 @@ DEMO_CLIP = "single_face.mp4"
 
 # What the demo cannot show yet, and where it will come from.
 NOT_BUILT_YET = (
-    ("Emotion-LLaMA presets for LLaMA-2-7B-chat / Mistral-7B-Instruct / LLaMA-3-8B-Instruct", "issue 3"),
     ("feature cache and training (`emollm features`, `accelerate launch train.py`)", "issue 4"),
     ("dataset builder: AUs, peak frame, pseudo-labels (`emollm build`)", "issue 5"),
     ("dataset builder: subtitles, tone, descriptions, reasoning, review", "issue 6"),
