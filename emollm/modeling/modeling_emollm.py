@@ -217,6 +217,49 @@ class EmoLLMForConditionalGeneration(EmoLLMPreTrainedModel, GenerationMixin):
                 inputs.pop(key, None)
         return inputs
 
+    # ------------------------------------------------------------------------------ live encoders
+    def load_encoders(self, names: list[str] | None = None) -> dict[str, Any]:
+        """Load the frozen encoders named in the config (``modalities[name]["encoder"]``) for live use.
+
+        They are held outside the module tree (never trained, never saved with the model); training
+        reads the feature cache instead. Returns ``{name: FrozenEncoder}``.
+        """
+        from emollm.modeling.encoders import build_encoder
+
+        live = self.__dict__.setdefault("_live_encoders", {})
+        for name, spec in self.config.modalities.items():
+            if (names is not None and name not in names) or spec["kind"] == "au" or name in live:
+                continue
+            encoder = dict(spec.get("encoder") or {})
+            if not encoder.get("name_or_path"):
+                raise EmollmError(f"modality '{name}' names no encoder checkpoint: it can only read cached features")
+            live[name] = build_encoder(spec["kind"], encoder.pop("name_or_path"), **encoder)
+        return dict(live)
+
+    def encode_media(self, inputs: dict[str, Any]) -> dict[str, torch.Tensor]:
+        """Raw clip inputs per modality (frames / face crops / 16 kHz audio) -> features ``(1, T, D)``.
+
+        Modalities missing from ``inputs`` are left out (the processor drops or zeroes their span).
+        """
+        live = self.load_encoders([name for name in inputs if name in self.config.modalities])
+        out = {}
+        for name, raw in inputs.items():
+            spec = self.config.modalities.get(name)
+            if spec is None:
+                raise EmollmError(f"'{name}' is not a modality of this model (it has {', '.join(self.config.modalities)})")
+            if spec["kind"] == "au":
+                out[name] = torch.as_tensor(raw, dtype=torch.float32).unsqueeze(0)
+                continue
+            features = live[name].extract(raw)
+            expected = (spec["num_input_tokens"], spec["feature_dim"])
+            if tuple(features.shape) != expected:
+                raise MediaTokenMismatchError(
+                    f"modality '{name}': the encoder gave features of shape {tuple(features.shape)}, "
+                    f"the model was built for {expected}"
+                )
+            out[name] = features.unsqueeze(0)
+        return out
+
     # ------------------------------------------------------------------------------ LoRA
     def add_lora(
         self,

@@ -76,3 +76,20 @@ def test_a_typo_in_an_encoder_option_names_it():
 def test_not_a_run_dir_is_a_clear_error(tmp_path):
     with pytest.raises(EmollmError, match="not an emollm run dir"):
         load_run(tmp_path)
+
+
+def test_live_encoders_feed_the_model_and_shape_mismatch_is_clear(built):
+    import numpy as np
+
+    model, processor = built
+    keys = set(model.state_dict())
+    rng = np.random.default_rng(0)
+    frames = rng.integers(0, 255, (3, 48, 64, 3), dtype=np.uint8)
+    features = model.encode_media({"video": frames, "audio": rng.standard_normal(16000).astype(np.float32)})
+    assert features["video"].shape == (1, 17, 56) and features["audio"].shape == (1, 1, 32)
+    assert set(model.state_dict()) == keys  # live encoders are neither saved nor trained with the model
+
+    cfg = cfglib.load("tiny_cpu", ["model.encoders.video.num_input_tokens=9"])
+    wrong, _ = build_model_and_processor(cfg)
+    with pytest.raises(EmollmError, match=r"modality 'video'.*\(17, 56\).*\(9, 56\)"):
+        wrong.encode_media({"video": frames})
