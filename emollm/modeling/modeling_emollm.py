@@ -176,7 +176,8 @@ class EmoLLMForConditionalGeneration(EmoLLMPreTrainedModel, GenerationMixin):
         is_media = self._media_token_mask(input_ids)
         safe_ids = input_ids.masked_fill(is_media | (input_ids >= self.get_input_embeddings().num_embeddings), 0)
         embeds = self.get_input_embeddings()(safe_ids)
-        if self.config.modalities and (media is not None or bool(is_media.any())):
+        # In training the media modules run on every step, media or not (ZeRO-3: no rank may skip them).
+        if self.config.modalities and (self.training or media is not None or bool(is_media.any())):
             embeds = self.merge_media(input_ids, embeds, media, media_present, media_masks)
         return embeds
 

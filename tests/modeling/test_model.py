@@ -168,3 +168,11 @@ def test_save_and_load_round_trip_identical_logits(tiny, tmp_path, lora):
     with torch.no_grad():
         after = loaded(input_ids=input_ids, media=media).logits
     assert torch.equal(before, after)
+
+
+def test_a_text_only_training_batch_still_runs_every_media_module(tiny):
+    model = make_model(tiny.llama2, prompt_tokens=1, fusion={"depth": 1, "num_heads": 4}).train()
+    input_ids = torch.tensor([[1, 20, 21, 30, 31]])
+    out = model(input_ids=input_ids, labels=input_ids)  # no media, no media tokens (ZeRO-3 rank with text only)
+    out.loss.backward()
+    assert all(p.grad is not None for p in model.media.parameters())
