@@ -40,10 +40,8 @@ DEMO_CLIP = "single_face.mp4"
 # What the demo cannot show yet, and where it will come from.
 NOT_BUILT_YET = (
     ("feature cache and training (`emollm features`, `accelerate launch train.py`)", "issue 4"),
-    ("dataset builder: AUs, peak frame, pseudo-labels (`emollm build`)", "issue 5"),
     ("dataset builder: subtitles, tone, descriptions, reasoning, review", "issue 6"),
-    ("evaluation: UAR / WAR / WAF, EMER (`emollm evaluate`)", "issue 7"),
-    ("explain a clip: `emollm infer`, `predict`, `export`, `render`", "issue 8"),
+    ("explain a clip: `emollm infer`, `predict`, `export`", "issue 8"),
 )
 
 @dataclass

@@ -94,3 +94,41 @@ class MediaTokenMismatchError(EmollmError):
 
 class FixtureError(EmollmError):
     """An offline test fixture (tiny model, sample media) could not be built or fetched."""
+
+
+class EvaluationInputError(EmollmError):
+    """Predictions or references cannot be evaluated: unreadable file, missing or duplicate ids,
+    reference labels outside the label set."""
+
+    hint = "see docs/evaluate.md for the accepted prediction and reference formats"
+
+
+class JudgeError(EmollmError):
+    """The EMER judge cannot be set up or reached at all (no key, bad model path, bad prompt file)."""
+
+
+class AUExtractionError(EmollmError):
+    """Action units could not be obtained for a clip (missing or unreadable OpenFace output, the
+    OpenFace binary failed). ``path`` names the file at fault and ``cause`` the reason."""
+
+    hint = "a builder run records the clip in errors.jsonl and goes on; see docs/builder.md for the AU sources"
+
+    def __init__(self, path: str | Path, cause: str, *, hint: str | None = None):
+        self.path = str(path)
+        self.cause = cause
+        super().__init__(f"{self.path}: {cause}", hint=hint)
+
+
+class OpenFaceNotFoundError(EmollmError):
+    """``build.au_source=openface_bin`` but the OpenFace ``FeatureExtraction`` binary is not found."""
+
+    hint = (
+        "install OpenFace 2.x and put FeatureExtraction on PATH (or set build.openface_bin), "
+        "or use build.au_source=builtin (offline, no binary needed)"
+    )
+
+
+class RecordSchemaError(EmollmError):
+    """A clip record (annotations.jsonl line) has an unknown schema version or misses required fields."""
+
+    hint = "rebuild the dataset with this emollm (emollm build), or upgrade emollm to read it"

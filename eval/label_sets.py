@@ -62,7 +62,7 @@ def available() -> list[str]:
     return sorted(p.stem for p in DATA_DIR.glob("*.yaml") if p.stem != "synonyms")
 
 
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def load_label_set(name_or_path: str) -> LabelSet:
     """A shipped label set by name (``merr``, ``dfew``, ``mer2023``, ``meld``) or a YAML file by path."""
     path = Path(name_or_path)

@@ -95,17 +95,35 @@ class MediaConfig:
 
 @dataclass
 class BuildConfig:
-    """The MERR-style dataset builder (`emollm build`)."""
+    """The MERR-style dataset builder (`emollm build`); see docs/builder.md."""
 
     au_source: Literal["builtin", "openface_csv", "openface_bin"] = "builtin"
-    openface_dir: str | None = None  # folder of OpenFace CSVs named by clip id
+    openface_dir: str | None = None  # folder of OpenFace CSVs named by clip id (<clip_id>.csv)
+    openface_bin: str | None = None  # path of OpenFace's FeatureExtraction; None: looked up on PATH
+    min_confidence: float = 0.8  # OpenFace frames with success=0 or confidence below this are dropped
+    au_fps: float = 5.0  # built-in extractor: frames per second sampled for AUs (never more than the clip has)
+    frame_max_side: int | None = 640  # built-in extractor: decoded frames downscaled to this longer side
+    detect_max_side: int = 320  # built-in extractor, videos: face detection size (stills use media.face's)
+    max_duration_s: float = 600.0  # longer clips are analysed over their first max_duration_s only (flagged)
+    baseline: Literal["clip", "reference"] = "clip"  # neutral baseline of the built-in extractor (stills: reference)
+    baseline_percentile: float = 10.0  # clip baseline: this percentile of each geometric feature over the clip
+    presence_threshold: float = 1.0  # an AU is present when its intensity (0-5) is at least this
     peak_frame: Literal["frequent_aus", "intensity_sum"] = "frequent_aus"
+    peak_top_aus: int = 3  # frequent_aus: how many of the clip's most frequent AUs define the peak
+    peak_ignore_aus: list[str] = field(default_factory=lambda: ["AU45"])  # never define a peak (blinks)
+    rules: str | None = None  # AU->emotion rules YAML; None: data_builders/rules/merr_au_rules.yaml
     workers: int = 1
 
     def validate(self) -> None:
         if self.au_source == "openface_csv" and not self.openface_dir:
             raise ConfigCheck("openface_dir", "au_source 'openface_csv' needs build.openface_dir")
-        _positive(self, "workers")
+        _positive(self, "workers", "au_fps", "frame_max_side", "detect_max_side", "max_duration_s", "peak_top_aus")
+        if not 0.0 <= self.min_confidence <= 1.0:
+            raise ConfigCheck("min_confidence", f"must be in [0, 1], got {self.min_confidence}")
+        if not 0.0 <= self.baseline_percentile <= 100.0:
+            raise ConfigCheck("baseline_percentile", f"must be in [0, 100], got {self.baseline_percentile}")
+        if not 0.0 < self.presence_threshold <= 5.0:
+            raise ConfigCheck("presence_threshold", f"must be in (0, 5], got {self.presence_threshold}")
 
 
 @dataclass
@@ -275,11 +293,39 @@ class PredictConfig:
 
 
 @dataclass
+class JudgeConfig:
+    """The EMER reasoning judge (clue / label overlap, 1-10): an LLM asked in two steps."""
+
+    backend: Literal["none", "openai", "hf"] = "none"  # none: no EMER scores (proxies still run)
+    base_url: str = "http://127.0.0.1:8000/v1"  # openai: any OpenAI-compatible endpoint
+    model: str = ""  # openai: the served model name; hf: a local causal LM path
+    api_key_env: str | None = "OPENAI_API_KEY"  # the env var holding the key (null: no key sent)
+    concurrency: int = 4  # judge calls in flight at once
+    max_retries: int = 2  # extra attempts after a timeout, an HTTP error or a reply without a score
+    backoff_s: float = 1.0  # wait before retry n: backoff_s * 2**(n-1)
+    timeout_s: float = 60.0  # per HTTP request
+    max_new_tokens: int = 256
+    cache_dir: str | None = None  # None: <out>/judge_cache; replies keyed by sha256(backend, model, prompt)
+    retry_invalid: bool = False  # re-ask prompts whose cached reply had no valid score
+
+    def validate(self) -> None:
+        _positive(self, "concurrency", "timeout_s", "max_new_tokens")
+        if self.max_retries < 0 or self.backoff_s < 0:
+            raise ConfigCheck("max_retries", "max_retries and backoff_s must be >= 0")
+        if self.backend != "none" and not self.model:
+            raise ConfigCheck("model", f"judge backend '{self.backend}' needs evaluate.judge.model")
+
+
+@dataclass
 class EvaluateConfig:
     label_set: LabelSetName | None = None  # None: data.label_set
     parse: Literal["last_word", "first_mention", "synonym"] = "last_word"
     fallback_label: str | None = "neutral"  # unparsable answers; null counts them as wrong
     folds: int = 1
+    allow_missing: bool = False  # ids on one side only: counted in the report instead of an error
+    proxies: bool = True  # offline reasoning proxies (emotion-word set metrics) when references have reasoning
+    embedding_model: str | None = None  # local sentence-embedding model path: reasoning similarity proxy
+    judge: JudgeConfig = field(default_factory=JudgeConfig)
 
     def validate(self) -> None:
         _positive(self, "folds")

@@ -1,0 +1,83 @@
+"""AU sources: per-frame action-unit intensities and presences in :data:`MERR_AUS` order.
+
+Three sources produce the same :class:`AUSeries`: OpenFace 2.x CSV import
+(:mod:`.openface_csv`), the OpenFace ``FeatureExtraction`` binary (:mod:`.openface_bin`) and the
+built-in offline landmark extractor (:mod:`.landmark_au`). :func:`save_aus` / :func:`load_aus`
+write and read the per-frame side file (``.npz``, no pickle).
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+
+from emollm.modeling.au_encoder import AU_INTENSITY_MAX, MERR_AUS
+
+__all__ = ["AUSeries", "MERR_AUS", "AU_INTENSITY_MAX", "save_aus", "load_aus"]
+
+
+@dataclass
+class AUSeries:
+    """AUs over the analysed frames of one clip.
+
+    ``intensity`` float32 (T, len(MERR_AUS)) on 0-5, ``presence`` uint8 (T, len(MERR_AUS)),
+    ``frame_indices`` int (T,) source frame indices, ``timestamps_s`` float (T,), ``face`` bool (T,)
+    True where a face was measured (frames without one have zero intensity and presence).
+    """
+
+    intensity: np.ndarray
+    presence: np.ndarray
+    frame_indices: np.ndarray
+    timestamps_s: np.ndarray
+    face: np.ndarray
+    source: str
+    flags: list[str] = field(default_factory=list)
+    num_tracks: int = 0
+
+    @property
+    def num_frames(self) -> int:
+        return int(self.intensity.shape[0])
+
+    @property
+    def face_frames(self) -> int:
+        return int(self.face.sum())
+
+
+def save_aus(series: AUSeries, path: str | os.PathLike[str]) -> None:
+    """Write ``series`` to ``path`` (.npz) atomically: a temporary file renamed into place."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(path.name + f".{os.getpid()}.tmp")
+    with open(tmp, "wb") as fh:
+        np.savez(
+            fh,
+            au_names=np.array(MERR_AUS),
+            intensity=series.intensity.astype(np.float32),
+            presence=series.presence.astype(np.uint8),
+            frame_indices=series.frame_indices.astype(np.int64),
+            timestamps_s=series.timestamps_s.astype(np.float64),
+            face=series.face.astype(bool),
+            source=np.array(series.source),
+        )
+        fh.flush()
+        os.fsync(fh.fileno())
+    os.replace(tmp, path)
+
+
+def load_aus(path: str | os.PathLike[str]) -> AUSeries:
+    """Read a side file written by :func:`save_aus` (``allow_pickle=False``)."""
+    with np.load(path, allow_pickle=False) as data:
+        names = tuple(str(n) for n in data["au_names"])
+        if names != MERR_AUS:
+            raise ValueError(f"{path}: AU order {names} is not MERR_AUS")
+        return AUSeries(
+            intensity=data["intensity"],
+            presence=data["presence"],
+            frame_indices=data["frame_indices"],
+            timestamps_s=data["timestamps_s"],
+            face=data["face"],
+            source=str(data["source"]),
+        )

@@ -1,0 +1,46 @@
+"""The versioned clip record (one ``annotations.jsonl`` line; DESIGN.md's clip record contract).
+
+Fields (schema 1): ``schema_version, id, media {path, kind}`` (path relative to the dataset root,
+``/`` separators), ``duration_s, fps, num_frames, has_video, has_audio, aus_file`` (the per-frame
+side file, relative), ``au_source, frames_analysed, face_frames, peak_frame {index, timestamp_s,
+method, aus}`` (None without a face), ``aus_at_peak`` {AUxx: intensity} (None without a face),
+``aus_present_at_peak`` [AUxx], ``pseudo_label, pseudo_label_confidence, rule_label, rule_scores``,
+``label`` (ground truth or None), ``subtitle`` (or None), ``split``, ``flags`` [str],
+``provenance`` {field: {source, version}}, ``review`` {state, by, note}.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from emollm.errors import RecordSchemaError
+
+RECORD_VERSION = 1
+SUPPORTED_VERSIONS = (1,)
+REQUIRED = ("schema_version", "id", "media", "au_source", "pseudo_label", "provenance", "review")
+REVIEW_STATES = ("unreviewed", "accepted", "corrected", "rejected")
+
+
+def check_record(record: dict[str, Any], *, where: str = "record") -> dict[str, Any]:
+    """Return ``record`` when this emollm can read it; raise RecordSchemaError otherwise."""
+    version = record.get("schema_version")
+    if version not in SUPPORTED_VERSIONS:
+        raise RecordSchemaError(
+            f"{where}: clip record schema_version {version!r} is not one this emollm reads ({list(SUPPORTED_VERSIONS)})"
+        )
+    missing = [k for k in REQUIRED if k not in record]
+    if missing:
+        raise RecordSchemaError(f"{where}: clip record '{record.get('id')}' lacks {missing}")
+    return record
+
+
+def read_annotations(path) -> list[dict[str, Any]]:  # noqa: ANN001
+    """Every record of an ``annotations.jsonl``, checked."""
+    import json
+
+    out = []
+    with open(path, encoding="utf-8") as fh:
+        for n, line in enumerate(fh, 1):
+            if line.strip():
+                out.append(check_record(json.loads(line), where=f"{path}:{n}"))
+    return out

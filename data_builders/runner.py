@@ -1,0 +1,442 @@
+"""The build loop: clips -> per-clip part files (atomic) -> merged annotations / errors / manifest.
+
+Resume: every finished clip (success or failure) is written as one part file
+``<out>/.parts/<hash>.json`` (temporary name, fsync, rename) after its AU side file
+``<out>/aus/<clip_id>.npz``. A later run with the same inputs reuses every part whose fingerprints
+still match, so ``kill -9`` at any moment followed by the same command loses nothing and
+duplicates nothing; the merged outputs are rewritten (atomically) from the parts at the end.
+
+Two fingerprints per clip decide what a changed config recomputes:
+
+- the **AU fingerprint**: the file's size and mtime, the AU source and its settings (sampling
+  rate, frame and detection sizes, baseline, max duration, OpenFace CSV stat / confidence, face
+  settings) and the extractor's version: when it changes the clip is analysed again;
+- the **label fingerprint**: peak-frame method, rules table, label set, thresholds: when only it
+  changes, the AUs are read back from the side file and only peak + pseudo-label are redone.
+
+Ground-truth labels, subtitles and splits come from the CSVs at merge time (never recomputed).
+"""
+
+from __future__ import annotations
+
+import concurrent.futures as cf
+import dataclasses
+import hashlib
+import json
+import multiprocessing
+import os
+import time
+from collections import Counter
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from data_builders import inputs as inputs_mod
+from data_builders.au import AUSeries, load_aus, save_aus
+from data_builders.peak import find_peak
+from data_builders.record import RECORD_VERSION
+from data_builders.rules import load_rules, pseudo_label
+from emollm import __version__
+from emollm.config import EmollmConfig, save_resolved
+from emollm.errors import AUExtractionError, ConfigError, EmollmError, MediaError
+from emollm.log import get_logger, progress
+from emollm.modeling.au_encoder import MERR_AUS
+from eval.label_sets import load_label_set
+
+log = get_logger(__name__)
+
+PARTS_DIR = ".parts"
+AUS_DIR = "aus"
+BUILDER_VERSION = "merr_builder/1"
+
+
+@dataclass
+class BuildSummary:
+    total: int = 0  # clips this run was responsible for (its shard)
+    computed: int = 0
+    relabelled: int = 0
+    reused: int = 0
+    failed: int = 0
+    merged: bool = False
+    records: int = 0
+    errors: int = 0
+    labels: dict[str, int] = field(default_factory=dict)
+    flags: dict[str, int] = field(default_factory=dict)
+    failed_by_stage: dict[str, int] = field(default_factory=dict)
+    clip_seconds: float = 0.0  # media seconds analysed by this run (computed clips)
+    wall_s: float = 0.0
+    out_dir: str = ""
+
+    @property
+    def clips_per_s(self) -> float:
+        done = self.computed + self.relabelled + self.reused + self.failed
+        return done / self.wall_s if self.wall_s > 0 else 0.0
+
+    def table(self) -> str:
+        rows = [
+            ("clips", self.total), ("analysed", self.computed), ("relabelled (AUs reused)", self.relabelled),
+            ("reused", self.reused), ("failed", self.failed), ("records in annotations.jsonl", self.records),
+            ("lines in errors.jsonl", self.errors), ("clip seconds analysed", f"{self.clip_seconds:.1f}"),
+            ("wall seconds", f"{self.wall_s:.1f}"), ("clips/s", f"{self.clips_per_s:.2f}"),
+        ]  # fmt: skip
+        rows += [(f"label {k}", v) for k, v in sorted(self.labels.items())]
+        rows += [(f"flag {k}", v) for k, v in sorted(self.flags.items())]
+        rows += [(f"failed at {k}", v) for k, v in sorted(self.failed_by_stage.items())]
+        width = max(len(r[0]) for r in rows)
+        return "\n".join(f"{k:<{width}}  {v}" for k, v in rows)
+
+
+# ------------------------------------------------------------------------------------------ helpers
+
+
+def _sha(obj: Any) -> str:
+    return hashlib.sha256(json.dumps(obj, sort_keys=True, default=str).encode()).hexdigest()[:20]
+
+
+def _atomic_write(path: Path, text: str) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f"{path.name}.{os.getpid()}.tmp")
+    with open(tmp, "w", encoding="utf-8") as fh:
+        fh.write(text)
+        fh.flush()
+        os.fsync(fh.fileno())
+    os.replace(tmp, path)
+
+
+def part_path(out_dir: Path, clip_id: str) -> Path:
+    return out_dir / PARTS_DIR / (hashlib.sha1(clip_id.encode()).hexdigest()[:20] + ".json")
+
+
+def aus_rel(clip_id: str) -> str:
+    return f"{AUS_DIR}/{clip_id}.npz"
+
+
+def _stat(path: Path) -> str:
+    try:
+        st = path.stat()
+        return f"{st.st_size}:{st.st_mtime_ns}"
+    except OSError:
+        return "missing"
+
+
+def au_fingerprint(cfg: EmollmConfig, clip: inputs_mod.ClipInput) -> str:
+    b = cfg.build
+    settings: dict[str, Any] = {"source": b.au_source, "file": _stat(clip.path), "max_duration_s": b.max_duration_s}
+    if b.au_source == "builtin":
+        from data_builders.au.landmark_au import VERSION
+
+        settings.update(
+            version=VERSION, au_fps=b.au_fps, frame_max_side=b.frame_max_side, detect_max_side=b.detect_max_side,
+            baseline=b.baseline, percentile=b.baseline_percentile, presence=b.presence_threshold,
+            face=dataclasses.asdict(cfg.media.face),
+        )  # fmt: skip
+    else:
+        settings.update(min_confidence=b.min_confidence, presence=b.presence_threshold, bin=b.openface_bin)
+        if b.au_source == "openface_csv":
+            try:
+                from data_builders.au.openface_csv import find_csv
+
+                settings["csv"] = _stat(find_csv(b.openface_dir, clip.id))
+            except AUExtractionError:
+                settings["csv"] = "missing"
+    return _sha(settings)
+
+
+def label_fingerprint(cfg: EmollmConfig) -> str:
+    b = cfg.build
+    table = load_rules(b.rules)
+    return _sha([b.peak_frame, b.peak_top_aus, list(b.peak_ignore_aus), table.digest, cfg.data.label_set])
+
+
+# ------------------------------------------------------------------------------------------ one clip
+
+
+def _label_fields(series: AUSeries | None, cfg: EmollmConfig) -> dict[str, Any]:
+    b = cfg.build
+    table = load_rules(b.rules)
+    label_set = load_label_set(cfg.data.label_set)
+    fields: dict[str, Any] = {
+        "peak_frame": None, "aus_at_peak": None, "aus_present_at_peak": [], "pseudo_label": None,
+        "pseudo_label_confidence": None, "rule_label": None, "rule_scores": None,
+    }  # fmt: skip
+    peak = find_peak(series, b.peak_frame, top_k=b.peak_top_aus, ignore=b.peak_ignore_aus) if series is not None else None
+    if peak is not None:
+        at_peak = {au: round(float(series.intensity[peak.position, j]), 3) for j, au in enumerate(MERR_AUS)}
+        result = pseudo_label(at_peak, table, label_set)
+        fields.update(
+            peak_frame={"index": peak.frame_index, "timestamp_s": round(peak.timestamp_s, 4), "method": peak.method, "aus": list(peak.aus)},
+            aus_at_peak=at_peak,
+            aus_present_at_peak=[au for j, au in enumerate(MERR_AUS) if series.presence[peak.position, j]],
+            pseudo_label=result.label,
+            pseudo_label_confidence=result.confidence,
+            rule_label=result.rule,
+            rule_scores=result.scores,
+        )
+    fields["_label_provenance"] = {"source": f"rules:{table.name}", "version": f"{table.version}+{table.digest}"}
+    return fields
+
+
+def _au_version(source: str) -> str:
+    if source == "builtin":
+        from data_builders.au.landmark_au import VERSION
+    elif source == "openface_csv":
+        from data_builders.au.openface_csv import VERSION
+    else:
+        from data_builders.au.openface_bin import VERSION
+    return VERSION
+
+
+def _make_record(clip_id: str, path: Path, out_dir: Path, info, series: AUSeries | None, flags: list[str], cfg: EmollmConfig) -> dict[str, Any]:  # noqa: ANN001
+    fields = _label_fields(series, cfg)
+    label_prov = fields.pop("_label_provenance")
+    src = cfg.build.au_source if series is not None else None
+    return {
+        "schema_version": RECORD_VERSION,
+        "id": clip_id,
+        "media": {"path": os.path.relpath(path, out_dir).replace(os.sep, "/"), "kind": info.kind},
+        "duration_s": round(float(info.duration_s or 0.0), 4),
+        "fps": info.fps,
+        "num_frames": info.num_frames,
+        "has_video": bool(info.has_video),
+        "has_audio": bool(info.has_audio),
+        "aus_file": aus_rel(clip_id) if series is not None else None,
+        "au_source": src,
+        "frames_analysed": series.num_frames if series is not None else 0,
+        "face_frames": series.face_frames if series is not None else 0,
+        **fields,
+        "label": None,
+        "subtitle": None,
+        "split": "coarse",
+        "flags": sorted(set(flags)),
+        "provenance": {
+            "au": {"source": src, "version": _au_version(src)} if src else None,
+            "peak_frame": {"source": f"peak:{cfg.build.peak_frame}", "version": BUILDER_VERSION},
+            "pseudo_label": label_prov,
+            "builder": {"source": "emollm build", "version": __version__},
+        },
+        "review": {"state": "unreviewed", "by": None, "note": None},
+    }
+
+
+def _extract(clip: inputs_mod.ClipInput, info, cfg: EmollmConfig) -> AUSeries:  # noqa: ANN001
+    b = cfg.build
+    if b.au_source == "builtin":
+        from data_builders.au import landmark_au
+
+        return landmark_au.extract(info, b, cfg.media.face)
+    if b.au_source == "openface_csv":
+        from data_builders.au.openface_csv import find_csv, read_openface_csv
+
+        series = read_openface_csv(find_csv(b.openface_dir, clip.id), min_confidence=b.min_confidence,
+                                   presence_threshold=b.presence_threshold, fps=info.fps)  # fmt: skip
+    else:
+        from data_builders.au import openface_bin
+
+        series = openface_bin.extract(clip.path, binary=openface_bin.find_binary(b.openface_bin), min_confidence=b.min_confidence,
+                                      presence_threshold=b.presence_threshold, fps=info.fps)  # fmt: skip
+    if info.kind != "image" and info.duration_s and info.duration_s > b.max_duration_s:
+        keep = series.timestamps_s < b.max_duration_s
+        for name in ("intensity", "presence", "frame_indices", "timestamps_s", "face"):
+            setattr(series, name, getattr(series, name)[keep])
+        series.flags.append("truncated_to_max_duration")
+    return series
+
+
+def process_clip(clip: inputs_mod.ClipInput, out_dir: Path, cfg: EmollmConfig, au_fp: str, label_fp: str, reuse_aus: bool = False) -> dict[str, Any]:
+    """Analyse one clip, write its side file and part file (atomically); returns the part."""
+    from emollm.media import probe
+
+    start = time.perf_counter()
+    stage = "probe"
+    part: dict[str, Any] = {"id": clip.id, "au_fingerprint": au_fp, "label_fingerprint": label_fp}
+    try:
+        info = probe(clip.path)
+        series: AUSeries | None = None
+        flags: list[str] = []
+        if not info.has_video:
+            flags.append("no_video")
+        else:
+            stage = "au"
+            if reuse_aus:
+                series = load_aus(out_dir / aus_rel(clip.id))
+                old = json.loads(part_path(out_dir, clip.id).read_text(encoding="utf-8"))
+                flags = list(old["record"]["flags"])
+            else:
+                series = _extract(clip, info, cfg)
+                flags = list(series.flags)
+                save_aus(series, out_dir / aus_rel(clip.id))
+        if not info.has_audio:
+            flags.append("no_audio")
+        stage = "label"
+        part["status"] = "ok"
+        part["record"] = _make_record(clip.id, clip.path, out_dir, info, series, flags, cfg)
+        part["clip_seconds"] = 0.0 if reuse_aus else float(info.duration_s or 0.0)
+    except (MediaError, AUExtractionError) as exc:
+        part["status"] = "error"
+        part["error"] = {"id": clip.id, "path": str(clip.path), "stage": stage, "error_type": type(exc).__name__,
+                         "reason": getattr(exc, "cause", None) or exc.message}  # fmt: skip
+        part["clip_seconds"] = 0.0
+    part["elapsed_s"] = round(time.perf_counter() - start, 4)
+    part["relabelled"] = reuse_aus
+    _atomic_write(part_path(out_dir, clip.id), json.dumps(part, ensure_ascii=False))
+    return part
+
+
+def _read_part(out_dir: Path, clip_id: str) -> dict[str, Any] | None:
+    path = part_path(out_dir, clip_id)
+    try:
+        part = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return None
+    return part if part.get("id") == clip_id else None
+
+
+def _work(args: tuple) -> dict[str, Any]:
+    return process_clip(*args)
+
+
+# ------------------------------------------------------------------------------------------ run
+
+
+def parse_shard(text: str | None) -> tuple[int, int]:
+    """``"i/N"`` (0-based i) -> (i, N); None -> (0, 1) or, under ``accelerate launch`` /
+    ``torchrun``, (RANK, WORLD_SIZE) from the environment."""
+    if text is None:
+        world = int(os.environ.get("WORLD_SIZE", "1") or 1)
+        return (int(os.environ.get("RANK", "0") or 0), world) if world > 1 else (0, 1)
+    try:
+        i, n = (int(x) for x in text.split("/"))
+    except ValueError:
+        raise ConfigError(f"--shard {text!r}: expected i/N, e.g. 0/4") from None
+    if n < 1 or not 0 <= i < n:
+        raise ConfigError(f"--shard {text!r}: need 0 <= i < N")
+    return i, n
+
+
+def build(
+    cfg: EmollmConfig,
+    clips_dir: str | os.PathLike[str],
+    out_dir: str | os.PathLike[str],
+    *,
+    workers: int | None = None,
+    shard: tuple[int, int] = (0, 1),
+    merge: bool = True,
+    merge_only: bool = False,
+) -> BuildSummary:
+    """Build (or resume) a dataset from ``clips_dir`` into ``out_dir``; see the module docstring."""
+    t0 = time.perf_counter()
+    out = Path(out_dir).resolve()
+    out.mkdir(parents=True, exist_ok=True)
+    (out / PARTS_DIR).mkdir(exist_ok=True)
+    workers = workers or cfg.build.workers
+    if cfg.build.au_source == "openface_bin":
+        from data_builders.au.openface_bin import find_binary
+
+        find_binary(cfg.build.openface_bin)  # fail before any clip
+    load_label_set(cfg.data.label_set)
+    labels = inputs_mod.read_labels(cfg.data.labels_csv)
+    subtitles = inputs_mod.read_subtitles(cfg.data.subtitles_csv)
+    clips = inputs_mod.discover_clips(clips_dir)
+    if not clips:
+        raise ConfigError(f"no clips found under {clips_dir}", hint=f"supported: {' '.join(inputs_mod.CLIP_EXTENSIONS)}")
+    index, count = shard
+    mine = [] if merge_only else [c for k, c in enumerate(clips) if k % count == index]
+    summary = BuildSummary(total=len(mine), out_dir=str(out))
+    label_fp = label_fingerprint(cfg)
+
+    todo: list[tuple] = []
+    for clip in mine:
+        au_fp = au_fingerprint(cfg, clip)
+        part = _read_part(out, clip.id)
+        same_aus = bool(part and part["au_fingerprint"] == au_fp)
+        if same_aus and (part["label_fingerprint"] == label_fp or part["status"] == "error"):
+            summary.reused += 1  # done, or failed before labelling: labels cannot change that
+            continue
+        reuse = same_aus and (not part["record"].get("aus_file") or (out / aus_rel(clip.id)).is_file())
+        todo.append((clip, out, cfg, au_fp, label_fp, reuse))
+    log.info("build: %d clip(s) in shard %d/%d, %d already done, %d to process with %d worker(s)",
+             len(mine), index, count, summary.reused, len(todo), workers)  # fmt: skip
+
+    def account(part: dict[str, Any]) -> None:
+        if part["status"] == "error":
+            summary.failed += 1
+            log.warning("%s: failed at %s: %s", part["id"], part["error"]["stage"], part["error"]["reason"])
+        elif part.get("relabelled"):
+            summary.relabelled += 1
+        else:
+            summary.computed += 1
+        summary.clip_seconds += part.get("clip_seconds", 0.0)
+
+    if workers <= 1 or len(todo) <= 1:
+        for args in progress(todo, desc="build", total=len(todo), unit="clip"):
+            account(process_clip(*args))
+    else:
+        ctx = multiprocessing.get_context("fork" if os.name == "posix" else "spawn")
+        with cf.ProcessPoolExecutor(max_workers=workers, mp_context=ctx) as pool:
+            futures = [pool.submit(_work, args) for args in todo]
+            for fut in progress(cf.as_completed(futures), desc="build", total=len(futures), unit="clip"):
+                account(fut.result())
+
+    # failures already on disk from a previous run count too
+    if merge:
+        parts = [_read_part(out, c.id) for c in clips]
+        complete = all(p and (p["label_fingerprint"] == label_fp or p["status"] == "error") for p in parts)
+        if complete:
+            merge_outputs(cfg, out, clips, parts, labels, subtitles, summary)  # type: ignore[arg-type]
+        else:
+            log.info("shard %d/%d done; the merge runs once every shard has finished (rerun any shard, or --merge)", index, count)
+    summary.wall_s = time.perf_counter() - t0
+    if summary.merged:
+        _atomic_write(out / "summary.txt", summary.table() + "\n")
+    return summary
+
+
+def merge_outputs(cfg: EmollmConfig, out: Path, clips, parts, labels, subtitles, summary: BuildSummary) -> None:  # noqa: ANN001
+    """Write annotations.jsonl, errors.jsonl, manifest.json and config.yaml from the part files."""
+    records, errors = [], []
+    for clip, part in zip(clips, parts, strict=True):
+        if part["status"] == "error":
+            errors.append(part["error"] | {"path": os.path.relpath(clip.path, out).replace(os.sep, "/")})
+            continue
+        rec = dict(part["record"])
+        gt = inputs_mod.lookup(labels, clip) or {}
+        rec["label"] = gt.get("label")
+        rec["split"] = gt.get("split") or rec["split"]
+        rec["subtitle"] = inputs_mod.lookup(subtitles, clip)
+        records.append(rec)
+    _atomic_write(out / "annotations.jsonl", "".join(json.dumps(r, ensure_ascii=False) + "\n" for r in records))
+    _atomic_write(out / "errors.jsonl", "".join(json.dumps(e, ensure_ascii=False) + "\n" for e in errors))
+    by_label = Counter(r["pseudo_label"] or "(none)" for r in records)
+    by_split: dict[str, Counter] = {}
+    for r in records:
+        by_split.setdefault(r["split"], Counter())[r["pseudo_label"] or "(none)"] += 1
+    flags = Counter(f for r in records for f in r["flags"])
+    table = load_rules(cfg.build.rules)
+    manifest = {
+        "schema_version": RECORD_VERSION,
+        "clips": len(clips),
+        "records": len(records),
+        "errors": len(errors),
+        "pseudo_labels": dict(sorted(by_label.items())),
+        "ground_truth_labels": dict(sorted(Counter(str(r["label"]) for r in records if r["label"]).items())),
+        "splits": {s: {"count": sum(c.values()), "pseudo_labels": dict(sorted(c.items()))} for s, c in sorted(by_split.items())},
+        "flags": dict(sorted(flags.items())),
+        "errors_by_stage": dict(sorted(Counter(e["stage"] for e in errors).items())),
+        "label_set": cfg.data.label_set,
+        "au_source": cfg.build.au_source,
+        "au_order": list(MERR_AUS),
+        "config": "config.yaml",
+        "versions": {"emollm": __version__, "builder": BUILDER_VERSION, "record": RECORD_VERSION,
+                     "au": _au_version(cfg.build.au_source), "rules": f"{table.name}/{table.version}+{table.digest}"},
+    }  # fmt: skip
+    _atomic_write(out / "manifest.json", json.dumps(manifest, indent=2, ensure_ascii=False) + "\n")
+    save_resolved(cfg, out, command="build")
+    summary.merged = True
+    summary.records, summary.errors = len(records), len(errors)
+    summary.labels = dict(by_label)
+    summary.flags = dict(flags)
+    summary.failed_by_stage = manifest["errors_by_stage"]
+    summary.failed = len(errors)  # the dataset's failures, whichever run found them
+
+
+__all__ = ["BuildSummary", "EmollmError", "build", "merge_outputs", "parse_shard", "process_clip"]

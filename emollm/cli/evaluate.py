@@ -1,0 +1,79 @@
+"""``emollm evaluate``: UAR / WAR / WAF from predictions, EMER reasoning scores, proxies, reports."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+
+from emollm import config as cfglib
+from emollm.errors import EmollmError
+from emollm.log import get_logger
+
+NAME = "evaluate"
+HELP = "score predictions: UAR / WAR / weighted F1, EMER clue / label overlap, proxies; write a report"
+DESCRIPTION = """\
+Pair predictions (JSONL/CSV: id, text and/or label) with references (CSV/JSONL: id, label, reasoning,
+or a built dataset folder), parse labels from the text, and write metrics.json, report.md and
+confusion PNGs to --out. Several --predictions files are the folds of a k-fold run. Settings come
+from the config's `evaluate` section (see `emollm config keys`).
+
+  emollm evaluate --predictions preds.jsonl --references test.csv --out runs/eval evaluate.label_set=dfew
+  emollm evaluate --predictions f1.jsonl f2.jsonl --references dfew.csv --out runs/dfew evaluate.folds=2
+  emollm evaluate --predictions p.jsonl --references r.csv --out runs/emer \\
+      evaluate.judge.backend=openai evaluate.judge.base_url=http://127.0.0.1:8000/v1 evaluate.judge.model=qwen
+  emollm evaluate --compare runs/a/metrics.json runs/b/metrics.json --out runs/compare
+"""
+
+log = get_logger(__name__)
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    from emollm.cli.main import add_config_arguments
+
+    parser.add_argument("--predictions", nargs="+", metavar="FILE", help="predictions JSONL/JSON/CSV (one per fold)")
+    parser.add_argument("--references", metavar="FILE", default=None,
+                        help="references CSV/JSONL or a dataset folder (default: 'gt' fields of the predictions)")
+    parser.add_argument("--out", metavar="DIR", default=None, help="output folder (default: run.output_dir)")
+    parser.add_argument("--label-set", default=None, help="shortcut for evaluate.label_set")
+    parser.add_argument("--allow-missing", action="store_true",
+                        help="score the common ids when some are on one side only (counted in the report)")
+    parser.add_argument("--no-plots", action="store_true", help="skip the PNG plots")
+    parser.add_argument("--compare", nargs="+", metavar="METRICS", default=None,
+                        help="instead of scoring: put these runs' metrics.json side by side (compare.md)")
+    add_config_arguments(parser)
+
+
+def run(args: argparse.Namespace) -> int:
+    from eval import report, runner
+
+    if args.compare:
+        text = report.compare_runs(args.compare, Path(args.out) if args.out else None)
+        sys.stdout.write(text)
+        return 0
+    if not args.predictions:
+        raise EmollmError("no predictions given", hint="emollm evaluate --predictions FILE --references FILE --out DIR")
+    overrides = list(args.overrides)
+    if args.label_set:
+        overrides.append(f"evaluate.label_set={args.label_set}")
+    if args.allow_missing:
+        overrides.append("evaluate.allow_missing=true")
+    cfg = cfglib.load(args.config, overrides)
+    out = Path(args.out or cfg.run.output_dir)
+    m = runner.evaluate_run(cfg, args.predictions, args.references, out, plots=not args.no_plots)
+    lines = [f"wrote {out / 'metrics.json'}, {out / 'report.md'}"]
+    if "classification" in m:
+        c, p = m["classification"], m["parsing"]
+        lines.append(f"{m['label_set']['name']}: n={c['n']} WAR={100 * c['war']:.2f} UAR={100 * c['uar']:.2f} "
+                     f"WAF={100 * c['waf']:.2f} macroF1={100 * c['macro_f1']:.2f} invalid={100 * p['invalid_rate']:.2f}%")
+        if "folds" in m:
+            s = m["folds"]["summary"]
+            lines.append(f"{len(s['folds'])} folds: UAR={100 * s['uar']['mean']:.2f}±{100 * s['uar']['std']:.2f} "
+                         f"WAR={100 * s['war']['mean']:.2f}±{100 * s['war']['std']:.2f}")
+    e = (m.get("reasoning") or {}).get("emer")
+    if e:
+        lines.append("EMER: " + ", ".join(
+            f"{k}={'n/a' if e[k]['mean'] is None else round(e[k]['mean'], 2)} ({e[k]['invalid']} invalid)"
+            for k in ("clue_overlap", "label_overlap")) + f"; judge calls {e['judge_stats']['calls']}")
+    print("\n".join(lines))
+    return 0

@@ -1,0 +1,117 @@
+"""EMER reasoning scores: clue overlap and label overlap (1-10) with the two-step judge protocol.
+
+Step 1: for the ground-truth reasoning and for the prediction, the judge summarises the emotion clues
+(``prompts/judge/clue_summary.txt``) and extracts the emotion words (``emotion_words.txt``). Step 2: it
+rates the overlap of the two clue summaries (``clue_score.txt``) and of the two word lists
+(``label_score.txt``) from 1 to 10. A step-1 reply must be non-empty and a step-2 reply must hold a score
+(:func:`parse_score`); otherwise it is retried and then recorded invalid. A sample whose step 1 failed
+gets no step-2 call and an invalid score. Averages are over the valid scores; the invalid count is
+reported next to them.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Sequence
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+from emollm.errors import JudgeError
+from emollm.resources import prompts_dir
+from eval.judges import Judge
+
+PROMPTS = ("clue_summary", "emotion_words", "clue_score", "label_score")
+SCORES = ("clue_overlap", "label_overlap")
+
+_SCORE = re.compile(r"score\s*(?:is|:|=)?\s*\**\s*(\d+(?:\.\d+)?)\s*(?:/\s*10)?", re.IGNORECASE)
+_BARE = re.compile(r"^\W*(\d+(?:\.\d+)?)\s*(?:/\s*10)?\W*$")
+
+
+def parse_score(reply: str | None, low: float = 1.0, high: float = 10.0) -> float | None:
+    """The score in a reply (``Score: 7``, ``score is 7/10``, or a bare ``7``) if it lies in [low, high].
+
+    Several different scores, no score, or a score out of range give None (never a guess).
+    """
+    if not reply:
+        return None
+    found = {float(m) for m in _SCORE.findall(reply)}
+    if not found:
+        bare = _BARE.match(reply.strip())
+        found = {float(bare.group(1))} if bare else set()
+    if len(found) != 1:
+        return None
+    value = found.pop()
+    return value if low <= value <= high else None
+
+
+def _nonempty(reply: str) -> str | None:
+    return reply.strip() or None
+
+
+def load_prompts(folder: str | Path | None = None) -> dict[str, str]:
+    folder = Path(folder) if folder else prompts_dir() / "judge"
+    out = {}
+    for name in PROMPTS:
+        path = folder / f"{name}.txt"
+        if not path.is_file():
+            raise JudgeError(f"judge prompt {path} is missing")
+        out[name] = path.read_text(encoding="utf-8").strip()
+    return out
+
+
+def _fill(template: str, **values: str) -> str:
+    for key, value in values.items():
+        template = template.replace("{" + key + "}", value)
+    return template
+
+
+@dataclass
+class EmerResult:
+    id: str
+    clue_overlap: float | None
+    label_overlap: float | None
+    errors: dict
+
+
+def score_one(judge: Judge, prompts: dict[str, str], id_: str, reference: str, prediction: str) -> EmerResult:
+    errors: dict = {}
+    step1 = {}
+    for side, text in (("reference", reference), ("prediction", prediction)):
+        for name in ("clue_summary", "emotion_words"):
+            ans = judge.ask(_fill(prompts[name], text=text), _nonempty)
+            step1[(side, name)] = ans.value
+            if not ans.valid:
+                errors[f"{side}.{name}"] = ans.error
+    scores: dict[str, float | None] = {}
+    for score, step1_name, prompt in (("clue_overlap", "clue_summary", "clue_score"),
+                                      ("label_overlap", "emotion_words", "label_score")):
+        ref, pred = step1[("reference", step1_name)], step1[("prediction", step1_name)]
+        if ref is None or pred is None:
+            scores[score] = None
+            errors.setdefault(score, "step 1 failed")
+            continue
+        ans = judge.ask(_fill(prompts[prompt], reference=ref, prediction=pred), parse_score)
+        scores[score] = ans.value
+        if not ans.valid:
+            errors[score] = ans.error
+    return EmerResult(id_, scores["clue_overlap"], scores["label_overlap"], errors)
+
+
+def emer_scores(judge: Judge, items: Sequence[tuple[str, str, str]], *, concurrency: int = 4,
+                prompts: dict[str, str] | None = None) -> dict:
+    """Score ``(id, reference reasoning, predicted reasoning)`` items; at most ``concurrency`` in flight."""
+    prompts = prompts or load_prompts()
+    with ThreadPoolExecutor(max_workers=max(1, concurrency)) as pool:
+        results = list(pool.map(lambda it: score_one(judge, prompts, *it), items))
+    summary: dict = {"n": len(results), "backend": judge.backend.kind, "model": judge.backend.model}
+    for name in SCORES:
+        values = [getattr(r, name) for r in results if getattr(r, name) is not None]
+        summary[name] = {"mean": float(np.mean(values)) if values else None, "valid": len(values),
+                         "invalid": len(results) - len(values)}
+    summary["judge_stats"] = judge.stats.as_dict()
+    summary["per_sample"] = [{"id": r.id, "clue_overlap": r.clue_overlap, "label_overlap": r.label_overlap,
+                              **({"errors": r.errors} if r.errors else {})} for r in results]
+    return summary

@@ -1,0 +1,159 @@
+"""Reading predictions and references; pairing them by id.
+
+Predictions: JSONL (one object per line), a JSON list, or CSV/TSV, with ``id`` and ``text`` and/or
+``label`` (optional ``fold``). References: the same formats with ``id``, ``label`` and/or ``reasoning``
+(optional ``fold``), or a built dataset (a folder holding ``annotations.jsonl``, or that file).
+
+Emotion-LLaMA result files and EMER CSVs are read as-is through column aliases (the exact formats of
+those files are not verified here; see docs/evaluate.md): ``name`` / ``video_name`` for the id,
+``answer`` / ``pred`` / ``output`` for the text, ``gt`` / ``emotion`` for the reference label,
+``reason`` / ``gt_reason`` / ``english`` for the reference reasoning. A predictions file that also holds
+reference fields (``gt``...) serves as its own references when none are given.
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+from collections import Counter
+from collections.abc import Iterable
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from emollm.errors import EvaluationInputError
+
+ID_KEYS = ("id", "clip_id", "sample_id", "name", "video_name", "video", "clip")
+TEXT_KEYS = ("text", "answer", "prediction", "pred", "output", "response", "generated")
+PRED_LABEL_KEYS = ("label", "pred_label", "predicted_label")
+REF_LABEL_KEYS = ("label", "gt", "gt_label", "ground_truth", "true_label", "emotion")
+REF_LABEL_KEYS_IN_PREDICTIONS = ("gt", "gt_label", "ground_truth", "true_label")
+REASONING_KEYS = ("reasoning", "reason", "gt_reason", "description", "english")
+
+
+@dataclass
+class Prediction:
+    id: str
+    text: str | None = None
+    label: str | None = None
+    fold: str | None = None
+
+
+@dataclass
+class Reference:
+    id: str
+    label: str | None = None
+    reasoning: str | None = None
+    fold: str | None = None
+
+
+@dataclass
+class Paired:
+    pairs: list[tuple[Prediction, Reference]]
+    missing_predictions: list[str] = field(default_factory=list)  # reference ids without a prediction
+    extra_predictions: list[str] = field(default_factory=list)  # prediction ids without a reference
+
+
+def read_records(path: str | Path) -> list[dict]:
+    """Rows of a JSONL / JSON / CSV / TSV file (or a dataset folder's annotations.jsonl)."""
+    p = Path(path)
+    if p.is_dir():
+        p = p / "annotations.jsonl"
+    if not p.is_file():
+        raise EvaluationInputError(f"{p}: no such file")
+    text = p.read_text(encoding="utf-8-sig")
+    suffix = p.suffix.lower()
+    try:
+        if suffix in (".csv", ".tsv"):
+            return [dict(r) for r in csv.DictReader(text.splitlines(), delimiter="\t" if suffix == ".tsv" else ",")]
+        if suffix == ".json":
+            data = json.loads(text)
+            if isinstance(data, dict):  # {id: record} or {"results": [...]}
+                lists = [v for v in data.values() if isinstance(v, list)]
+                data = lists[0] if len(data) == 1 and lists else [{"id": k, **v} if isinstance(v, dict)
+                                                                    else {"id": k, "text": v} for k, v in data.items()]
+            rows = data
+        else:
+            rows = []
+            for n, line in enumerate(text.splitlines(), 1):
+                if line.strip():
+                    try:
+                        rows.append(json.loads(line))
+                    except json.JSONDecodeError as exc:
+                        raise EvaluationInputError(f"{p}:{n}: not a JSON line ({exc.msg})") from None
+    except json.JSONDecodeError as exc:
+        raise EvaluationInputError(f"{p}: not valid JSON ({exc.msg})") from None
+    except csv.Error as exc:
+        raise EvaluationInputError(f"{p}: not valid CSV ({exc})") from None
+    if not all(isinstance(r, dict) for r in rows):
+        raise EvaluationInputError(f"{p}: every record must be an object with named fields")
+    return rows
+
+
+def _get(row: dict, keys: Iterable[str]) -> str | None:
+    for key in keys:
+        value = row.get(key)
+        if value is not None and not (isinstance(value, float) and value != value):
+            return str(value) if not isinstance(value, str) else value
+    return None
+
+
+def _ids(rows: list[dict], path: str | Path) -> list[str]:
+    ids = []
+    for n, row in enumerate(rows, 1):
+        value = _get(row, ID_KEYS)
+        if value is None or not value.strip():
+            raise EvaluationInputError(f"{path}: record {n} has no id (one of: {', '.join(ID_KEYS)})")
+        ids.append(value.strip())
+    dup = sorted(i for i, c in Counter(ids).items() if c > 1)
+    if dup:
+        raise EvaluationInputError(f"{path}: duplicate ids: {', '.join(dup[:5])}" + (" ..." if len(dup) > 5 else ""))
+    return ids
+
+
+def read_predictions(path: str | Path, fold: str | None = None) -> list[Prediction]:
+    rows = read_records(path)
+    out = []
+    for id_, row in zip(_ids(rows, path), rows, strict=True):
+        text, label = _get(row, TEXT_KEYS), _get(row, PRED_LABEL_KEYS)
+        if text is None and label is None and not any(k in row for k in (*TEXT_KEYS, *PRED_LABEL_KEYS)):
+            raise EvaluationInputError(f"{path}: prediction '{id_}' has neither 'text' nor 'label'")
+        row_fold = _get(row, ("fold",))
+        out.append(Prediction(id_, text, label, fold if fold is not None else row_fold))
+    return out
+
+
+def read_references(path: str | Path, *, from_predictions: bool = False) -> list[Reference]:
+    rows = read_records(path)
+    label_keys = REF_LABEL_KEYS_IN_PREDICTIONS if from_predictions else REF_LABEL_KEYS
+    refs = [
+        Reference(id_, _get(row, label_keys), _get(row, REASONING_KEYS) if not from_predictions
+                  else _get(row, ("gt_reason", "reference_reasoning")), _get(row, ("fold",)))
+        for id_, row in zip(_ids(rows, path), rows, strict=True)
+    ]
+    if from_predictions and not any(r.label or r.reasoning for r in refs):
+        raise EvaluationInputError(f"{path}: no references given and the predictions hold no 'gt' field",
+                                   hint="pass --references FILE (CSV/JSONL with id,label,reasoning or a dataset dir)")
+    return refs
+
+
+def pair(predictions: list[Prediction], references: list[Reference], *, allow_missing: bool = False) -> Paired:
+    """Pair by id. Ids on one side only are an error naming a few, unless ``allow_missing``."""
+    by_id = {r.id: r for r in references}
+    pred_ids = {p.id for p in predictions}
+    dup = sorted(i for i, c in Counter(p.id for p in predictions).items() if c > 1)
+    if dup:
+        raise EvaluationInputError(f"predictions: duplicate ids across files: {', '.join(dup[:5])}")
+    missing = sorted(set(by_id) - pred_ids)
+    extra = sorted(pred_ids - set(by_id))
+    if (missing or extra) and not allow_missing:
+        parts = []
+        if missing:
+            parts.append(f"{len(missing)} reference id(s) have no prediction (e.g. {', '.join(missing[:5])})")
+        if extra:
+            parts.append(f"{len(extra)} prediction id(s) have no reference (e.g. {', '.join(extra[:5])})")
+        raise EvaluationInputError("; ".join(parts), hint="fix the ids, or pass --allow-missing to score the "
+                                   "common ids only (the report counts the rest)")
+    pairs = [(p, by_id[p.id]) for p in predictions if p.id in by_id]
+    if not pairs:
+        raise EvaluationInputError("predictions and references share no id")
+    return Paired(pairs, missing, extra)

@@ -1,0 +1,162 @@
+"""Run outputs: ``metrics.json``, ``predictions_parsed.jsonl``, ``report.md``, PNG plots, and a side-by-side
+comparison of several runs. Every file is written to a temporary name and renamed into place."""
+
+from __future__ import annotations
+
+import json
+import os
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+from emollm import config as cfglib
+from eval.classification import HEADLINE, fmt_pct
+
+NAMES = {"war": "WAR (accuracy)", "uar": "UAR", "waf": "WAF (weighted F1)", "macro_f1": "macro F1"}
+
+
+def _write(path: Path, text: str) -> None:
+    tmp = path.with_name(path.name + ".tmp")
+    tmp.write_text(text, encoding="utf-8")
+    os.replace(tmp, path)
+
+
+def plot_confusion(confusion: dict, path: Path, title: str = "") -> Path:
+    """Counts and row-normalised confusion matrices side by side, one PNG."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    import numpy as np
+
+    rows, cols = confusion["labels"], confusion["columns"]
+    fig, axes = plt.subplots(1, 2, figsize=(4 + 1.2 * len(cols), 1.5 + 0.55 * len(rows)), constrained_layout=True)
+    for ax, key, fmt in ((axes[0], "counts", "d"), (axes[1], "row_normalized", ".2f")):
+        data = np.asarray(confusion[key], dtype=float)
+        ax.imshow(data, cmap="Blues", vmin=0, vmax=data.max() if data.size and data.max() > 0 else 1)
+        ax.set_xticks(range(len(cols)), cols, rotation=45, ha="right")
+        ax.set_yticks(range(len(rows)), rows)
+        ax.set_xlabel("predicted")
+        ax.set_ylabel("reference")
+        ax.set_title(f"{title} {key.replace('_', '-')}".strip())
+        for (i, j), v in np.ndenumerate(data):
+            ax.text(j, i, format(int(v) if fmt == "d" else v, fmt), ha="center", va="center", fontsize=7)
+    tmp = path.with_name(path.stem + ".tmp.png")
+    fig.savefig(tmp, dpi=100)
+    plt.close(fig)
+    os.replace(tmp, path)
+    return path
+
+
+def _table(header: Sequence[str], rows: Sequence[Sequence[Any]]) -> list[str]:
+    return ["| " + " | ".join(header) + " |", "|" + "---|" * len(header),
+            *["| " + " | ".join(str(c) for c in row) + " |" for row in rows]]
+
+
+def render_markdown(m: dict) -> str:
+    out = ["# emollm evaluation report", ""]
+    c = m["counts"]
+    out += [f"Label set: **{m['label_set']['name']}** ({', '.join(m['label_set']['labels'])}). "
+            f"Predictions: {c['predictions']}, references: {c['references']}, scored (paired): {c['paired']}.", ""]
+    if c["missing_predictions"] or c["extra_predictions"]:
+        out += [f"**Missing ids** (--allow-missing): {c['missing_predictions']} reference id(s) without prediction, "
+                f"{c['extra_predictions']} prediction id(s) without reference; not scored.", ""]
+    if "classification" in m:
+        p, cl = m["parsing"], m["classification"]
+        out += ["## Classification", "",
+                f"Parsing: `{p['strategy']}`; **invalid rate {100 * p['invalid_rate']:.2f}%** ({p['invalid']}/{p['n']}, "
+                f"{p['invalid_by_reason'] or 'none'}); invalid answers {p['invalid_handling']}.", ""]
+        out += _table(["metric", "%"], [[NAMES[k], fmt_pct(cl[k])] for k in HEADLINE]) + [""]
+        if "folds" in m:
+            pf, s = m["folds"]["per_fold"], m["folds"]["summary"]
+            out += ["### Folds", ""] + _table(["fold", "n", *[NAMES[k] for k in HEADLINE]], [
+                *[[f, pf[f]["n"], *[fmt_pct(pf[f][k]) for k in HEADLINE]] for f in pf],
+                ["**mean ± std**", "", *[f"{fmt_pct(s[k]['mean'])} ± {fmt_pct(s[k]['std'])}" for k in HEADLINE]],
+            ]) + [""]
+        out += ["### Per class", ""] + _table(["label", "precision", "recall", "F1", "support"], [
+            [lab, fmt_pct(v["precision"]), fmt_pct(v["recall"]), fmt_pct(v["f1"]), v["support"]]
+            for lab, v in cl["per_class"].items()]) + [""]
+        cf = cl["confusion"]
+        out += ["### Confusion matrix (counts; rows = reference)", ""] + _table(
+            ["", *cf["columns"]], [[lab, *row] for lab, row in zip(cf["labels"], cf["counts"], strict=True)]) + [""]
+        if m.get("plots"):
+            out += [f"![confusion]({m['plots'][0]})", ""]
+    r = m.get("reasoning")
+    if r:
+        out += ["## Reasoning", "", f"{r['n']} sample(s) with reference reasoning; "
+                f"{r['empty_predictions']} empty prediction(s).", ""]
+        if "emer" in r:
+            e = r["emer"]
+            out += [f"### EMER (judge: {e['backend']} `{e['model']}`, scores 1-10)", ""] + _table(
+                ["score", "mean", "valid", "invalid"],
+                [[k, "n/a" if e[k]["mean"] is None else f"{e[k]['mean']:.2f}", e[k]["valid"], e[k]["invalid"]]
+                 for k in ("clue_overlap", "label_overlap")]) + ["", f"Judge calls: {e['judge_stats']}", ""]
+        ws = r.get("proxy_emotion_word_set")
+        if ws:
+            out += ["### PROXY: emotion-word set metrics (offline proxy, not an EMER score)", ""] + _table(
+                ["precision", "recall", "F1", "hit rate", "n", "skipped (no reference emotion)"],
+                [[fmt_pct(ws["precision"]), fmt_pct(ws["recall"]), fmt_pct(ws["f1"]), fmt_pct(ws["hit_rate"]),
+                  ws["n"], ws["skipped_no_reference_emotion"]]]) + [""]
+        es = r.get("proxy_embedding_similarity")
+        if es:
+            out += ["### PROXY: embedding similarity (offline proxy, not an EMER score)", "",
+                    f"mean cosine {es['mean_cosine']:.4f} over {es['n']} sample(s), model `{es['model']}`", ""]
+    out += ["## Versions", "", ", ".join(f"{k} {v}" for k, v in m.get("versions", {}).items()), ""]
+    return "\n".join(out)
+
+
+def write_run(m: dict, samples: list[dict], cfg: cfglib.EmollmConfig, out: Path, *, plots: bool = True) -> None:
+    out.mkdir(parents=True, exist_ok=True)
+    cfg_path = cfglib.save_resolved(cfg, out, command="evaluate")
+    m["config_file"] = cfg_path.name
+    m["config"] = cfglib.to_dict(cfg)
+    m["plots"] = []
+    if plots and "classification" in m:
+        m["plots"].append(plot_confusion(m["classification"]["confusion"], out / "confusion.png").name)
+        for fold, fm in m.get("folds", {}).get("per_fold", {}).items():
+            m["plots"].append(plot_confusion(fm["confusion"], out / f"confusion_{fold}.png", fold).name)
+    _write(out / "predictions_parsed.jsonl", "".join(json.dumps(s, ensure_ascii=False) + "\n" for s in samples))
+    _write(out / "metrics.json", json.dumps(m, indent=2, ensure_ascii=False, default=str))
+    _write(out / "report.md", render_markdown(m))
+
+
+def _headline(m: dict) -> dict[str, str]:
+    row: dict[str, str] = {}
+    cl = m.get("classification")
+    if cl:
+        s = m.get("folds", {}).get("summary")
+        for k in HEADLINE:
+            row[NAMES[k]] = (f"{fmt_pct(s[k]['mean'])} ± {fmt_pct(s[k]['std'])}" if s else fmt_pct(cl[k]))
+        row["invalid rate %"] = fmt_pct(m["parsing"]["invalid_rate"])
+    r = m.get("reasoning") or {}
+    for k in ("clue_overlap", "label_overlap"):
+        if "emer" in r and r["emer"][k]["mean"] is not None:
+            row[f"EMER {k}"] = f"{r['emer'][k]['mean']:.2f} ({r['emer'][k]['invalid']} invalid)"
+    if r.get("proxy_emotion_word_set", {}).get("f1") is not None:
+        row["PROXY word-set F1 %"] = fmt_pct(r["proxy_emotion_word_set"]["f1"])
+    if r.get("proxy_embedding_similarity"):
+        row["PROXY embedding cos"] = f"{r['proxy_embedding_similarity']['mean_cosine']:.4f}"
+    return row
+
+
+def compare_runs(paths: Sequence[str | os.PathLike], out: Path | None = None, names: Sequence[str] | None = None) -> str:
+    """Several runs' metrics.json side by side; a markdown table (written to ``out/compare.md`` when given)."""
+    from eval.runner import load_metrics
+
+    runs = [load_metrics(p) for p in paths]
+    names = list(names) if names else [Path(p).parent.name if Path(p).is_file() else Path(p).name for p in paths]
+    rows = [_headline(m) for m in runs]
+    keys = [k for row in rows for k in row]
+    keys = list(dict.fromkeys(keys))
+    md = ["# emollm evaluation: runs compared", ""] + _table(
+        ["metric", *names], [[k, *[row.get(k, "—") for row in rows]] for k in keys])
+    sets = {m["label_set"]["name"] for m in runs}
+    if len(sets) > 1:
+        md += ["", f"**Warning:** the runs use different label sets ({', '.join(sorted(sets))})."]
+    text = "\n".join(md) + "\n"
+    if out is not None:
+        out.mkdir(parents=True, exist_ok=True)
+        _write(out / "compare.md", text)
+        _write(out / "compare.json", json.dumps({"runs": dict(zip(names, [str(p) for p in paths], strict=True)),
+                                                  "headline": dict(zip(names, rows, strict=True))}, indent=2))
+    return text

@@ -1,0 +1,174 @@
+"""One evaluation run: read, pair, parse, score, write ``metrics.json`` / ``report.md`` / plots."""
+
+from __future__ import annotations
+
+import json
+import os
+from collections import Counter
+from pathlib import Path
+from typing import Any
+
+from emollm import config as cfglib
+from emollm.errors import ConfigError, EvaluationInputError
+from emollm.log import get_logger
+from eval import classification, io, parsing, proxies
+from eval.label_sets import load_label_set
+
+log = get_logger(__name__)
+
+
+def _versions() -> dict[str, str]:
+    import importlib.metadata as md
+    import platform
+
+    out = {"python": platform.python_version()}
+    for pkg in ("emollm", "numpy", "scikit-learn", "evaluate", "transformers", "torch", "matplotlib"):
+        try:
+            out[pkg] = md.version(pkg)
+        except md.PackageNotFoundError:
+            out[pkg] = "not installed"
+    return out
+
+
+def _fold_names(paths: list[str]) -> list[str]:
+    stems = [Path(p).stem for p in paths]
+    return stems if len(set(stems)) == len(stems) else [f"fold{i + 1}" for i in range(len(paths))]
+
+
+def evaluate_run(cfg: cfglib.EmollmConfig, predictions: list[str | os.PathLike], references: str | os.PathLike | None,
+                 out_dir: str | os.PathLike, *, plots: bool = True) -> dict:
+    """Evaluate prediction file(s) against references; write the run's outputs; return the metrics dict.
+
+    Several prediction files are the folds of a k-fold run (fold = file name); otherwise a ``fold``
+    field in the predictions or references splits them.
+    """
+    ecfg = cfg.evaluate
+    label_set = load_label_set(cfg.eval_label_set)
+    fallback = parsing.check_fallback(label_set, ecfg.fallback_label)
+    if not predictions:
+        raise EvaluationInputError("no predictions file given")
+    preds: list[io.Prediction] = []
+    names = _fold_names([str(p) for p in predictions])
+    for path, name in zip(predictions, names, strict=True):
+        preds += io.read_predictions(path, fold=name if len(predictions) > 1 else None)
+    if references is None:
+        if len(predictions) > 1:
+            raise EvaluationInputError("several prediction files need --references")
+        refs = io.read_references(predictions[0], from_predictions=True)
+    else:
+        refs = io.read_references(references)
+    paired = io.pair(preds, refs, allow_missing=ecfg.allow_missing)
+    if paired.missing_predictions or paired.extra_predictions:
+        log.warning("scoring %d common id(s); %d reference id(s) without prediction, %d prediction id(s) "
+                    "without reference (--allow-missing)", len(paired.pairs), len(paired.missing_predictions),
+                    len(paired.extra_predictions))
+
+    # -- classification
+    samples: list[dict[str, Any]] = []
+    bad_refs = []
+    for pred, ref in paired.pairs:
+        row: dict[str, Any] = {"id": pred.id, "fold": pred.fold or ref.fold}
+        if ref.label is not None and ref.label.strip():
+            gold = label_set.normalize(ref.label)
+            if gold is None:
+                bad_refs.append(f"{ref.id}={ref.label!r}")
+            row["reference"] = gold
+        if pred.label is not None:
+            parsed = parsing.normalize_given_label(pred.label, label_set, fallback)
+        else:
+            parsed = parsing.parse_label(pred.text, label_set, ecfg.parse, fallback)
+        row.update(predicted=parsed.label, valid=parsed.valid, invalid_reason=parsed.reason)
+        samples.append(row)
+    if bad_refs:
+        raise EvaluationInputError(
+            f"{len(bad_refs)} reference label(s) outside the '{label_set.name}' set: {', '.join(bad_refs[:5])}",
+            hint=f"labels of the set: {', '.join(label_set.labels)}; choose the set with evaluate.label_set")
+    scored = [s for s in samples if s.get("reference")]
+    result: dict[str, Any] = {
+        "kind": "emollm-evaluate", "version": 1, "label_set": {"name": label_set.name, "labels": list(label_set.labels)},
+        "inputs": {"predictions": [str(p) for p in predictions], "references": str(references) if references else None},
+        "counts": {"predictions": len(preds), "references": len(refs), "paired": len(paired.pairs),
+                   "missing_predictions": len(paired.missing_predictions),
+                   "extra_predictions": len(paired.extra_predictions),
+                   "missing_prediction_ids": paired.missing_predictions[:20],
+                   "extra_prediction_ids": paired.extra_predictions[:20]},
+    }
+    if scored:
+        invalid = [s for s in scored if not s["valid"]]
+        result["parsing"] = {
+            "strategy": ecfg.parse, "fallback_label": fallback, "n": len(scored), "invalid": len(invalid),
+            "invalid_rate": len(invalid) / len(scored), "invalid_by_reason": dict(Counter(s["invalid_reason"] for s in invalid)),
+            "invalid_handling": f"mapped to '{fallback}'" if fallback else "counted wrong",
+        }
+        result["classification"] = classification.classification_metrics(
+            [s["reference"] for s in scored], [s["predicted"] for s in scored], label_set.labels)
+        folds = sorted({s["fold"] for s in scored if s["fold"] is not None})
+        if ecfg.folds > 1 and len(folds) != ecfg.folds:
+            raise ConfigError(f"evaluate.folds={ecfg.folds} but the inputs hold {len(folds)} fold(s) {folds}",
+                              hint="pass one predictions file per fold, or a 'fold' field, or set evaluate.folds=1")
+        if len(folds) > 1:
+            if any(s["fold"] is None for s in scored):
+                raise EvaluationInputError("some samples have a fold and others do not")
+            per_fold = {f: classification.classification_metrics(
+                [s["reference"] for s in scored if s["fold"] == f], [s["predicted"] for s in scored if s["fold"] == f],
+                label_set.labels) for f in folds}
+            result["folds"] = {"per_fold": per_fold, "summary": classification.kfold_summary(per_fold)}
+    else:
+        log.info("the references hold no labels: no classification metrics")
+
+    # -- reasoning
+    reasoning = [(p, r) for p, r in paired.pairs if r.reasoning and r.reasoning.strip()]
+    if reasoning:
+        empty = [p.id for p, _ in reasoning if not (p.text and p.text.strip())]
+        result["reasoning"] = {"n": len(reasoning), "empty_predictions": len(empty), "empty_prediction_ids": empty[:20]}
+        refs_text = [r.reasoning for _, r in reasoning]
+        pred_text = [p.text or "" for p, _ in reasoning]
+        if ecfg.proxies:
+            result["reasoning"]["proxy_emotion_word_set"] = proxies.emotion_word_set_metrics(refs_text, pred_text)
+        if ecfg.embedding_model:
+            result["reasoning"]["proxy_embedding_similarity"] = proxies.embedding_similarity(
+                refs_text, pred_text, ecfg.embedding_model)
+        if ecfg.judge.backend != "none":
+            result["reasoning"]["emer"] = _run_judge(cfg, reasoning, Path(out_dir))
+    result["versions"] = _versions()
+    from eval import report
+
+    report.write_run(result, samples, cfg, Path(out_dir), plots=plots)
+    return result
+
+
+def _run_judge(cfg: cfglib.EmollmConfig, reasoning: list, out_dir: Path) -> dict:
+    from eval import emer, judges
+
+    jcfg = cfg.evaluate.judge
+    backend = judges.make_backend(jcfg)
+    cache = judges.JudgeCache(jcfg.cache_dir or out_dir / "judge_cache")
+    judge = judges.Judge(backend, cache, max_retries=jcfg.max_retries, backoff_s=jcfg.backoff_s,
+                         retry_invalid=jcfg.retry_invalid)
+    items = [(p.id, r.reasoning, p.text) for p, r in reasoning if p.text and p.text.strip()]
+    empty = [p.id for p, r in reasoning if not (p.text and p.text.strip())]
+    log.info("EMER judge: %d sample(s) with %s '%s'", len(items), backend.kind, backend.model)
+    out = emer.emer_scores(judge, items, concurrency=jcfg.concurrency)
+    for name in emer.SCORES:  # an empty prediction is an invalid score, not a guessed one
+        out[name]["invalid"] += len(empty)
+    out["n"] += len(empty)
+    out["per_sample"] += [{"id": i, "clue_overlap": None, "label_overlap": None,
+                           "errors": {"prediction": "empty prediction text"}} for i in empty]
+    if out["judge_stats"]["invalid"]:
+        log.warning("EMER judge: %d answer(s) invalid after retries (see metrics.json)", out["judge_stats"]["invalid"])
+    return out
+
+
+def load_metrics(path: str | os.PathLike) -> dict:
+    p = Path(path)
+    if p.is_dir():
+        p = p / "metrics.json"
+    try:
+        data = json.loads(p.read_text(encoding="utf-8"))
+    except FileNotFoundError:
+        raise EvaluationInputError(f"{p}: no such file") from None
+    except json.JSONDecodeError as exc:
+        raise EvaluationInputError(f"{p}: not valid JSON ({exc.msg})") from None
+    if not isinstance(data, dict) or data.get("kind") != "emollm-evaluate":
+        raise EvaluationInputError(f"{p}: not an emollm evaluate metrics.json")
+    return data

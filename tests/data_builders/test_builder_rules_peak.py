@@ -1,0 +1,67 @@
+"""Peak frame (both definitions) and AU-rule pseudo-labels (rules as data, label-set mapping)."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from data_builders.au import AUSeries
+from data_builders.peak import find_peak
+from data_builders.rules import load_rules, pseudo_label
+from emollm.modeling.au_encoder import MERR_AUS
+from eval.label_sets import load_label_set
+
+
+def _aus(**kw: float) -> dict[str, float]:
+    out = dict.fromkeys(MERR_AUS, 0.0)
+    out.update(kw)
+    return out
+
+
+def _series(rows: list[dict[str, float]], face: list[bool] | None = None) -> AUSeries:
+    inten = np.array([[r.get(a, 0.0) for a in MERR_AUS] for r in rows], dtype=np.float32)
+    return AUSeries(
+        intensity=inten, presence=(inten >= 1).astype(np.uint8), frame_indices=np.arange(len(rows)) * 6,
+        timestamps_s=np.arange(len(rows)) * 0.2, face=np.array(face or [True] * len(rows)), source="test",
+    )  # fmt: skip
+
+
+def test_peak_definitions_differ_as_documented():
+    # AU12 is present in most frames; frame 3 has a big but one-off AU26+AU25 (talking), frame 1 the strongest smile.
+    rows = [{"AU12": 1.5}, {"AU12": 3.0, "AU06": 2.0}, {"AU12": 1.2}, {"AU26": 5.0, "AU25": 5.0, "AU12": 1.0}, {"AU45": 5}]
+    s = _series(rows)
+    assert find_peak(s, "intensity_sum").frame_index == 18
+    fa = find_peak(s, "frequent_aus", top_k=1)
+    assert fa.frame_index == 6 and fa.aus == ("AU12",) and fa.timestamp_s == pytest.approx(0.2)
+    assert find_peak(_series(rows, face=[True, False, True, True, True]), "frequent_aus", top_k=1).frame_index == 0
+    assert find_peak(_series(rows, face=[False] * 5)) is None
+
+
+def test_rules_label_confidence_and_neutral():
+    table, merr = load_rules(), load_label_set("merr")
+    happy = pseudo_label(_aus(AU06=3, AU12=4, AU14=2), table, merr)
+    assert happy.label == "happy" and 0 < happy.confidence <= 1
+    weaker = pseudo_label(_aus(AU06=1, AU12=1.2, AU14=1), table, merr)
+    assert weaker.label == "happy" and weaker.confidence < happy.confidence
+    assert pseudo_label(_aus(AU01=3, AU02=3, AU05=2, AU26=4), table, merr).label == "surprise"
+    assert pseudo_label(_aus(AU12=3, AU14=3), table, merr).label == "contempt"  # no cheek raiser
+    neutral = pseudo_label(_aus(AU25=0.5), table, merr)
+    assert neutral.label == "neutral" and neutral.rule == "neutral" and neutral.confidence == pytest.approx(0.9)
+
+
+def test_a_label_outside_the_set_falls_back_to_the_best_rule_inside_it():
+    table = load_rules()
+    aus = _aus(AU12=3, AU14=3)  # contempt fires; happy (2 of 3) fires too, lower score
+    assert pseudo_label(aus, table, load_label_set("dfew")).label == "happy"  # DFEW has no contempt
+    assert pseudo_label(aus, table, load_label_set("meld")).label == "joy"  # MELD names happy "joy"
+    assert pseudo_label(_aus(AU09=3, AU15=3), table, load_label_set("merr")).label == "neutral"  # MERR has no disgust
+    assert pseudo_label(_aus(AU09=3, AU15=3), table, load_label_set("dfew")).label == "disgust"
+
+
+def test_rules_are_data(tmp_path):
+    custom = tmp_path / "rules.yaml"
+    custom.write_text("version: 7\nname: mine\npresence_threshold: 2.5\nrules:\n  happy: {aus: [AU12]}\n")
+    table = load_rules(custom)
+    assert table.provenance == "mine/7"
+    assert pseudo_label(_aus(AU12=2.0), table, load_label_set("merr")).label == "neutral"
+    assert pseudo_label(_aus(AU12=3.0), table, load_label_set("merr")).label == "happy"

@@ -1,0 +1,164 @@
+"""`emollm evaluate` end to end: report, confusion PNG, folds, bad input, compare, the judge, proxies."""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+import threading
+from pathlib import Path
+
+import pytest
+
+import emollm.cli.main as cli
+from emollm.config import load as load_config
+from emollm.errors import EvaluationInputError
+from eval.proxies import emotion_word_set_metrics, emotion_words
+from eval.runner import evaluate_run
+
+
+def _write(path: Path, rows: list[dict]) -> Path:
+    path.write_text("".join(json.dumps(r) + "\n" for r in rows), encoding="utf-8")
+    return path
+
+
+REFS = "id,label,reasoning\n" + "\n".join([
+    'a,happy,"She smiles broadly; she is happy."',
+    'b,angry,"He frowns and shouts: he is angry."',
+    'c,neutral,"A calm face and a flat voice."',
+    'd,sad,"Tears and a low voice: she is sad."',
+]) + "\n"
+PREDS = [{"id": "a", "text": "The person is joyful, so happy."}, {"id": "b", "text": "I think he is sad."},
+         {"id": "c", "text": ""}, {"id": "d", "text": "Looks like nothing in particular."}]
+
+
+@pytest.fixture()
+def files(tmp_path: Path) -> dict[str, Path]:
+    (tmp_path / "refs.csv").write_text(REFS, encoding="utf-8")
+    return {"refs": tmp_path / "refs.csv", "preds": _write(tmp_path / "preds.jsonl", PREDS)}
+
+
+def test_evaluate_writes_report_and_png(files, tmp_path, capsys) -> None:
+    out = tmp_path / "run_a"
+    rc = cli.main(["evaluate", "--predictions", str(files["preds"]), "--references", str(files["refs"]),
+                   "--out", str(out), "evaluate.label_set=merr"])
+    assert rc == 0, capsys.readouterr().err
+    m = json.loads((out / "metrics.json").read_text())
+    assert m["classification"]["war"] == pytest.approx(0.5)  # a right, b wrong, c/d -> neutral fallback
+    assert m["parsing"]["invalid"] == 2 and m["parsing"]["invalid_rate"] == 0.5
+    assert m["parsing"]["invalid_by_reason"] == {"empty": 1, "no_label": 1}
+    assert m["versions"]["scikit-learn"] and m["config"]["evaluate"]["label_set"] == "merr"
+    assert (out / "config.yaml").is_file() and (out / "confusion.png").read_bytes()[:4] == b"\x89PNG"
+    md = (out / "report.md").read_text()
+    assert "invalid rate 50.00%" in md and "PROXY" in md and "confusion.png" in md
+    assert m["reasoning"]["proxy_emotion_word_set"]["kind"] == "proxy"
+    assert "WAR=50.00" in capsys.readouterr().out
+
+    # counted wrong instead of fallback; compare both runs side by side
+    out_b = tmp_path / "run_b"
+    assert cli.main(["evaluate", "--predictions", str(files["preds"]), "--references", str(files["refs"]),
+                     "--out", str(out_b), "evaluate.fallback_label=null", "--no-plots"]) == 0
+    mb = json.loads((out_b / "metrics.json").read_text())
+    assert mb["classification"]["war"] == pytest.approx(0.25) and mb["parsing"]["invalid_handling"] == "counted wrong"
+    capsys.readouterr()
+    assert cli.main(["evaluate", "--compare", str(out / "metrics.json"), str(out_b / "metrics.json"),
+                     "--out", str(tmp_path / "cmp")]) == 0
+    table = capsys.readouterr().out
+    assert "| metric | run_a | run_b |" in table and "| WAR (accuracy) | 50.00 | 25.00 |" in table
+    assert (tmp_path / "cmp" / "compare.md").is_file()
+
+
+def test_folds(tmp_path, files) -> None:
+    f1 = _write(tmp_path / "fold1.jsonl", [{"id": "a", "label": "happy"}, {"id": "b", "label": "angry"}])
+    f2 = _write(tmp_path / "fold2.jsonl", [{"id": "c", "label": "sad"}, {"id": "d", "label": "sad"}])
+    cfg = load_config(None, ["evaluate.folds=2", "evaluate.proxies=false"])
+    m = evaluate_run(cfg, [f1, f2], files["refs"], tmp_path / "out")
+    s = m["folds"]["summary"]
+    assert s["folds"] == ["fold1", "fold2"]
+    assert s["war"]["mean"] == pytest.approx(0.75) and s["war"]["std"] == pytest.approx(0.25)
+    assert (tmp_path / "out" / "confusion_fold1.png").is_file()
+    assert "mean ± std" in (tmp_path / "out" / "report.md").read_text()
+
+
+def test_bad_inputs(tmp_path, files, capsys) -> None:
+    preds = _write(tmp_path / "p.jsonl", [*PREDS[:3], {"id": "zz", "text": "happy"}])
+    argv = ["evaluate", "--predictions", str(preds), "--references", str(files["refs"]), "--out", str(tmp_path / "o")]
+    assert cli.main(argv) == 2
+    err = capsys.readouterr().err
+    assert "error:" in err and "e.g. d" in err and "e.g. zz" in err and "--allow-missing" in err
+    assert cli.main([*argv, "--allow-missing", "--no-plots"]) == 0
+    m = json.loads((tmp_path / "o" / "metrics.json").read_text())
+    assert m["counts"]["missing_predictions"] == 1 and m["counts"]["extra_predictions"] == 1
+    assert m["counts"]["paired"] == 3
+
+    bad_ref = tmp_path / "r.jsonl"
+    _write(bad_ref, [{"id": "a", "label": "bored"}])
+    with pytest.raises(EvaluationInputError, match="outside the 'merr' set.*a='bored'"):
+        evaluate_run(load_config(), [_write(tmp_path / "q.jsonl", [{"id": "a", "text": "x"}])], bad_ref, tmp_path / "x")
+    out_of_set = _write(tmp_path / "q2.jsonl", [{"id": "a", "label": "bored"}])
+    m = evaluate_run(load_config(None, ["evaluate.fallback_label=null"]), [out_of_set],
+                     _write(tmp_path / "r2.jsonl", [{"id": "a", "label": "happy"}]), tmp_path / "y", plots=False)
+    assert m["parsing"]["invalid_by_reason"] == {"out_of_set": 1} and m["classification"]["war"] == 0.0
+    (tmp_path / "broken.jsonl").write_text('{"id": "a"\n')
+    assert cli.main(["evaluate", "--predictions", str(tmp_path / "broken.jsonl"), "--out", str(tmp_path / "z")]) == 2
+    assert "broken.jsonl:1: not a JSON line" in capsys.readouterr().err
+
+
+def test_help_shows_defaults(capsys) -> None:
+    with pytest.raises(SystemExit):
+        cli.main(["evaluate", "--help"])
+    out = capsys.readouterr().out
+    assert "--allow-missing" in out and "(default: None)" in out
+
+
+def test_emotion_llama_style_results_file(tmp_path) -> None:
+    res = _write(tmp_path / "results.jsonl", [{"video_name": "s1", "answer": "happy", "gt": "happy"},
+                                              {"video_name": "s2", "answer": "angry", "gt": "worried"}])
+    m = evaluate_run(load_config(), [res], None, tmp_path / "o", plots=False)
+    assert m["classification"]["n"] == 2 and m["classification"]["war"] == 0.5
+
+
+def test_word_set_proxy() -> None:
+    assert emotion_words("She is joyful but a bit anxious; no emotion otherwise") == {"happy", "worried", "neutral"}
+    m = emotion_word_set_metrics(["she is happy and worried", "the weather report"], ["joyful", "angry"])
+    assert m["n"] == 1 and m["skipped_no_reference_emotion"] == 1
+    assert m["precision"] == 1.0 and m["recall"] == 0.5 and m["hit_rate"] == 1.0
+
+
+def test_judge_through_the_runner(tmp_path, files, monkeypatch) -> None:
+    spec = importlib.util.spec_from_file_location("_judge_server", Path(__file__).with_name("test_eval_judge.py"))
+    mod = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mod)
+    srv = mod.ScriptedServer()
+    thread = threading.Thread(target=srv.httpd.serve_forever, kwargs={"poll_interval": 0.05}, daemon=True)
+    thread.start()
+    try:
+        refs = _write(tmp_path / "r.jsonl", [{"id": "a", "label": "happy", "reasoning": "MARK_ok she smiles"},
+                                             {"id": "b", "label": "sad", "reasoning": "MARK_bad she cries"},
+                                             {"id": "c", "label": "sad", "reasoning": "MARK_ok tears"}])
+        preds = _write(tmp_path / "p.jsonl", [{"id": "a", "text": "MARK_ok happy"}, {"id": "b", "text": "MARK_bad sad"},
+                                              {"id": "c", "text": ""}])
+        over = ["evaluate.judge.backend=openai", f"evaluate.judge.base_url={srv.url}", "evaluate.judge.model=j",
+                "evaluate.judge.api_key_env=null", "evaluate.judge.backoff_s=0", "evaluate.judge.max_retries=1"]
+        m = evaluate_run(load_config(None, over), [preds], refs, tmp_path / "o", plots=False)
+        e = m["reasoning"]["emer"]
+        assert e["clue_overlap"] == {"mean": 8.0, "valid": 1, "invalid": 2}  # garbage judge + empty prediction
+        calls = srv.total()
+        evaluate_run(load_config(None, over), [preds], refs, tmp_path / "o", plots=False)
+        assert srv.total() == calls  # cached under <out>/judge_cache
+        assert "EMER" in (tmp_path / "o" / "report.md").read_text()
+    finally:
+        srv.httpd.shutdown()
+        srv.httpd.server_close()
+        thread.join(timeout=5)
+
+
+def test_embedding_similarity_proxy_with_tiny_local_model(tmp_path) -> None:
+    from emollm.testing.tiny import build_tiny_models
+    from eval.proxies import embedding_similarity
+
+    path = build_tiny_models(names=["llama2"]).llama2  # a local model by path; AutoModel + mean pooling
+    out = embedding_similarity(["she is happy", "he is sad"], ["she is happy", "he is angry"], path)
+    assert out["kind"] == "proxy" and out["per_sample"][0] == pytest.approx(1.0, abs=1e-5)
+    assert -1.0 <= out["per_sample"][1] < 1.0
+    with pytest.raises(EvaluationInputError, match="does not exist"):
+        embedding_similarity(["a"], ["b"], tmp_path / "nope")
