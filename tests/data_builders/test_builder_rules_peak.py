@@ -44,7 +44,8 @@ def test_rules_label_confidence_and_neutral():
     weaker = pseudo_label(_aus(AU06=1, AU12=1.2, AU14=1), table, merr)
     assert weaker.label == "happy" and weaker.confidence < happy.confidence
     assert pseudo_label(_aus(AU01=3, AU02=3, AU05=2, AU26=4), table, merr).label == "surprise"
-    assert pseudo_label(_aus(AU12=3, AU14=3), table, merr).label == "contempt"  # no cheek raiser
+    assert pseudo_label(_aus(AU14=3, AU17=3), table, merr).label == "contempt"  # dimpler + chin, no smile
+    assert pseudo_label(_aus(AU12=3, AU14=3), table, merr).label == "happy"  # a smile without AU06 is no contempt
     neutral = pseudo_label(_aus(AU25=0.5), table, merr)
     assert neutral.label == "neutral" and neutral.rule == "neutral" and neutral.confidence == pytest.approx(0.9)
 
