@@ -33,14 +33,16 @@ def plot_confusion(confusion: dict, path: Path, title: str = "") -> Path:
     fig, axes = plt.subplots(1, 2, figsize=(4 + 1.2 * len(cols), 1.5 + 0.55 * len(rows)), constrained_layout=True)
     for ax, key, fmt in ((axes[0], "counts", "d"), (axes[1], "row_normalized", ".2f")):
         data = np.asarray(confusion[key], dtype=float)
-        ax.imshow(data, cmap="Blues", vmin=0, vmax=data.max() if data.size and data.max() > 0 else 1)
+        top = data.max() if data.size and data.max() > 0 else 1
+        ax.imshow(data, cmap="Blues", vmin=0, vmax=top)
         ax.set_xticks(range(len(cols)), cols, rotation=45, ha="right")
         ax.set_yticks(range(len(rows)), rows)
         ax.set_xlabel("predicted")
         ax.set_ylabel("reference")
         ax.set_title(f"{title} {key.replace('_', '-')}".strip())
         for (i, j), v in np.ndenumerate(data):
-            ax.text(j, i, format(int(v) if fmt == "d" else v, fmt), ha="center", va="center", fontsize=7)
+            ax.text(j, i, format(int(v) if fmt == "d" else v, fmt), ha="center", va="center", fontsize=7,
+                    color="white" if v > 0.6 * top else "black")  # readable on dark cells
     tmp = path.with_name(path.stem + ".tmp.png")
     fig.savefig(tmp, dpi=100)
     plt.close(fig)
