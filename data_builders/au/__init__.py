@@ -45,6 +45,12 @@ class AUSeries:
     def face_frames(self) -> int:
         return int(self.face.sum())
 
+    def model_input(self) -> tuple[np.ndarray, np.ndarray]:
+        """The AU encoder's input: ``(T, 2 * len(MERR_AUS))`` float32 (intensities, then presences)
+        and the frame mask ``(T,)`` (True where a face was measured)."""
+        features = np.concatenate([self.intensity, self.presence], axis=1).astype(np.float32)
+        return features, self.face.astype(bool)
+
 
 def save_aus(series: AUSeries, path: str | os.PathLike[str]) -> None:
     """Write ``series`` to ``path`` (.npz) atomically: a temporary file renamed into place."""

