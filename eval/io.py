@@ -4,9 +4,11 @@ Predictions: JSONL (one object per line), a JSON list, or CSV/TSV, with ``id`` a
 ``label`` (optional ``fold``). References: the same formats with ``id``, ``label`` and/or ``reasoning``
 (optional ``fold``), or a built dataset (a folder holding ``annotations.jsonl``, or that file).
 
-Emotion-LLaMA result files and EMER CSVs are read as-is through column aliases (the exact formats of
-those files are not verified here; see docs/evaluate.md): ``name`` / ``video_name`` for the id,
-``answer`` / ``pred`` / ``output`` for the text, ``gt`` / ``emotion`` for the reference label,
+Emotion-LLaMA's files are read as-is: the EMER CSV its ``eval_emotion_EMER.py`` writes (columns
+``names``, ``chi_reasons``) as predictions, and the result summary its ``eval_emotion.py`` prints
+(``Accuracy:`` / ``Precision:`` / ``Recall:`` / ``F1 Score:`` + the confusion matrix) as a run for
+``--compare`` (:func:`read_emotion_llama_result`). Other column aliases: ``name`` / ``video_name`` for
+the id, ``answer`` / ``pred`` / ``output`` for the text, ``gt`` / ``emotion`` for the reference label,
 ``reason`` / ``gt_reason`` / ``english`` for the reference reasoning. A predictions file that also holds
 reference fields (``gt``...) serves as its own references when none are given.
 """
@@ -15,6 +17,7 @@ from __future__ import annotations
 
 import csv
 import json
+import re
 from collections import Counter
 from collections.abc import Iterable
 from dataclasses import dataclass, field
@@ -22,8 +25,8 @@ from pathlib import Path
 
 from emollm.errors import EvaluationInputError
 
-ID_KEYS = ("id", "clip_id", "sample_id", "name", "video_name", "video", "clip")
-TEXT_KEYS = ("text", "answer", "prediction", "pred", "output", "response", "generated")
+ID_KEYS = ("id", "clip_id", "sample_id", "name", "names", "video_name", "video", "clip")
+TEXT_KEYS = ("text", "answer", "prediction", "pred", "output", "response", "generated", "chi_reasons")
 PRED_LABEL_KEYS = ("label", "pred_label", "predicted_label")
 REF_LABEL_KEYS = ("label", "gt", "gt_label", "ground_truth", "true_label", "emotion")
 REF_LABEL_KEYS_IN_PREDICTIONS = ("gt", "gt_label", "ground_truth", "true_label")
@@ -157,3 +160,48 @@ def pair(predictions: list[Prediction], references: list[Reference], *, allow_mi
     if not pairs:
         raise EvaluationInputError("predictions and references share no id")
     return Paired(pairs, missing, extra)
+
+
+_RESULT_LINE = re.compile(r"^(Accuracy|Precision|Recall|F1 Score):\s*([0-9.eE+-]+)\s*$")
+
+
+def read_emotion_llama_result(path: str | Path) -> dict:
+    """Emotion-LLaMA's printed result (``Accuracy: …``, ``Precision: …``, ``Recall: …``, ``F1 Score: …``,
+    then the confusion matrix ``[[…]]``) as a metrics dict that ``--compare`` can put beside our runs.
+
+    Its precision / recall / F1 are sklearn's weighted averages, so ``F1 Score`` is WAF; UAR and
+    macro F1 are recomputed from the confusion matrix (rows = references, sklearn's sorted label order,
+    whose names the file does not keep).
+    """
+    import numpy as np
+
+    p = Path(path)
+    try:
+        text = p.read_text(encoding="utf-8")
+    except OSError as exc:
+        raise EvaluationInputError(f"{p}: cannot read ({exc.strerror or exc})") from None
+    values = {}
+    for line in text.splitlines():
+        match = _RESULT_LINE.match(line.strip())
+        if match:
+            values[match.group(1)] = float(match.group(2))
+    if "Accuracy" not in values or "F1 Score" not in values:
+        raise EvaluationInputError(f"{p}: not an Emotion-LLaMA result file (no 'Accuracy:' / 'F1 Score:' lines)")
+    rows = re.findall(r"\[([0-9\s]+)\]", text[text.find("[["):] if "[[" in text else "")
+    classification = {"n": None, "war": values["Accuracy"], "waf": values["F1 Score"], "uar": None, "macro_f1": None}
+    if rows:
+        cm = np.array([[int(v) for v in row.split()] for row in rows], dtype=float)
+        if cm.ndim == 2 and cm.shape[0] == cm.shape[1]:
+            support, predicted, hits = cm.sum(axis=1), cm.sum(axis=0), np.diag(cm)
+            recall = np.divide(hits, support, out=np.zeros_like(hits), where=support > 0)
+            precision = np.divide(hits, predicted, out=np.zeros_like(hits), where=predicted > 0)
+            f1 = np.divide(2 * precision * recall, precision + recall, out=np.zeros_like(hits),
+                           where=(precision + recall) > 0)
+            classification.update(n=int(cm.sum()), uar=float(recall[support > 0].mean()), macro_f1=float(f1.mean()))
+    return {
+        "kind": "emollm-evaluate",
+        "source": f"Emotion-LLaMA result file {p.name}",
+        "label_set": {"name": f"emotion-llama ({len(rows)} classes)" if rows else "emotion-llama", "labels": []},
+        "classification": classification,
+        "parsing": {"invalid_rate": None, "strategy": "emotion_llama"},
+    }

@@ -20,8 +20,8 @@ from typing import Literal
 from emollm.errors import ConfigError
 from eval.label_sets import LabelSet
 
-Strategy = Literal["last_word", "first_mention", "synonym"]
-STRATEGIES: tuple[str, ...] = ("last_word", "first_mention", "synonym")
+Strategy = Literal["last_word", "first_mention", "synonym", "emotion_llama"]
+STRATEGIES: tuple[str, ...] = ("last_word", "first_mention", "synonym", "emotion_llama")
 
 _WORD = re.compile(r"[a-z]+(?:[-'][a-z]+)*")
 
@@ -60,6 +60,11 @@ def find_label(text: str, label_set: LabelSet, strategy: str = "last_word") -> s
     """The label a strategy reads in ``text``, or None."""
     if strategy not in STRATEGIES:
         raise ConfigError(f"unknown label parsing strategy '{strategy}'", hint=f"one of {', '.join(STRATEGIES)}")
+    if strategy == "emotion_llama":
+        # Emotion-LLaMA's eval_emotion.py verbatim: the last space-separated token, as is (no case or
+        # punctuation folding), must be a label; "happy." is therefore out of set.
+        token = text.split(" ")[-1]
+        return token if token in label_set else None
     cands = _candidates(text)
     if strategy == "synonym":
         found = [label_set.normalize(c) for c in cands]

@@ -146,7 +146,10 @@ def compare_runs(paths: Sequence[str | os.PathLike], out: Path | None = None, na
     from eval.runner import load_metrics
 
     runs = [load_metrics(p) for p in paths]
-    names = list(names) if names else [Path(p).parent.name if Path(p).is_file() else Path(p).name for p in paths]
+    names = list(names) if names else [
+        Path(p).stem if Path(p).suffix.lower() == ".txt" else Path(p).parent.name if Path(p).is_file() else Path(p).name
+        for p in paths
+    ]
     rows = [_headline(m) for m in runs]
     keys = [k for row in rows for k in row]
     keys = list(dict.fromkeys(keys))

@@ -160,9 +160,12 @@ def _run_judge(cfg: cfglib.EmollmConfig, reasoning: list, out_dir: Path) -> dict
 
 
 def load_metrics(path: str | os.PathLike) -> dict:
+    """A run's metrics.json (or its folder), or an Emotion-LLaMA result .txt (read as-is)."""
     p = Path(path)
     if p.is_dir():
         p = p / "metrics.json"
+    if p.suffix.lower() == ".txt":
+        return io.read_emotion_llama_result(p)
     try:
         data = json.loads(p.read_text(encoding="utf-8"))
     except FileNotFoundError:

@@ -319,7 +319,7 @@ class JudgeConfig:
 @dataclass
 class EvaluateConfig:
     label_set: LabelSetName | None = None  # None: data.label_set
-    parse: Literal["last_word", "first_mention", "synonym"] = "last_word"
+    parse: Literal["last_word", "first_mention", "synonym", "emotion_llama"] = "last_word"
     fallback_label: str | None = "neutral"  # unparsable answers; null counts them as wrong
     folds: int = 1
     allow_missing: bool = False  # ids on one side only: counted in the report instead of an error
