@@ -7,6 +7,16 @@ method, aus}`` (None without a face), ``aus_at_peak`` {AUxx: intensity} (None wi
 ``aus_present_at_peak`` [AUxx], ``pseudo_label, pseudo_label_confidence, rule_label, rule_scores``,
 ``label`` (ground truth or None), ``subtitle`` (or None), ``split``, ``flags`` [str],
 ``provenance`` {field: {source, version}}, ``review`` {state, by, note}.
+
+Added by the text stage (still schema 1: new optional fields, old readers ignore them):
+``subtitle_language`` (whisper's), ``tone`` (prosody phrase or None), ``prosody`` {duration_s, active_s,
+voiced_s, peak_dbfs, energy_dbfs, pitch_hz, pitch_range_st, pitch_slope_st_s, syllable_rate, pauses,
+pause_ratio} (or None), ``expression`` (AU phrases or None), ``visual_description`` (None until a VLM
+describer fills it), ``coarse_description``, ``reasoning``, ``reasoning_filter`` {kept, reason} (or
+None), ``granularity`` ("coarse" | "fine"), ``writer_error`` (only when the writer failed). Each
+generated field present has a ``provenance`` entry: ``subtitle`` {source: whisper | csv:<file>, model,
+version}, ``tone``, ``expression``, ``coarse_description``, ``reasoning`` {source: writer:<backend>,
+model, version, label}. A cue that was not produced is None, never guessed.
 """
 
 from __future__ import annotations

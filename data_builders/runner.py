@@ -12,9 +12,16 @@ Two fingerprints per clip decide what a changed config recomputes:
   rate, frame and detection sizes, baseline, max duration, OpenFace CSV stat / confidence, face
   settings) and the extractor's version: when it changes the clip is analysed again;
 - the **label fingerprint**: peak-frame method, rules table, label set, thresholds: when only it
-  changes, the AUs are read back from the side file and only peak + pseudo-label are redone.
+  changes, the AUs are read back from the side file and only peak + pseudo-label are redone;
+- the **cue fingerprint**: the file, the ASR settings (whisper model and its file stat, language) and
+  the tone settings: when only it changes, the audio cues (whisper subtitle, prosody tone) are redone
+  and the AUs are read back.
 
-Ground-truth labels, subtitles and splits come from the CSVs at merge time (never recomputed).
+Ground-truth labels, subtitles and splits come from the CSVs at merge time (never recomputed). The
+text stage also runs at merge time, from the parts: AU phrases, coarse description, the reasoning
+writer (its LLM replies cached on disk, so a re-run makes no new call), the filter and the coarse /
+fine split, and the instruction JSONL per task; a changed writer config therefore never re-runs AU
+extraction or the audio cues.
 """
 
 from __future__ import annotations
@@ -66,6 +73,7 @@ class BuildSummary:
     clip_seconds: float = 0.0  # media seconds analysed by this run (computed clips)
     wall_s: float = 0.0
     out_dir: str = ""
+    text: dict[str, Any] = field(default_factory=dict)  # the text stage's counts (manifest "text")
 
     @property
     def clips_per_s(self) -> float:
@@ -82,6 +90,14 @@ class BuildSummary:
         rows += [(f"label {k}", v) for k, v in sorted(self.labels.items())]
         rows += [(f"flag {k}", v) for k, v in sorted(self.flags.items())]
         rows += [(f"failed at {k}", v) for k, v in sorted(self.failed_by_stage.items())]
+        t = self.text
+        if t:
+            rows += [("coarse descriptions", t.get("coarse_descriptions", 0)), ("reasoning written", t.get("reasoning", 0)),
+                     ("fine (reasoning kept)", t.get("fine", 0))]  # fmt: skip
+            rows += [(f"instructions {k}", v) for k, v in sorted(t.get("instructions", {}).items())]
+            if t.get("writer_stats"):
+                ws = t["writer_stats"]
+                rows += [("writer calls", ws.get("calls", 0)), ("writer cache hits", ws.get("cache_hits", 0))]
         width = max(len(r[0]) for r in rows)
         return "\n".join(f"{k:<{width}}  {v}" for k, v in rows)
 
@@ -142,10 +158,172 @@ def au_fingerprint(cfg: EmollmConfig, clip: inputs_mod.ClipInput) -> str:
     return _sha(settings)
 
 
+def cue_fingerprint(cfg: EmollmConfig, clip: inputs_mod.ClipInput) -> str:
+    """What decides whether the audio cues (ASR subtitle, prosody tone) are recomputed."""
+    b = cfg.build
+    settings: dict[str, Any] = {"asr": b.asr, "tone": b.tone}
+    if b.asr != "none" or b.tone != "none":
+        settings.update(file=_stat(clip.path), silence_dbfs=b.silence_dbfs, sample_rate=16000)
+    if b.asr == "whisper":
+        from data_builders.subtitles import model_version
+
+        settings.update(whisper=model_version(b.whisper_model), language=b.whisper_language)
+    if b.tone != "none":
+        from data_builders.tone import VERSION
+
+        settings["tone_version"] = VERSION
+    return _sha(settings)
+
+
 def label_fingerprint(cfg: EmollmConfig) -> str:
     b = cfg.build
     table = load_rules(b.rules)
     return _sha([b.peak_frame, b.peak_top_aus, list(b.peak_ignore_aus), table.digest, cfg.data.label_set])
+
+
+# ------------------------------------------------------------------------------------------ cues + text
+
+
+def check_setup(cfg: EmollmConfig) -> None:
+    """Fail before any clip when a cue or writer source cannot be had (typed errors)."""
+    from data_builders.phrases import load_phrases
+    from data_builders.writers import load_writer_prompt
+
+    load_phrases(cfg.build.phrases)
+    if cfg.build.asr == "whisper":
+        from data_builders.subtitles import check_whisper
+
+        check_whisper(cfg.build.whisper_model)  # each worker loads it (torch is not fork-safe once used)
+    if cfg.build.describe:
+        load_writer_prompt("coarse_description")
+    if cfg.build.writer.backend in ("openai", "hf"):
+        load_writer_prompt(cfg.build.writer.prompt)
+
+
+def make_writer_for(cfg: EmollmConfig, out: Path):  # noqa: ANN201
+    from data_builders.writers import make_writer
+
+    return make_writer(cfg.build.writer, out) if cfg.build.describe else None
+
+
+def audio_cues(info, cfg: EmollmConfig) -> dict[str, Any]:  # noqa: ANN001
+    """Per clip, in the worker: whisper subtitle and prosody tone from the 16 kHz mono audio.
+    Silent audio gets the flag ``silent_audio`` and neither cue; an unreadable audio stream the flag
+    ``audio_unreadable`` (the clip's AUs and labels still count)."""
+    b = cfg.build
+    cues: dict[str, Any] = {"subtitle": None, "language": None, "tone": None, "prosody": None, "flags": [],
+                            "provenance": {}}  # fmt: skip
+    if (b.asr == "none" and b.tone == "none") or not info.has_audio:
+        return cues
+    from data_builders import subtitles, tone
+    from emollm.media.audio import load_audio_from
+
+    try:
+        audio = load_audio_from(info, 16000)
+    except MediaError as exc:
+        log.warning("%s: audio unreadable, no audio cues: %s", info.path, getattr(exc, "cause", exc))
+        cues["flags"].append("audio_unreadable")
+        return cues
+    if subtitles.is_silent(audio, b.silence_dbfs):
+        cues["flags"].append("silent_audio")
+        return cues
+    if b.tone != "none":
+        res = tone.DESCRIBERS[b.tone](audio, 16000, silence_dbfs=b.silence_dbfs)
+        cues["tone"] = res.tone
+        cues["prosody"] = res.prosody.as_dict() if res.prosody is not None else None
+        cues["flags"] += res.flags
+        if res.tone:
+            cues["provenance"]["tone"] = {"source": b.tone, "version": tone.VERSION}
+    if b.asr == "whisper":
+        tr = subtitles.transcribe(audio, b.whisper_model, language=b.whisper_language)
+        cues["subtitle"], cues["language"] = tr.text, tr.language
+        cues["flags"] += [f for f in tr.flags if f not in cues["flags"]]
+        if tr.text:
+            import whisper
+
+            cues["provenance"]["subtitle"] = {"source": "whisper", "model": b.whisper_model,
+                                              "version": f"openai-whisper/{whisper.__version__}"}  # fmt: skip
+    return cues
+
+
+def apply_cues(rec: dict[str, Any], cues: dict[str, Any] | None, *, csv_subtitle: str | None, csv_path: str | None) -> None:
+    """Put a part's audio cues into its record (a subtitle from the CSV wins over ASR)."""
+    cues = cues or {}
+    prov = rec.setdefault("provenance", {})
+    if csv_subtitle:
+        rec["subtitle"] = csv_subtitle
+        prov["subtitle"] = {"source": f"csv:{os.path.basename(csv_path or 'subtitles.csv')}", "version": None}
+    elif cues.get("subtitle"):
+        rec["subtitle"] = cues["subtitle"]
+        prov["subtitle"] = cues["provenance"]["subtitle"]
+    rec["subtitle_language"] = cues.get("language")
+    rec["tone"] = cues.get("tone")
+    rec["prosody"] = cues.get("prosody")
+    if cues.get("tone"):
+        prov["tone"] = cues["provenance"]["tone"]
+    rec["flags"] = sorted(set(rec["flags"]) | set(cues.get("flags", [])))
+
+
+def text_stage(cfg: EmollmConfig, out: Path, records: list[dict[str, Any]], *, writer, write) -> dict[str, Any]:  # noqa: ANN001
+    """AU phrases, coarse description, reasoning, filter + split, instruction JSONL (records in place)."""
+    from data_builders.instructions import filter_reasoning, record_label, write_instructions
+    from data_builders.phrases import describe_expression, load_phrases
+    from data_builders.writers import WriterItem, coarse_description
+
+    b = cfg.build
+    phrases = load_phrases(b.phrases)
+    for rec in records:
+        prov = rec["provenance"]
+        rec["expression"] = describe_expression(rec.get("aus_present_at_peak") or [], rec.get("aus_at_peak"),
+                                                phrases, rec["id"], cfg.run.seed, b.expression_max_aus)  # fmt: skip
+        if rec["expression"]:
+            prov["expression"] = phrases.provenance
+        rec["visual_description"] = None  # a VLM describer (later) fills it; never invented
+        rec["coarse_description"] = None
+        if b.describe:
+            rec["coarse_description"] = coarse_description(visual=rec["visual_description"], expression=rec["expression"],
+                                                           tone=rec.get("tone"), subtitle=rec.get("subtitle"))  # fmt: skip
+            if rec["coarse_description"]:
+                from data_builders.writers import load_writer_prompt, prompt_version
+
+                prov["coarse_description"] = {"source": "template:coarse_description",
+                                              "version": prompt_version(load_writer_prompt("coarse_description"))}  # fmt: skip
+        rec["reasoning"] = None
+        rec.setdefault("review", {"state": "unreviewed", "by": None, "note": None})
+    stats: dict[str, Any] = {"coarse_descriptions": sum(1 for r in records if r["coarse_description"])}
+    todo = [r for r in records if r["coarse_description"] and record_label(r)] if writer is not None else []
+    if todo:
+        items = [WriterItem(r["id"], record_label(r), r["coarse_description"], r.get("subtitle"), r.get("expression"),
+                            r.get("tone")) for r in todo]  # fmt: skip
+        results = writer.write(items)
+        failed = 0
+        for rec, res in zip(todo, results, strict=True):
+            if res.text:
+                rec["reasoning"] = res.text
+                rec["provenance"]["reasoning"] = {"source": f"writer:{writer.kind}", "model": writer.model,
+                                                  "version": writer.version, "label": record_label(rec)}  # fmt: skip
+            else:
+                failed += 1
+                rec["flags"] = sorted(set(rec["flags"]) | {"writer_failed"})
+                rec["writer_error"] = res.error
+        stats["writer"] = {"backend": writer.kind, "model": writer.model, "version": writer.version}
+        stats["writer_stats"] = writer.stats.as_dict()
+        stats["writer_failed"] = failed
+        if failed:
+            log.warning("writer: %d of %d clip(s) got no usable reasoning (flag writer_failed)", failed, len(todo))
+    label_set = load_label_set(cfg.data.label_set)
+    filter_reasoning(records, label_set)
+    for rec in records:
+        if rec["split"] in ("coarse", "fine"):  # no split from the labels CSV
+            rec["split"] = rec["granularity"]
+    dropped = Counter((r["reasoning_filter"]["reason"] or "").split(":")[0] for r in records
+                      if r.get("reasoning_filter") and not r["reasoning_filter"]["kept"])  # fmt: skip
+    stats.update(reasoning=sum(1 for r in records if r["reasoning"]), fine=sum(1 for r in records if r["granularity"] == "fine"),
+                 filtered_out=dict(sorted(dropped.items())))  # fmt: skip
+    if b.instructions:
+        stats["instructions"] = write_instructions(records, out, cfg.run.seed, write)
+    log.info("text: %d description(s), %d reasoning, %d fine", stats["coarse_descriptions"], stats["reasoning"], stats["fine"])
+    return stats
 
 
 # ------------------------------------------------------------------------------------------ one clip
@@ -242,13 +420,19 @@ def _extract(clip: inputs_mod.ClipInput, info, cfg: EmollmConfig) -> AUSeries:  
     return series
 
 
-def process_clip(clip: inputs_mod.ClipInput, out_dir: Path, cfg: EmollmConfig, au_fp: str, label_fp: str, reuse_aus: bool = False) -> dict[str, Any]:
+def process_clip(clip: inputs_mod.ClipInput, out_dir: Path, cfg: EmollmConfig, au_fp: str, label_fp: str, reuse_aus: bool = False,
+                 cue_fp: str | None = None, reuse_cues: bool = False) -> dict[str, Any]:  # fmt: skip
     """Analyse one clip, write its side file and part file (atomically); returns the part."""
     from emollm.media import probe
 
     start = time.perf_counter()
     stage = "probe"
-    part: dict[str, Any] = {"id": clip.id, "au_fingerprint": au_fp, "label_fingerprint": label_fp}
+    old_cues = None
+    if reuse_cues:
+        old = _read_part(out_dir, clip.id)
+        old_cues = old.get("cues") if old else None
+    part: dict[str, Any] = {"id": clip.id, "au_fingerprint": au_fp, "label_fingerprint": label_fp,
+                            "cue_fingerprint": cue_fp if cue_fp is not None else cue_fingerprint(cfg, clip)}  # fmt: skip
     try:
         info = probe(clip.path)
         series: AUSeries | None = None
@@ -267,6 +451,8 @@ def process_clip(clip: inputs_mod.ClipInput, out_dir: Path, cfg: EmollmConfig, a
                 save_aus(series, out_dir / aus_rel(clip.id))
         if not info.has_audio:
             flags.append("no_audio")
+        stage = "cues"
+        part["cues"] = old_cues if old_cues is not None else audio_cues(info, cfg)
         stage = "label"
         part["status"] = "ok"
         part["record"] = _make_record(clip.id, clip.path, out_dir, info, series, flags, cfg)
@@ -289,6 +475,14 @@ def _read_part(out_dir: Path, clip_id: str) -> dict[str, Any] | None:
     except (OSError, ValueError):
         return None
     return part if part.get("id") == clip_id else None
+
+
+def _worker_init(torch_threads: int) -> None:
+    """Worker start: torch (whisper) shares the cores with the other workers instead of each taking all."""
+    if torch_threads:
+        import torch
+
+        torch.set_num_threads(torch_threads)
 
 
 def _work(args: tuple) -> dict[str, Any]:
@@ -343,17 +537,25 @@ def build(
     mine = [] if merge_only else [c for k, c in enumerate(clips) if k % count == index]
     summary = BuildSummary(total=len(mine), out_dir=str(out))
     label_fp = label_fingerprint(cfg)
+    check_setup(cfg)  # fail before any clip: whisper model, phrase table, writer prompt
+    writer = make_writer_for(cfg, out) if merge else None
+    cue_fps = {c.id: cue_fingerprint(cfg, c) for c in clips}
 
     todo: list[tuple] = []
     for clip in mine:
         au_fp = au_fingerprint(cfg, clip)
+        cue_fp = cue_fps[clip.id]
         part = _read_part(out, clip.id)
         same_aus = bool(part and part["au_fingerprint"] == au_fp)
-        if same_aus and (part["label_fingerprint"] == label_fp or part["status"] == "error"):
-            summary.reused += 1  # done, or failed before labelling: labels cannot change that
+        if same_aus and part["status"] == "error":
+            summary.reused += 1  # failed before labelling: labels and cues cannot change that
+            continue
+        same_cues = bool(same_aus and part.get("cue_fingerprint") == cue_fp and "cues" in part)
+        if same_aus and part["label_fingerprint"] == label_fp and same_cues:
+            summary.reused += 1
             continue
         reuse = same_aus and (not part["record"].get("aus_file") or (out / aus_rel(clip.id)).is_file())
-        todo.append((clip, out, cfg, au_fp, label_fp, reuse))
+        todo.append((clip, out, cfg, au_fp, label_fp, reuse, cue_fp, same_cues))
     log.info("build: %d clip(s) in shard %d/%d, %d already done, %d to process with %d worker(s)",
              len(mine), index, count, summary.reused, len(todo), workers)  # fmt: skip
 
@@ -371,8 +573,11 @@ def build(
         for args in progress(todo, desc="build", total=len(todo), unit="clip"):
             account(process_clip(*args))
     else:
-        ctx = multiprocessing.get_context("fork" if os.name == "posix" else "spawn")
-        with cf.ProcessPoolExecutor(max_workers=workers, mp_context=ctx) as pool:
+        # whisper runs torch, whose thread pool hangs in a forked child once the parent used it: spawn
+        fork = os.name == "posix" and cfg.build.asr != "whisper"
+        ctx = multiprocessing.get_context("fork" if fork else "spawn")
+        threads = 0 if fork else max(1, (os.cpu_count() or 1) // workers)
+        with cf.ProcessPoolExecutor(max_workers=workers, mp_context=ctx, initializer=_worker_init, initargs=(threads,)) as pool:
             futures = [pool.submit(_work, args) for args in todo]
             for fut in progress(cf.as_completed(futures), desc="build", total=len(futures), unit="clip"):
                 account(fut.result())
@@ -380,9 +585,11 @@ def build(
     # failures already on disk from a previous run count too
     if merge:
         parts = [_read_part(out, c.id) for c in clips]
-        complete = all(p and (p["label_fingerprint"] == label_fp or p["status"] == "error") for p in parts)
+        complete = all(p and (p["status"] == "error" or (p["label_fingerprint"] == label_fp
+                                                          and p.get("cue_fingerprint") == cue_fps[c.id]))
+                       for c, p in zip(clips, parts, strict=True))  # fmt: skip
         if complete:
-            merge_outputs(cfg, out, clips, parts, labels, subtitles, summary)  # type: ignore[arg-type]
+            merge_outputs(cfg, out, clips, parts, labels, subtitles, summary, writer=writer)  # type: ignore[arg-type]
         else:
             log.info("shard %d/%d done; the merge runs once every shard has finished (rerun any shard, or --merge)", index, count)
     summary.wall_s = time.perf_counter() - t0
@@ -391,8 +598,9 @@ def build(
     return summary
 
 
-def merge_outputs(cfg: EmollmConfig, out: Path, clips, parts, labels, subtitles, summary: BuildSummary) -> None:  # noqa: ANN001
-    """Write annotations.jsonl, errors.jsonl, manifest.json and config.yaml from the part files."""
+def merge_outputs(cfg: EmollmConfig, out: Path, clips, parts, labels, subtitles, summary: BuildSummary, *, writer=None) -> None:  # noqa: ANN001
+    """Write annotations.jsonl, errors.jsonl, manifest.json and config.yaml from the part files
+    (and, from the records, the text stage: descriptions, reasoning, filter, instructions/)."""
     records, errors = [], []
     for clip, part in zip(clips, parts, strict=True):
         if part["status"] == "error":
@@ -403,7 +611,9 @@ def merge_outputs(cfg: EmollmConfig, out: Path, clips, parts, labels, subtitles,
         rec["label"] = gt.get("label")
         rec["split"] = gt.get("split") or rec["split"]
         rec["subtitle"] = inputs_mod.lookup(subtitles, clip)
+        apply_cues(rec, part.get("cues"), csv_subtitle=rec["subtitle"], csv_path=cfg.data.subtitles_csv)
         records.append(rec)
+    text_stats = text_stage(cfg, out, records, writer=writer, write=_atomic_write)
     _atomic_write(out / "annotations.jsonl", "".join(json.dumps(r, ensure_ascii=False) + "\n" for r in records))
     _atomic_write(out / "errors.jsonl", "".join(json.dumps(e, ensure_ascii=False) + "\n" for e in errors))
     by_label = Counter(r["pseudo_label"] or "(none)" for r in records)
@@ -425,6 +635,7 @@ def merge_outputs(cfg: EmollmConfig, out: Path, clips, parts, labels, subtitles,
         "label_set": cfg.data.label_set,
         "au_source": cfg.build.au_source,
         "au_order": list(MERR_AUS),
+        "text": text_stats,
         "config": "config.yaml",
         "versions": {"emollm": __version__, "builder": BUILDER_VERSION, "record": RECORD_VERSION,
                      "au": _au_version(cfg.build.au_source), "rules": f"{table.name}/{table.version}+{table.digest}"},
@@ -437,6 +648,7 @@ def merge_outputs(cfg: EmollmConfig, out: Path, clips, parts, labels, subtitles,
     summary.flags = dict(flags)
     summary.failed_by_stage = manifest["errors_by_stage"]
     summary.failed = len(errors)  # the dataset's failures, whichever run found them
+    summary.text = text_stats
 
 
 __all__ = ["BuildSummary", "EmollmError", "build", "merge_outputs", "parse_shard", "process_clip"]

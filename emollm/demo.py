@@ -43,8 +43,8 @@ DEMO_CLIP = "single_face.mp4"
 
 # What the demo cannot show yet, and where it will come from.
 NOT_BUILT_YET = (
-    ("feature cache and training (`emollm features`, `accelerate launch train.py`)", "issue 4"),
-    ("dataset builder: subtitles, tone, descriptions, reasoning, review", "issue 6"),
+    ("training (`accelerate launch train.py`, LoRA, DeepSpeed ZeRO, checkpoints)", "issue 4"),
+    ("dataset builder: review loop, MERR formats, visual describer", "issue 6"),
     ("explain a clip: `emollm infer`, `predict`, `export`", "issue 8"),
 )
 
@@ -180,17 +180,12 @@ def run_demo(
 
 # ---------------------------------------------------------------------------------------- model
 def _encoder_inputs(cfg: cfglib.EmollmConfig, clip, crops) -> dict[str, Any]:
-    """What each modality's encoder reads from this clip; modalities without input are left out."""
-    face_images = crops.images if crops is not None and len(crops) else None
-    by_kind = {"visual": clip.frames, "face": face_images, "video": face_images, "audio": clip.audio}
-    inputs = {}
-    for name, enc in cfg.model.encoders.items():
-        if enc.modality == "au":  # the AU sequence comes from the dataset builder
-            continue
-        if by_kind[enc.modality] is None:
-            log.warning("modality '%s' skipped: the clip has no %s input", name, enc.modality)
-            continue
-        inputs[name] = by_kind[enc.modality]
+    """What each modality's encoder reads from this clip (shared with `emollm features`)."""
+    from emollm.features.extract import encoder_inputs
+
+    inputs, absent = encoder_inputs(cfg.model.encoders, clip, crops)
+    for name, reason in absent.items():
+        log.warning("modality '%s' skipped: %s in the clip", name, reason)
     return inputs
 
 

@@ -103,8 +103,22 @@ class EvaluationInputError(EmollmError):
     hint = "see docs/evaluate.md for the accepted prediction and reference formats"
 
 
-class JudgeError(EmollmError):
+class LLMError(EmollmError):
+    """An LLM backend (``emollm.llm``: OpenAI-compatible endpoint or local HF model) cannot be set up:
+    no API key in the named variable, a model path that does not exist."""
+
+
+class JudgeError(LLMError):
     """The EMER judge cannot be set up or reached at all (no key, bad model path, bad prompt file)."""
+
+
+class WriterError(LLMError):
+    """A dataset-builder writer (reasoning LLM) or its prompt file cannot be set up."""
+
+
+class CueError(EmollmError):
+    """A builder cue source cannot be set up: a whisper model that is neither a known name in the
+    local cache nor a file, an AU phrase table that is missing or malformed."""
 
 
 class AUExtractionError(EmollmError):
@@ -132,3 +146,25 @@ class RecordSchemaError(EmollmError):
     """A clip record (annotations.jsonl line) has an unknown schema version or misses required fields."""
 
     hint = "rebuild the dataset with this emollm (emollm build), or upgrade emollm to read it"
+
+
+class FeatureCacheError(EmollmError):
+    """The feature cache cannot serve what was asked: no cache for an encoder, an unreadable entry,
+    or cached features whose shape does not match the model config."""
+
+    hint = "run `emollm features --config FILE DATASET_DIR` with the same encoders as the training config"
+
+
+class FeatureMissingError(FeatureCacheError):
+    """A clip has no cache entry for a modality's current encoder (never extracted, or the encoder changed)."""
+
+    def __init__(self, clip_id: str, modality: str, encoder: str, fingerprint: str | None, *, hint: str | None = None):
+        self.clip_id = clip_id
+        self.modality = modality
+        self.encoder = encoder
+        self.fingerprint = fingerprint
+        fp = f" (fingerprint {fingerprint[:16]})" if fingerprint else ""
+        super().__init__(
+            f"clip '{clip_id}': no cached '{modality}' features from encoder '{encoder}'{fp}",
+            hint=hint or "run `emollm features` on the dataset (it resumes), or set features.on_missing=skip",
+        )

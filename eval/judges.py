@@ -1,5 +1,8 @@
 """Judge backends for EMER scoring, a content-hashed reply cache, and retries with backoff.
 
+The client itself (backends, cache, retry/ask logic) lives in :mod:`emollm.llm`, shared with the
+dataset builder's writers; this module keeps the judge's names and its config wiring:
+
 - :class:`OpenAIBackend`: any OpenAI-compatible ``/chat/completions`` endpoint (stdlib ``urllib``),
   temperature 0, the key read from the environment variable the config names.
 - :class:`HFBackend`: a local HF causal LM by path, greedy decoding (temperature 0).
@@ -12,215 +15,27 @@
 
 from __future__ import annotations
 
-import hashlib
-import json
-import os
-import threading
-import time
-import urllib.error
-import urllib.request
-from collections.abc import Callable
-from dataclasses import dataclass, field
-from pathlib import Path
-from typing import Any, Protocol
+from typing import Any
 
+from emollm import llm
 from emollm.errors import JudgeError
-from emollm.log import get_logger
-
-log = get_logger(__name__)
-
-
-class TransportError(Exception):
-    """One call failed (timeout, connection, HTTP status): retried, never shown as a user error."""
+from emollm.llm import Answer, Backend, TransportError
+from emollm.llm import Asker as Judge
+from emollm.llm import AskStats as JudgeStats
+from emollm.llm import ResponseCache as JudgeCache
 
 
-class Backend(Protocol):
-    kind: str
-    model: str
-
-    def complete(self, prompt: str) -> str: ...
-
-
-class OpenAIBackend:
-    kind = "openai"
-
+class OpenAIBackend(llm.OpenAIBackend):
     def __init__(self, base_url: str, model: str, *, api_key_env: str | None = "OPENAI_API_KEY",
                  timeout_s: float = 60.0, max_tokens: int = 256):
-        self.url = base_url.rstrip("/") + "/chat/completions"
-        self.model = model
-        self.timeout_s = timeout_s
-        self.max_tokens = max_tokens
-        self.api_key = None
-        if api_key_env:
-            self.api_key = os.environ.get(api_key_env)
-            if self.api_key is None:
-                raise JudgeError(f"the judge's API key variable '{api_key_env}' is not set",
-                                 hint=f"export {api_key_env}=..., or set evaluate.judge.api_key_env=null "
-                                 "for an endpoint without a key")
-
-    def complete(self, prompt: str) -> str:
-        body = json.dumps({"model": self.model, "temperature": 0, "max_tokens": self.max_tokens,
-                           "messages": [{"role": "user", "content": prompt}]}).encode()
-        headers = {"Content-Type": "application/json"}
-        if self.api_key:
-            headers["Authorization"] = f"Bearer {self.api_key}"
-        req = urllib.request.Request(self.url, data=body, headers=headers, method="POST")
-        try:
-            with urllib.request.urlopen(req, timeout=self.timeout_s) as resp:
-                data = json.loads(resp.read().decode("utf-8"))
-        except urllib.error.HTTPError as exc:
-            raise TransportError(f"HTTP {exc.code} from {self.url}") from None
-        except (urllib.error.URLError, TimeoutError, OSError) as exc:
-            raise TransportError(f"{type(exc).__name__}: {getattr(exc, 'reason', exc)}") from None
-        except (json.JSONDecodeError, UnicodeDecodeError):
-            raise TransportError(f"a reply from {self.url} is not JSON") from None
-        try:
-            return str(data["choices"][0]["message"]["content"] or "")
-        except (KeyError, IndexError, TypeError):
-            raise TransportError(f"a reply from {self.url} has no choices[0].message.content") from None
+        super().__init__(base_url, model, api_key_env=api_key_env, timeout_s=timeout_s, max_tokens=max_tokens,
+                         error_cls=JudgeError, what="judge", config_key="evaluate.judge")
 
 
-class HFBackend:
-    """A local causal LM by path; greedy decoding. Calls are serialised (one model, one lock)."""
-
-    kind = "hf"
-
+class HFBackend(llm.HFBackend):
     def __init__(self, path: str, *, max_new_tokens: int = 256, trust_remote_code: bool = False):
-        if not Path(path).exists():
-            raise JudgeError(f"judge model path '{path}' does not exist",
-                             hint="the hf judge backend loads a local causal LM by path (no hub access)")
-        from transformers import AutoModelForCausalLM, AutoTokenizer
-
-        self.model = str(path)
-        self.max_new_tokens = max_new_tokens
-        self.tokenizer = AutoTokenizer.from_pretrained(path, trust_remote_code=trust_remote_code)
-        self.lm = AutoModelForCausalLM.from_pretrained(path, trust_remote_code=trust_remote_code).eval()
-        self._lock = threading.Lock()
-
-    def complete(self, prompt: str) -> str:
-        import torch
-
-        tok = self.tokenizer
-        if getattr(tok, "chat_template", None):
-            ids = tok.apply_chat_template([{"role": "user", "content": prompt}], add_generation_prompt=True,
-                                          return_tensors="pt", return_dict=True)
-            input_ids = ids["input_ids"]
-        else:
-            input_ids = tok(prompt, return_tensors="pt")["input_ids"]
-        pad = tok.pad_token_id if tok.pad_token_id is not None else tok.eos_token_id
-        with self._lock, torch.no_grad():
-            out = self.lm.generate(input_ids, attention_mask=torch.ones_like(input_ids), do_sample=False,
-                                   max_new_tokens=self.max_new_tokens, pad_token_id=pad)
-        return tok.decode(out[0, input_ids.shape[1]:], skip_special_tokens=True)
-
-
-class JudgeCache:
-    """Replies on disk, one JSON file per ``sha256(backend kind, model, prompt)``."""
-
-    def __init__(self, root: str | Path):
-        self.root = Path(root)
-
-    @staticmethod
-    def key(kind: str, model: str, prompt: str) -> str:
-        return hashlib.sha256(json.dumps([kind, model, prompt]).encode("utf-8")).hexdigest()
-
-    def _path(self, key: str) -> Path:
-        return self.root / key[:2] / f"{key}.json"
-
-    def get(self, key: str) -> dict | None:
-        path = self._path(key)
-        try:
-            return json.loads(path.read_text(encoding="utf-8"))
-        except (FileNotFoundError, json.JSONDecodeError):
-            return None
-
-    def put(self, key: str, entry: dict) -> None:
-        path = self._path(key)
-        path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = path.with_suffix(f".{os.getpid()}.{threading.get_ident()}.tmp")
-        tmp.write_text(json.dumps(entry, ensure_ascii=False), encoding="utf-8")
-        os.replace(tmp, path)
-
-
-@dataclass
-class Answer:
-    reply: str | None  # the last reply (None: no reply came)
-    value: Any  # what the validator made of it (None: invalid)
-    cached: bool
-    error: str | None = None  # why invalid: "no valid score after N attempts", "timeout ..."
-
-    @property
-    def valid(self) -> bool:
-        return self.value is not None
-
-
-@dataclass
-class JudgeStats:
-    calls: int = 0  # backend calls made (attempts, including failed ones)
-    cache_hits: int = 0
-    retries: int = 0
-    transport_errors: int = 0
-    rejected_replies: int = 0
-    invalid: int = 0
-    _lock: threading.Lock = field(default_factory=threading.Lock, repr=False)
-
-    def add(self, **kw: int) -> None:
-        with self._lock:
-            for k, v in kw.items():
-                setattr(self, k, getattr(self, k) + v)
-
-    def as_dict(self) -> dict:
-        return {k: getattr(self, k) for k in ("calls", "cache_hits", "retries", "transport_errors",
-                                             "rejected_replies", "invalid")}
-
-
-class Judge:
-    def __init__(self, backend: Backend, cache: JudgeCache | None, *, max_retries: int = 2,
-                 backoff_s: float = 1.0, retry_invalid: bool = False, sleep: Callable[[float], None] = time.sleep):
-        self.backend = backend
-        self.cache = cache
-        self.max_retries = max_retries
-        self.backoff_s = backoff_s
-        self.retry_invalid = retry_invalid
-        self.sleep = sleep
-        self.stats = JudgeStats()
-
-    def ask(self, prompt: str, validate: Callable[[str], Any]) -> Answer:
-        """The validated answer to ``prompt`` (``validate`` returns None for a reply it rejects)."""
-        key = JudgeCache.key(self.backend.kind, self.backend.model, prompt)
-        if self.cache is not None:
-            entry = self.cache.get(key)
-            if entry is not None and (entry.get("valid") or not self.retry_invalid):
-                value = validate(entry["reply"]) if entry.get("valid") else None
-                if value is not None or not entry.get("valid"):
-                    self.stats.add(cache_hits=1, invalid=int(value is None))
-                    return Answer(entry["reply"], value, True, None if value is not None else entry.get("error"))
-        reply, error = None, None
-        for attempt in range(self.max_retries + 1):
-            if attempt:
-                self.stats.add(retries=1)
-                self.sleep(self.backoff_s * 2 ** (attempt - 1))
-            self.stats.add(calls=1)
-            try:
-                reply = self.backend.complete(prompt)
-            except TransportError as exc:
-                error = str(exc)
-                self.stats.add(transport_errors=1)
-                log.debug("judge call failed (attempt %d): %s", attempt + 1, exc)
-                continue
-            value = validate(reply)
-            if value is not None:
-                if self.cache is not None:
-                    self.cache.put(key, {"backend": self.backend.kind, "model": self.backend.model,
-                                         "prompt": prompt, "reply": reply, "valid": True})
-                return Answer(reply, value, False)
-            error = f"no valid answer in the reply after {attempt + 1} attempt(s)"
-            self.stats.add(rejected_replies=1)
-        self.stats.add(invalid=1)
-        if reply is not None and self.cache is not None and error and error.startswith("no valid"):
-            self.cache.put(key, {"backend": self.backend.kind, "model": self.backend.model, "prompt": prompt,
-                                 "reply": reply, "valid": False, "error": error})
-        return Answer(reply, None, False, error)
+        super().__init__(path, max_new_tokens=max_new_tokens, trust_remote_code=trust_remote_code,
+                         error_cls=JudgeError, what="judge")
 
 
 def make_backend(cfg: Any) -> Backend:
@@ -231,3 +46,7 @@ def make_backend(cfg: Any) -> Backend:
     if cfg.backend == "hf":
         return HFBackend(cfg.model, max_new_tokens=cfg.max_new_tokens)
     raise JudgeError(f"no judge backend configured (evaluate.judge.backend={cfg.backend!r})")
+
+
+__all__ = ["Answer", "Backend", "HFBackend", "Judge", "JudgeCache", "JudgeStats", "OpenAIBackend",
+           "TransportError", "make_backend"]

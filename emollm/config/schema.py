@@ -94,6 +94,31 @@ class MediaConfig:
 
 
 @dataclass
+class WriterConfig:
+    """The builder's reasoning writer (MERR fine descriptions); docs/builder.md "Writers"."""
+
+    backend: Literal["none", "template", "openai", "hf"] = "template"  # template: deterministic, offline
+    prompt: str = "merr_reason"  # prompts/writers/<name>.yaml (system + user), or a YAML path
+    base_url: str = "http://127.0.0.1:8000/v1"  # openai: any OpenAI-compatible endpoint
+    model: str = ""  # openai: the served model name; hf: a local causal LM path
+    api_key_env: str | None = "OPENAI_API_KEY"  # the env var holding the key (null: no key sent)
+    concurrency: int = 4  # writer calls in flight at once
+    max_retries: int = 2  # extra attempts after a timeout, an HTTP error or an unusable reply
+    backoff_s: float = 1.0  # wait before retry n: backoff_s * 2**(n-1)
+    timeout_s: float = 60.0  # per HTTP request
+    max_new_tokens: int = 400
+    cache_dir: str | None = None  # None: <out>/writer_cache; replies keyed by sha256(backend, model, prompt)
+    retry_invalid: bool = False  # re-ask prompts whose cached reply was unusable
+
+    def validate(self) -> None:
+        _positive(self, "concurrency", "timeout_s", "max_new_tokens")
+        if self.max_retries < 0 or self.backoff_s < 0:
+            raise ConfigCheck("max_retries", "max_retries and backoff_s must be >= 0")
+        if self.backend in ("openai", "hf") and not self.model:
+            raise ConfigCheck("model", f"writer backend '{self.backend}' needs build.writer.model")
+
+
+@dataclass
 class BuildConfig:
     """The MERR-style dataset builder (`emollm build`); see docs/builder.md."""
 
@@ -113,10 +138,22 @@ class BuildConfig:
     peak_ignore_aus: list[str] = field(default_factory=lambda: ["AU45"])  # never define a peak (blinks)
     rules: str | None = None  # AU->emotion rules YAML; None: data_builders/rules/merr_au_rules.yaml
     workers: int = 1
+    # --- cues and text (docs/builder.md, part 2) ---
+    phrases: str | None = None  # AU->phrase table YAML; None: data_builders/phrases/au_phrases.yaml
+    expression_max_aus: int = 5  # the strongest AUs present at the peak that the expression phrase names
+    asr: Literal["none", "whisper"] = "none"  # subtitles from ASR (data.subtitles_csv, when given, wins)
+    whisper_model: str = "base"  # openai-whisper model: a name (from the local whisper cache) or a .pt path
+    whisper_language: str | None = None  # e.g. "en"; None: detected per clip
+    tone: Literal["none", "prosody"] = "prosody"  # audio tone phrase from prosody features
+    silence_dbfs: float = -55.0  # audio whose loudest 50 ms frame is below this is "silent_audio"
+    describe: bool = True  # the coarse description (MERR template) from the cues
+    writer: WriterConfig = field(default_factory=WriterConfig)
+    instructions: bool = True  # instructions/<task>.jsonl (emotion, reason) from the records
 
     def validate(self) -> None:
         if self.au_source == "openface_csv" and not self.openface_dir:
             raise ConfigCheck("openface_dir", "au_source 'openface_csv' needs build.openface_dir")
+        _positive(self, "expression_max_aus")
         _positive(self, "workers", "au_fps", "frame_max_side", "detect_max_side", "max_duration_s", "peak_top_aus")
         if not 0.0 <= self.min_confidence <= 1.0:
             raise ConfigCheck("min_confidence", f"must be in [0, 1], got {self.min_confidence}")
@@ -131,8 +168,10 @@ class FeaturesConfig:
     """The feature cache (`emollm features`): each frozen encoder once per clip."""
 
     cache_dir: str | None = None  # default: <data.dataset_dir>/features
-    batch_size: int = 8
-    dtype: Literal["float32", "float16", "bfloat16"] = "float16"
+    batch_size: int = 8  # clips decoded together; each encoder runs once per batch of clips
+    dtype: Literal["float32", "float16", "bfloat16"] = "float16"  # storage dtype; read back as float32
+    device: str | None = None  # None: cuda (cuda:LOCAL_RANK under accelerate launch) when available, else cpu
+    on_missing: Literal["error", "skip"] = "error"  # a clip without a cache entry: stop, or train without that modality (counted)
 
     def validate(self) -> None:
         _positive(self, "batch_size")

@@ -577,7 +577,7 @@ class _ImageEncoder(FrozenEncoder):
         pixel = self.processor(images=images, return_tensors="pt")["pixel_values"]
         return self._hidden(pixel_values=pixel)
 
-    def _image_tokens(self, frames: np.ndarray, batch_size: int) -> tuple[torch.Tensor, torch.Tensor | None, int]:
+    def _image_tokens(self, frames: Sequence[np.ndarray], batch_size: int) -> tuple[torch.Tensor, torch.Tensor | None, int]:
         """(tokens (N, S, D), pooler outputs (N, D) or None, prefix = S - P) for N images."""
         hidden, pooled = [], []
         for _, part in _chunks(list(frames), batch_size):
@@ -656,7 +656,8 @@ class VisualEncoder(_ImageEncoder):
 
     def _extract_many(self, items: list[Any], batch_size: int) -> list[torch.Tensor]:
         clips = [_check_frames(x, i, "visual") for i, x in enumerate(items)]
-        tokens, pooler, prefix = self._image_tokens(np.concatenate(clips, axis=0), batch_size)
+        # a flat list, not one array: clips of one batch may differ in frame size (the processor resizes)
+        tokens, pooler, prefix = self._image_tokens([image for clip in clips for image in clip], batch_size)
         how = self.options["tokens"]
         if how == "patch":
             per_image = tokens[:, prefix:]
@@ -713,7 +714,8 @@ class FaceEncoder(_ImageEncoder):
 
     def _extract_many(self, items: list[Any], batch_size: int) -> list[torch.Tensor]:
         clips = [_check_frames(x, i, "face") for i, x in enumerate(items)]
-        tokens, pooler, prefix = self._image_tokens(np.concatenate(clips, axis=0), batch_size)
+        # a flat list, not one array: clips of one batch may differ in frame size (the processor resizes)
+        tokens, pooler, prefix = self._image_tokens([image for clip in clips for image in clip], batch_size)
         per_crop = self._global(tokens, pooler, prefix, self.options["tokens"])  # (N_total, D)
         out, start = [], 0
         for clip in clips:

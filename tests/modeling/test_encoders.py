@@ -344,3 +344,13 @@ def test_au_registry_entry():
         build_encoder("au", "/some/checkpoint")
     with pytest.raises(ConfigError, match="divisible"):
         build_encoder("au", hidden_size=30, num_heads=4).build_module()
+
+
+def test_visual_batch_of_clips_with_different_frame_sizes(tiny):
+    encoder = build_encoder("visual", tiny.clip_vision)
+    rng = np.random.default_rng(5)
+    small = rng.integers(0, 255, (2, 48, 64, 3), dtype=np.uint8)
+    large = rng.integers(0, 255, (3, 90, 120, 3), dtype=np.uint8)
+    batched = encoder.extract_batch([small, large])
+    assert [tuple(f.shape) for f in batched] == [tuple(encoder.extract(small).shape), tuple(encoder.extract(large).shape)]
+    assert torch.allclose(batched[1], encoder.extract(large), atol=1e-5)

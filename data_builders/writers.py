@@ -1,0 +1,185 @@
+"""Writers: the MERR coarse description (template) and the fine reasoning (``template`` | ``openai`` | ``hf``).
+
+The coarse description joins one clause per cue (``prompts/writers/coarse_description.yaml``):
+"This person in the video is …; the person's expression and actions include …; the person's tone is …;
+saying: …". A cue that was not produced is absent from the text, never invented.
+
+Reasoning writers get, per clip, the description, the subtitle and the label, and return a paragraph
+explaining "why the person feels {label}":
+
+- ``template``: deterministic sentences from ``prompts/writers/template_reason.yaml`` (offline default);
+- ``openai``: any OpenAI-compatible endpoint, ``hf``: a local causal LM by path — both through
+  :mod:`emollm.llm` (retries with backoff, timeouts, bounded concurrency, content-hashed reply cache so a
+  re-run makes no new call), with the MERR prompt ``prompts/writers/merr_reason.yaml``.
+A reply that is empty or not prose after the retries leaves the reasoning ``None`` with a reason (the
+record gets the flag ``writer_failed``); nothing is guessed.
+"""
+
+from __future__ import annotations
+
+import functools
+import hashlib
+import re
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from emollm import llm
+from emollm.errors import WriterError
+from emollm.log import get_logger
+from emollm.resources import prompts_dir
+
+log = get_logger(__name__)
+
+
+@functools.lru_cache(maxsize=16)
+def load_writer_prompt(name_or_path: str) -> dict[str, Any]:
+    """``prompts/writers/<name>.yaml`` or a YAML path; adds ``digest`` (of the file's text)."""
+    path = Path(name_or_path)
+    if not (path.suffix or "/" in name_or_path):
+        path = prompts_dir() / "writers" / f"{name_or_path}.yaml"
+    try:
+        text = path.read_text(encoding="utf-8")
+        data = yaml.safe_load(text)
+    except OSError:
+        raise WriterError(f"writer prompt '{name_or_path}' not found ({path})",
+                          hint="prompts live in prompts/writers/<name>.yaml; or give a YAML path") from None
+    except yaml.YAMLError as exc:
+        raise WriterError(f"writer prompt {path}: not valid YAML ({exc})") from None
+    if not isinstance(data, dict):
+        raise WriterError(f"writer prompt {path}: expected a mapping")
+    data = dict(data)
+    data["digest"] = hashlib.sha256(text.encode("utf-8")).hexdigest()[:12]
+    data.setdefault("name", path.stem)
+    return data
+
+
+def prompt_version(data: dict[str, Any]) -> str:
+    return f"{data['name']}/{data.get('version', 1)}+{data['digest']}"
+
+
+# ------------------------------------------------------------------------------------------ coarse
+
+
+def _clean(text: str | None) -> str | None:
+    if text is None:
+        return None
+    text = " ".join(str(text).split()).strip().rstrip(".;,")
+    return text or None
+
+
+def coarse_description(*, visual: str | None = None, expression: str | None = None, tone: str | None = None,
+                       subtitle: str | None = None, template: str = "coarse_description") -> str | None:
+    """The MERR coarse description from the cues present; None when there is no cue at all."""
+    clauses = load_writer_prompt(template)["clauses"]
+    cues = {"visual": _clean(visual), "expression": _clean(expression), "tone": _clean(tone),
+            "subtitle": _clean(subtitle)}
+    parts = [clauses[k].format(**{k: v}) for k, v in cues.items() if v]
+    if not parts:
+        return None
+    text = "; ".join(parts)
+    return text[0].upper() + text[1:] + "."
+
+
+# ------------------------------------------------------------------------------------------ reasoning
+
+
+@dataclass
+class WriterItem:
+    id: str
+    label: str
+    description: str | None
+    subtitle: str | None = None
+    expression: str | None = None
+    tone: str | None = None
+
+
+@dataclass
+class WriterResult:
+    text: str | None
+    error: str | None = None
+    cached: bool = False
+
+
+_THINK = re.compile(r"<think>.*?</think>", re.S | re.I)
+
+
+def validate_reasoning(reply: str) -> str | None:
+    """The reply as a reasoning paragraph, or None when it is empty, too short or not prose."""
+    text = _THINK.sub("", reply or "").strip().strip('"').strip()
+    words = re.findall(r"[A-Za-z][A-Za-z'-]*", text)
+    if len(words) < 8:
+        return None
+    letters = sum(c.isalpha() or c.isspace() for c in text)
+    if letters / max(1, len(text)) < 0.7 or text.lstrip().startswith(("{", "[", "<")):
+        return None
+    return " ".join(text.split())
+
+
+class TemplateWriter:
+    kind = "template"
+    model = "template_reason"
+
+    def __init__(self, prompt: str = "template_reason"):
+        self.prompt = load_writer_prompt(prompt)
+        self.version = prompt_version(self.prompt)
+        self.stats = llm.AskStats()
+
+    def write(self, items: Sequence[WriterItem]) -> list[WriterResult]:
+        s = self.prompt["sentences"]
+        out = []
+        for it in items:
+            parts = [s[k].format(**{k: _clean(getattr(it, k))}) for k in ("expression", "tone", "subtitle")
+                     if _clean(getattr(it, k))]
+            parts.append(s["conclusion"].format(label=it.label))
+            out.append(WriterResult(" ".join(parts)))
+        return out
+
+
+class LLMWriter:
+    """The MERR reasoning prompt through an :class:`emollm.llm.Asker` (cache, retries, timeouts)."""
+
+    def __init__(self, asker: llm.Asker, prompt: str = "merr_reason", concurrency: int = 4):
+        self.asker = asker
+        self.kind = asker.backend.kind
+        self.model = asker.backend.model
+        self.prompt = load_writer_prompt(prompt)
+        self.version = prompt_version(self.prompt)
+        self.concurrency = concurrency
+        self.stats = asker.stats
+
+    def messages(self, it: WriterItem) -> list[dict[str, str]]:
+        fill = {"description": it.description or "(no description)", "subtitle": it.subtitle or "(none)",
+                "label": it.label}
+        return [{"role": "system", "content": self.prompt["system"].strip()},
+                {"role": "user", "content": self.prompt["user"].format(**fill).strip()}]
+
+    def write(self, items: Sequence[WriterItem]) -> list[WriterResult]:
+        answers = llm.ask_many(self.asker, [self.messages(it) for it in items], validate_reasoning,
+                               concurrency=self.concurrency)
+        return [WriterResult(a.value, None if a.valid else (a.error or "invalid reply"), a.cached) for a in answers]
+
+
+def make_writer(cfg: Any, out_dir: str | Path) -> TemplateWriter | LLMWriter | None:
+    """A writer from a ``build.writer`` config section (None for ``backend: none``)."""
+    if cfg.backend == "none":
+        return None
+    if cfg.backend == "template":
+        return TemplateWriter()
+    if cfg.backend == "openai":
+        backend: llm.Backend = llm.OpenAIBackend(cfg.base_url, cfg.model, api_key_env=cfg.api_key_env,
+                                                 timeout_s=cfg.timeout_s, max_tokens=cfg.max_new_tokens,
+                                                 error_cls=WriterError, what="writer", config_key="build.writer")
+    else:
+        backend = llm.HFBackend(cfg.model, max_new_tokens=cfg.max_new_tokens, error_cls=WriterError, what="writer")
+    cache = llm.ResponseCache(cfg.cache_dir or Path(out_dir) / "writer_cache")
+    asker = llm.Asker(backend, cache, max_retries=cfg.max_retries, backoff_s=cfg.backoff_s,
+                      retry_invalid=cfg.retry_invalid)
+    return LLMWriter(asker, cfg.prompt, cfg.concurrency)
+
+
+__all__ = ["LLMWriter", "TemplateWriter", "WriterItem", "WriterResult", "coarse_description", "load_writer_prompt",
+           "make_writer", "prompt_version", "validate_reasoning"]

@@ -1,0 +1,49 @@
+"""``emollm features``: run each frozen encoder once per clip of a built dataset into the feature cache."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+
+from emollm import config as cfglib
+from emollm.errors import ConfigError
+
+NAME = "features"
+HELP = "extract frozen-encoder features of a built dataset into the feature cache (resumable, shardable)"
+DESCRIPTION = """\
+Decode every clip of DATASET_DIR once, track its face, run each frozen encoder of model.encoders once
+per clip and write safetensors under features.cache_dir (default DATASET_DIR/features), in one folder
+per encoder fingerprint: a changed encoder never serves stale features. Rerun the same command after
+an interruption: entries already cached are kept. Failed clips go to <cache>/errors.jsonl (exit 2).
+
+  emollm features --config train_configs/tiny_cpu.yaml data/merr
+  emollm features --config run.yaml data/merr --shard 1/4       # one of 4 processes / nodes
+  accelerate launch -m emollm.cli.main features --config run.yaml data/merr   # RANK/WORLD_SIZE shards
+"""
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    from emollm.cli.main import add_config_arguments
+
+    parser.add_argument("dataset_dir", nargs="?", metavar="DATASET_DIR", help="built dataset (default: data.dataset_dir)")
+    parser.add_argument("--shard", default=None, metavar="i/N",
+                        help="every N-th clip starting at i (0-based); default: all, or RANK/WORLD_SIZE under accelerate launch")  # fmt: skip
+    add_config_arguments(parser)
+
+
+def run(args: argparse.Namespace) -> int:
+    from data_builders.runner import parse_shard
+    from emollm.cli.main import split_overrides
+    from emollm.features.extract import extract_features
+
+    paths, extra = split_overrides([args.dataset_dir] if args.dataset_dir else [])
+    cfg = cfglib.load(args.config, [*extra, *args.overrides])
+    dataset = paths[0] if paths else cfg.data.dataset_dir
+    if not dataset:
+        raise ConfigError("no dataset folder given", hint="emollm features --config FILE DATASET_DIR")
+    summary = extract_features(cfg, dataset, shard=parse_shard(args.shard))
+    print(summary.table())
+    if summary.failed:
+        print(f"{summary.failed} clip(s) failed: see {summary.cache_dir}/errors.jsonl", file=sys.stderr)
+        return 2
+    return 0

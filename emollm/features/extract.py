@@ -1,0 +1,232 @@
+"""`emollm features`: each frozen encoder once per clip of a built dataset, into the feature cache.
+
+Per batch of ``features.batch_size`` clips: each clip is decoded once (``cfg.media``), its main face
+tracked and cropped once, then each encoder runs once over the batch (``extract_batch``). Resumable:
+entries already in the cache (features or an ``absent`` mark) are skipped, and every file is
+renamed into place, so ``kill -9`` loses at most the batch in flight. Shardable: ``shard=(i, N)``
+takes every N-th record from i (under ``accelerate launch``: RANK / WORLD_SIZE). A clip that fails
+is written to ``.errors/`` (merged into ``errors.jsonl``) and the run goes on. The AU modality is not
+extracted here: the training dataset reads the builder's AU side file.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from emollm.errors import EmollmError
+from emollm.features.cache import FeatureCache, atomic_write_bytes, safe_name
+from emollm.log import get_logger, progress
+
+log = get_logger(__name__)
+
+ERRORS_DIR = ".errors"
+FACE_KINDS = ("face", "video")
+
+
+def encoder_inputs(encoders: dict[str, Any], clip: Any, crops: Any) -> tuple[dict[str, Any], dict[str, str]]:
+    """What each frozen modality's encoder reads from a decoded clip: ``visual`` the sampled frames,
+    ``face`` / ``video`` the aligned face crops, ``audio`` the 16 kHz samples. ``encoders`` is
+    ``cfg.model.encoders``. Returns ``(inputs, absent)``: absent maps a modality to why it has no input.
+    The AU modality is never here (its sequence comes from the dataset builder)."""
+    face_images = crops.images if crops is not None and len(crops) else None
+    by_kind = {"visual": clip.frames, "face": face_images, "video": face_images, "audio": clip.audio}
+    why = {"visual": "no frames", "face": "no face", "video": "no face", "audio": "no audio"}
+    inputs, absent = {}, {}
+    for name, enc in encoders.items():
+        if enc.modality == "au":
+            continue
+        if by_kind[enc.modality] is None:
+            absent[name] = why[enc.modality]
+            continue
+        inputs[name] = by_kind[enc.modality]
+    return inputs, absent
+
+
+def decode_for_encoders(cfg: Any, path: str | os.PathLike, *, audio: bool = True,
+                        faces: bool = True) -> tuple[Any, Any]:
+    """(decoded clip, face crops or None) with the config's media settings: one decode, one face track."""
+    from emollm.media import face_crops
+    from emollm.media.from_config import load_clip_for, track_faces_for
+
+    clip = load_clip_for(cfg.media, path, audio=audio)
+    crops = None
+    if faces and clip.frames is not None:
+        track = track_faces_for(cfg.media.face, clip)
+        crops = face_crops(clip.frames, track, size=cfg.media.face.crop_size) if track.main is not None else None
+    return clip, crops
+
+
+@dataclass
+class FeaturesSummary:
+    clips: int = 0  # records in this shard
+    entries_computed: int = 0  # (clip, modality) features written
+    entries_absent: int = 0  # (clip, modality) recorded as absent (no face / no audio)
+    entries_reused: int = 0  # already in the cache
+    clips_decoded: int = 0
+    failed: int = 0
+    wall_s: float = 0.0
+    cache_dir: str = ""
+    shard: str = "0/1"
+
+    def table(self) -> str:
+        rate = self.clips_decoded / self.wall_s if self.wall_s > 0 else 0.0
+        rows = [("cache", self.cache_dir), ("shard", self.shard), ("clips", self.clips),
+                ("decoded", self.clips_decoded), ("features written", self.entries_computed),
+                ("absent (no input)", self.entries_absent), ("reused", self.entries_reused),
+                ("failed clips", self.failed), ("wall s", f"{self.wall_s:.1f} ({rate:.2f} clips/s)")]  # fmt: skip
+        return "\n".join(f"{k:<18} {v}" for k, v in rows)
+
+
+def _device(cfg: Any) -> str:
+    import torch
+
+    if cfg.features.device:
+        return cfg.features.device
+    if torch.cuda.is_available():
+        return f"cuda:{int(os.environ.get('LOCAL_RANK', '0') or 0)}"
+    return "cpu"
+
+
+def _error_path(cache: FeatureCache, clip_id: str) -> Path:
+    return cache.root / ERRORS_DIR / (safe_name(clip_id) + ".json")
+
+
+def _record_error(cache: FeatureCache, clip_id: str, stage: str, err: Exception) -> None:
+    reason = getattr(err, "cause", None) or (err.message if isinstance(err, EmollmError) else str(err))
+    log.warning("%s: failed at %s: %s", clip_id, stage, reason)
+    data = {"id": clip_id, "stage": stage, "error": type(err).__name__, "reason": reason}
+    atomic_write_bytes(_error_path(cache, clip_id), json.dumps(data, ensure_ascii=False).encode())
+
+
+def _merge_errors(cache: FeatureCache) -> int:
+    folder = cache.root / ERRORS_DIR
+    lines = []
+    for path in sorted(folder.glob("*.json")) if folder.is_dir() else []:
+        try:
+            lines.append(json.dumps(json.loads(path.read_text(encoding="utf-8")), ensure_ascii=False))
+        except (OSError, ValueError):
+            continue
+    atomic_write_bytes(cache.root / "errors.jsonl", "".join(line + "\n" for line in lines).encode())
+    return len(lines)
+
+
+def _same_size_groups(items: list[tuple[str, Any]]) -> list[list[tuple[str, Any]]]:
+    """Items grouped by image size ((N, H, W, 3) inputs); audio and other inputs stay in one group."""
+    groups: dict[Any, list[tuple[str, Any]]] = {}
+    for clip_id, x in items:
+        shape = getattr(x, "shape", ())
+        groups.setdefault(tuple(shape[1:]) if len(shape) == 4 else None, []).append((clip_id, x))
+    return list(groups.values())
+
+
+def extract_features(cfg: Any, dataset_dir: str | os.PathLike, *, shard: tuple[int, int] = (0, 1),
+                     encoders: dict[str, Any] | None = None) -> FeaturesSummary:
+    """Fill the feature cache of ``cfg`` for the records of ``dataset_dir`` in this shard.
+
+    ``encoders`` ({modality: loaded encoder}) is for tests and callers that already hold them;
+    by default every frozen encoder of ``cfg.model.encoders`` is built and moved to the device.
+    """
+    from data_builders.record import read_annotations
+    from emollm.config import save_resolved
+    from emollm.modeling.encoders import build_encoder
+
+    t0 = time.perf_counter()
+    dataset = Path(dataset_dir)
+    annotations = dataset / "annotations.jsonl"
+    if not annotations.is_file():
+        raise EmollmError(f"{dataset} holds no annotations.jsonl: not a built dataset",
+                          hint="build it first: emollm build CLIPS_DIR --out DATASET_DIR")
+    records = read_annotations(annotations)
+    index, count = shard
+    mine = [r for k, r in enumerate(records) if k % count == index]
+    cache = FeatureCache.from_config(cfg, dataset)
+    cache.root.mkdir(parents=True, exist_ok=True)
+    summary = FeaturesSummary(clips=len(mine), cache_dir=str(cache.root), shard=f"{index}/{count}")
+    if index == 0:
+        save_resolved(cfg, cache.root, command="features")
+
+    frozen = {name: enc for name, enc in cfg.model.encoders.items() if enc.modality != "au"}
+    if encoders is None:
+        device = _device(cfg)
+        encoders = {}
+        for name, enc in frozen.items():
+            encoders[name] = build_encoder(enc.modality, enc.name_or_path, **enc.options).to(device)
+    for name in frozen:
+        cache.register(name, encoders[name])
+    log.info("features: %d clip(s) in shard %d/%d, encoders %s -> %s", len(mine), index, count,
+             ", ".join(f"{n} ({cache.fingerprints[n][:16]})" for n in frozen) or "none", cache.root)
+
+    todo = []
+    for record in mine:
+        needed = [n for n in frozen if cache.status(record["id"], n) == "missing"]
+        summary.entries_reused += len(frozen) - len(needed)
+        if needed:
+            todo.append((record, needed))
+
+    batch_size = cfg.features.batch_size
+    bar = progress(range(len(todo)), desc="features", total=len(todo), unit="clip")
+    bar_iter = iter(bar)
+    for start in range(0, len(todo), batch_size):
+        chunk = todo[start : start + batch_size]
+        decoded: list[tuple[dict, dict[str, Any]]] = []  # (record, inputs per needed modality)
+        for record, needed in chunk:
+            next(bar_iter, None)
+            clip_id = record["id"]
+            kinds = {frozen[n].modality for n in needed}
+            try:
+                clip, crops = decode_for_encoders(
+                    cfg, dataset / record["media"]["path"],
+                    audio="audio" in kinds and record.get("has_audio", True),
+                    faces=bool(kinds & set(FACE_KINDS)),
+                )
+            except EmollmError as err:
+                summary.failed += 1
+                _record_error(cache, clip_id, "decode", err)
+                continue
+            summary.clips_decoded += 1
+            inputs, absent = encoder_inputs({n: frozen[n] for n in needed}, clip, crops)
+            for name, reason in absent.items():
+                cache.put_absent(clip_id, name, reason)
+                summary.entries_absent += 1
+            decoded.append((record, inputs))
+        failed: set[str] = set()
+        for name in frozen:
+            items = [(r["id"], inp[name]) for r, inp in decoded if name in inp and r["id"] not in failed]
+            if not items:
+                continue
+            try:
+                results = []
+                for group in _same_size_groups(items):  # frames of different sizes cannot share a batch
+                    feats = encoders[name].extract_batch([x for _, x in group], batch_size=batch_size)
+                    results += list(zip([i for i, _ in group], feats, strict=True))
+            except EmollmError:  # find the clip at fault: one by one
+                results = []
+                for clip_id, x in items:
+                    try:
+                        results.append((clip_id, encoders[name].extract(x)))
+                    except EmollmError as err:
+                        failed.add(clip_id)
+                        _record_error(cache, clip_id, f"encoder {name}", err)
+            for clip_id, tensor in results:
+                if clip_id not in failed:
+                    cache.put(clip_id, name, tensor)
+                    summary.entries_computed += 1
+        summary.failed += len(failed)
+        for record, _ in decoded:
+            if record["id"] not in failed:
+                _error_path(cache, record["id"]).unlink(missing_ok=True)
+    for _ in bar_iter:
+        pass
+    _merge_errors(cache)
+    summary.wall_s = time.perf_counter() - t0
+    log.info("features: %d written, %d absent, %d reused, %d clip(s) failed in %.1f s", summary.entries_computed,
+             summary.entries_absent, summary.entries_reused, summary.failed, summary.wall_s)
+    return summary
+
+
+__all__ = ["FeaturesSummary", "decode_for_encoders", "encoder_inputs", "extract_features"]

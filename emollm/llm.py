@@ -1,0 +1,255 @@
+"""One home for the LLM client used by the EMER judge (``eval/judges.py``) and the builder's writers.
+
+- :class:`OpenAIBackend`: any OpenAI-compatible ``/chat/completions`` endpoint (stdlib ``urllib``),
+  temperature 0, the key read from the environment variable the config names.
+- :class:`HFBackend`: a local HF causal LM by path, greedy decoding (temperature 0).
+- :class:`ResponseCache`: replies on disk, one JSON file per ``sha256(backend kind, model, prompt)``,
+  written atomically.
+- :class:`Asker`: asks a backend with a validator. Cached replies are served without a call; a timeout /
+  HTTP error / reply the validator rejects is retried up to ``max_retries`` times with exponential
+  backoff; after that the answer is recorded *invalid* (never guessed). A rejected reply is cached as
+  invalid so a re-run makes no new call (``retry_invalid`` asks again); a pure transport failure is not
+  cached. Bounded concurrency is the caller's thread pool (:func:`ask_many`); the asker is thread-safe.
+
+A *prompt* is either a string (one user message) or a list of ``{"role", "content"}`` messages.
+"""
+
+from __future__ import annotations
+
+import concurrent.futures as cf
+import hashlib
+import json
+import os
+import threading
+import time
+import urllib.error
+import urllib.request
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Protocol
+
+from emollm.errors import LLMError
+from emollm.log import get_logger
+
+log = get_logger(__name__)
+
+Prompt = str | list[dict[str, str]]
+
+
+class TransportError(Exception):
+    """One call failed (timeout, connection, HTTP status): retried, never shown as a user error."""
+
+
+class Backend(Protocol):
+    kind: str
+    model: str
+
+    def complete(self, prompt: Prompt) -> str: ...
+
+
+def as_messages(prompt: Prompt) -> list[dict[str, str]]:
+    if isinstance(prompt, str):
+        return [{"role": "user", "content": prompt}]
+    return [{"role": str(m["role"]), "content": str(m["content"])} for m in prompt]
+
+
+class OpenAIBackend:
+    kind = "openai"
+
+    def __init__(self, base_url: str, model: str, *, api_key_env: str | None = "OPENAI_API_KEY",
+                 timeout_s: float = 60.0, max_tokens: int = 256, error_cls: type[LLMError] = LLMError,
+                 what: str = "LLM", config_key: str = "the backend config", temperature: float = 0.0):
+        self.url = base_url.rstrip("/") + "/chat/completions"
+        self.model = model
+        self.timeout_s = timeout_s
+        self.max_tokens = max_tokens
+        self.temperature = temperature
+        self.api_key = None
+        if api_key_env:
+            self.api_key = os.environ.get(api_key_env)
+            if self.api_key is None:
+                raise error_cls(f"the {what}'s API key variable '{api_key_env}' is not set",
+                                hint=f"export {api_key_env}=..., or set {config_key}.api_key_env=null "
+                                "for an endpoint without a key")
+
+    def complete(self, prompt: Prompt) -> str:
+        body = json.dumps({"model": self.model, "temperature": self.temperature, "max_tokens": self.max_tokens,
+                           "messages": as_messages(prompt)}).encode()
+        headers = {"Content-Type": "application/json"}
+        if self.api_key:
+            headers["Authorization"] = f"Bearer {self.api_key}"
+        req = urllib.request.Request(self.url, data=body, headers=headers, method="POST")
+        try:
+            with urllib.request.urlopen(req, timeout=self.timeout_s) as resp:
+                data = json.loads(resp.read().decode("utf-8"))
+        except urllib.error.HTTPError as exc:
+            raise TransportError(f"HTTP {exc.code} from {self.url}") from None
+        except (urllib.error.URLError, TimeoutError, OSError) as exc:
+            raise TransportError(f"{type(exc).__name__}: {getattr(exc, 'reason', exc)}") from None
+        except (json.JSONDecodeError, UnicodeDecodeError):
+            raise TransportError(f"a reply from {self.url} is not JSON") from None
+        try:
+            return str(data["choices"][0]["message"]["content"] or "")
+        except (KeyError, IndexError, TypeError):
+            raise TransportError(f"a reply from {self.url} has no choices[0].message.content") from None
+
+
+class HFBackend:
+    """A local causal LM by path; greedy decoding. Calls are serialised (one model, one lock)."""
+
+    kind = "hf"
+
+    def __init__(self, path: str, *, max_new_tokens: int = 256, trust_remote_code: bool = False,
+                 error_cls: type[LLMError] = LLMError, what: str = "LLM"):
+        if not Path(path).exists():
+            raise error_cls(f"{what} model path '{path}' does not exist",
+                            hint=f"the hf {what} backend loads a local causal LM by path (no hub access)")
+        from transformers import AutoModelForCausalLM, AutoTokenizer
+
+        self.model = str(path)
+        self.max_new_tokens = max_new_tokens
+        self.tokenizer = AutoTokenizer.from_pretrained(path, trust_remote_code=trust_remote_code)
+        self.lm = AutoModelForCausalLM.from_pretrained(path, trust_remote_code=trust_remote_code).eval()
+        self._lock = threading.Lock()
+
+    def complete(self, prompt: Prompt) -> str:
+        import torch
+
+        tok = self.tokenizer
+        messages = as_messages(prompt)
+        if getattr(tok, "chat_template", None):
+            ids = tok.apply_chat_template(messages, add_generation_prompt=True, return_tensors="pt", return_dict=True)
+            input_ids = ids["input_ids"]
+        else:
+            text = "\n\n".join(m["content"] for m in messages)
+            input_ids = tok(text, return_tensors="pt")["input_ids"]
+        pad = tok.pad_token_id if tok.pad_token_id is not None else tok.eos_token_id
+        with self._lock, torch.no_grad():
+            out = self.lm.generate(input_ids, attention_mask=torch.ones_like(input_ids), do_sample=False,
+                                   max_new_tokens=self.max_new_tokens, pad_token_id=pad)
+        return tok.decode(out[0, input_ids.shape[1]:], skip_special_tokens=True)
+
+
+class ResponseCache:
+    """Replies on disk, one JSON file per ``sha256(backend kind, model, prompt)``."""
+
+    def __init__(self, root: str | Path):
+        self.root = Path(root)
+
+    @staticmethod
+    def key(kind: str, model: str, prompt: Prompt) -> str:
+        return hashlib.sha256(json.dumps([kind, model, prompt], ensure_ascii=True).encode("utf-8")).hexdigest()
+
+    def _path(self, key: str) -> Path:
+        return self.root / key[:2] / f"{key}.json"
+
+    def get(self, key: str) -> dict | None:
+        path = self._path(key)
+        try:
+            return json.loads(path.read_text(encoding="utf-8"))
+        except (FileNotFoundError, json.JSONDecodeError):
+            return None
+
+    def put(self, key: str, entry: dict) -> None:
+        path = self._path(key)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        tmp = path.with_suffix(f".{os.getpid()}.{threading.get_ident()}.tmp")
+        tmp.write_text(json.dumps(entry, ensure_ascii=False), encoding="utf-8")
+        os.replace(tmp, path)
+
+
+@dataclass
+class Answer:
+    reply: str | None  # the last reply (None: no reply came)
+    value: Any  # what the validator made of it (None: invalid)
+    cached: bool
+    error: str | None = None  # why invalid: "no valid answer ...", "timeout ..."
+
+    @property
+    def valid(self) -> bool:
+        return self.value is not None
+
+
+@dataclass
+class AskStats:
+    calls: int = 0  # backend calls made (attempts, including failed ones)
+    cache_hits: int = 0
+    retries: int = 0
+    transport_errors: int = 0
+    rejected_replies: int = 0
+    invalid: int = 0
+    _lock: threading.Lock = field(default_factory=threading.Lock, repr=False)
+
+    def add(self, **kw: int) -> None:
+        with self._lock:
+            for k, v in kw.items():
+                setattr(self, k, getattr(self, k) + v)
+
+    def as_dict(self) -> dict:
+        return {k: getattr(self, k) for k in ("calls", "cache_hits", "retries", "transport_errors",
+                                             "rejected_replies", "invalid")}
+
+
+class Asker:
+    """Ask a backend with a validator: cache, retries with exponential backoff, invalid never guessed."""
+
+    def __init__(self, backend: Backend, cache: ResponseCache | None, *, max_retries: int = 2,
+                 backoff_s: float = 1.0, retry_invalid: bool = False, sleep: Callable[[float], None] = time.sleep):
+        self.backend = backend
+        self.cache = cache
+        self.max_retries = max_retries
+        self.backoff_s = backoff_s
+        self.retry_invalid = retry_invalid
+        self.sleep = sleep
+        self.stats = AskStats()
+
+    def ask(self, prompt: Prompt, validate: Callable[[str], Any]) -> Answer:
+        """The validated answer to ``prompt`` (``validate`` returns None for a reply it rejects)."""
+        key = ResponseCache.key(self.backend.kind, self.backend.model, prompt)
+        if self.cache is not None:
+            entry = self.cache.get(key)
+            if entry is not None and (entry.get("valid") or not self.retry_invalid):
+                value = validate(entry["reply"]) if entry.get("valid") else None
+                if value is not None or not entry.get("valid"):
+                    self.stats.add(cache_hits=1, invalid=int(value is None))
+                    return Answer(entry["reply"], value, True, None if value is not None else entry.get("error"))
+        reply, error = None, None
+        for attempt in range(self.max_retries + 1):
+            if attempt:
+                self.stats.add(retries=1)
+                self.sleep(self.backoff_s * 2 ** (attempt - 1))
+            self.stats.add(calls=1)
+            try:
+                reply = self.backend.complete(prompt)
+            except TransportError as exc:
+                error = str(exc)
+                self.stats.add(transport_errors=1)
+                log.debug("LLM call failed (attempt %d): %s", attempt + 1, exc)
+                continue
+            value = validate(reply)
+            if value is not None:
+                if self.cache is not None:
+                    self.cache.put(key, {"backend": self.backend.kind, "model": self.backend.model,
+                                         "prompt": prompt, "reply": reply, "valid": True})
+                return Answer(reply, value, False)
+            error = f"no valid answer in the reply after {attempt + 1} attempt(s)"
+            self.stats.add(rejected_replies=1)
+        self.stats.add(invalid=1)
+        if reply is not None and self.cache is not None and error and error.startswith("no valid"):
+            self.cache.put(key, {"backend": self.backend.kind, "model": self.backend.model, "prompt": prompt,
+                                 "reply": reply, "valid": False, "error": error})
+        return Answer(reply, None, False, error)
+
+
+def ask_many(asker: Asker, prompts: Sequence[Prompt], validate: Callable[[str], Any], *,
+             concurrency: int = 4) -> list[Answer]:
+    """Answers in the order of ``prompts``, at most ``concurrency`` calls in flight."""
+    if concurrency <= 1 or len(prompts) <= 1:
+        return [asker.ask(p, validate) for p in prompts]
+    with cf.ThreadPoolExecutor(max_workers=concurrency) as pool:
+        return list(pool.map(lambda p: asker.ask(p, validate), prompts))
+
+
+__all__ = ["Answer", "AskStats", "Asker", "Backend", "HFBackend", "OpenAIBackend", "Prompt", "ResponseCache",
+           "TransportError", "as_messages", "ask_many"]
