@@ -20,8 +20,8 @@ Two fingerprints per clip decide what a changed config recomputes:
 Ground-truth labels, subtitles and splits come from the CSVs at merge time (never recomputed). The
 text stage also runs at merge time, from the parts: AU phrases, coarse description, the reasoning
 writer (its LLM replies cached on disk, so a re-run makes no new call), the filter and the coarse /
-fine split, and the instruction JSONL per task; a changed writer config therefore never re-runs AU
-extraction or the audio cues.
+fine split, and the instruction JSONL per task; the visual describer on each peak frame (replies cached
+too); a changed writer or describer config therefore never re-runs AU extraction or the audio cues.
 """
 
 from __future__ import annotations
@@ -95,6 +95,10 @@ class BuildSummary:
             rows += [("coarse descriptions", t.get("coarse_descriptions", 0)), ("reasoning written", t.get("reasoning", 0)),
                      ("fine (reasoning kept)", t.get("fine", 0))]  # fmt: skip
             rows += [(f"instructions {k}", v) for k, v in sorted(t.get("instructions", {}).items())]
+            if t.get("describer_stats"):
+                ds = t["describer_stats"]
+                rows += [("visual descriptions", t.get("visual_descriptions", 0)), ("describer calls", ds.get("calls", 0)),
+                         ("describer cache hits", ds.get("cache_hits", 0))]  # fmt: skip
             if t.get("writer_stats"):
                 ws = t["writer_stats"]
                 rows += [("writer calls", ws.get("calls", 0)), ("writer cache hits", ws.get("cache_hits", 0))]
@@ -206,6 +210,12 @@ def make_writer_for(cfg: EmollmConfig, out: Path):  # noqa: ANN201
     return make_writer(cfg.build.writer, out) if cfg.build.describe else None
 
 
+def make_describer_for(cfg: EmollmConfig, out: Path):  # noqa: ANN201
+    from data_builders.describers import make_describer
+
+    return make_describer(cfg.build.describer, out)
+
+
 def audio_cues(info, cfg: EmollmConfig) -> dict[str, Any]:  # noqa: ANN001
     """Per clip, in the worker: whisper subtitle and prosody tone from the 16 kHz mono audio.
     Silent audio gets the flag ``silent_audio`` and neither cue; an unreadable audio stream the flag
@@ -264,8 +274,8 @@ def apply_cues(rec: dict[str, Any], cues: dict[str, Any] | None, *, csv_subtitle
     rec["flags"] = sorted(set(rec["flags"]) | set(cues.get("flags", [])))
 
 
-def text_stage(cfg: EmollmConfig, out: Path, records: list[dict[str, Any]], *, writer, write) -> dict[str, Any]:  # noqa: ANN001
-    """AU phrases, coarse description, reasoning, filter + split, instruction JSONL (records in place)."""
+def text_stage(cfg: EmollmConfig, out: Path, records: list[dict[str, Any]], *, writer, write, describer=None) -> dict[str, Any]:  # noqa: ANN001
+    """Visual description, AU phrases, coarse description, reasoning, filter + split, instruction JSONL (in place)."""
     from data_builders.instructions import filter_reasoning, record_label, write_instructions
     from data_builders.phrases import describe_expression, load_phrases
     from data_builders.writers import WriterItem, coarse_description
@@ -273,12 +283,18 @@ def text_stage(cfg: EmollmConfig, out: Path, records: list[dict[str, Any]], *, w
     b = cfg.build
     phrases = load_phrases(b.phrases)
     for rec in records:
+        rec["visual_description"] = None  # only the describer fills it; never invented
+    describer_stats: dict[str, Any] = {}
+    if describer is not None:
+        from data_builders.describers import describe_records
+
+        describer_stats = describe_records(describer, records, out)
+    for rec in records:
         prov = rec["provenance"]
         rec["expression"] = describe_expression(rec.get("aus_present_at_peak") or [], rec.get("aus_at_peak"),
                                                 phrases, rec["id"], cfg.run.seed, b.expression_max_aus)  # fmt: skip
         if rec["expression"]:
             prov["expression"] = phrases.provenance
-        rec["visual_description"] = None  # a VLM describer (later) fills it; never invented
         rec["coarse_description"] = None
         if b.describe:
             rec["coarse_description"] = coarse_description(visual=rec["visual_description"], expression=rec["expression"],
@@ -290,7 +306,7 @@ def text_stage(cfg: EmollmConfig, out: Path, records: list[dict[str, Any]], *, w
                                               "version": prompt_version(load_writer_prompt("coarse_description"))}  # fmt: skip
         rec["reasoning"] = None
         rec.setdefault("review", {"state": "unreviewed", "by": None, "note": None})
-    stats: dict[str, Any] = {"coarse_descriptions": sum(1 for r in records if r["coarse_description"])}
+    stats: dict[str, Any] = {"coarse_descriptions": sum(1 for r in records if r["coarse_description"]), **describer_stats}
     todo = [r for r in records if r["coarse_description"] and record_label(r)] if writer is not None else []
     if todo:
         items = [WriterItem(r["id"], record_label(r), r["coarse_description"], r.get("subtitle"), r.get("expression"),
@@ -539,6 +555,7 @@ def build(
     label_fp = label_fingerprint(cfg)
     check_setup(cfg)  # fail before any clip: whisper model, phrase table, writer prompt
     writer = make_writer_for(cfg, out) if merge else None
+    describer = make_describer_for(cfg, out) if merge else None
     cue_fps = {c.id: cue_fingerprint(cfg, c) for c in clips}
 
     todo: list[tuple] = []
@@ -589,7 +606,7 @@ def build(
                                                           and p.get("cue_fingerprint") == cue_fps[c.id]))
                        for c, p in zip(clips, parts, strict=True))  # fmt: skip
         if complete:
-            merge_outputs(cfg, out, clips, parts, labels, subtitles, summary, writer=writer)  # type: ignore[arg-type]
+            merge_outputs(cfg, out, clips, parts, labels, subtitles, summary, writer=writer, describer=describer)  # type: ignore[arg-type]
         else:
             log.info("shard %d/%d done; the merge runs once every shard has finished (rerun any shard, or --merge)", index, count)
     summary.wall_s = time.perf_counter() - t0
@@ -598,7 +615,7 @@ def build(
     return summary
 
 
-def merge_outputs(cfg: EmollmConfig, out: Path, clips, parts, labels, subtitles, summary: BuildSummary, *, writer=None) -> None:  # noqa: ANN001
+def merge_outputs(cfg: EmollmConfig, out: Path, clips, parts, labels, subtitles, summary: BuildSummary, *, writer=None, describer=None) -> None:  # noqa: ANN001
     """Write annotations.jsonl, errors.jsonl, manifest.json and config.yaml from the part files
     (and, from the records, the text stage: descriptions, reasoning, filter, instructions/)."""
     records, errors = [], []
@@ -613,7 +630,10 @@ def merge_outputs(cfg: EmollmConfig, out: Path, clips, parts, labels, subtitles,
         rec["subtitle"] = inputs_mod.lookup(subtitles, clip)
         apply_cues(rec, part.get("cues"), csv_subtitle=rec["subtitle"], csv_path=cfg.data.subtitles_csv)
         records.append(rec)
-    text_stats = text_stage(cfg, out, records, writer=writer, write=_atomic_write)
+    from data_builders.review import apply_reviews
+
+    apply_reviews(out, records)  # human corrections (reviews.jsonl) win over the labels CSV, on every re-run
+    text_stats = text_stage(cfg, out, records, writer=writer, write=_atomic_write, describer=describer)
     _atomic_write(out / "annotations.jsonl", "".join(json.dumps(r, ensure_ascii=False) + "\n" for r in records))
     _atomic_write(out / "errors.jsonl", "".join(json.dumps(e, ensure_ascii=False) + "\n" for e in errors))
     by_label = Counter(r["pseudo_label"] or "(none)" for r in records)

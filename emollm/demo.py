@@ -9,7 +9,8 @@ Stages (each timed, each artefact written under the output dir):
 4. faces    — the main face tracked over the frames, aligned crops (``frames.png``, ``faces.png``);
 5. build    — ``emollm build`` on the clip: per-frame AUs, peak frame, AU-rule pseudo-label
               (``dataset/annotations.jsonl``);
-6. model    — backbone + fresh media modules and the processor, built from the config;
+6. train    — the feature cache for the clip, then a few LoRA steps of ``train.py``'s loop on its
+              record, saved as a run dir and loaded back (``run/``);
 7. encoders — the model's live frozen encoders on their inputs (frames, face crops, audio) plus the
               builder's AU sequence, features saved to ``features.safetensors``;
 8. answer   — the Emotion-LLaMA prompt with placeholders expanded to media tokens, the features
@@ -40,12 +41,12 @@ log = get_logger(__name__)
 
 DEMO_CONFIG = "tiny_cpu"
 DEMO_CLIP = "single_face.mp4"
+DEMO_TRAIN_STEPS = 4
 
 # What the demo cannot show yet, and where it will come from.
 NOT_BUILT_YET = (
-    ("training (`accelerate launch train.py`, LoRA, DeepSpeed ZeRO, checkpoints)", "issue 4"),
-    ("dataset builder: review loop, MERR formats, visual describer", "issue 6"),
-    ("explain a clip: `emollm infer`, `predict`, `export`", "issue 8"),
+    ("2-process DDP / ZeRO-2 / ZeRO-3 CPU tests, the training-step benchmark", "issue 4"),
+    ("explain a clip: `emollm infer`, `emollm predict`", "issue 8"),
 )
 
 @dataclass
@@ -141,11 +142,11 @@ def run_demo(
 
     import torch
 
-    with _stage(result, "model", report):
-        from emollm.modeling.factory import build_model_and_processor
-
-        torch.manual_seed(cfg.run.seed)
-        model, processor = build_model_and_processor(cfg)
+    with _stage(result, "train", report):
+        model, processor, result.facts["training"] = _train(cfg, Path(result.artefacts["config"]), record,
+                                                            out / "dataset", out / "run")
+        if "run_dir" in result.facts["training"]:
+            result.artefacts["run"] = result.facts["training"]["run_dir"]
         model.eval()
 
     with _stage(result, "encoders", report):
@@ -213,6 +214,37 @@ def _build_dataset(cfg: cfglib.EmollmConfig, clip: Path, dataset: Path) -> tuple
     record = records[0]
     au = load_aus(dataset / record["aus_file"]).model_input() if record.get("aus_file") else None
     return record, au
+
+
+def _train(cfg: cfglib.EmollmConfig, cfg_file: Path, record: dict, dataset: Path,
+           run_dir: Path) -> tuple[Any, Any, dict[str, Any]]:
+    """A few LoRA steps on the clip's own record: feature cache -> train.py's loop -> run dir -> load_run.
+
+    Without a training sample (no pseudo-label: no face), a fresh untrained model is built instead.
+    """
+    import torch
+
+    from emollm.modeling.factory import build_model_and_processor, load_run
+
+    split = record.get("split")
+    if not record.get("pseudo_label") and not record.get("label"):
+        torch.manual_seed(cfg.run.seed)
+        model, processor = build_model_and_processor(cfg)
+        return model, processor, {"skipped": "no label or pseudo-label to train on (no face?)"}
+    from emollm.features.extract import extract_features
+    from emollm.training.loop import train
+
+    other = "fine" if split != "fine" else "coarse"
+    train_cfg = cfglib.load(cfg_file, [  # the demo's resolved config, pointed at its dataset and run dir
+        f"data.dataset_dir={dataset}", f"data.train_split={split}", f"data.eval_split={other}",
+        f"run.output_dir={run_dir}", "train.tasks=[emotion]", f"train.max_steps={DEMO_TRAIN_STEPS}",
+        "train.per_device_batch_size=1", "train.save_steps=1000", "train.logging_steps=1", "train.lr=1e-3",
+    ])  # fmt: skip
+    extract_features(train_cfg, dataset)
+    trained = train(train_cfg)
+    model, processor = load_run(run_dir)
+    return model, processor, {"run_dir": str(run_dir), "steps": trained.global_step,
+                              "losses": [round(x, 4) for x in trained.losses]}
 
 
 def _evaluate(cfg: cfglib.EmollmConfig, record: dict, answer: str, out: Path) -> dict[str, Any]:

@@ -11,7 +11,9 @@
   invalid so a re-run makes no new call (``retry_invalid`` asks again); a pure transport failure is not
   cached. Bounded concurrency is the caller's thread pool (:func:`ask_many`); the asker is thread-safe.
 
-A *prompt* is either a string (one user message) or a list of ``{"role", "content"}`` messages.
+A *prompt* is either a string (one user message) or a list of ``{"role", "content"}`` messages; a
+``content`` may also be a list of OpenAI content parts (``{"type": "text", ...}``,
+``{"type": "image_url", "image_url": {"url": "data:image/png;base64,..."}}``) for a vision request.
 """
 
 from __future__ import annotations
@@ -34,7 +36,7 @@ from emollm.log import get_logger
 
 log = get_logger(__name__)
 
-Prompt = str | list[dict[str, str]]
+Prompt = str | list[dict[str, Any]]
 
 
 class TransportError(Exception):
@@ -48,10 +50,11 @@ class Backend(Protocol):
     def complete(self, prompt: Prompt) -> str: ...
 
 
-def as_messages(prompt: Prompt) -> list[dict[str, str]]:
+def as_messages(prompt: Prompt) -> list[dict[str, Any]]:
     if isinstance(prompt, str):
         return [{"role": "user", "content": prompt}]
-    return [{"role": str(m["role"]), "content": str(m["content"])} for m in prompt]
+    return [{"role": str(m["role"]), "content": [dict(p) for p in m["content"]] if isinstance(m["content"], list)
+             else str(m["content"])} for m in prompt]
 
 
 class OpenAIBackend:

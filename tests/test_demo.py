@@ -53,6 +53,8 @@ def test_demo_runs_end_to_end(tmp_path, capsys):
     assert features["au"].shape[-1] == 34  # the builder's AU sequence: 17 intensities + 17 presences
     assert facts["dataset"]["pseudo_label"] == "happy"  # the builder on the smiling sample clip
     assert os.path.isfile(summary["artefacts"]["dataset"]) and os.path.isfile(summary["artefacts"]["report"])
+    assert facts["training"]["steps"] == 4 and len(facts["training"]["losses"]) == 4
+    assert (out / "run" / "adapter" / "adapter_config.json").is_file()  # the run dir inference needs
     assert facts["evaluation"]["reference"] == "happy" and 0.0 <= facts["evaluation"]["invalid_rate"] <= 1.0
     assert {item["lands_with"] for item in summary["not_built_yet"]} >= {"issue 4", "issue 8"}
 
@@ -64,6 +66,7 @@ def test_demo_on_an_audio_only_clip_skips_what_it_cannot_see(broken, tmp_path):
     assert set(summary["facts"]["features"]) == {"audio"}
     assert summary["facts"]["backbone"]["modalities_in_prompt"] == ["audio"]
     assert summary["facts"]["dataset"]["pseudo_label"] is None and "skipped" in summary["facts"]["evaluation"]
+    assert "skipped" in summary["facts"]["training"]
     assert "frames" not in summary["artefacts"]
 
 

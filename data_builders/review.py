@@ -1,0 +1,304 @@
+"""The review loop: export uncertain samples for a human, import the corrections, re-split.
+
+- **Export** (:func:`export_review`): a record is sent to review when its ``pseudo_label_confidence``
+  is below ``threshold`` (``low_confidence``; a record with a pseudo-label but no confidence counts too),
+  when its ground-truth label differs from its pseudo-label (``label_disputed``), or when its reasoning
+  was filtered out (``reasoning_filtered:<reason>``). Already reviewed records are left out unless
+  ``include_reviewed``. Written to ``OUT/review.csv`` and ``OUT/review.jsonl`` (same rows), and beside
+  them ``OUT/thumbs/<id>_peak.png`` (the peak frame, decoded with ``emollm.media.read_frames`` at the
+  record's peak index, longer side 320 px) and ``OUT/thumbs/<id>_aus.png`` (a bar chart of the AU
+  intensities at the peak, in ``MERR_AUS`` order; present AUs in a darker colour). A clip whose peak
+  frame cannot be decoded gets an empty ``thumbnail`` cell and a ``thumbnail_error``; the export goes on.
+- **Import** (:func:`import_corrections`): a CSV (header ``id,label[,note][,reviewer]``) or JSONL
+  (objects with the same keys). Rows are checked one by one: an unknown id, a missing label or a label
+  outside the dataset's label set is a **per-row error** (row number, id, reason) written to
+  ``DATASET_DIR/review_errors.jsonl`` and returned; **valid rows are still applied** (not
+  all-or-nothing), nothing is dropped silently. Each applied row is stored in
+  ``DATASET_DIR/reviews.jsonl`` (one line per clip id, the latest decision with its history), the
+  source of truth that :func:`apply_reviews` puts back into the records at every merge of
+  ``emollm build`` — re-runs never lose a review. The record gets ``label`` = the corrected label and
+  ``review {state: corrected | accepted, by, at, note, previous_label, history}`` (``accepted`` when
+  the label did not change). Then the reasoning filter, the coarse / fine split and the instruction
+  JSONL are redone (:mod:`data_builders.instructions`); a reasoning written for the old label now fails
+  the filter (``contradicts_label``) until the next ``emollm build`` writes one for the new label.
+"""
+
+from __future__ import annotations
+
+import csv
+import datetime as _dt
+import io
+import json
+import os
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from data_builders.record import read_annotations
+from emollm.errors import ConfigError
+from emollm.log import get_logger
+
+log = get_logger(__name__)
+
+REVIEWS_FILE = "reviews.jsonl"
+REVIEW_ERRORS_FILE = "review_errors.jsonl"
+CSV_COLUMNS = ("id", "label", "note", "reviewer", "pseudo_label", "pseudo_label_confidence", "given_label",
+               "reasons", "subtitle", "coarse_description", "reasoning", "media", "thumbnail", "au_chart",
+               "thumbnail_error")  # fmt: skip
+
+
+def _atomic_write(path: Path, text: str) -> None:
+    from data_builders.runner import _atomic_write as write
+
+    write(Path(path), text)
+
+
+def _dataset_label_set(dataset_dir: Path):  # noqa: ANN202
+    from eval.label_sets import load_label_set
+
+    name = None
+    manifest = dataset_dir / "manifest.json"
+    if manifest.is_file():
+        name = json.loads(manifest.read_text(encoding="utf-8")).get("label_set")
+    if name is None:
+        from emollm import config as cfglib
+
+        name = cfglib.load(None, []).data.label_set
+    return load_label_set(name)
+
+
+def review_reasons(rec: dict[str, Any], threshold: float) -> list[str]:
+    """Why ``rec`` needs a human look ([] when it does not)."""
+    reasons = []
+    conf = rec.get("pseudo_label_confidence")
+    if rec.get("pseudo_label") and (conf is None or conf < threshold):
+        reasons.append("low_confidence")
+    if rec.get("label") and rec.get("pseudo_label") and rec["label"] != rec["pseudo_label"]:
+        reasons.append("label_disputed")
+    filt = rec.get("reasoning_filter")
+    if filt and not filt.get("kept", True):
+        reasons.append(f"reasoning_filtered:{filt.get('reason')}")
+    return reasons
+
+
+# ------------------------------------------------------------------------------------------ export
+
+
+def _thumbnail(dataset_dir: Path, rec: dict[str, Any], path: Path) -> None:
+    from PIL import Image
+
+    from emollm.media import read_frames
+
+    peak = rec.get("peak_frame") or {}
+    if peak.get("index") is None:
+        raise ValueError("no peak frame (no face)")
+    frames = read_frames(dataset_dir / rec["media"]["path"], [int(peak["index"])], max_side=320)
+    Image.fromarray(frames.array[0]).save(path)
+
+
+def _au_chart(rec: dict[str, Any], path: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg", force=True)
+    import matplotlib.pyplot as plt
+
+    from emollm.modeling.au_encoder import AU_INTENSITY_MAX, MERR_AUS
+
+    at_peak = rec.get("aus_at_peak") or {}
+    present = set(rec.get("aus_present_at_peak") or [])
+    values = [float(at_peak.get(au, 0.0)) for au in MERR_AUS]
+    fig, ax = plt.subplots(figsize=(6, 2.6), dpi=80)
+    ax.bar(range(len(MERR_AUS)), values, color=["#c0392b" if au in present else "#95a5a6" for au in MERR_AUS])
+    ax.set_xticks(range(len(MERR_AUS)), [au.replace("AU", "") for au in MERR_AUS], fontsize=7)
+    ax.set_ylim(0, AU_INTENSITY_MAX)
+    ax.set_xlabel("AU (MERR order; red: present at peak)", fontsize=8)
+    ax.set_title(f"{rec['id']}: {rec.get('pseudo_label')} ({rec.get('pseudo_label_confidence')})", fontsize=9)
+    fig.tight_layout()
+    fig.savefig(path)
+    plt.close(fig)
+
+
+@dataclass
+class ReviewExport:
+    rows: list[dict[str, Any]]
+    csv_path: Path
+    jsonl_path: Path
+
+
+def export_review(dataset_dir: str | os.PathLike[str], out_dir: str | os.PathLike[str], *, threshold: float = 0.5,
+                  include_reviewed: bool = False, images: bool = True) -> ReviewExport:  # fmt: skip
+    """Write the samples that need review to ``out_dir`` (CSV + JSONL + PNGs); see the module docstring."""
+    dataset_dir, out = Path(dataset_dir), Path(out_dir)
+    records = read_annotations(dataset_dir / "annotations.jsonl")
+    thumbs = out / "thumbs"
+    thumbs.mkdir(parents=True, exist_ok=True)
+    rows = []
+    for rec in records:
+        reasons = review_reasons(rec, threshold)
+        state = (rec.get("review") or {}).get("state", "unreviewed")
+        if not reasons or (state != "unreviewed" and not include_reviewed):
+            continue
+        row = {"id": rec["id"], "label": rec.get("label") or rec.get("pseudo_label") or "", "note": "", "reviewer": "",
+               "pseudo_label": rec.get("pseudo_label"), "pseudo_label_confidence": rec.get("pseudo_label_confidence"),
+               "given_label": rec.get("label"), "reasons": ";".join(reasons), "subtitle": rec.get("subtitle"),
+               "coarse_description": rec.get("coarse_description"), "reasoning": rec.get("reasoning"),
+               "media": rec["media"]["path"], "thumbnail": "", "au_chart": "", "thumbnail_error": ""}  # fmt: skip
+        if images:
+            try:
+                _thumbnail(dataset_dir, rec, thumbs / f"{rec['id']}_peak.png")
+                row["thumbnail"] = f"thumbs/{rec['id']}_peak.png"
+            except Exception as exc:  # noqa: BLE001 - a reviewer still gets the row; the reason is in the cell
+                row["thumbnail_error"] = f"{type(exc).__name__}: {getattr(exc, 'message', exc)}"
+            if rec.get("aus_at_peak"):
+                _au_chart(rec, thumbs / f"{rec['id']}_aus.png")
+                row["au_chart"] = f"thumbs/{rec['id']}_aus.png"
+        rows.append(row)
+    buf = io.StringIO()
+    writer = csv.DictWriter(buf, fieldnames=CSV_COLUMNS)
+    writer.writeheader()
+    for row in rows:
+        writer.writerow({k: "" if v is None else v for k, v in row.items()})
+    _atomic_write(out / "review.csv", buf.getvalue())
+    _atomic_write(out / "review.jsonl", "".join(json.dumps(r, ensure_ascii=False) + "\n" for r in rows))
+    log.info("review: %d of %d record(s) exported to %s", len(rows), len(records), out)
+    return ReviewExport(rows, out / "review.csv", out / "review.jsonl")
+
+
+# ------------------------------------------------------------------------------------------ import
+
+
+@dataclass
+class ImportResult:
+    applied: list[str] = field(default_factory=list)
+    errors: list[dict[str, Any]] = field(default_factory=list)
+    rows: int = 0
+
+
+def read_corrections(path: str | os.PathLike[str]) -> list[dict[str, Any]]:
+    """Rows of a corrections CSV (header with ``id`` and ``label``) or JSONL file."""
+    path = Path(path)
+    if not path.is_file():
+        raise ConfigError(f"corrections file {path} does not exist")
+    text = path.read_text(encoding="utf-8-sig")
+    if path.suffix.lower() in (".jsonl", ".json"):
+        rows = []
+        for n, line in enumerate(text.splitlines(), 1):
+            if not line.strip():
+                continue
+            try:
+                obj = json.loads(line)
+            except ValueError as exc:
+                raise ConfigError(f"{path}:{n}: not a JSON line ({exc})") from None
+            rows.append(obj if isinstance(obj, dict) else {"_invalid": obj})
+        return rows
+    reader = csv.DictReader(io.StringIO(text))
+    if not reader.fieldnames or "id" not in reader.fieldnames or "label" not in reader.fieldnames:
+        raise ConfigError(f"corrections CSV {path} needs the columns id,label (got {reader.fieldnames})",
+                          hint="header: id,label,note,reviewer (note and reviewer optional)")  # fmt: skip
+    return list(reader)
+
+
+def _load_reviews(dataset_dir: Path) -> dict[str, dict[str, Any]]:
+    path = dataset_dir / REVIEWS_FILE
+    out: dict[str, dict[str, Any]] = {}
+    if path.is_file():
+        for line in path.read_text(encoding="utf-8").splitlines():
+            if line.strip():
+                entry = json.loads(line)
+                out[entry["id"]] = entry
+    return out
+
+
+def apply_reviews(dataset_dir: str | os.PathLike[str], records: Sequence[dict[str, Any]]) -> int:
+    """Put the stored reviews (``reviews.jsonl``) back into ``records`` (in place): the corrected
+    ``label`` and the ``review`` state. Called by the build's merge, after the labels CSV. Returns the
+    number of records touched."""
+    reviews = _load_reviews(Path(dataset_dir))
+    n = 0
+    for rec in records:
+        entry = reviews.get(rec["id"])
+        if entry is None:
+            continue
+        rec["label"] = entry["label"]
+        rec["review"] = {k: entry[k] for k in ("state", "by", "at", "note", "previous_label", "history")}
+        rec.setdefault("provenance", {})["label"] = {"source": "review", "version": None, "by": entry["by"], "at": entry["at"]}
+        n += 1
+    return n
+
+
+def resplit(dataset_dir: Path, records: list[dict[str, Any]]) -> dict[str, int]:
+    """Filter, coarse / fine split and instruction JSONL again, from the records as they are."""
+    from data_builders.instructions import filter_reasoning, write_instructions
+
+    seed = 0
+    cfg_path = dataset_dir / "config.yaml"
+    if cfg_path.is_file():
+        import yaml
+
+        seed = int(((yaml.safe_load(cfg_path.read_text(encoding="utf-8")) or {}).get("run") or {}).get("seed", 0) or 0)
+    filter_reasoning(records, _dataset_label_set(dataset_dir))
+    for rec in records:
+        if rec.get("split") in ("coarse", "fine"):
+            rec["split"] = rec["granularity"]
+    return write_instructions(records, dataset_dir, seed, _atomic_write)
+
+
+def import_corrections(dataset_dir: str | os.PathLike[str], corrections: str | os.PathLike[str], *,
+                       reviewer: str | None = None, now: str | None = None) -> ImportResult:  # fmt: skip
+    """Apply a corrections file to the dataset; see the module docstring (valid rows applied,
+    invalid rows reported per row in ``review_errors.jsonl``)."""
+    dataset_dir = Path(dataset_dir)
+    records = read_annotations(dataset_dir / "annotations.jsonl")
+    by_id = {r["id"]: r for r in records}
+    label_set = _dataset_label_set(dataset_dir)
+    reviews = _load_reviews(dataset_dir)
+    when = now or _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds")
+    result = ImportResult()
+    rows = read_corrections(corrections)
+    result.rows = len(rows)
+    for n, row in enumerate(rows, 1):
+        cid = str(row.get("id") or "").strip()
+        raw = str(row.get("label") or "").strip()
+        err = None
+        if "_invalid" in row:
+            err = "not a JSON object"
+        elif not cid:
+            err = "missing id"
+        elif cid not in by_id:
+            err = f"unknown id {cid!r} (not in annotations.jsonl)"
+        elif not raw:
+            err = "missing label"
+        elif label_set.normalize(raw) is None:
+            err = f"label {raw!r} is not in the label set {list(label_set.labels)}"
+        if err:
+            result.errors.append({"row": n, "id": cid or None, "label": raw or None, "error": err, "file": str(corrections)})
+            continue
+        label = label_set.normalize(raw)
+        rec = by_id[cid]
+        old = rec.get("label") or rec.get("pseudo_label")
+        by = str(row.get("reviewer") or "").strip() or reviewer
+        note = str(row.get("note") or "").strip() or None
+        prev = reviews.get(cid)
+        history = list(prev["history"]) if prev else []
+        decision = {"label": label, "previous_label": old, "by": by, "at": when, "note": note}
+        history.append(decision)
+        state = "accepted" if label == old else "corrected"
+        first_previous = prev["previous_label"] if prev else old
+        reviews[cid] = {"id": cid, "label": label, "state": state, "by": by, "at": when, "note": note,
+                        "previous_label": first_previous, "history": history}  # fmt: skip
+        result.applied.append(cid)
+    _atomic_write(dataset_dir / REVIEWS_FILE, "".join(json.dumps(reviews[k], ensure_ascii=False) + "\n" for k in sorted(reviews)))
+    errors_path = dataset_dir / REVIEW_ERRORS_FILE
+    _atomic_write(errors_path, "".join(json.dumps(e, ensure_ascii=False) + "\n" for e in result.errors))
+    for e in result.errors:
+        log.warning("corrections row %d (%s): %s", e["row"], e["id"], e["error"])
+    apply_reviews(dataset_dir, records)
+    resplit(dataset_dir, records)
+    _atomic_write(dataset_dir / "annotations.jsonl", "".join(json.dumps(r, ensure_ascii=False) + "\n" for r in records))
+    log.info("review: %d row(s) applied, %d error(s) (see %s)", len(result.applied), len(result.errors), errors_path)
+    return result
+
+
+__all__ = ["REVIEWS_FILE", "REVIEW_ERRORS_FILE", "ImportResult", "ReviewExport", "apply_reviews", "export_review",
+           "import_corrections", "read_corrections", "resplit", "review_reasons"]  # fmt: skip

@@ -1,0 +1,49 @@
+"""``emollm review``: export uncertain samples for a human, import the corrections."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+
+NAME = "review"
+HELP = "review loop: export low-confidence / disputed samples (CSV, JSONL, PNGs), import corrections"
+DESCRIPTION = """\
+  emollm review export DATASET_DIR --out review/ [--threshold 0.5] [--all]
+      -> review/review.csv, review/review.jsonl, review/thumbs/<id>_peak.png and <id>_aus.png
+  emollm review import DATASET_DIR review/review.csv [--reviewer NAME]
+      columns id,label[,note][,reviewer] (CSV or JSONL). Valid rows are applied; unknown ids and labels
+      outside the label set are listed per row (DATASET_DIR/review_errors.jsonl; exit status 2).
+      Reviews are kept in DATASET_DIR/reviews.jsonl and survive every re-run of `emollm build`.
+"""
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("action", choices=("export", "import"))
+    parser.add_argument("dataset_dir", metavar="DATASET_DIR")
+    parser.add_argument("corrections", nargs="?", metavar="FILE", help="import: the corrections CSV / JSONL")
+    parser.add_argument("--out", default=None, metavar="DIR", help="export: output folder (default DATASET_DIR/review)")
+    parser.add_argument("--threshold", type=float, default=0.5, help="export: pseudo_label_confidence below this is low")
+    parser.add_argument("--all", action="store_true", help="export: include samples already reviewed")
+    parser.add_argument("--no-images", action="store_true", help="export: no thumbnails / AU charts")
+    parser.add_argument("--reviewer", default=None, help="import: reviewer for rows without a reviewer column")
+
+
+def run(args: argparse.Namespace) -> int:
+    from pathlib import Path
+
+    from data_builders import review
+    from emollm.errors import ConfigError
+
+    if args.action == "export":
+        out = args.out or str(Path(args.dataset_dir) / "review")
+        res = review.export_review(args.dataset_dir, out, threshold=args.threshold, include_reviewed=args.all,
+                                   images=not args.no_images)  # fmt: skip
+        print(f"wrote {res.csv_path} and {res.jsonl_path}: {len(res.rows)} sample(s) to review")
+        return 0
+    if not args.corrections:
+        raise ConfigError("review import needs the corrections FILE", hint="emollm review import DATASET_DIR review.csv")
+    res = review.import_corrections(args.dataset_dir, args.corrections, reviewer=args.reviewer)
+    print(f"applied {len(res.applied)} of {res.rows} row(s)")
+    for e in res.errors:
+        print(f"row {e['row']} ({e['id']}): {e['error']}", file=sys.stderr)
+    return 2 if res.errors else 0

@@ -1,0 +1,384 @@
+"""The training loop behind ``train.py`` / ``emollm train`` (docs/training.md).
+
+One code path for CPU, one GPU, DDP and DeepSpeed: an :class:`accelerate.Accelerator` owns devices,
+mixed precision and gradient accumulation. Batches come from :mod:`emollm.training.data` (built
+dataset + feature cache, length-grouped); the sampler is not handed to accelerate, each rank builds
+its own shard, so a checkpoint can record ``(epoch, batch offset)`` and a resumed run replays the
+exact same batches.
+
+>>> result = train(cfg)              # cfg: a validated EmollmConfig
+>>> result.losses                    # one mean loss per optimizer step
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import re
+import shutil
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from emollm import config as cfglib
+from emollm.config import EmollmConfig
+from emollm.errors import ConfigError, EmollmError
+from emollm.log import get_logger
+
+log = get_logger(__name__)
+
+CHECKPOINT_PREFIX = "checkpoint-"
+TRAINER_STATE = "trainer_state.json"
+LOG_FILE = "train_log.jsonl"
+
+
+@dataclass
+class TrainResult:
+    output_dir: Path
+    global_step: int = 0
+    losses: list[float] = field(default_factory=list)  # mean loss of every optimizer step, from step 1
+    stopped_early: bool = False  # stop_after_step hit (a simulated kill)
+    model: Any = None  # the unwrapped trained model (in-process callers and tests)
+    processor: Any = None
+
+
+# ------------------------------------------------------------------------------------------ checkpoints
+def list_checkpoints(output_dir: str | os.PathLike) -> list[Path]:
+    """``checkpoint-<step>`` dirs under ``output_dir`` holding a complete trainer state, oldest first."""
+    root = Path(output_dir)
+    if not root.is_dir():
+        return []
+    found = []
+    for path in root.iterdir():
+        m = re.fullmatch(CHECKPOINT_PREFIX + r"(\d+)", path.name)
+        if m and path.is_dir() and (path / TRAINER_STATE).is_file():
+            found.append((int(m.group(1)), path))
+    return [p for _, p in sorted(found)]
+
+
+def resolve_resume(cfg: EmollmConfig) -> Path | None:
+    ref = cfg.train.resume
+    if not ref:
+        return None
+    if ref == "latest":
+        checkpoints = list_checkpoints(cfg.run.output_dir)
+        if not checkpoints:
+            log.warning("train.resume=latest: no checkpoint under %s, starting from step 0", cfg.run.output_dir)
+            return None
+        return checkpoints[-1]
+    path = Path(ref)
+    if not (path / TRAINER_STATE).is_file():
+        raise ConfigError(f"train.resume: {path} is not a checkpoint dir (no {TRAINER_STATE})",
+                          hint="give a <output_dir>/checkpoint-<step> dir, or train.resume=latest")
+    return path
+
+
+def prune_checkpoints(output_dir: str | os.PathLike, limit: int | None) -> list[Path]:
+    """Delete all but the newest ``limit`` checkpoints; returns the deleted dirs."""
+    if not limit:
+        return []
+    checkpoints = list_checkpoints(output_dir)
+    doomed = checkpoints[: max(0, len(checkpoints) - limit)]
+    for path in doomed:
+        shutil.rmtree(path, ignore_errors=True)
+    return doomed
+
+
+# ------------------------------------------------------------------------------------------ setup
+def _check_trackers(report_to: list[str]) -> list[str]:
+    import importlib.util
+
+    for name in report_to:
+        if name == "tensorboard" and not (importlib.util.find_spec("tensorboard") or importlib.util.find_spec("tensorboardX")):
+            raise EmollmError("train.report_to lists 'tensorboard', which is not installed",
+                              hint="pip install tensorboard, or drop it from train.report_to (train_log.jsonl is always written)")
+        if name in ("wandb", "mlflow", "comet_ml", "aim", "clearml", "dvclive") and importlib.util.find_spec(name) is None:
+            raise EmollmError(f"train.report_to lists '{name}', which is not installed", hint=f"pip install {name}")
+    return list(report_to)
+
+
+def build_model(cfg: EmollmConfig):
+    """Model + processor for training: fresh (+ LoRA per config) or from ``train.init_from``."""
+    from emollm.modeling.factory import build_model_and_processor, load_run
+
+    t = cfg.train
+    if t.quantization != "none":
+        if not torch.cuda.is_available():
+            raise EmollmError(f"train.quantization={t.quantization} (QLoRA) needs a CUDA GPU and bitsandbytes",
+                              hint="set train.quantization=none on this machine")
+        raise EmollmError("QLoRA training is not wired into this emollm version yet", hint="train.quantization=none")
+    if t.init_from:
+        model, processor = load_run(t.init_from, is_trainable=True)
+        processor.max_length = t.max_length
+        if model.is_lora:
+            for name, p in model.named_parameters():
+                p.requires_grad_(name.startswith("media.") or "lora_" in name)
+        log.info("initialised from %s", t.init_from)
+    else:
+        model, processor = build_model_and_processor(cfg)
+        if t.lora.enabled:
+            model.add_lora(r=t.lora.r, alpha=t.lora.alpha, dropout=t.lora.dropout, target_modules=t.lora.target_modules)
+        elif not t.full_finetune:
+            for p in model.language_model.parameters():  # media modules only
+                p.requires_grad_(False)
+    if t.gradient_checkpointing:
+        lm = model.language_model
+        lm.config.use_cache = False
+        # Non-reentrant checkpointing: LoRA grads flow although the frozen embeddings need no grad.
+        lm.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+        if hasattr(lm, "enable_input_require_grads"):
+            lm.enable_input_require_grads()
+    model.train()
+    return model, processor
+
+
+def param_groups(model, cfg: EmollmConfig) -> list[dict[str, Any]]:
+    """Two AdamW groups: backbone/LoRA at ``train.lr``, media modules at ``train.projector_lr or lr``."""
+    t = cfg.train
+    backbone, media = [], []
+    for name, p in model.named_parameters():
+        if p.requires_grad:
+            (media if name.startswith("media.") else backbone).append(p)
+    groups = []
+    if backbone:
+        groups.append({"params": backbone, "lr": t.lr, "weight_decay": t.weight_decay, "name": "backbone"})
+    if media:
+        groups.append({"params": media, "lr": t.projector_lr or t.lr, "weight_decay": t.weight_decay, "name": "media"})
+    if not groups:
+        raise EmollmError("nothing to train: every parameter is frozen")
+    return groups
+
+
+def _dataset(cfg: EmollmConfig, model, processor):
+    from emollm.features.cache import FeatureCache
+    from emollm.training.data import EmotionDataset
+
+    dataset_dir = cfg.data.dataset_dir
+    if not dataset_dir:
+        raise ConfigError("data.dataset_dir is not set", hint="train.py --config FILE data.dataset_dir=DIR")
+    if not Path(dataset_dir).is_dir():
+        raise ConfigError(f"data.dataset_dir: {dataset_dir} is not a folder")
+    frozen = any(s["kind"] != "au" for s in model.config.modalities.values())
+    cache = FeatureCache.from_config(cfg, dataset_dir) if frozen else None
+    ds = EmotionDataset(dataset_dir, processor, cache, model.config.modalities, split=cfg.data.train_split,
+                        tasks=cfg.train.tasks, seed=cfg.run.seed)
+    if len(ds) == 0:
+        splits = sorted({str(r.get("split")) for r in ds.records.values()})
+        raise ConfigError(f"no training sample in split '{cfg.data.train_split}' of {dataset_dir} (tasks {cfg.train.tasks})",
+                          hint=f"the dataset's splits are {splits}: set data.train_split")
+    return ds
+
+
+def _to_device(batch: dict[str, Any], device: torch.device) -> dict[str, Any]:
+    def move(x):
+        if isinstance(x, torch.Tensor):
+            return x.to(device, non_blocking=True)
+        if isinstance(x, dict):
+            return {k: move(v) for k, v in x.items()}
+        return x
+
+    return {k: move(v) for k, v in batch.items() if k != "ids"}
+
+
+# ------------------------------------------------------------------------------------------ the loop
+def train(cfg: EmollmConfig, *, stop_after_step: int | None = None) -> TrainResult:
+    """Train per ``cfg``; checkpoints, resume, final run dir. ``stop_after_step`` ends the run right
+    after that step's checkpoint without the final save (a kill, for resume tests)."""
+    from accelerate import Accelerator
+    from accelerate.utils import DeepSpeedPlugin, ProjectConfiguration, set_seed
+    from transformers import get_scheduler
+
+    from emollm.modeling.factory import save_run
+    from emollm.training.data import EmotionCollator, LengthGroupedBatchSampler
+
+    t = cfg.train
+    out = Path(cfg.run.output_dir)
+    trackers = _check_trackers(t.report_to)
+    resume_dir = resolve_resume(cfg)
+    ds_plugin = None
+    if t.deepspeed:
+        if not Path(t.deepspeed).is_file():
+            raise ConfigError(f"train.deepspeed: {t.deepspeed} is not a file")
+        ds_plugin = DeepSpeedPlugin(hf_ds_config=t.deepspeed, gradient_accumulation_steps=t.gradient_accumulation_steps,
+                                    gradient_clipping=t.max_grad_norm)
+        if ds_plugin.deepspeed_config.get("train_micro_batch_size_per_gpu") == "auto":
+            # accelerate fills it from a prepared dataloader; ours stays unprepared (own sampler shards)
+            ds_plugin.deepspeed_config["train_micro_batch_size_per_gpu"] = t.per_device_batch_size
+    accelerator = Accelerator(
+        mixed_precision="bf16" if t.bf16 else "fp16" if t.fp16 else "no",
+        gradient_accumulation_steps=t.gradient_accumulation_steps,
+        log_with=trackers or None,
+        project_config=ProjectConfiguration(project_dir=str(out), logging_dir=str(out / "logs")),
+        deepspeed_plugin=ds_plugin,
+    )
+    set_seed(cfg.run.seed)
+
+    model, processor = build_model(cfg)
+    groups = model.trainable_parameters_by_group()
+    total_params = sum(p.numel() for p in model.parameters())
+    log.info("trainable parameters: %s (of %s in all, %.3f%%)", ", ".join(f"{k} {v:,}" for k, v in groups.items()),
+             f"{total_params:,}", 100.0 * sum(groups.values()) / max(total_params, 1))
+
+    ds = _dataset(cfg, model, processor)
+    sampler = LengthGroupedBatchSampler(ds.lengths, t.per_device_batch_size, seed=cfg.run.seed,
+                                        num_replicas=accelerator.num_processes, rank=accelerator.process_index)
+    collator = EmotionCollator(processor, model.config.modalities)
+    batches_per_epoch = len(sampler)
+    steps_per_epoch = max(1, batches_per_epoch // t.gradient_accumulation_steps)
+    total_steps = t.max_steps or max(1, math.ceil(t.epochs * steps_per_epoch))
+    log.info("training data: %d samples, %d batches per epoch per rank, %d optimizer steps, %d process(es)",
+             len(ds), batches_per_epoch, total_steps, accelerator.num_processes)
+
+    optimizer = torch.optim.AdamW(param_groups(model, cfg), lr=t.lr)
+    scheduler = get_scheduler(t.lr_scheduler if t.lr_scheduler != "constant" else "constant_with_warmup", optimizer,
+                              num_warmup_steps=math.ceil(t.warmup_ratio * total_steps), num_training_steps=total_steps)
+    model, optimizer = accelerator.prepare(model, optimizer)
+    accelerator.register_for_checkpointing(scheduler)  # stepped once per optimizer step, on every rank
+
+    trainable = {n for n, p in accelerator.unwrap_model(model).named_parameters() if p.requires_grad}
+
+    def keep_trainable(models, weights, output_dir):  # checkpoints hold trainable weights only
+        for i, state in enumerate(weights):
+            weights[i] = {k: v for k, v in state.items() if k in trainable}
+
+    accelerator.register_save_state_pre_hook(keep_trainable)
+
+    step, epoch, offset, losses = 0, 0, 0, []
+    if resume_dir is not None:
+        accelerator.load_state(str(resume_dir), strict=False)
+        state = json.loads((resume_dir / TRAINER_STATE).read_text())
+        step, epoch, offset, losses = state["global_step"], state["epoch"], state["batch_offset"], state["losses"]
+        log.info("resumed from %s: step %d, epoch %d, batch %d", resume_dir, step, epoch, offset)
+    if accelerator.is_main_process:
+        out.mkdir(parents=True, exist_ok=True)
+        cfglib.save_resolved(cfg, out, command="train")
+    if trackers:
+        accelerator.init_trackers(cfg.run.name, config={"lr": t.lr, "max_steps": total_steps})
+
+    def checkpoint(at_step: int) -> None:
+        path = out / f"{CHECKPOINT_PREFIX}{at_step}"
+        accelerator.save_state(str(path))
+        if accelerator.is_main_process:
+            state = {"global_step": at_step, "epoch": epoch, "batch_offset": offset, "losses": losses,
+                     "total_steps": total_steps, "world_size": accelerator.num_processes}
+            tmp = path / (TRAINER_STATE + ".tmp")
+            tmp.write_text(json.dumps(state, indent=1))
+            os.replace(tmp, path / TRAINER_STATE)  # written last: a checkpoint without it is incomplete
+            for gone in prune_checkpoints(out, t.save_total_limit):
+                log.info("save_total_limit=%d: removed %s", t.save_total_limit, gone.name)
+        accelerator.wait_for_everyone()
+
+    log_file = out / "logs" / LOG_FILE
+    window = {"loss": 0.0, "n": 0, "tokens": 0, "padded": 0, "samples": 0, "t0": time.perf_counter()}
+    micro_losses: list[float] = []
+    model.train()
+    stopped = False
+    while step < total_steps:
+        sampler.set_epoch(epoch)
+        batches = list(sampler)[offset:]  # resume: skip what this epoch already consumed
+        # The loader draws its worker seed from its own generator, never from the global RNG (which
+        # LoRA dropout uses and checkpoints restore): a resumed run then replays the same random draws.
+        loader = torch.utils.data.DataLoader(ds, batch_sampler=batches, collate_fn=collator,
+                                             num_workers=t.dataloader_num_workers,
+                                             generator=torch.Generator().manual_seed(cfg.run.seed + epoch))
+        for batch in loader:
+            offset += 1
+            ids = batch["ids"]
+            inputs = _to_device(batch, accelerator.device)
+            with accelerator.accumulate(model):
+                loss = model(**inputs).loss
+                if not torch.isfinite(loss.detach()).all():
+                    raise EmollmError(
+                        f"loss is {loss.item()} at step {step + 1} (epoch {epoch}, batch {offset}); "
+                        f"sample ids: {', '.join(map(str, ids))}",
+                        hint="lower train.lr, check these samples' features, or use bf16 instead of fp16",
+                    )
+                accelerator.backward(loss)
+                if accelerator.sync_gradients and t.max_grad_norm:
+                    accelerator.clip_grad_norm_(model.parameters(), t.max_grad_norm)
+                optimizer.step()
+                optimizer.zero_grad(set_to_none=True)
+            micro_losses.append(loss.detach().float().item())
+            mask = inputs["attention_mask"]
+            window["tokens"] += int(mask.sum())
+            window["padded"] += mask.numel()
+            window["samples"] += mask.shape[0]
+            if not accelerator.sync_gradients:
+                continue
+            scheduler.step()
+            step += 1
+            step_loss = sum(micro_losses) / len(micro_losses)
+            micro_losses = []
+            losses.append(step_loss)
+            window["loss"] += step_loss
+            window["n"] += 1
+            if step % t.logging_steps == 0 or step == total_steps:
+                _log_window(accelerator, window, step, total_steps, scheduler, log_file)
+            if step % t.save_steps == 0 or step == stop_after_step:
+                checkpoint(step)
+            if step == stop_after_step:
+                stopped = True
+            if stopped or step >= total_steps:
+                break
+        if stopped or step >= total_steps:
+            if offset >= len(sampler):
+                epoch, offset = epoch + 1, 0
+            break
+        epoch, offset = epoch + 1, 0
+
+    result = TrainResult(output_dir=out, global_step=step, losses=losses, stopped_early=stopped)
+    unwrapped = accelerator.unwrap_model(model)
+    result.model, result.processor = unwrapped, processor
+    if not stopped:
+        _save_final(accelerator, model, processor, out, save_run)
+    if trackers:
+        accelerator.end_training()
+    return result
+
+
+def _log_window(accelerator, window: dict[str, Any], step: int, total: int, scheduler, log_file: Path) -> None:
+    elapsed = max(time.perf_counter() - window["t0"], 1e-9)
+    world = accelerator.num_processes
+    metrics = {
+        "step": step,
+        "loss": window["loss"] / max(window["n"], 1),
+        "lr": scheduler.get_last_lr()[0],
+        "tokens_per_s": window["tokens"] * world / elapsed,
+        "samples_per_s": window["samples"] * world / elapsed,
+        "real_token_fraction": window["tokens"] / max(window["padded"], 1),
+    }
+    log.info("step %d/%d  loss %.4f  lr %.2e  %.0f tok/s  %.2f samples/s  real tokens %.1f%%", step, total,
+             metrics["loss"], metrics["lr"], metrics["tokens_per_s"], metrics["samples_per_s"],
+             100 * metrics["real_token_fraction"])
+    if accelerator.is_main_process:
+        log_file.parent.mkdir(parents=True, exist_ok=True)
+        with open(log_file, "a", encoding="utf-8") as fh:
+            fh.write(json.dumps(metrics) + "\n")
+    if accelerator.trackers:
+        accelerator.log({k: v for k, v in metrics.items() if k != "step"}, step=step)
+    window.update(loss=0.0, n=0, tokens=0, padded=0, samples=0, t0=time.perf_counter())
+
+
+def _save_final(accelerator, model, processor, out: Path, save_run) -> None:
+    """The run dir: config.json + adapter + media weights (or full weights) + processor + config.yaml."""
+    accelerator.wait_for_everyone()
+    unwrapped = accelerator.unwrap_model(model)
+    if accelerator.distributed_type.name == "DEEPSPEED":
+        # ZeRO-3 shards parameters: gather full tensors before saving (else adapters save empty).
+        state = accelerator.get_state_dict(model)
+        if accelerator.is_main_process:
+            with torch.no_grad():
+                for name, p in unwrapped.named_parameters():
+                    if name in state and p.requires_grad:
+                        p.data = state[name].to(p.device)
+    if accelerator.is_main_process:
+        save_run(unwrapped, processor, out)
+        log.info("saved the run to %s", out)
+    accelerator.wait_for_everyone()
+
+
+__all__ = ["TrainResult", "build_model", "list_checkpoints", "param_groups", "prune_checkpoints", "train"]
