@@ -12,6 +12,7 @@ exact same batches.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import math
 import os
@@ -153,6 +154,30 @@ def param_groups(model, cfg: EmollmConfig) -> list[dict[str, Any]]:
     return groups
 
 
+@contextlib.contextmanager
+def _without_zero3_init():
+    """transformers builds models under ``deepspeed.zero.Init`` while accelerate's ZeRO-3 config is
+    registered; turn that off for the duration (the engine partitions the whole model afterwards)."""
+    from transformers.integrations import deepspeed as hf_ds
+
+    saved = hf_ds._hf_deepspeed_config_weak_ref
+    hf_ds._hf_deepspeed_config_weak_ref = None
+    try:
+        yield
+    finally:
+        hf_ds._hf_deepspeed_config_weak_ref = saved
+
+
+def _process_group_kwargs(ds_plugin) -> list:
+    """DeepSpeed without CUDA (2-process CPU runs in CI): accelerate finds no backend by itself, so
+    ask for gloo; else it would fall back to one process per rank."""
+    if ds_plugin is None or torch.cuda.is_available() or int(os.environ.get("WORLD_SIZE", "1")) <= 1:
+        return []
+    from accelerate.utils import InitProcessGroupKwargs
+
+    return [InitProcessGroupKwargs(backend="gloo")]
+
+
 def _dataset(cfg: EmollmConfig, model, processor):
     from emollm.features.cache import FeatureCache
     from emollm.training.data import EmotionDataset
@@ -205,19 +230,31 @@ def train(cfg: EmollmConfig, *, stop_after_step: int | None = None) -> TrainResu
             raise ConfigError(f"train.deepspeed: {t.deepspeed} is not a file")
         ds_plugin = DeepSpeedPlugin(hf_ds_config=t.deepspeed, gradient_accumulation_steps=t.gradient_accumulation_steps,
                                     gradient_clipping=t.max_grad_norm)
-        if ds_plugin.deepspeed_config.get("train_micro_batch_size_per_gpu") == "auto":
-            # accelerate fills it from a prepared dataloader; ours stays unprepared (own sampler shards)
-            ds_plugin.deepspeed_config["train_micro_batch_size_per_gpu"] = t.per_device_batch_size
     accelerator = Accelerator(
         mixed_precision="bf16" if t.bf16 else "fp16" if t.fp16 else "no",
         gradient_accumulation_steps=t.gradient_accumulation_steps,
         log_with=trackers or None,
         project_config=ProjectConfiguration(project_dir=str(out), logging_dir=str(out / "logs")),
         deepspeed_plugin=ds_plugin,
+        kwargs_handlers=_process_group_kwargs(ds_plugin),
     )
+    if ds_plugin is not None:
+        # accelerate fills these from a prepared dataloader; ours stays unprepared (own sampler shards)
+        ds_cfg = accelerator.state.deepspeed_plugin.deepspeed_config
+        if ds_cfg.get("train_micro_batch_size_per_gpu") == "auto":
+            ds_cfg["train_micro_batch_size_per_gpu"] = t.per_device_batch_size
+        if ds_cfg.get("train_batch_size") == "auto":
+            ds_cfg["train_batch_size"] = (ds_cfg["train_micro_batch_size_per_gpu"] * t.gradient_accumulation_steps
+                                          * accelerator.num_processes)
     set_seed(cfg.run.seed)
 
-    model, processor = build_model(cfg)
+    if ds_plugin is not None and accelerator.state.deepspeed_plugin.zero_stage == 3:
+        # Built whole, partitioned by deepspeed.initialize: zero.Init would also catch the frozen
+        # encoders that the model loads for their specs (weight-norm convs break under it).
+        with _without_zero3_init():
+            model, processor = build_model(cfg)
+    else:
+        model, processor = build_model(cfg)
     groups = model.trainable_parameters_by_group()
     total_params = sum(p.numel() for p in model.parameters())
     log.info("trainable parameters: %s (of %s in all, %.3f%%)", ", ".join(f"{k} {v:,}" for k, v in groups.items()),
@@ -364,19 +401,27 @@ def _log_window(accelerator, window: dict[str, Any], step: int, total: int, sche
 
 
 def _save_final(accelerator, model, processor, out: Path, save_run) -> None:
-    """The run dir: config.json + adapter + media weights (or full weights) + processor + config.yaml."""
+    """The run dir: config.json + adapter + media weights (or full weights) + processor + config.yaml.
+
+    Under ZeRO-3 every rank holds a shard of each parameter: the trainable ones (adapter, media
+    modules) are gathered in full on every rank for the save (else adapters save empty), then
+    partitioned back, so the live model stays usable (``result.model`` forwards collectively).
+    """
     accelerator.wait_for_everyone()
     unwrapped = accelerator.unwrap_model(model)
-    if accelerator.distributed_type.name == "DEEPSPEED":
-        # ZeRO-3 shards parameters: gather full tensors before saving (else adapters save empty).
-        state = accelerator.get_state_dict(model)
-        if accelerator.is_main_process:
-            with torch.no_grad():
-                for name, p in unwrapped.named_parameters():
-                    if name in state and p.requires_grad:
-                        p.data = state[name].to(p.device)
-    if accelerator.is_main_process:
+    sharded = [p for p in unwrapped.parameters() if hasattr(p, "ds_id")]
+    if sharded:
+        import deepspeed
+
+        trainable = [p for p in sharded if p.requires_grad]
+        if not unwrapped.is_lora:
+            trainable = sharded  # full weights: gather everything
+        with deepspeed.zero.GatheredParameters(trainable, modifier_rank=None):
+            if accelerator.is_main_process:
+                save_run(unwrapped, processor, out)
+    elif accelerator.is_main_process:
         save_run(unwrapped, processor, out)
+    if accelerator.is_main_process:
         log.info("saved the run to %s", out)
     accelerator.wait_for_everyone()
 

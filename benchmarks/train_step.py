@@ -1,0 +1,223 @@
+"""One training step: emollm vs. a bare ``AutoModelForCausalLM`` + peft LoRA on identical token batches.
+
+    python benchmarks/train_step.py [--steps 10] [--sizes tiny,mid]
+
+Both sides get batches of the same shape: the emollm batch comes from the tiny built dataset (media
+placeholders included, i.e. media tokens count as tokens), the bare model gets random token ids of the
+same (batch, length) with the same attention mask. Both train the same LoRA (r, alpha, targets) with
+AdamW; emollm additionally trains its media modules (projectors, AU encoder) -- that is the overhead
+measured. Reported: median step time of each and their ratio (target <= 1.05), plus the real-token
+fraction of length-grouped batches (``LengthGroupedBatchSampler``) on a synthetic length mix (target
+>= 95 %). On CUDA also tokens/s and MFU of a 7B-shaped LLaMA backbone built from config with random
+weights (no download); on CPU MFU is not meaningful and is skipped.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import shutil
+import statistics
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import torch
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+
+SIZES = {"tiny": None, "mid": {"hidden_size": 512, "num_hidden_layers": 4, "num_attention_heads": 8,
+                               "num_key_value_heads": 8, "head_dim": 64, "intermediate_size": 1376}}
+
+
+def _timed_steps(step, n: int, warmup: int = 2) -> float:
+    for _ in range(warmup):
+        step()
+    times = []
+    for _ in range(n):
+        if torch.cuda.is_available():
+            torch.cuda.synchronize()
+        t0 = time.perf_counter()
+        step()
+        if torch.cuda.is_available():
+            torch.cuda.synchronize()
+        times.append(time.perf_counter() - t0)
+    return statistics.median(times)
+
+
+def _backbone_dir(size: str, work: Path) -> Path:
+    from transformers import AutoConfig, AutoModelForCausalLM
+
+    from emollm.testing.tiny import build_tiny_models
+
+    build_tiny_models()
+    from emollm.config import load
+
+    tiny = Path(load("tiny_cpu").model.backbone.name_or_path).expanduser()
+    if SIZES[size] is None:
+        return tiny
+    out = work / f"backbone_{size}"
+    if not out.is_dir():
+        cfg = AutoConfig.from_pretrained(tiny)
+        for k, v in SIZES[size].items():
+            setattr(cfg, k, v)
+        torch.manual_seed(0)
+        AutoModelForCausalLM.from_config(cfg).save_pretrained(out)
+        for f in tiny.iterdir():
+            if f.name.startswith("tokenizer") or f.name in ("generation_config.json", "emollm-fixture.json"):
+                shutil.copy(f, out / f.name)
+    return out
+
+
+def compare(size: str, dataset_dir: Path, split: str, work: Path, steps: int, batch_size: int = 2) -> dict:
+    from peft import LoraConfig, get_peft_model
+    from transformers import AutoModelForCausalLM
+
+    from emollm import config as cfglib
+    from emollm.testing.datasets import FAST
+    from emollm.training import loop
+    from emollm.training.data import EmotionCollator
+
+    backbone = _backbone_dir(size, work)
+    cfg = cfglib.load("tiny_cpu", [*FAST, f"model.backbone.name_or_path={backbone}", f"data.dataset_dir={dataset_dir}",
+                                   f"data.train_split={split}", "train.tasks=[emotion,reason]", "train.lora.dropout=0.0"])
+    torch.manual_seed(0)
+    model, processor = loop.build_model(cfg)
+    ds = loop._dataset(cfg, model, processor)
+    collator = EmotionCollator(processor, model.config.modalities)
+    batch = collator([ds[i % len(ds)] for i in range(batch_size)])
+    inputs = {k: v for k, v in batch.items() if k != "ids"}
+    opt = torch.optim.AdamW(loop.param_groups(model, cfg), lr=1e-4)
+
+    def emollm_step():
+        loss = model(**inputs).loss
+        loss.backward()
+        opt.step()
+        opt.zero_grad(set_to_none=True)
+
+    lora = model.language_model.peft_config["default"]
+    bare = AutoModelForCausalLM.from_pretrained(backbone, dtype=torch.float32, attn_implementation="sdpa")
+    bare = get_peft_model(bare, LoraConfig(r=lora.r, lora_alpha=lora.lora_alpha, lora_dropout=0.0,
+                                           target_modules=sorted(lora.target_modules), task_type="CAUSAL_LM"))
+    bare.train()
+    ids = torch.randint(3, bare.config.vocab_size, inputs["input_ids"].shape)
+    mask = inputs["attention_mask"]
+    labels = ids.masked_fill(inputs["labels"] == -100, -100)
+    bare_opt = torch.optim.AdamW([p for p in bare.parameters() if p.requires_grad], lr=1e-4)
+
+    def bare_step():
+        loss = bare(input_ids=ids, attention_mask=mask, labels=labels).loss
+        loss.backward()
+        bare_opt.step()
+        bare_opt.zero_grad(set_to_none=True)
+
+    # interleave to share any drift of the machine
+    t_emo, t_bare = [], []
+    for _ in range(3):
+        t_emo.append(_timed_steps(emollm_step, steps))
+        t_bare.append(_timed_steps(bare_step, steps))
+    e, b = min(t_emo), min(t_bare)
+    groups = model.trainable_parameters_by_group()
+    return {"size": size, "hidden": bare.config.hidden_size, "layers": bare.config.num_hidden_layers,
+            "batch": list(ids.shape), "tokens": int(mask.sum()), "media_params": groups["media"],
+            "lora_params": groups["lora"], "emollm_step_s": e, "bare_step_s": b, "ratio": e / b}
+
+
+def real_token_fraction(batch_size: int = 8, n: int = 4000, seed: int = 0) -> dict:
+    from emollm.training.data import LengthGroupedBatchSampler
+
+    g = torch.Generator().manual_seed(seed)
+    # prompt + media spans (~100-200 tokens) + a short label or a reasoning answer (lognormal tail)
+    lengths = (120 + torch.randint(0, 80, (n,), generator=g)
+               + torch.exp(torch.randn(n, generator=g) * 0.8 + 4.0).long()).tolist()
+
+    def frac(batches):
+        real = sum(lengths[i] for b in batches for i in b)
+        padded = sum(len(b) * max(lengths[i] for i in b) for b in batches)
+        return real / padded
+
+    sampler = LengthGroupedBatchSampler(lengths, batch_size, seed=seed)
+    grouped = frac(list(sampler))
+    perm = torch.randperm(n, generator=g).tolist()
+    shuffled = frac([perm[i:i + batch_size] for i in range(0, n, batch_size)])
+    return {"samples": n, "batch_size": batch_size, "grouped": grouped, "random": shuffled}
+
+
+def cuda_mfu(steps: int, batch: int = 4, seq: int = 2048) -> dict:
+    """Bare 7B-shaped LLaMA (random weights, bf16, SDPA) + LoRA r=8 on q/k/v/o/gate/up/down."""
+    from peft import LoraConfig, get_peft_model
+    from transformers import AutoModelForCausalLM, LlamaConfig
+
+    cfg = LlamaConfig(hidden_size=4096, intermediate_size=11008, num_hidden_layers=32, num_attention_heads=32,
+                      num_key_value_heads=32, vocab_size=32000, max_position_embeddings=4096)
+    cfg._attn_implementation = "sdpa"
+    with torch.device("cuda"):
+        model = AutoModelForCausalLM.from_config(cfg, dtype=torch.bfloat16)
+    model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+    model.enable_input_require_grads()
+    model = get_peft_model(model, LoraConfig(r=8, lora_alpha=16, task_type="CAUSAL_LM",
+                                             target_modules=["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"]))
+    opt = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=1e-4)
+    ids = torch.randint(0, cfg.vocab_size, (batch, seq), device="cuda")
+
+    def step():
+        model(input_ids=ids, labels=ids).loss.backward()
+        opt.step()
+        opt.zero_grad(set_to_none=True)
+
+    t = _timed_steps(step, steps)
+    n_params = sum(p.numel() for p in model.parameters())
+    tokens = batch * seq
+    # frozen weights: forward 2N + input-grad backward 2N (no weight grads), + recompute 2N (checkpointing,
+    # not counted: MFU counts useful model FLOPs); attention 4*L*s*h per token fwd, x2 for its backward.
+    flops_per_token = 4 * n_params + 3 * 4 * cfg.num_hidden_layers * seq * cfg.hidden_size
+    achieved = flops_per_token * tokens / t
+    peak = 989e12  # H100 SXM dense bf16
+    return {"step_s": t, "tokens_per_s": tokens / t, "tflops": achieved / 1e12, "mfu": achieved / peak,
+            "params": n_params, "device": torch.cuda.get_device_name()}
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--steps", type=int, default=5)
+    ap.add_argument("--sizes", default="tiny,mid")
+    ap.add_argument("--json", action="store_true", help="print one JSON object")
+    args = ap.parse_args(argv)
+    torch.set_num_threads(max(1, torch.get_num_threads()))
+    from emollm.testing.datasets import build_tiny_training_dataset
+    from emollm.testing.samples import sample_media_dir
+
+    report: dict = {"device": "cuda" if torch.cuda.is_available() else "cpu", "threads": torch.get_num_threads()}
+    with tempfile.TemporaryDirectory() as tmp:
+        import contextlib
+        import io
+
+        with contextlib.redirect_stdout(io.StringIO()):
+            dataset_dir, split = build_tiny_training_dataset(sample_media_dir(), Path(tmp))
+        report["step"] = [compare(s, dataset_dir, split, Path(tmp), args.steps) for s in args.sizes.split(",")]
+    report["real_tokens"] = real_token_fraction()
+    report["mfu"] = cuda_mfu(args.steps) if torch.cuda.is_available() else "needs CUDA (skipped on CPU)"
+    if args.json:
+        print(json.dumps(report, indent=1))
+        return 0
+    print(f"device {report['device']} ({report['threads']} threads)")
+    for r in report["step"]:
+        print(f"{r['size']:>5} (hidden {r['hidden']}, {r['layers']} layers, batch {r['batch']}, {r['tokens']} real tokens): "
+              f"emollm {r['emollm_step_s'] * 1e3:.1f} ms  bare+LoRA {r['bare_step_s'] * 1e3:.1f} ms  "
+              f"ratio {r['ratio']:.3f}  (media params {r['media_params']:,}, LoRA {r['lora_params']:,})")
+    rt = report["real_tokens"]
+    print(f"real-token fraction, batch {rt['batch_size']}, {rt['samples']} samples: length-grouped "
+          f"{100 * rt['grouped']:.1f}%  random {100 * rt['random']:.1f}%")
+    if isinstance(report["mfu"], dict):
+        m = report["mfu"]
+        print(f"7B-shaped LLaMA + LoRA on {m['device']}: {m['tokens_per_s']:.0f} tokens/s, {m['tflops']:.0f} TFLOP/s, "
+              f"MFU {100 * m['mfu']:.1f}%")
+    else:
+        print(f"MFU: {report['mfu']}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
