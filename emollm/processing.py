@@ -284,11 +284,13 @@ class EmoProcessor:
 
     __call__ = encode
 
-    def collate(self, batch: Sequence[Mapping[str, Any] | None], pad_to_multiple_of: int | None = None) -> dict[str, Any]:
-        """Right-pad encoded samples into ``torch.long`` tensors ``(B, L)``: ``input_ids`` with
+    def collate(self, batch: Sequence[Mapping[str, Any] | None], pad_to_multiple_of: int | None = None,
+                padding_side: Literal["right", "left"] = "right") -> dict[str, Any]:
+        """Pad encoded samples into ``torch.long`` tensors ``(B, L)``: ``input_ids`` with
         :attr:`pad_token_id`, ``attention_mask`` 0, ``labels`` -100. ``media_present`` becomes
         ``{name: BoolTensor (B,)}`` for every configured modality; ``ids`` lists the sample ids.
-        None entries (samples dropped as too long) are skipped."""
+        None entries (samples dropped as too long) are skipped. Training pads on the right;
+        batched generation on the left, so every prompt ends where the new tokens begin."""
         import torch
 
         rows = [row for row in batch if row is not None]
@@ -304,9 +306,10 @@ class EmoProcessor:
         labels = torch.full((len(rows), length), IGNORE_INDEX, dtype=torch.long)
         for i, row in enumerate(rows):
             n = len(row["input_ids"])
-            input_ids[i, :n] = torch.tensor(row["input_ids"], dtype=torch.long)
-            attention[i, :n] = torch.tensor(row["attention_mask"], dtype=torch.long)
-            labels[i, :n] = torch.tensor(row["labels"], dtype=torch.long)
+            span = slice(0, n) if padding_side == "right" else slice(length - n, length)
+            input_ids[i, span] = torch.tensor(row["input_ids"], dtype=torch.long)
+            attention[i, span] = torch.tensor(row["attention_mask"], dtype=torch.long)
+            labels[i, span] = torch.tensor(row["labels"], dtype=torch.long)
         media_present = {
             name: torch.tensor([name in row.get("media_present", ()) for row in rows], dtype=torch.bool)
             for name in self.spans

@@ -10,7 +10,7 @@ from safetensors.torch import load_file
 
 from emollm import config as cfglib
 from emollm.cli import main as cli
-from emollm.testing.tiny import SPECS, default_cache_dir
+from emollm.testing.tiny import default_cache_dir
 
 pytestmark = pytest.mark.slow
 
@@ -29,44 +29,43 @@ def test_demo_runs_end_to_end(tmp_path, capsys):
     assert cli.main(["demo", "--out", str(out)]) == 0
     stdout = capsys.readouterr().out
     assert "TINY model" in stdout and "model.backbone.name_or_path=" in stdout
-    assert "not built yet" in stdout
+    assert "label:" in stdout and "reasoning:" in stdout
 
     summary = json.loads((out / "summary.json").read_text())
-    for name in ("config", "frames", "faces", "features", "summary", "dataset", "report"):
-        assert os.path.isfile(summary["artefacts"][name]), name
+    for name in ("config", "dataset", "run", "predictions", "report", "frames", "faces", "summary"):
+        assert os.path.exists(summary["artefacts"][name]), name
+    assert list(summary["stages_s"]) == ["config", "tiny models", "clips", "build", "features", "train", "predict",
+                                         "evaluate", "infer"]
     # The resolved config next to the outputs loads back to the config the demo ran with.
     assert cfglib.load(out / "config.yaml") == cfglib.load("tiny_cpu")
 
     facts = summary["facts"]
-    n = cfglib.load("tiny_cpu").media.num_frames
-    assert len(facts["clip"]["sampled_frames"]) == n
-    assert facts["faces"]["main_face_in_frames"] == n and facts["faces"]["tracks"] == 1
-    features = load_file(out / "features.safetensors")
-    hidden = {"audio": "hubert", "video": "clip_vision", "face": "vit_mae", "temporal": "videomae"}
-    for name, tiny_name in hidden.items():
-        assert features[name].shape[-1] == SPECS[tiny_name].hidden_size, name
-    assert features["video"].shape[0] == 17  # CLS + 16 patches, averaged over the sampled frames
-    model = facts["backbone"]
-    assert model["prompt"].startswith("<s>[INST] <video><|emo_video|>")  # LLaMA-2-chat template, spans expanded
-    assert model["modalities_in_prompt"] == ["au", "audio", "face", "temporal", "video"]
-    assert model["media_tokens"] == 5 + 1 + 1 + 1 + 2
-    assert features["au"].shape[-1] == 34  # the builder's AU sequence: 17 intensities + 17 presences
-    assert facts["dataset"]["pseudo_label"] == "happy"  # the builder on the smiling sample clip
-    assert os.path.isfile(summary["artefacts"]["dataset"]) and os.path.isfile(summary["artefacts"]["report"])
-    assert facts["training"]["steps"] == 4 and len(facts["training"]["losses"]) == 4
+    assert len(summary["clips"]) == 5 and facts["dataset"]["records"] == 5
+    assert facts["dataset"]["pseudo_labels"]["single_face"] == "happy"  # the builder on the smiling sample clip
+    assert facts["dataset"]["pseudo_labels"]["no_face"] is None
+    assert facts["training"]["steps"] == 24 and facts["training"]["losses"][-1] < facts["training"]["losses"][0]
     assert (out / "run" / "adapter" / "adapter_config.json").is_file()  # the run dir inference needs
-    assert facts["evaluation"]["reference"] == "happy" and 0.0 <= facts["evaluation"]["invalid_rate"] <= 1.0
-    assert {item["lands_with"] for item in summary["not_built_yet"]} >= {"issue 4", "issue 8"}
+    predictions = [json.loads(x) for x in (out / "predictions.jsonl").read_text().splitlines()]
+    assert sorted(p["id"] for p in predictions) == sorted(facts["dataset"]["pseudo_labels"])
+    evaluation = facts["evaluation"]
+    assert evaluation["n"] == 4 and 0.0 <= evaluation["war"] <= 1.0  # the four clips with a face
+    infer = facts["infer"]
+    assert infer["error"] is None and infer["label"] == "happy" and infer["text"]
+    assert infer["cues"]["modalities_fed"] == ["au", "audio", "face", "temporal", "video"]
+    assert infer["cues"]["aus_present_at_peak"] and infer["cues"]["prompt"].startswith("<s>[INST] <video><|emo_video|>")
+    assert facts["backbone"]["media_tokens"] == {"video": 5, "face": 1, "temporal": 1, "audio": 1, "au": 2}
+    (video_cache,) = (out / "dataset" / "features" / "video").iterdir()
+    assert load_file(video_cache / "single_face.safetensors")["features"].shape[0] == 17  # CLS + 16 patches
 
 
 def test_demo_on_an_audio_only_clip_skips_what_it_cannot_see(broken, tmp_path):
     out = tmp_path / "audio"
-    assert cli.main(["--quiet", "demo", "--clip", str(broken["audio_only_wav"]), "--out", str(out)]) == 0
+    assert cli.main(["--quiet", "demo", "--clip", str(broken["audio_only_wav"]), "--out", str(out), "--steps", "2"]) == 0
     summary = json.loads((out / "summary.json").read_text())
-    assert set(summary["facts"]["features"]) == {"audio"}
-    assert summary["facts"]["backbone"]["modalities_in_prompt"] == ["audio"]
-    assert summary["facts"]["dataset"]["pseudo_label"] is None and "skipped" in summary["facts"]["evaluation"]
-    assert "skipped" in summary["facts"]["training"]
+    facts = summary["facts"]
+    assert list(facts["dataset"]["pseudo_labels"].values()) == [None]
+    assert "skipped" in facts["training"] and "skipped" in facts["evaluation"]
+    assert facts["infer"]["cues"]["modalities_fed"] == ["audio"]
     assert "frames" not in summary["artefacts"]
 
 

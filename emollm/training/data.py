@@ -40,6 +40,8 @@ class EmotionDataset(torch.utils.data.Dataset):
         instructions: instruction JSONL files (id, task, messages, target, label; optional
             ``clip_id``) used instead of ``tasks``; media come from the clip record with that id.
         check: verify every cached entry's shape against ``modalities`` now (before any batch).
+        prompt_only: samples without their answer, for generation (``emollm predict``, evaluation
+            during training): every record of the split becomes a sample, with or without a target.
 
     An item is ``processor.encode(...)`` plus ``media`` ({name: (T, D) float32}) and ``media_masks``
     ({au name: (T,) bool}). ``skipped`` counts records left out and why.
@@ -48,7 +50,7 @@ class EmotionDataset(torch.utils.data.Dataset):
     def __init__(self, dataset_dir: str | os.PathLike, processor: Any, cache: FeatureCache | None,
                  modalities: Mapping[str, Mapping[str, Any]], *, split: str | None = None,
                  tasks: Sequence[str] = ("emotion",), instructions: Sequence[str | os.PathLike] | None = None,
-                 seed: int = 0, check: bool = True):
+                 seed: int = 0, check: bool = True, prompt_only: bool = False):
         from data_builders.record import read_annotations
 
         self.root = Path(dataset_dir)
@@ -66,6 +68,7 @@ class EmotionDataset(torch.utils.data.Dataset):
             raise EmollmError(f"{self.root} holds no annotations.jsonl: not a built dataset")
         self.records = {r["id"]: r for r in read_annotations(annotations)}
         self.skipped: Counter[str] = Counter()
+        self.prompt_only = prompt_only
         self.samples = (self._from_instructions(instructions, split) if instructions
                         else self._from_records(tasks, split, seed))  # fmt: skip
         if self.skipped:
@@ -91,7 +94,9 @@ class EmotionDataset(torch.utils.data.Dataset):
                 else:
                     raise EmollmError(f"task '{task}' has no recipe from clip records (known: emotion, reason)",
                                       hint="give instruction JSONL files for other tasks")
-                if not target:
+                if self.prompt_only:
+                    target = None
+                elif not target:
                     self.skipped[f"{task}: no target"] += 1
                     continue
                 sample = emotion_llama_sample(record["id"], task, record.get("subtitle"), target=target,
@@ -113,6 +118,9 @@ class EmotionDataset(torch.utils.data.Dataset):
                     except ValueError as err:
                         raise EmollmError(f"{file}:{n}: not JSON ({err})") from None
                     missing = [k for k in ("id", "messages", "target") if k not in sample]
+                    if self.prompt_only:
+                        missing = [k for k in missing if k != "target"]
+                        sample.pop("target", None)
                     if missing:
                         raise EmollmError(f"{file}:{n}: instruction sample lacks {missing}")
                     clip_id = sample.setdefault("clip_id", sample["id"])
@@ -227,14 +235,15 @@ class EmotionCollator:
     ``media_masks[name]`` ``(B, T)`` True on real face frames."""
 
     def __init__(self, processor: Any, modalities: Mapping[str, Mapping[str, Any]], *,
-                 pad_to_multiple_of: int | None = None):
+                 pad_to_multiple_of: int | None = None, padding_side: str = "right"):
         self.processor = processor
         self.modalities = {name: dict(spec) for name, spec in modalities.items()}
         self.pad_to_multiple_of = pad_to_multiple_of
+        self.padding_side = padding_side  # "left" for batched generation
 
     def __call__(self, items: Sequence[dict[str, Any] | None]) -> dict[str, Any]:
         rows = [item for item in items if item is not None]
-        batch = self.processor.collate(rows, pad_to_multiple_of=self.pad_to_multiple_of)
+        batch = self.processor.collate(rows, pad_to_multiple_of=self.pad_to_multiple_of, padding_side=self.padding_side)
         media: dict[str, torch.Tensor] = {}
         masks: dict[str, torch.Tensor] = {}
         size = len(rows)

@@ -1,0 +1,482 @@
+"""Explain clips and predict datasets with a trained run: prompts + media in, generated text out.
+
+>>> explainer = emollm.load("runs/my_run")                # the run dir `train.py` wrote
+>>> result = explainer.explain("clip.mp4")                 # task "reason" by default
+>>> result.label, result.reasoning, result.cues["aus_present_at_peak"]
+
+Three entry points share one generation path (:func:`generate`: left-padded batches, KV cache,
+the template's stop tokens):
+
+- :func:`predict_dataset` (``emollm predict``): every record of a built dataset's split, media read
+  from the feature cache (entries the cache lacks are computed first with the run's encoders),
+  length-sorted batches, one JSON line per sample appended as soon as its batch is done, so a killed
+  run resumes where it stopped; the file feeds ``emollm evaluate`` directly.
+- :class:`Explainer` (``emollm infer`` and the Python API): raw clips are analysed by the dataset
+  builder (decode, face track, AUs, peak frame, pseudo-label, whisper subtitle, tone) into a scratch
+  dataset, every modality the model was trained with is encoded live from the clip (the visual
+  encoder on the peak frame where the model's config says ``frames: peak``), then generated in
+  batches. A clip that fails anywhere gets an error result; the others go on.
+- :func:`generate` for callers holding a collated batch (evaluation during training).
+"""
+
+from __future__ import annotations
+
+import copy
+import json
+import os
+import tempfile
+import time
+from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from emollm import config as cfglib
+from emollm.errors import ConfigError, EmollmError
+from emollm.log import get_logger, progress
+
+log = get_logger(__name__)
+
+TASKS = ("emotion", "reason")
+
+
+# ------------------------------------------------------------------------------------------ generation
+def generation_kwargs(settings: cfglib.PredictConfig, **overrides: Any) -> dict[str, Any]:
+    """``model.generate`` keyword arguments from the ``predict`` config (temperature 0: greedy)."""
+    values = {k: v for k, v in asdict(settings).items() if k != "batch_size"}
+    values.update({k: v for k, v in overrides.items() if v is not None})
+    sample = values["temperature"] > 0
+    kwargs: dict[str, Any] = {"max_new_tokens": values["max_new_tokens"], "num_beams": values["num_beams"],
+                              "do_sample": sample}
+    if sample:
+        kwargs.update(temperature=values["temperature"], top_p=values["top_p"])
+    return kwargs
+
+
+def _move(value: Any, device: torch.device, dtype: torch.dtype) -> Any:
+    if isinstance(value, torch.Tensor):
+        return value.to(device, dtype=dtype if value.is_floating_point() else None)
+    if isinstance(value, Mapping):
+        return {k: _move(v, device, dtype) for k, v in value.items()}
+    return value
+
+
+@torch.inference_mode()
+def generate(model: Any, processor: Any, batch: Mapping[str, Any], gen_kwargs: Mapping[str, Any]) -> list[str]:
+    """Generated answers (decoded, stripped) for a left-padded batch from
+    :class:`~emollm.training.data.EmotionCollator` (``padding_side="left"``)."""
+    if batch["attention_mask"][:, -1].min() == 0:
+        raise EmollmError("generate() needs a left-padded batch (EmotionCollator(..., padding_side='left'))")
+    device = next(model.parameters()).device
+    dtype = next(model.media.parameters(), next(model.parameters())).dtype
+    inputs = {k: _move(v, device, dtype) for k, v in batch.items() if k not in ("ids", "labels")}
+    stop = processor.template.stop_token_ids(processor.tokenizer)
+    out = model.generate(**inputs, eos_token_id=stop, pad_token_id=processor.pad_token_id, **gen_kwargs)
+    new = out[:, inputs["input_ids"].shape[1]:]
+    return [text.strip() for text in processor.tokenizer.batch_decode(new, skip_special_tokens=True)]
+
+
+def length_sorted_batches(lengths: Sequence[int], batch_size: int) -> list[list[int]]:
+    """Indices in batches of similar prompt length, longest first (little padding; memory peaks first)."""
+    order = sorted(range(len(lengths)), key=lambda i: -lengths[i])
+    return [order[i : i + batch_size] for i in range(0, len(order), batch_size)]
+
+
+# ------------------------------------------------------------------------------------------ runs
+def run_config(run_dir: str | os.PathLike, overrides: Sequence[str] = ()) -> cfglib.EmollmConfig:
+    """The resolved config a run was trained with (``RUN_DIR/config.yaml``), with overrides."""
+    path = Path(run_dir) / cfglib.RESOLVED_CONFIG_NAME
+    if not path.is_file():
+        raise EmollmError(f"{run_dir}: no {cfglib.RESOLVED_CONFIG_NAME} (the resolved config train.py writes)",
+                          hint="pass the run dir that `train.py` / `emollm train` wrote (run.output_dir)")
+    return cfglib.load(path, overrides)
+
+
+def load_model(run_dir: str | os.PathLike, *, device: str | None = None, dtype: str | None = None) -> tuple[Any, Any]:
+    """Model (eval mode, on ``device``) and processor of a run dir; clear errors for missing files."""
+    from emollm.modeling.factory import load_run
+
+    path = Path(run_dir)
+    if not path.is_dir():
+        raise EmollmError(f"run dir {path} does not exist")
+    kwargs = {}
+    if dtype and dtype != "auto":
+        kwargs["dtype"] = getattr(torch, dtype)
+    try:
+        model, processor = load_run(path, **kwargs)
+    except (OSError, FileNotFoundError) as err:
+        raise EmollmError(f"cannot load the run in {path}: {err}", hint="is the run dir complete? (see docs/training.md)") from None
+    device = device or ("cuda" if torch.cuda.is_available() else "cpu")
+    return model.to(device).eval(), processor
+
+
+def _check_task(task: str) -> None:
+    if task not in TASKS:
+        raise ConfigError(f"unknown task '{task}' (valid: {', '.join(TASKS)})")
+
+
+# ------------------------------------------------------------------------------------------ predict
+@dataclass
+class PredictSummary:
+    out: str
+    samples: int = 0  # samples of the split
+    written: int = 0  # predictions written by this call
+    reused: int = 0  # already in the output file (resume)
+    features_computed: int = 0  # cache entries computed first (the cache lacked them)
+    new_tokens: int = 0
+    wall_s: float = 0.0
+
+    def table(self) -> str:
+        rate = self.written / self.wall_s if self.wall_s > 0 else 0.0
+        rows = [("predictions", self.out), ("samples", self.samples), ("written", self.written),
+                ("reused (resume)", self.reused), ("features computed", self.features_computed),
+                ("wall s", f"{self.wall_s:.1f} ({rate:.2f} samples/s)")]  # fmt: skip
+        return "\n".join(f"{k:<18} {v}" for k, v in rows)
+
+
+def _done_ids(out: Path) -> set[str]:
+    """Ids already predicted in ``out``; a torn last line (killed mid-write) is cut off."""
+    if not out.is_file():
+        return set()
+    data = out.read_bytes()
+    keep = data if data.endswith(b"\n") or not data else data[: data.rfind(b"\n") + 1]
+    ids = set()
+    for line in keep.decode("utf-8").splitlines():
+        if line.strip():
+            ids.add(json.loads(line)["id"])
+    if keep != data:
+        log.warning("%s: dropped a partly written last line (the previous run was killed)", out)
+        out.write_bytes(keep)
+    return ids
+
+
+def _fill_cache(cfg: cfglib.EmollmConfig, model: Any, dataset: Path, records: Iterable[dict]) -> tuple[Any, int]:
+    """The feature cache bound to the model's encoders; entries it lacks are computed first."""
+    from emollm.features.cache import FeatureCache
+    from emollm.features.extract import extract_features
+
+    if not any(s["kind"] != "au" for s in model.config.modalities.values()):
+        return None, 0
+    cache = FeatureCache.from_config(cfg, dataset)
+    cache.bind_specs(model.config.modalities)
+    frozen = [n for n, s in model.config.modalities.items() if s["kind"] != "au"]
+    missing = sum(cache.status(r["id"], n) == "missing" for r in records for n in frozen)
+    if missing:
+        log.info("predict: the feature cache lacks %d entries for this run's encoders: computing them", missing)
+        summary = extract_features(cfg, dataset)
+        missing = summary.entries_computed + summary.entries_absent
+        cache.bind_specs(model.config.modalities)  # bound before the folders existed: bind again
+    return cache, missing
+
+
+def predict_dataset(cfg: cfglib.EmollmConfig, model: Any, processor: Any, dataset_dir: str | os.PathLike,
+                    out: str | os.PathLike, *, task: str = "emotion", split: str | None = None,
+                    batch_size: int | None = None, limit: int | None = None, **gen_overrides: Any) -> PredictSummary:
+    """Generate an answer for every record of ``split`` (None: all) of a built dataset into ``out``
+    (JSONL: ``id``, ``task``, ``text`` and, when the record has them, ``gt`` / ``gt_source`` /
+    ``gt_reason`` so ``emollm evaluate --predictions out`` needs no references). Resumable."""
+    from data_builders.record import read_annotations
+    from emollm.training.data import EmotionCollator, EmotionDataset
+
+    _check_task(task)
+    t0 = time.perf_counter()
+    dataset, out = Path(dataset_dir), Path(out)
+    annotations = dataset / "annotations.jsonl"
+    if not annotations.is_file():
+        raise EmollmError(f"{dataset} holds no annotations.jsonl: not a built dataset",
+                          hint="build it first: emollm build CLIPS_DIR --out DATASET_DIR")
+    records = [r for r in read_annotations(annotations) if split is None or r.get("split") == split]
+    if not records:
+        raise ConfigError(f"no record in split '{split}' of {dataset}", hint="choose the split with --split")
+    cache, computed = _fill_cache(cfg, model, dataset, records)
+    ds = EmotionDataset(dataset, processor, cache, model.config.modalities, split=split, tasks=[task],
+                        prompt_only=True)
+    summary = PredictSummary(out=str(out), samples=len(ds), features_computed=computed)
+    done = _done_ids(out)
+    todo = [i for i, s in enumerate(ds.samples) if s["id"] not in done]
+    summary.reused = len(ds) - len(todo)
+    if limit is not None:
+        todo = todo[:limit]
+    by_id = {r["id"]: r for r in records}
+    collator = EmotionCollator(processor, model.config.modalities, padding_side="left")
+    gen_kwargs = generation_kwargs(cfg.predict, **gen_overrides)
+    lengths = ds.lengths
+    batches = length_sorted_batches([lengths[i] for i in todo], batch_size or cfg.predict.batch_size)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    with open(out, "a", encoding="utf-8") as fh:
+        for batch_pos in progress(batches, desc="predict", total=len(batches), unit="batch"):
+            items = [ds[todo[p]] for p in batch_pos]
+            batch = collator(items)
+            texts = generate(model, processor, batch, gen_kwargs)
+            for sample_id, text in zip(batch["ids"], texts, strict=True):
+                fh.write(json.dumps(_prediction_row(sample_id, task, text, by_id.get(sample_id, {})), ensure_ascii=False) + "\n")
+                summary.new_tokens += len(processor.tokenizer(text, add_special_tokens=False)["input_ids"])
+            fh.flush()
+            os.fsync(fh.fileno())  # a batch written is a batch kept, whatever happens next
+            summary.written += len(texts)
+    summary.wall_s = time.perf_counter() - t0
+    log.info("predict: %d written, %d reused, %.1f s -> %s", summary.written, summary.reused, summary.wall_s, out)
+    return summary
+
+
+def _prediction_row(sample_id: str, task: str, text: str, record: Mapping[str, Any]) -> dict[str, Any]:
+    row: dict[str, Any] = {"id": sample_id, "task": task, "text": text}
+    if record.get("label"):
+        row.update(gt=record["label"], gt_source="label")
+    elif record.get("pseudo_label"):
+        row.update(gt=record["pseudo_label"], gt_source="pseudo_label")
+    if task == "reason" and record.get("reasoning"):
+        row["gt_reason"] = record["reasoning"]
+    return row
+
+
+# ------------------------------------------------------------------------------------------ explain
+@dataclass
+class Explanation:
+    """What :meth:`Explainer.explain` returns for one clip."""
+
+    clip: str
+    id: str
+    task: str
+    text: str = ""  # the model's answer, as generated
+    label: str | None = None  # the emotion parsed from the answer (None: no label of the set in it)
+    cues: dict[str, Any] = field(default_factory=dict)  # what the model was shown, and the builder's cues
+    timings_s: dict[str, float] = field(default_factory=dict)
+    error: str | None = None  # set when the clip could not be explained (the others still are)
+
+    @property
+    def reasoning(self) -> str:
+        return self.text
+
+    @property
+    def ok(self) -> bool:
+        return self.error is None
+
+    def to_json(self) -> dict[str, Any]:
+        return {**asdict(self), "reasoning": self.reasoning}
+
+
+# The builder's cues of a clip that an explanation reports beside the answer.
+CUE_FIELDS = ("pseudo_label", "pseudo_label_confidence", "aus_present_at_peak", "expression", "tone", "subtitle",
+              "coarse_description", "visual_description", "flags")
+
+
+class Explainer:
+    """A trained run, ready to explain raw clips (see the module docstring)."""
+
+    def __init__(self, model: Any, processor: Any, cfg: cfglib.EmollmConfig, run_dir: str | os.PathLike | None = None):
+        from eval.label_sets import load_label_set
+
+        self.model, self.processor, self.cfg = model, processor, cfg
+        self.run_dir = None if run_dir is None else Path(run_dir)
+        self.label_set = load_label_set(cfg.eval_label_set)
+        self.modalities = dict(model.config.modalities)
+
+    @classmethod
+    def load(cls, run_dir: str | os.PathLike, *, device: str | None = None, dtype: str | None = None,
+             overrides: Sequence[str] = ()) -> Explainer:
+        cfg = run_config(run_dir, overrides)
+        model, processor = load_model(run_dir, device=device, dtype=dtype)
+        return cls(model, processor, cfg, run_dir)
+
+    @property
+    def device(self) -> torch.device:
+        return next(self.model.parameters()).device
+
+    # -- public ----------------------------------------------------------------------------
+    def explain(self, clip: str | os.PathLike, *, task: str = "reason", subtitle: str | None = None,
+                modalities: Sequence[str] | None = None, **gen: Any) -> Explanation:
+        """One clip -> :class:`Explanation`; raises when the clip cannot be explained."""
+        result = self.explain_many([clip], task=task, subtitles=None if subtitle is None else [subtitle],
+                                   modalities=modalities, **gen)[0]
+        if result.error:
+            raise EmollmError(f"{clip}: {result.error}")
+        return result
+
+    def explain_many(self, clips: Sequence[str | os.PathLike], *, task: str = "reason",
+                     subtitles: Sequence[str | None] | None = None, modalities: Sequence[str] | None = None,
+                     workdir: str | os.PathLike | None = None, batch_size: int | None = None,
+                     **gen: Any) -> list[Explanation]:
+        """Explain each clip, in order; a clip that fails gets ``error`` set and the rest go on.
+
+        ``subtitles``: one per clip (None: whisper when ``build.asr`` is set, else no subtitle);
+        ``modalities``: feed only these (each must be one the model was trained with);
+        ``workdir``: keep the scratch dataset (records, AU files) there instead of a temp dir.
+        """
+        _check_task(task)
+        use = self._check_modalities(modalities)
+        if subtitles is not None and len(subtitles) != len(clips):
+            raise ConfigError(f"{len(subtitles)} subtitles for {len(clips)} clips: give one per clip")
+        if workdir is None:
+            with tempfile.TemporaryDirectory(prefix="emollm-infer-") as tmp:
+                return self._explain(clips, task, subtitles, use, Path(tmp), batch_size, gen)
+        return self._explain(clips, task, subtitles, use, Path(workdir), batch_size, gen)
+
+    # -- stages ----------------------------------------------------------------------------
+    def _check_modalities(self, modalities: Sequence[str] | None) -> list[str]:
+        if modalities is None:
+            return list(self.modalities)
+        unknown = [m for m in modalities if m not in self.modalities]
+        if unknown:
+            raise ConfigError(f"the model was trained without modality '{unknown[0]}' "
+                              f"(it has: {', '.join(self.modalities)})", hint="choose among the model's modalities")
+        return list(modalities)
+
+    def _explain(self, clips, task, subtitles, use, work: Path, batch_size, gen) -> list[Explanation]:
+        from emollm.training.data import EmotionCollator
+
+        t0 = time.perf_counter()
+        results, records, errors = self.analyse(clips, work, subtitles)
+        per_clip_build = (time.perf_counter() - t0) / max(len(clips), 1)
+        items: list[tuple[int, dict[str, Any]]] = []
+        for i, result in enumerate(results):
+            result.timings_s["analyse"] = per_clip_build
+            if result.id in errors:
+                result.error = errors[result.id]
+                continue
+            t1 = time.perf_counter()
+            try:
+                items.append((i, self._item(records[result.id], work / "dataset", task, use, result)))
+            except EmollmError as err:
+                result.error = err.message
+            result.timings_s["encoders"] = time.perf_counter() - t1
+        collator = EmotionCollator(self.processor, self.modalities, padding_side="left")
+        gen_kwargs = generation_kwargs(self.cfg.predict, **gen)
+        lengths = [len(item["input_ids"]) for _, item in items]
+        for batch_pos in length_sorted_batches(lengths, batch_size or self.cfg.predict.batch_size):
+            t2 = time.perf_counter()
+            chosen = [items[p] for p in batch_pos]
+            texts = generate(self.model, self.processor, collator([item for _, item in chosen]), gen_kwargs)
+            spent = (time.perf_counter() - t2) / len(chosen)
+            for (i, _), text in zip(chosen, texts, strict=True):
+                results[i].text = text
+                results[i].label = self._parse(text)
+                results[i].timings_s["generate"] = spent
+        return results
+
+    def analyse(self, clips: Sequence[str | os.PathLike], work: Path,
+                subtitles: Sequence[str | None] | None = None) -> tuple[list[Explanation], dict[str, dict], dict[str, str]]:
+        """The builder on the clips (a scratch dataset under ``work``): one result per clip, the
+        records by id, and the reasons of the clips it could not use."""
+        from data_builders.record import read_annotations
+        from data_builders.runner import build
+
+        clips_dir, dataset = work / "clips", work / "dataset"
+        clips_dir.mkdir(parents=True, exist_ok=True)
+        results, taken = [], set()
+        for n, clip in enumerate(clips):
+            path = Path(clip)
+            stem = path.stem if path.stem not in taken else f"{path.stem}_{n}"
+            taken.add(stem)
+            results.append(Explanation(clip=str(clip), id=stem, task=""))
+            if not path.exists():
+                continue  # reported below, as the builder never sees it
+            link = clips_dir / f"{stem}{path.suffix.lower()}"
+            if not link.exists():
+                try:
+                    link.symlink_to(path.resolve())
+                except OSError:
+                    import shutil
+
+                    shutil.copy2(path, link)
+        # The run's config, minus what belongs to its training data or costs calls: no labels, no
+        # subtitles table but the one given here, the template writer, no visual describer.
+        cfg = copy.deepcopy(self.cfg)
+        cfg.data.labels_csv, cfg.data.subtitles_csv = None, None
+        cfg.build.writer.backend, cfg.build.describer.backend, cfg.build.instructions = "template", "none", False
+        if subtitles is not None:
+            import csv
+
+            cfg.data.subtitles_csv = str(work / "subtitles.csv")
+            with open(cfg.data.subtitles_csv, "w", newline="", encoding="utf-8") as fh:
+                writer = csv.writer(fh)
+                writer.writerow(["id", "subtitle"])
+                writer.writerows([r.id, s] for r, s in zip(results, subtitles, strict=True) if s is not None)
+        errors: dict[str, str] = {r.id: f"no such file: {r.clip}" for r in results if not Path(r.clip).exists()}
+        if any(Path(r.clip).exists() for r in results):
+            build(cfg, clips_dir, dataset, workers=1)
+            for line in (dataset / "errors.jsonl").read_text(encoding="utf-8").splitlines() if (dataset / "errors.jsonl").is_file() else []:
+                if line.strip():
+                    err = json.loads(line)
+                    errors[err["id"]] = err.get("reason") or err.get("error") or "failed"
+        records = {r["id"]: r for r in read_annotations(dataset / "annotations.jsonl")} if (dataset / "annotations.jsonl").is_file() else {}
+        for r in results:
+            if r.id not in records and r.id not in errors:
+                errors[r.id] = "the builder produced no record for this clip"
+        return results, records, errors
+
+    def _item(self, record: dict, dataset: Path, task: str, use: list[str], result: Explanation) -> dict[str, Any]:
+        """Prompt ids + live media features of one analysed clip (the EmotionDataset item layout)."""
+        from data_builders.au import load_aus
+        from emollm.features.extract import decode_for_encoders, encoder_inputs
+        from emollm.prompts import emotion_llama_sample
+
+        result.task = task
+        frozen = {n: e for n, e in self.cfg.model.encoders.items() if e.modality != "au" and n in use}
+        kinds = {e.modality for e in frozen.values()}
+        media: dict[str, torch.Tensor] = {}
+        masks: dict[str, torch.Tensor] = {}
+        absent: dict[str, str] = {}
+        if frozen:
+            clip, crops = decode_for_encoders(self.cfg, dataset / record["media"]["path"],
+                                              audio="audio" in kinds and record.get("has_audio", True),
+                                              faces=bool(kinds & {"face", "video"}))
+            inputs, absent = encoder_inputs(frozen, clip, crops)
+            for name in list(inputs):
+                if self.modalities[name].get("frames") == "peak":
+                    inputs[name] = _peak_frame(self.cfg, dataset, record, clip)
+            for name, feats in self.model.encode_media(self._on_device(inputs)).items():
+                media[name] = feats[0].float().cpu()
+        for name in (n for n in use if self.modalities[n]["kind"] == "au"):
+            au = load_aus(dataset / record["aus_file"]).model_input() if record.get("aus_file") else None
+            if au is None or not au[1].any():
+                absent[name] = "no face frames for AUs"
+                continue
+            media[name], masks[name] = torch.from_numpy(au[0]), torch.from_numpy(au[1])
+        present = set(media)
+        sample = emotion_llama_sample(record["id"], task, record.get("subtitle"), modalities=tuple(self.modalities),
+                                      seed=self.cfg.run.seed)
+        encoded = self.processor.encode(sample, present=present)
+        if encoded is None:
+            raise EmollmError(f"the prompt is longer than max_length {self.processor.max_length}")
+        result.cues = {
+            "modalities_fed": sorted(present), "modalities_absent": absent,
+            "peak_frame": (record.get("peak_frame") or {}).get("index"),
+            **{k: record.get(k) for k in CUE_FIELDS if record.get(k) not in (None, [], "")},
+            "prompt": self.processor.render(sample, present=present),
+        }  # fmt: skip
+        return {**encoded, "media": media, "media_masks": masks}
+
+    def _on_device(self, inputs: dict[str, Any]) -> dict[str, Any]:
+        live = self.model.load_encoders(list(inputs))
+        for encoder in live.values():
+            if hasattr(encoder, "to"):
+                encoder.to(self.device)
+        return inputs
+
+    def _parse(self, text: str) -> str | None:
+        from eval.parsing import parse_label
+
+        return parse_label(text, self.label_set, self.cfg.evaluate.parse, None).label
+
+
+def _peak_frame(cfg: cfglib.EmollmConfig, dataset: Path, record: dict, clip: Any) -> Any:
+    """The record's peak frame as a one-frame batch ``(1, H, W, 3)``; the middle sampled frame when
+    the builder found no peak (no face)."""
+    from emollm.media.video import read_frames
+
+    index = (record.get("peak_frame") or {}).get("index")
+    if index is None or clip.info.kind == "image":
+        return clip.frames[len(clip.frames) // 2 : len(clip.frames) // 2 + 1]
+    return read_frames(dataset / record["media"]["path"], [int(index)], max_side=cfg.media.max_side)
+
+
+def load(run_dir: str | os.PathLike, **kwargs: Any) -> Explainer:
+    """``emollm.load(RUN_DIR)``: an :class:`Explainer` for the run."""
+    return Explainer.load(run_dir, **kwargs)
+
+
+__all__ = ["Explainer", "Explanation", "PredictSummary", "generate", "generation_kwargs", "length_sorted_batches",
+           "load", "load_model", "predict_dataset", "run_config"]

@@ -1,0 +1,82 @@
+"""`emollm infer` and the Python API: raw clips in, label + reasoning + cues out."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+import torch
+
+import emollm
+from emollm.cli import main as cli
+from emollm.errors import EmollmError
+
+
+@pytest.fixture(scope="module")
+def explainer(trained_run):
+    run, _ = trained_run
+    return emollm.load(run, device="cpu")
+
+
+def test_python_api_explains_a_clip_feeding_every_trained_modality(explainer, sample_dir, monkeypatch):
+    seen = {}
+    embed = explainer.model.embed
+
+    def spy(input_ids, media=None, media_present=None, media_masks=None):
+        if media is not None:  # the prefill; decode steps see new tokens only
+            seen.update(media=media, present=media_present)
+        return embed(input_ids, media, media_present, media_masks)
+
+    monkeypatch.setattr(explainer.model, "embed", spy)
+    result = explainer.explain(sample_dir / "single_face.mp4", task="emotion")
+    assert result.ok and result.label == "happy" and result.reasoning == result.text == "happy"
+    trained = set(explainer.model.config.modalities)
+    assert set(result.cues["modalities_fed"]) == trained and not result.cues["modalities_absent"]
+    # no zero stand-ins: every modality's features in the merged batch are real (non-zero) and marked present
+    assert set(seen["media"]) == trained
+    for name, features in seen["media"].items():
+        assert bool(seen["present"][name].all()), name
+        assert features.abs().sum() > 0, name
+    assert result.cues["pseudo_label"] == "happy" and result.cues["aus_present_at_peak"]
+    assert result.cues["peak_frame"] is not None and "<|emo_" in result.cues["prompt"]
+    assert set(result.timings_s) == {"analyse", "encoders", "generate"}
+
+
+def test_cli_batch_with_a_bad_clip_still_returns_the_others(trained_run, sample_dir, broken, capsys):
+    run, _ = trained_run
+    clips = [sample_dir / "single_face.mp4", broken["random"], sample_dir / "no_face.mp4"]
+    code = cli.main(["--quiet", "infer", "--model", str(run), *map(str, clips), "--task", "emotion", "--json",
+                     "--max-new-tokens", "4"])
+    out = [json.loads(line) for line in capsys.readouterr().out.splitlines() if line.startswith("{")]
+    assert code == 2 and len(out) == 3
+    good, bad, no_face = out
+    assert good["error"] is None and good["label"] == "happy"
+    assert bad["error"] and bad["text"] == "" and bad["clip"] == str(broken["random"])
+    assert no_face["error"] is None and set(no_face["cues"]["modalities_absent"]) == {"face", "temporal", "au"}
+    assert "face" not in no_face["cues"]["modalities_fed"] and "audio" in no_face["cues"]["modalities_fed"]
+
+
+def test_cli_prints_label_and_answer_and_takes_a_subtitle(trained_run, sample_dir, capsys):
+    run, _ = trained_run
+    code = cli.main(["--quiet", "infer", "--model", str(run), str(sample_dir / "single_face.mp4"),
+                     "--subtitle", "I did not expect this at all", "--max-new-tokens", "4"])
+    out = capsys.readouterr().out
+    assert code == 0 and "label:" in out and "answer:" in out
+    assert "subtitle: I did not expect this at all" in out
+
+
+def test_a_modality_the_model_lacks_is_one_clear_error(trained_run, explainer, sample_dir, capsys):
+    run, _ = trained_run
+    with pytest.raises(EmollmError, match="trained without modality 'text'"):
+        explainer.explain(sample_dir / "single_face.mp4", modalities=["audio", "text"])
+    code = cli.main(["infer", "--model", str(run), str(sample_dir / "single_face.mp4"), "--modalities", "thermal"])
+    err = capsys.readouterr().err
+    assert code == 2 and "trained without modality 'thermal'" in err and "Traceback" not in err
+
+
+def test_feeding_a_subset_of_modalities(explainer, sample_dir):
+    result = explainer.explain(sample_dir / "single_face.mp4", task="emotion", modalities=["audio", "au"],
+                               max_new_tokens=4)
+    assert result.cues["modalities_fed"] == ["au", "audio"]
+    assert "<|emo_face|>" not in result.cues["prompt"] or explainer.processor.missing_modality == "zero"
+    assert torch.is_tensor(torch.tensor(0))
