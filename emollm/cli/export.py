@@ -1,4 +1,4 @@
-"""``emollm export``: a built dataset -> Emotion-LLaMA MERR files or LLaMA-Factory ShareGPT; MERR -> a dataset."""
+"""``emollm export``: a dataset -> MERR / LLaMA-Factory ShareGPT (and MERR -> a dataset), or a run -> a model directory."""
 
 from __future__ import annotations
 
@@ -7,21 +7,32 @@ import argparse
 from emollm.errors import ConfigError
 
 NAME = "export"
-HELP = "convert a dataset: to MERR txt/json or LLaMA-Factory ShareGPT, or import MERR files"
+HELP = "convert a dataset (MERR, ShareGPT) or export a trained run as a self-contained model directory"
 DESCRIPTION = """\
-Convert between an emollm dataset (DATASET_DIR/annotations.jsonl) and other formats (docs/builder.md, "Formats").
+Convert between an emollm dataset (DATASET_DIR/annotations.jsonl) and other formats (docs/builder.md, "Formats"),
+or export a trained run as one self-contained HF-format model directory (docs/model.md, "Export").
 
   emollm export --to merr DATASET_DIR --out merr/          # merr/MERR.txt + merr/MERR.json
   emollm export --to sharegpt DATASET_DIR --out lf/         # lf/emollm_emotion.json, emollm_reason.json, dataset_info.json
   emollm export --from merr MERR_DIR_OR_FILE --out DATASET_DIR [--media-dir video --media-ext .mp4]
+  emollm export --model RUN_DIR --out DIR [--merge] [--no-encoders] [--metrics FILE] [--overwrite]
+
+--model copies the base model (or, with --merge, merges the LoRA adapter into it), the frozen
+encoders, the processor with its chat template and a model card into DIR; paths inside DIR are
+relative, so it can be moved. Load it with EmoLLMForConditionalGeneration.from_pretrained(DIR).
 """
+
+_MODEL_ONLY = ("merge", "no_encoders", "metrics", "overwrite")
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("source", metavar="SOURCE", help="DATASET_DIR (with --to) or MERR folder / file (with --from)")
+    parser.add_argument("source", metavar="SOURCE", nargs="?", default=None,
+                        help="DATASET_DIR (with --to) or MERR folder / file (with --from); not used with --model")
     group = parser.add_mutually_exclusive_group(required=True)
     group.add_argument("--to", choices=("merr", "sharegpt"), help="export DATASET_DIR to this format")
     group.add_argument("--from", dest="from_", choices=("merr",), help="import SOURCE from this format into --out")
+    group.add_argument("--model", metavar="RUN_DIR", default=None,
+                       help="export this run dir (emollm train's output) as a self-contained model directory")
     parser.add_argument("--out", required=True, metavar="DIR", help="output folder")
     parser.add_argument("--name", default="MERR", help="--to merr: base name of the .txt / .json files")
     parser.add_argument("--relative-to", default=None, metavar="DIR",
@@ -29,11 +40,25 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--media-dir", default="video", help="--from merr: media path of a clip is MEDIA_DIR/<name><ext>")
     parser.add_argument("--media-ext", default=".mp4", help="--from merr: media file extension")
     parser.add_argument("--label-set", default="merr", help="--from merr: label set of the imported dataset")
+    parser.add_argument("--merge", action="store_true", help="--model: merge the LoRA adapter into the backbone weights")
+    parser.add_argument("--no-encoders", action="store_true",
+                        help="--model: leave the frozen encoders out (the model then reads cached features only)")
+    parser.add_argument("--metrics", default=None, metavar="FILE",
+                        help="--model: an `emollm evaluate` metrics.json for the model card (default: one in RUN_DIR)")
+    parser.add_argument("--overwrite", action="store_true", help="--model: replace a non-empty --out folder")
 
 
 def run(args: argparse.Namespace) -> int:
     from pathlib import Path
 
+    if args.model:
+        return _export_model(args)
+    given = [f"--{name.replace('_', '-')}" for name in _MODEL_ONLY if getattr(args, name)]
+    if given:
+        raise ConfigError(f"{', '.join(given)}: only for --model", hint="emollm export --model RUN_DIR --out DIR")
+    if args.source is None:
+        raise ConfigError(f"--{'to' if args.to else 'from'} needs SOURCE",
+                          hint="emollm export --to merr DATASET_DIR --out DIR")
     if args.to and not (Path(args.source) / "annotations.jsonl").is_file():
         raise ConfigError(f"{args.source} holds no annotations.jsonl", hint="emollm build CLIPS_DIR --out DATASET_DIR first")
     if args.to == "merr":
@@ -53,3 +78,16 @@ def run(args: argparse.Namespace) -> int:
         print(f"wrote {args.out}/annotations.jsonl ({res['records']} records from {res['txt_lines']} txt lines, "
               f"{res['json_entries']} json entries)")  # fmt: skip
     return 0
+
+
+def _export_model(args: argparse.Namespace) -> int:
+    from emollm.exporting import export_model
+
+    if args.source is not None:
+        raise ConfigError(f"--model takes no SOURCE (got '{args.source}')", hint="emollm export --model RUN_DIR --out DIR")
+    res = export_model(args.model, args.out, merge=args.merge, include_encoders=not args.no_encoders,
+                       metrics=args.metrics, overwrite=args.overwrite)
+    encoders = [name for name, path in res["encoders"].items() if path and path.startswith("encoders/")]
+    print(f"wrote {res['out_dir']} ({res['kind']}, {res['files']} files, {res['bytes'] / 1e6:.1f} MB, "
+          f"{res['seconds']:.1f} s); encoders: {', '.join(encoders) or 'none (cached features only)'}")
+    return 0  # res["notes"] were logged as warnings (stderr) and are in the model card

@@ -7,13 +7,16 @@
 - :mod:`.encoders`, :mod:`.au_encoder` — frozen encoder registry (feature extraction) and the AU encoder
 """
 
-from transformers import AutoConfig
+from transformers import AutoConfig, AutoModelForCausalLM
 
 from emollm.errors import MediaTokenMismatchError
 from emollm.modeling.configuration import EmoLLMConfig, media_token
 from emollm.modeling.modeling_emollm import EmoLLMForConditionalGeneration, default_lora_targets
 
+# model_type "emollm" -> our classes, so AutoConfig / AutoModelForCausalLM.from_pretrained load a run
+# dir or an export once emollm.modeling is imported (no trust_remote_code, no code in the checkpoint).
 AutoConfig.register(EmoLLMConfig.model_type, EmoLLMConfig, exist_ok=True)
+AutoModelForCausalLM.register(EmoLLMConfig, EmoLLMForConditionalGeneration, exist_ok=True)
 
 __all__ = [
     "EmoLLMConfig",

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import os
+from pathlib import Path
 from typing import Any
 
 from transformers import AutoConfig, PreTrainedConfig
@@ -53,6 +55,29 @@ class EmoLLMConfig(PreTrainedConfig):
             for key in ("kind", "feature_dim"):
                 if key not in spec:
                     raise ValueError(f"modality '{name}' lacks '{key}'")
+
+    def resolve_local_paths(self, directory: str | os.PathLike) -> None:
+        """Make checkpoint paths that are relative to ``directory`` absolute, in place.
+
+        An exported model (``emollm export --model``) names its own copies relatively —
+        ``backbone_name_or_path: backbone``, encoders ``encoders/<name>`` — so the directory can be
+        moved or renamed; the loader resolves them against wherever it now lies. Only a relative path
+        that exists under ``directory`` is rewritten: hub ids and paths meant relative to the working
+        directory (older run dirs) are left as they are.
+        """
+        root = Path(directory)
+
+        def resolved(value: Any) -> Any:
+            if not isinstance(value, str) or not value or os.path.isabs(value) or value.startswith("~"):
+                return value
+            candidate = root / value
+            return str(candidate.resolve()) if candidate.exists() else value
+
+        self.backbone_name_or_path = resolved(self.backbone_name_or_path)
+        for spec in self.modalities.values():
+            encoder = spec.get("encoder")
+            if isinstance(encoder, dict) and "name_or_path" in encoder:
+                encoder["name_or_path"] = resolved(encoder["name_or_path"])
 
     @property
     def hidden_size(self) -> int:

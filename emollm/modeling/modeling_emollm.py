@@ -322,11 +322,15 @@ class EmoLLMForConditionalGeneration(EmoLLMPreTrainedModel, GenerationMixin):
     def from_pretrained(cls, pretrained_model_name_or_path: str | os.PathLike, *args: Any, **kwargs: Any):
         path = Path(pretrained_model_name_or_path)
         if not (path / ADAPTER_DIR / "adapter_config.json").is_file():
-            return super().from_pretrained(pretrained_model_name_or_path, *args, **kwargs)
+            loaded = super().from_pretrained(pretrained_model_name_or_path, *args, **kwargs)
+            if path.is_dir():  # an export's encoders/<name>: relative to the directory, wherever it now is
+                (loaded[0] if isinstance(loaded, tuple) else loaded).config.resolve_local_paths(path)
+            return loaded
         from peft import PeftModel
         from safetensors.torch import load_file
 
         config = EmoLLMConfig.from_pretrained(path)
+        config.resolve_local_paths(path)  # an export's backbone/ and encoders/<name>
         backbone_kwargs = {k: kwargs[k] for k in ("dtype", "torch_dtype", "attn_implementation", "device_map", "revision") if k in kwargs}
         base = AutoModelForCausalLM.from_pretrained(config.backbone_name_or_path, **backbone_kwargs)
         # The adapter goes on after construction: PreTrainedModel's init would overwrite loaded LoRA weights.
