@@ -1,0 +1,54 @@
+"""The benchmark scripts run and report every figure (no timing is asserted: they measure, tests check shape)."""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+import math
+from pathlib import Path
+
+import pytest
+
+from emollm.testing.samples import sample_path
+
+pytestmark = pytest.mark.slow
+
+BENCHMARKS = Path(__file__).resolve().parents[1] / "benchmarks"
+
+
+def _load(name: str):
+    # benchmarks/ is a folder of scripts, not a package: load the file as a module
+    spec = importlib.util.spec_from_file_location(f"_bench_{name}", BENCHMARKS / f"{name}.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def _positive(value) -> bool:
+    return isinstance(value, int | float) and math.isfinite(value) and value > 0
+
+
+def test_infer_latency_reports_every_stage_and_both_ratios(tmp_path, capsys):
+    bench = _load("infer_latency")
+    out = tmp_path / "latency.json"
+    argv = ["--clips", str(sample_path("single_face.mp4")), "--max-new-tokens", "4", "--repeats", "1",
+            "--warmup", "0", "--device", "cpu", "--json", str(out)]  # fmt: skip
+    assert bench.main(argv) == 0
+    assert "end-to-end explain" in capsys.readouterr().out
+
+    report = json.loads(out.read_text())
+    summary = report["summary"]
+    assert summary["clips_measured"] == 1
+    # a clip with a face and audio goes through every stage, each encoder included
+    for stage in bench.STAGES:
+        assert _positive(summary["stage_ms"][stage]), stage
+    assert set(summary["encoder_ms"]) == {"video", "face", "temporal", "audio"}
+    assert all(_positive(v) for v in summary["encoder_ms"].values())
+    assert _positive(summary["end_to_end_ms"]) and _positive(summary["decode_token_ms"])
+    for name in ("prefill", "per_token", "total"):
+        assert _positive(summary["ratio"][name]), name
+    clip = report["clips"][0]
+    assert clip["modalities_fed"] == ["au", "audio", "face", "temporal", "video"]
+    assert clip["prompt_tokens"] > clip["media_tokens"] > 0
+    assert report["max_new_tokens"] == 4 and report["device"] == "cpu"
+    assert {"torch", "transformers", "python"} <= set(report["versions"])
