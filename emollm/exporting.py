@@ -396,11 +396,17 @@ def _model_card(*, out_name: str, kind: str, run: RunDir, base: str | None, base
             lines.append("- clips per split: " + ", ".join(f"{k} {v}" for k, v in counts.items()))
         lines.append(f"- tasks: {', '.join(train.get('tasks') or []) or '?'}")
         lines.append("")
-    log_rows = train_log
+    log_rows = [r for r in train_log if r.get("kind", "train") == "train"]  # eval rows carry eval_* metrics
+    evals = [r for r in train_log if r.get("kind") == "eval"]
     if log_rows:
         last = log_rows[-1]
         lines += [f"Training log: {last.get('step', '?')} optimizer steps, loss {log_rows[0].get('loss', float('nan')):.4f}"
                   f" at step {log_rows[0].get('step', '?')} -> {last.get('loss', float('nan')):.4f} at the end.", ""]
+    if evals:
+        e = evals[-1]
+        lines += [f"Last evaluation during training (step {e.get('step', '?')}, {e.get('eval_samples', '?')} clips of the "
+                  f"eval split): " + ", ".join(f"{k[5:]} {e[k]:.4f}" for k in ("eval_loss", "eval_war", "eval_uar", "eval_waf")
+                                               if isinstance(e.get(k), (int, float))) + ".", ""]
 
     if train:
         lora = train.get("lora") or {}

@@ -63,7 +63,7 @@ def _move(value: Any, device: torch.device, dtype: torch.dtype) -> Any:
     return value
 
 
-@torch.inference_mode()
+@torch.no_grad()  # not inference_mode: mid-training (ZeRO-3) its tensors would poison the next backward
 def generate(model: Any, processor: Any, batch: Mapping[str, Any], gen_kwargs: Mapping[str, Any]) -> list[str]:
     """Generated answers (decoded, stripped) for a left-padded batch from
     :class:`~emollm.training.data.EmotionCollator` (``padding_side="left"``)."""
@@ -410,7 +410,7 @@ class Explainer:
     def _item(self, record: dict, dataset: Path, task: str, use: list[str], result: Explanation) -> dict[str, Any]:
         """Prompt ids + live media features of one analysed clip (the EmotionDataset item layout)."""
         from data_builders.au import load_aus
-        from emollm.features.extract import decode_for_encoders, encoder_inputs
+        from emollm.features.extract import decode_for_encoders, encoder_inputs, peak_frame_input
         from emollm.prompts import emotion_llama_sample
 
         result.task = task
@@ -423,10 +423,10 @@ class Explainer:
             clip, crops = decode_for_encoders(self.cfg, dataset / record["media"]["path"],
                                               audio="audio" in kinds and record.get("has_audio", True),
                                               faces=bool(kinds & {"face", "video"}))
-            inputs, absent = encoder_inputs(frozen, clip, crops)
+            inputs, absent = encoder_inputs(frozen, clip, crops, subtitle=record.get("subtitle"))
             for name in list(inputs):
-                if self.modalities[name].get("frames") == "peak":
-                    inputs[name] = _peak_frame(self.cfg, dataset, record, clip)
+                if frozen[name].options.get("frames") == "peak":
+                    inputs[name] = peak_frame_input(self.cfg, dataset, record, clip)
             for name, feats in self.model.encode_media(self._on_device(inputs)).items():
                 media[name] = feats[0].float().cpu()
         for name in (n for n in use if self.modalities[n]["kind"] == "au"):
@@ -460,17 +460,6 @@ class Explainer:
         from eval.parsing import parse_label
 
         return parse_label(text, self.label_set, self.cfg.evaluate.parse, None).label
-
-
-def _peak_frame(cfg: cfglib.EmollmConfig, dataset: Path, record: dict, clip: Any) -> Any:
-    """The record's peak frame as a one-frame batch ``(1, H, W, 3)``; the middle sampled frame when
-    the builder found no peak (no face)."""
-    from emollm.media.video import read_frames
-
-    index = (record.get("peak_frame") or {}).get("index")
-    if index is None or clip.info.kind == "image":
-        return clip.frames[len(clip.frames) // 2 : len(clip.frames) // 2 + 1]
-    return read_frames(dataset / record["media"]["path"], [int(index)], max_side=cfg.media.max_side)
 
 
 def load(run_dir: str | os.PathLike, **kwargs: Any) -> Explainer:

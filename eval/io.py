@@ -1,8 +1,9 @@
 """Reading predictions and references; pairing them by id.
 
 Predictions: JSONL (one object per line), a JSON list, or CSV/TSV, with ``id`` and ``text`` and/or
-``label`` (optional ``fold``). References: the same formats with ``id``, ``label`` and/or ``reasoning``
-(optional ``fold``), or a built dataset (a folder holding ``annotations.jsonl``, or that file).
+``label`` and/or a regression ``score`` (optional ``fold``). References: the same formats with ``id``,
+``label`` and/or ``reasoning`` and/or ``score`` (optional ``fold``), or a built dataset (a folder
+holding ``annotations.jsonl``, or that file; ``split=`` keeps the records of one split).
 
 Emotion-LLaMA's files are read as-is: the EMER CSV its ``eval_emotion_EMER.py`` writes (columns
 ``names``, ``chi_reasons``) as predictions, and the result summary its ``eval_emotion.py`` prints
@@ -31,6 +32,8 @@ PRED_LABEL_KEYS = ("label", "pred_label", "predicted_label")
 REF_LABEL_KEYS = ("label", "gt", "gt_label", "ground_truth", "true_label", "emotion")
 REF_LABEL_KEYS_IN_PREDICTIONS = ("gt", "gt_label", "ground_truth", "true_label")
 REASONING_KEYS = ("reasoning", "reason", "gt_reason", "description", "english")
+PRED_SCORE_KEYS = ("score", "pred_score", "predicted_score")  # regression (sentiment on [-3, 3], ...)
+REF_SCORE_KEYS = ("score", "gt_score", "sentiment", "sentiment_score")
 
 
 @dataclass
@@ -39,6 +42,7 @@ class Prediction:
     text: str | None = None
     label: str | None = None
     fold: str | None = None
+    score: float | None = None  # regression prediction
 
 
 @dataclass
@@ -47,6 +51,7 @@ class Reference:
     label: str | None = None
     reasoning: str | None = None
     fold: str | None = None
+    score: float | None = None  # regression reference
 
 
 @dataclass
@@ -113,27 +118,55 @@ def _ids(rows: list[dict], path: str | Path) -> list[str]:
     return ids
 
 
+def _score(row: dict, keys: Iterable[str], path: str | Path, id_: str) -> float | None:
+    """The first of ``keys`` holding a number (a CSV cell "" is no score); anything else is an error."""
+    raw = _get(row, keys)
+    if raw is None or (isinstance(raw, str) and not raw.strip()):
+        return None
+    try:
+        value = float(raw)
+    except ValueError:
+        raise EvaluationInputError(f"{path}: '{id_}' has a score that is not a number: {raw!r}") from None
+    if value != value or value in (float("inf"), float("-inf")):
+        raise EvaluationInputError(f"{path}: '{id_}' has a non-finite score {raw!r}")
+    return value
+
+
 def read_predictions(path: str | Path, fold: str | None = None) -> list[Prediction]:
     rows = read_records(path)
     out = []
     for id_, row in zip(_ids(rows, path), rows, strict=True):
         text, label = _get(row, TEXT_KEYS), _get(row, PRED_LABEL_KEYS)
-        if text is None and label is None and not any(k in row for k in (*TEXT_KEYS, *PRED_LABEL_KEYS)):
-            raise EvaluationInputError(f"{path}: prediction '{id_}' has neither 'text' nor 'label'")
+        score = _score(row, PRED_SCORE_KEYS, path, id_)
+        if (text is None and label is None and score is None
+                and not any(k in row for k in (*TEXT_KEYS, *PRED_LABEL_KEYS))):
+            raise EvaluationInputError(f"{path}: prediction '{id_}' has neither 'text' nor 'label' nor 'score'")
         row_fold = _get(row, ("fold",))
-        out.append(Prediction(id_, text, label, fold if fold is not None else row_fold))
+        out.append(Prediction(id_, text, label, fold if fold is not None else row_fold, score))
     return out
 
 
-def read_references(path: str | Path, *, from_predictions: bool = False) -> list[Reference]:
+def read_references(path: str | Path, *, from_predictions: bool = False, split: str | None = None,
+                    score_field: str | None = None) -> list[Reference]:
+    """References by id. ``split``: only rows whose ``split`` field is that (a built dataset's records);
+    ``score_field``: the field holding a regression reference (default: ``REF_SCORE_KEYS``)."""
     rows = read_records(path)
+    if split is not None:
+        kept = [row for row in rows if str(row.get("split")) == split]
+        if not kept:
+            found = sorted({str(row.get("split")) for row in rows})
+            raise EvaluationInputError(f"{path}: no reference in split '{split}' (splits: {', '.join(found)})",
+                                       hint="set evaluate.split to one of them, or null for every record")
+        rows = kept
     label_keys = REF_LABEL_KEYS_IN_PREDICTIONS if from_predictions else REF_LABEL_KEYS
+    score_keys = (score_field,) if score_field else (("gt_score",) if from_predictions else REF_SCORE_KEYS)
     refs = [
         Reference(id_, _get(row, label_keys), _get(row, REASONING_KEYS) if not from_predictions
-                  else _get(row, ("gt_reason", "reference_reasoning")), _get(row, ("fold",)))
+                  else _get(row, ("gt_reason", "reference_reasoning")), _get(row, ("fold",)),
+                  _score(row, score_keys, path, id_))
         for id_, row in zip(_ids(rows, path), rows, strict=True)
     ]
-    if from_predictions and not any(r.label or r.reasoning for r in refs):
+    if from_predictions and not any(r.label or r.reasoning or r.score is not None for r in refs):
         raise EvaluationInputError(f"{path}: no references given and the predictions hold no 'gt' field",
                                    hint="pass --references FILE (CSV/JSONL with id,label,reasoning or a dataset dir)")
     return refs

@@ -13,6 +13,14 @@ from emollm import config as cfglib
 from eval.classification import HEADLINE, fmt_pct
 
 NAMES = {"war": "WAR (accuracy)", "uar": "UAR", "waf": "WAF (weighted F1)", "macro_f1": "macro F1"}
+REGRESSION_NAMES = {"acc2_nonzero": "Acc-2 (non-zero) %", "f1_nonzero": "F1 (non-zero) %", "acc2": "Acc-2 (>= 0) %",
+                    "f1": "F1 (>= 0) %", "acc7": "Acc-7 %", "mae": "MAE", "corr": "Corr"}
+
+
+def _regression_value(key: str, value: float | None) -> str:
+    if key in ("mae", "corr"):
+        return "n/a" if value is None or value != value else f"{value:.4f}"
+    return fmt_pct(value)
 
 
 def _write(path: Path, text: str) -> None:
@@ -83,6 +91,13 @@ def render_markdown(m: dict) -> str:
             ["", *cf["columns"]], [[lab, *row] for lab, row in zip(cf["labels"], cf["counts"], strict=True)]) + [""]
         if m.get("plots"):
             out += [f"![confusion]({m['plots'][0]})", ""]
+    rg = m.get("regression")
+    if rg:
+        out += ["## Regression (scores)", "", f"{rg['n']} sample(s) with a predicted and a reference score"
+                + (f"; {rg['without_reference']} prediction(s) without a reference score (not scored)"
+                   if rg.get("without_reference") else "") + ".", ""]
+        out += _table(["metric", "value"], [[REGRESSION_NAMES[k], _regression_value(k, rg[k])]
+                                            for k in REGRESSION_NAMES]) + [""]
     r = m.get("reasoning")
     if r:
         out += ["## Reasoning", "", f"{r['n']} sample(s) with reference reasoning; "
@@ -130,6 +145,10 @@ def _headline(m: dict) -> dict[str, str]:
         for k in HEADLINE:
             row[NAMES[k]] = (f"{fmt_pct(s[k]['mean'])} ± {fmt_pct(s[k]['std'])}" if s else fmt_pct(cl[k]))
         row["invalid rate %"] = fmt_pct(m["parsing"]["invalid_rate"])
+    rg = m.get("regression")
+    if rg:
+        for k in ("acc2_nonzero", "f1_nonzero", "acc7", "mae", "corr"):
+            row[REGRESSION_NAMES[k]] = _regression_value(k, rg.get(k))
     r = m.get("reasoning") or {}
     for k in ("clue_overlap", "label_overlap"):
         if "emer" in r and r["emer"][k]["mean"] is not None:

@@ -54,9 +54,9 @@ def evaluate_run(cfg: cfglib.EmollmConfig, predictions: list[str | os.PathLike],
     if references is None:
         if len(predictions) > 1:
             raise EvaluationInputError("several prediction files need --references")
-        refs = io.read_references(predictions[0], from_predictions=True)
+        refs = io.read_references(predictions[0], from_predictions=True, score_field=ecfg.score_field)
     else:
-        refs = io.read_references(references)
+        refs = io.read_references(references, split=ecfg.split, score_field=ecfg.score_field)
     paired = io.pair(preds, refs, allow_missing=ecfg.allow_missing)
     if paired.missing_predictions or paired.extra_predictions:
         log.warning("scoring %d common id(s); %d reference id(s) without prediction, %d prediction id(s) "
@@ -67,6 +67,8 @@ def evaluate_run(cfg: cfglib.EmollmConfig, predictions: list[str | os.PathLike],
     samples: list[dict[str, Any]] = []
     bad_refs = []
     for pred, ref in paired.pairs:
+        if pred.text is None and pred.label is None:
+            continue  # a score-only (regression) prediction: scored below
         row: dict[str, Any] = {"id": pred.id, "fold": pred.fold or ref.fold}
         if ref.label is not None and ref.label.strip():
             gold = label_set.normalize(ref.label)
@@ -86,7 +88,8 @@ def evaluate_run(cfg: cfglib.EmollmConfig, predictions: list[str | os.PathLike],
     scored = [s for s in samples if s.get("reference")]
     result: dict[str, Any] = {
         "kind": "emollm-evaluate", "version": 1, "label_set": {"name": label_set.name, "labels": list(label_set.labels)},
-        "inputs": {"predictions": [str(p) for p in predictions], "references": str(references) if references else None},
+        "inputs": {"predictions": [str(p) for p in predictions], "references": str(references) if references else None,
+                   "split": ecfg.split},
         "counts": {"predictions": len(preds), "references": len(refs), "paired": len(paired.pairs),
                    "missing_predictions": len(paired.missing_predictions),
                    "extra_predictions": len(paired.extra_predictions),
@@ -113,11 +116,29 @@ def evaluate_run(cfg: cfglib.EmollmConfig, predictions: list[str | os.PathLike],
                 [s["reference"] for s in scored if s["fold"] == f], [s["predicted"] for s in scored if s["fold"] == f],
                 label_set.labels) for f in folds}
             result["folds"] = {"per_fold": per_fold, "summary": classification.kfold_summary(per_fold)}
-    else:
+    elif samples:
         log.info("the references hold no labels: no classification metrics")
 
-    # -- reasoning
-    reasoning = [(p, r) for p, r in paired.pairs if r.reasoning and r.reasoning.strip()]
+    # -- regression (a `score` per prediction and reference: sentiment on [-3, 3], MOSI-style metrics)
+    scored_pairs = [(p, r) for p, r in paired.pairs if p.score is not None]
+    if scored_pairs:
+        from eval.regression import regression_metrics
+
+        with_reference = [(p, r) for p, r in scored_pairs if r.score is not None]
+        if not with_reference:
+            raise EvaluationInputError(
+                f"{len(scored_pairs)} prediction(s) hold a 'score' but no reference has one",
+                hint="give references with a score field (score, gt_score, sentiment), or name it: "
+                     "evaluate.score_field=FIELD")
+        result["regression"] = regression_metrics([r.score for _, r in with_reference],
+                                                  [p.score for p, _ in with_reference])
+        result["regression"]["without_reference"] = len(scored_pairs) - len(with_reference)
+        for p, r in scored_pairs:
+            samples.append({"id": p.id, "fold": p.fold or r.fold, "score": p.score, "reference_score": r.score})
+
+    # -- reasoning (predictions that carry text; a label- or score-only run has no reasoning to score)
+    has_text = any(p.text is not None for p, _ in paired.pairs)
+    reasoning = [(p, r) for p, r in paired.pairs if has_text and r.reasoning and r.reasoning.strip()]
     if reasoning:
         empty = [p.id for p, _ in reasoning if not (p.text and p.text.strip())]
         result["reasoning"] = {"n": len(reasoning), "empty_predictions": len(empty), "empty_prediction_ids": empty[:20]}

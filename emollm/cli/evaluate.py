@@ -70,6 +70,10 @@ def run(args: argparse.Namespace) -> int:
             s = m["folds"]["summary"]
             lines.append(f"{len(s['folds'])} folds: UAR={100 * s['uar']['mean']:.2f}±{100 * s['uar']['std']:.2f} "
                          f"WAR={100 * s['war']['mean']:.2f}±{100 * s['war']['std']:.2f}")
+    if "regression" in m:
+        r = m["regression"]
+        lines.append("regression: " + " ".join(f"{k}={r[k]:.4f}" for k in ("acc7", "acc2", "f1", "mae", "corr")
+                                               if isinstance(r.get(k), (int, float))) + f" n={r.get('n')}")
     e = (m.get("reasoning") or {}).get("emer")
     if e:
         lines.append("EMER: " + ", ".join(

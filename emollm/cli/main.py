@@ -18,6 +18,7 @@ import os
 import re
 import sys
 import traceback
+import warnings
 from collections.abc import Sequence
 
 from emollm import __version__
@@ -25,7 +26,7 @@ from emollm.errors import EmollmError
 from emollm.log import setup_logging
 
 # Module names under emollm.cli, in --help order.
-COMMANDS = ("demo", "build", "review", "export", "features", "train", "predict", "infer", "render", "evaluate", "probe", "config")
+COMMANDS = ("demo", "build", "review", "export", "features", "train", "predict", "infer", "render", "baseline", "evaluate", "probe", "config")
 
 EXIT_USER_ERROR = 2
 EXIT_BUG = 1
@@ -120,6 +121,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     if not args.debug:  # third-party weight-loading bars and advisories drown the command's own output
         os.environ.setdefault("HF_HUB_DISABLE_PROGRESS_BARS", "1")
         os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
+        # deprecations inside third-party code (peft calling transformers) are not the user's to act on
+        warnings.filterwarnings("ignore", category=FutureWarning, module=r"transformers\.")
     try:
         return int(args._run(args) or 0)
     except KeyboardInterrupt:

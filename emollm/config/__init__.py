@@ -25,6 +25,7 @@ from emollm.config.loader import (
 from emollm.config.schema import (
     SCHEMA_VERSION,
     BackboneConfig,
+    BaselineConfig,
     BuildConfig,
     DataConfig,
     EmollmConfig,
@@ -75,6 +76,7 @@ __all__ = [
     "SCHEMA_VERSION",
     "RESOLVED_CONFIG_NAME",
     "BackboneConfig",
+    "BaselineConfig",
     "BuildConfig",
     "ConfigCheck",
     "DataConfig",

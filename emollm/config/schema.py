@@ -18,7 +18,7 @@ from emollm.config.loader import ConfigCheck
 SCHEMA_VERSION = 1
 
 LabelSetName = Literal["merr", "dfew", "mer2023", "meld"]
-Modality = Literal["audio", "visual", "face", "video", "au"]
+Modality = Literal["audio", "visual", "face", "video", "text", "au"]
 TorchDtype = Literal["auto", "float32", "float16", "bfloat16"]
 
 
@@ -221,9 +221,9 @@ class BackboneConfig:
 class EncoderConfig:
     """One modality (placeholder ``<name>``): its encoder, feature shape, projector and prompt span.
 
-    Frozen kinds (visual / face / video / audio) are HF checkpoints run once per clip by the feature
-    cache; ``au`` is the learned AU encoder, trained with the model (its options: num_tokens,
-    hidden_size, depth, num_heads, max_frames).
+    Frozen kinds (visual / face / video / audio / text) are HF checkpoints run once per clip by the
+    feature cache (text reads the record's subtitle); ``au`` is the learned AU encoder, trained with
+    the model (its options: num_tokens, hidden_size, depth, num_heads, max_frames).
     """
 
     modality: Modality | None = None  # None: the entry's name when that is a modality ("audio", "face", ...)
@@ -325,12 +325,19 @@ class TrainConfig:
     resume: str | None = None  # "latest" (newest checkpoint under run.output_dir) or a checkpoint dir
     report_to: list[str] = field(default_factory=list)  # accelerate trackers, e.g. [tensorboard]; jsonl always
     dataloader_num_workers: int = 0
+    eval_steps: int | None = None  # evaluate on data.eval_split every N optimizer steps and at the end (None/0: never)
+    eval_max_samples: int | None = 64  # a fixed, seeded subset of the eval split's clips (None: all): bounded cost
+    eval_max_new_tokens: int = 32  # the emotion answer is short
+    eval_loss: bool = True  # teacher-forced loss on the eval split beside the generation metrics
 
     def validate(self) -> None:
         _positive(
             self, "lr", "projector_lr", "epochs", "max_steps", "per_device_batch_size",
             "gradient_accumulation_steps", "max_length", "save_steps", "logging_steps", "save_total_limit",
+            "eval_max_samples", "eval_max_new_tokens",
         )  # fmt: skip
+        if self.eval_steps is not None and self.eval_steps < 0:
+            raise ConfigCheck("eval_steps", f"must be >= 0 (0 or null: no evaluation), got {self.eval_steps}")
         if self.dataloader_num_workers < 0:
             raise ConfigCheck("dataloader_num_workers", f"must be >= 0, got {self.dataloader_num_workers}")
         if self.bf16 and self.fp16:
@@ -398,10 +405,49 @@ class EvaluateConfig:
     allow_missing: bool = False  # ids on one side only: counted in the report instead of an error
     proxies: bool = True  # offline reasoning proxies (emotion-word set metrics) when references have reasoning
     embedding_model: str | None = None  # local sentence-embedding model path: reasoning similarity proxy
+    split: str | None = None  # references from a built dataset: only the records of this split (None: all)
+    score_field: str | None = None  # regression references: the field holding the score (None: score|sentiment)
     judge: JudgeConfig = field(default_factory=JudgeConfig)
 
     def validate(self) -> None:
         _positive(self, "folds")
+
+
+@dataclass
+class BaselineConfig:
+    """`emollm baseline train|predict`: a non-LLM classifier (HLM12ERC, TelME, DMD) on the same built
+    dataset and feature cache as the LLM; see docs/baselines.md. Seeded by run.seed, written to run.output_dir."""
+
+    method: str = "hlm12erc"  # a registered baseline: hlm12erc | telme | dmd
+    modalities: list[str] | None = None  # model.encoders names whose pooled features it reads; None: every non-AU one
+    options: dict[str, Any] = field(default_factory=dict)  # the method's own options (docs/baselines.md)
+    task: Literal["classification", "regression"] = "classification"  # classes of eval_label_set, or a score
+    target_field: str | None = None  # regression: the clip-record field holding the score (e.g. sentiment)
+    epochs: int | dict[str, int] = 30  # per stage, or {stage: epochs} for multi-stage methods (TelME)
+    lr: float = 1e-3
+    weight_decay: float = 1e-4
+    batch_size: int = 32
+    max_grad_norm: float | None = 1.0  # gradient clipping; null: off
+    device: str = "auto"  # auto: cuda when available, else cpu
+    eval_every: int = 1  # epochs between eval-split metrics (0: only after the last epoch)
+    checkpoint_every: int = 1  # epochs between checkpoint-<epoch> dirs under run.output_dir
+    save_total_limit: int | None = 2  # keep only the newest K checkpoints (None: all)
+    resume: str | None = None  # "latest" (newest checkpoint under run.output_dir) or a checkpoint dir
+
+    def validate(self) -> None:
+        _positive(self, "lr", "batch_size", "max_grad_norm", "checkpoint_every", "save_total_limit")
+        if self.weight_decay < 0:
+            raise ConfigCheck("weight_decay", f"must be >= 0, got {self.weight_decay}")
+        if self.eval_every < 0:
+            raise ConfigCheck("eval_every", f"must be >= 0, got {self.eval_every}")
+        epochs = self.epochs.values() if isinstance(self.epochs, dict) else [self.epochs]
+        if not epochs or any(e < 1 for e in epochs):
+            raise ConfigCheck("epochs", f"must be >= 1 (per stage), got {self.epochs}")
+        if self.task == "regression" and not self.target_field:
+            raise ConfigCheck("target_field", "task 'regression' needs the record field holding the score",
+                              hint="for example baseline.target_field=sentiment")
+        if self.modalities is not None and not self.modalities:
+            raise ConfigCheck("modalities", "needs at least one modality (null: every non-AU encoder)")
 
 
 @dataclass
@@ -418,6 +464,7 @@ class EmollmConfig:
     train: TrainConfig = field(default_factory=TrainConfig)
     predict: PredictConfig = field(default_factory=PredictConfig)
     evaluate: EvaluateConfig = field(default_factory=EvaluateConfig)
+    baseline: BaselineConfig = field(default_factory=BaselineConfig)
 
     def validate(self) -> None:
         if self.schema_version != SCHEMA_VERSION:
@@ -430,6 +477,10 @@ class EmollmConfig:
             raise ConfigCheck("train.init_from", "must not be the run's own output_dir (it would be overwritten)")
         if self.train.quantization != "none" and self.train.deepspeed and "zero3" in self.train.deepspeed.replace("_", ""):
             raise ConfigCheck("train.quantization", "bitsandbytes quantization does not shard under ZeRO-3; use ZeRO-2")
+        for name in self.baseline.modalities or ():
+            if name not in self.model.encoders:
+                raise ConfigCheck("baseline.modalities", f"'{name}' is not an encoder of model.encoders "
+                                  f"({', '.join(self.model.encoders) or 'none configured'})")
 
     @property
     def eval_label_set(self) -> str:

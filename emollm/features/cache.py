@@ -76,7 +76,7 @@ def weights_key(kind: str, name_or_path: str, options: dict[str, Any]) -> str | 
         return None
     feature_options = {k: v for k, v in resolved.items() if cls.OPTIONS[k].affects_features}
     return enc._sha256_json({"fingerprint_version": enc.FINGERPRINT_VERSION, "kind": kind,
-                             "options": feature_options, "checkpoint": enc.checkpoint_digest(directory)})
+                             "options": feature_options, "checkpoint": enc.checkpoint_digest(directory, cls.DIGEST_FILES)})
 
 
 class FeatureCache:

@@ -1,7 +1,8 @@
 """`emollm features`: each frozen encoder once per clip of a built dataset, into the feature cache.
 
 Per batch of ``features.batch_size`` clips: each clip is decoded once (``cfg.media``), its main face
-tracked and cropped once, then each encoder runs once over the batch (``extract_batch``). Resumable:
+tracked and cropped once, then each encoder runs once over the batch (``extract_batch``); a ``text``
+encoder reads the record's subtitle (a clip without one: absent, like a clip without a face). Resumable:
 entries already in the cache (features or an ``absent`` mark) are skipped, and every file is
 renamed into place, so ``kill -9`` loses at most the batch in flight. Shardable: ``shard=(i, N)``
 takes every N-th record from i (under ``accelerate launch``: RANK / WORLD_SIZE). A clip that fails
@@ -26,16 +27,21 @@ log = get_logger(__name__)
 
 ERRORS_DIR = ".errors"
 FACE_KINDS = ("face", "video")
+TEXT_KINDS = ("text",)  # read from the record (its subtitle), not from the media
 
 
-def encoder_inputs(encoders: dict[str, Any], clip: Any, crops: Any) -> tuple[dict[str, Any], dict[str, str]]:
+def encoder_inputs(encoders: dict[str, Any], clip: Any, crops: Any, *,
+                   subtitle: str | None = None) -> tuple[dict[str, Any], dict[str, str]]:
     """What each frozen modality's encoder reads from a decoded clip: ``visual`` the sampled frames,
-    ``face`` / ``video`` the aligned face crops, ``audio`` the 16 kHz samples. ``encoders`` is
-    ``cfg.model.encoders``. Returns ``(inputs, absent)``: absent maps a modality to why it has no input.
-    The AU modality is never here (its sequence comes from the dataset builder)."""
+    ``face`` / ``video`` the aligned face crops, ``audio`` the 16 kHz samples, ``text`` the clip's
+    ``subtitle`` (the record's field). ``encoders`` is ``cfg.model.encoders``; ``clip`` may be None
+    when only text is asked for. Returns ``(inputs, absent)``: absent maps a modality to why it has
+    no input. The AU modality is never here (its sequence comes from the dataset builder)."""
     face_images = crops.images if crops is not None and len(crops) else None
-    by_kind = {"visual": clip.frames, "face": face_images, "video": face_images, "audio": clip.audio}
-    why = {"visual": "no frames", "face": "no face", "video": "no face", "audio": "no audio"}
+    by_kind = {"visual": getattr(clip, "frames", None), "face": face_images, "video": face_images,
+               "audio": getattr(clip, "audio", None),
+               "text": subtitle if isinstance(subtitle, str) and subtitle.strip() else None}  # fmt: skip
+    why = {"visual": "no frames", "face": "no face", "video": "no face", "audio": "no audio", "text": "no subtitle"}
     inputs, absent = {}, {}
     for name, enc in encoders.items():
         if enc.modality == "au":
@@ -59,6 +65,18 @@ def decode_for_encoders(cfg: Any, path: str | os.PathLike, *, audio: bool = True
         track = track_faces_for(cfg.media.face, clip)
         crops = face_crops(clip.frames, track, size=cfg.media.face.crop_size) if track.main is not None else None
     return clip, crops
+
+
+def peak_frame_input(cfg: Any, dataset: Path, record: dict[str, Any], clip: Any) -> Any:
+    """The record's peak frame (the builder's) as a one-frame batch ``(1, H, W, 3)`` for a
+    ``frames: peak`` visual encoder; the middle sampled frame when the builder found no peak (no face)."""
+    from emollm.media.video import read_frames
+
+    index = (record.get("peak_frame") or {}).get("index")
+    if index is None or clip.info.kind == "image":
+        middle = len(clip.frames) // 2
+        return clip.frames[middle : middle + 1]
+    return read_frames(dataset / record["media"]["path"], [int(index)], max_side=cfg.media.max_side).array
 
 
 @dataclass
@@ -178,18 +196,29 @@ def extract_features(cfg: Any, dataset_dir: str | os.PathLike, *, shard: tuple[i
             next(bar_iter, None)
             clip_id = record["id"]
             kinds = {frozen[n].modality for n in needed}
+            clip = crops = None
+            if kinds - set(TEXT_KINDS):  # a clip whose only missing entries are text needs no decoding
+                try:
+                    clip, crops = decode_for_encoders(
+                        cfg, dataset / record["media"]["path"],
+                        audio="audio" in kinds and record.get("has_audio", True),
+                        faces=bool(kinds & set(FACE_KINDS)),
+                    )
+                except EmollmError as err:
+                    summary.failed += 1
+                    _record_error(cache, clip_id, "decode", err)
+                    continue
+                summary.clips_decoded += 1
+            inputs, absent = encoder_inputs({n: frozen[n] for n in needed}, clip, crops,
+                                            subtitle=record.get("subtitle"))
             try:
-                clip, crops = decode_for_encoders(
-                    cfg, dataset / record["media"]["path"],
-                    audio="audio" in kinds and record.get("has_audio", True),
-                    faces=bool(kinds & set(FACE_KINDS)),
-                )
+                for name in inputs:
+                    if frozen[name].options.get("frames") == "peak":
+                        inputs[name] = peak_frame_input(cfg, dataset, record, clip)
             except EmollmError as err:
                 summary.failed += 1
-                _record_error(cache, clip_id, "decode", err)
+                _record_error(cache, clip_id, "decode peak frame", err)
                 continue
-            summary.clips_decoded += 1
-            inputs, absent = encoder_inputs({n: frozen[n] for n in needed}, clip, crops)
             for name, reason in absent.items():
                 cache.put_absent(clip_id, name, reason)
                 summary.entries_absent += 1
@@ -229,4 +258,4 @@ def extract_features(cfg: Any, dataset_dir: str | os.PathLike, *, shard: tuple[i
     return summary
 
 
-__all__ = ["FeaturesSummary", "decode_for_encoders", "encoder_inputs", "extract_features"]
+__all__ = ["FeaturesSummary", "decode_for_encoders", "encoder_inputs", "extract_features", "peak_frame_input"]

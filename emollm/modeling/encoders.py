@@ -21,6 +21,7 @@ visual     uint8 frames (N, H, W, 3)   ``tokens`` x ``frame_pooling``, P = patch
                                        ``cls`` -> (1, D) | (N, D); ``mean`` (mean of the patch
                                        tokens) -> (1, D) | (N, D); ``cls+patch`` -> (1+P, D) |
                                        (N*(1+P), D). Default ``patch`` + ``mean``.
+                                       ``frames: peak``: the builder's peak frame only (N = 1).
 face       uint8 aligned crops         ViT-MAE loaded with ``mask_ratio=0.0`` (every patch, in
            (N, 224, 224, 3)            order); ``tokens: mean`` (mean patch token, MAE's global
                                        pool) | ``cls``; ``crop_pooling: mean`` -> (1, D) | ``none``
@@ -28,6 +29,11 @@ face       uint8 aligned crops         ViT-MAE loaded with ``mask_ratio=0.0`` (e
 video      uint8 face crops, any N     resampled uniformly (centre of N equal segments) to the
                                        checkpoint's ``num_frames`` (16) -> VideoMAE;
                                        ``tokens: mean`` -> (1, D) | ``all`` -> (T/tubelet * P, D).
+text       the clip's subtitle (str)   BERT / RoBERTa (``AutoModel`` + ``AutoTokenizer``) ->
+                                       (1, D): ``tokens: cls`` (the first token, BERT's [CLS] /
+                                       RoBERTa's <s>) | ``mean`` (mean of the real tokens);
+                                       ``max_length`` (default: the tokenizer's, capped at the
+                                       model's positions) truncates longer subtitles.
 au         (T, 2*num_aus) raw AUs      learned: :class:`LearnedAU` builds the
                                        :class:`~emollm.modeling.au_encoder.AUEncoder` the model
                                        trains; the cache stores the raw AU sequence.
@@ -46,7 +52,7 @@ Fingerprint (:meth:`Encoder.fingerprint`): SHA-256 over a canonical JSON of the 
 version, the kind, the model class, the compute dtype, the options that change features, the
 checkpoint's ``config.json`` and ``preprocessor_config.json`` (parsed, minus
 ``transformers_version`` / ``_name_or_path``) and the SHA-256 of every weight / index / remote-code
-file of the checkpoint directory (for a hub id, its snapshot in the HF cache, where a file's blob
+file of the checkpoint directory (the ``text`` kind adds its tokenizer files: they change features) (for a hub id, its snapshot in the HF cache, where a file's blob
 name already is its SHA-256). Not in it: the path or hub id, revision, device, batch size. The
 same files give the same fingerprint in any process; a changed weight, config, processor or
 option gives a new one, so the feature cache never serves stale features.
@@ -178,6 +184,8 @@ class Encoder:
     kind: ClassVar[str] = ""
     learned: ClassVar[bool] = False
     OPTIONS: ClassVar[dict[str, Option]] = {}
+    #: Checkpoint files beyond weights and configs that change this kind's features (fingerprinted).
+    DIGEST_FILES: ClassVar[tuple[str, ...]] = ()
 
     name_or_path: str | None
     options: dict[str, Any]
@@ -290,15 +298,21 @@ def _canonical_json(path: Path) -> Any:
     return data
 
 
-def checkpoint_digest(directory: Path) -> dict[str, Any]:
-    """The checkpoint part of a fingerprint: canonical configs + SHA-256 of weight / code files."""
+def checkpoint_digest(directory: Path, extra_files: Sequence[str] = ()) -> dict[str, Any]:
+    """The checkpoint part of a fingerprint: canonical configs + SHA-256 of weight / code files, and of
+    ``extra_files`` (by name, those present) when the kind's features depend on more (a tokenizer).
+    Without ``extra_files`` the digest is what it always was, so existing caches stay valid."""
     configs = {name: _canonical_json(directory / name) for name in _CONFIG_FILES if (directory / name).is_file()}
     files = {
         p.name: _file_sha256(p)
         for p in sorted(directory.iterdir())
         if p.is_file() and (p.name.endswith(_HASHED_SUFFIXES) or p.name.endswith(".index.json"))
     }
-    return {"configs": configs, "files": files}
+    digest: dict[str, Any] = {"configs": configs, "files": files}
+    if extra_files:
+        digest["extra"] = {name: _file_sha256(directory / name) for name in sorted(extra_files)
+                           if (directory / name).is_file()}  # fmt: skip
+    return digest
 
 
 def _state_dict_digest(model: torch.nn.Module) -> dict[str, Any]:
@@ -390,7 +404,8 @@ class FrozenEncoder(Encoder):
         if self._checkpoint_digest is None:
             directory = self._dir or _hub_snapshot(self.name_or_path, self.options["revision"])
             self._checkpoint_digest = (
-                checkpoint_digest(directory) if directory is not None else _state_dict_digest(self.model)
+                checkpoint_digest(directory, self.DIGEST_FILES) if directory is not None
+                else _state_dict_digest(self.model)
             )
         return _sha256_json({
             "fingerprint_version": FINGERPRINT_VERSION,
@@ -617,6 +632,9 @@ class VisualEncoder(_ImageEncoder):
         **_FROZEN_OPTIONS,
         "tokens": Option("patch", choices=("patch", "cls", "cls+patch", "mean")),
         "frame_pooling": Option("mean", choices=("mean", "none")),
+        # which frames the extraction feeds: the clip's sampled frames, or the builder's peak frame alone
+        # (Emotion-LLaMA's global encoder); chosen by the caller, part of the fingerprint
+        "frames": Option("sampled", choices=("sampled", "peak")),
     }
 
     def _load_model(self) -> torch.nn.Module:
@@ -649,6 +667,8 @@ class VisualEncoder(_ImageEncoder):
     def num_tokens(self, input_len: int | None = None) -> int:
         """Tokens per clip; ``input_len`` = frames, needed only with ``frame_pooling: none``."""
         if self.options["frame_pooling"] == "mean":
+            return self._per_frame()
+        if self.options["frames"] == "peak":
             return self._per_frame()
         if input_len is None:
             raise ValueError("frame_pooling 'none': the token count depends on the frame count; pass input_len")
@@ -769,6 +789,74 @@ class VideoEncoder(FrozenEncoder):
             pixel = self.processor(part, return_tensors="pt")["pixel_values"]  # (B, T, 3, H, W)
             hidden, _ = self._hidden(pixel_values=pixel)
             out.extend(h.mean(dim=0, keepdim=True) if self.options["tokens"] == "mean" else h for h in hidden)
+        return out
+
+
+# ------------------------------------------------------------------------------------------ text
+#: What a tokenizer is saved as (any family: WordPiece, byte-level BPE, sentencepiece).
+TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "special_tokens_map.json", "added_tokens.json",
+                   "vocab.txt", "vocab.json", "merges.txt", "spiece.model", "sentencepiece.bpe.model",
+                   "tokenizer.model")
+
+
+@register_encoder("text")
+class TextEncoder(FrozenEncoder):
+    """A frozen BERT / RoBERTa (any ``AutoModel`` text encoder) on the clip's subtitle -> (1, D).
+
+    ``tokens: cls`` (default; what TelME's and HLM12ERC's RoBERTa classifiers read) takes the first
+    token's last hidden state; ``mean`` averages the real (non-padding) tokens. Subtitles longer
+    than ``max_length`` tokens are truncated (default: the tokenizer's ``model_max_length``, capped
+    at the model's ``max_position_embeddings``). The tokenizer files are part of the fingerprint.
+    """
+
+    OPTIONS = {
+        **_FROZEN_OPTIONS,
+        "tokens": Option("cls", choices=("cls", "mean")),
+        "max_length": Option(None, types=(int, type(None))),
+    }
+    DIGEST_FILES = TOKENIZER_FILES
+
+    def _load_processor(self) -> Any:
+        from transformers import AutoTokenizer
+
+        return self._from_pretrained(AutoTokenizer.from_pretrained, "tokenizer")
+
+    @property
+    def max_length(self) -> int:
+        """Tokens per subtitle at most, special tokens included."""
+        config = self.model.config
+        limits = [self.options["max_length"], getattr(self.processor, "model_max_length", None)]
+        positions = getattr(config, "max_position_embeddings", None)
+        if isinstance(positions, int):
+            # RoBERTa's position ids start after its padding index (pad_token_id + 1 positions unused)
+            unused = (config.pad_token_id or 0) + 1 if "roberta" in str(config.model_type) else 0
+            limits.append(positions - unused)
+        return min(int(v) for v in limits if isinstance(v, int) and 0 < v < 1_000_000)  # tokenizers say 1e30 for "none"
+
+    def num_tokens(self, input_len: int | None = None) -> int:
+        return 1
+
+    def _check(self, text: Any, index: int) -> str:
+        if not isinstance(text, str):
+            raise EmollmError(f"text input {index} must be a string (the subtitle), got {type(text).__name__}")
+        if not text.strip():
+            raise EmollmError(f"text input {index} is empty: a clip without a subtitle has no text features")
+        return text
+
+    def _extract_many(self, items: list[Any], batch_size: int) -> list[torch.Tensor]:
+        texts = [self._check(t, i) for i, t in enumerate(items)]
+        out: list[torch.Tensor] = []
+        for _, part in _chunks(texts, batch_size):
+            inputs = self.processor(part, padding=True, truncation=True, max_length=self.max_length,
+                                    return_tensors="pt")
+            hidden, _ = self._hidden(**{k: v for k, v in inputs.items() if k in ("input_ids", "attention_mask",
+                                                                                  "token_type_ids")})
+            if self.options["tokens"] == "cls":
+                pooled = hidden[:, 0]
+            else:  # mean over the real tokens: padding must not change a subtitle's features
+                mask = inputs["attention_mask"].to(hidden.device, hidden.dtype).unsqueeze(-1)
+                pooled = (hidden * mask).sum(dim=1) / mask.sum(dim=1).clamp(min=1.0)
+            out.extend(p.unsqueeze(0) for p in pooled)
         return out
 
 

@@ -193,6 +193,12 @@ class EmotionDataset(torch.utils.data.Dataset):
                     break
 
     # -- access ----------------------------------------------------------------------------
+    def length(self, index: int) -> int:
+        """Token length of one sample (encoded now; :attr:`lengths` caches all of them)."""
+        if self._lengths is not None:
+            return self._lengths[index]
+        return len(self.processor.encode(self.samples[index], present=self._present[index])["input_ids"])
+
     @property
     def lengths(self) -> list[int]:
         """Token length of every sample (for the length-grouped sampler); encoded once."""

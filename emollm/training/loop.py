@@ -4,7 +4,8 @@ One code path for CPU, one GPU, DDP and DeepSpeed: an :class:`accelerate.Acceler
 mixed precision and gradient accumulation. Batches come from :mod:`emollm.training.data` (built
 dataset + feature cache, length-grouped); the sampler is not handed to accelerate, each rank builds
 its own shard, so a checkpoint can record ``(epoch, batch offset)`` and a resumed run replays the
-exact same batches.
+exact same batches. ``train.eval_steps`` adds periodic evaluation on ``data.eval_split``
+(:class:`Evaluator`: eval loss, WAR / UAR / WAF of generated answers) without touching the training RNG.
 
 >>> result = train(cfg)              # cfg: a validated EmollmConfig
 >>> result.losses                    # one mean loss per optimizer step
@@ -209,6 +210,208 @@ def _to_device(batch: dict[str, Any], device: torch.device) -> dict[str, Any]:
     return {k: move(v) for k, v in batch.items() if k != "ids"}
 
 
+# ------------------------------------------------------------------------------------------ evaluation
+EVAL_PREDICTIONS = "eval_predictions-{step}.jsonl"
+
+
+def check_eval_split(cfg: EmollmConfig) -> None:
+    """``train.eval_steps`` needs records in ``data.eval_split``: checked before the model is built, so
+    a wrong split costs no training step."""
+    if not cfg.train.eval_steps or not cfg.data.dataset_dir:
+        return
+    from data_builders.record import read_annotations
+
+    annotations = Path(cfg.data.dataset_dir) / "annotations.jsonl"
+    if not annotations.is_file():
+        return  # _dataset() reports the missing dataset
+    splits = sorted({str(r.get("split")) for r in read_annotations(annotations)})
+    if cfg.data.eval_split not in splits:
+        raise ConfigError(f"train.eval_steps={cfg.train.eval_steps}: no record in data.eval_split "
+                          f"'{cfg.data.eval_split}' of {cfg.data.dataset_dir}",
+                          hint=f"the dataset's splits are {splits}: set data.eval_split, or train.eval_steps=0")
+
+
+def _shard(indices: list[int], world: int, rank: int) -> list[tuple[int, bool]]:
+    """This rank's part of ``indices`` as ``(index, real)``. Every rank gets the same count (the list
+    wraps around; repeats are not real and are dropped from results): ranks then run the same number
+    of forwards, which DDP (buffer broadcast) and ZeRO-3 (parameter gathers) need to not deadlock."""
+    if not indices:
+        return []
+    n = -(-len(indices) // world) * world
+    return [(indices[i % len(indices)], i < len(indices)) for i in range(n)][rank::world]
+
+
+def _rng_state() -> dict[str, Any]:
+    import random
+
+    import numpy as np
+
+    state = {"torch": torch.get_rng_state(), "python": random.getstate(), "numpy": np.random.get_state()}
+    if torch.cuda.is_available():
+        state["cuda"] = torch.cuda.get_rng_state_all()
+    return state
+
+
+def _set_rng_state(state: dict[str, Any]) -> None:
+    import random
+
+    import numpy as np
+
+    torch.set_rng_state(state["torch"])
+    random.setstate(state["python"])
+    np.random.set_state(state["numpy"])
+    if "cuda" in state:
+        torch.cuda.set_rng_state_all(state["cuda"])
+
+
+class Evaluator:
+    """Evaluation on ``data.eval_split`` during training (``train.eval_steps``, docs/training.md).
+
+    A fixed, seeded subset of the split's clips (``train.eval_max_samples``) is chosen once; each
+    call gives (a) the teacher-forced loss of their ``emotion`` samples (``train.eval_loss``) and
+    (b) answers (``predict`` settings, greedy by default) to their prompt-only ``emotion`` samples, parsed per ``evaluate.parse`` /
+    ``fallback_label`` and scored against the record's label (else pseudo-label): WAR, UAR, WAF,
+    macro F1 and the invalid rate. Each rank runs its shard; results are gathered on every rank.
+    """
+
+    def __init__(self, cfg: EmollmConfig, accelerator: Any, model: Any, processor: Any, cache: Any):
+        from emollm.inference import generation_kwargs
+        from emollm.training.data import EmotionCollator, EmotionDataset
+        from eval.classification import classification_metrics  # imported now (sklearn: seconds), not in the first eval
+        from eval.label_sets import load_label_set
+        from eval.parsing import check_fallback
+
+        self.classification_metrics = classification_metrics
+        t = cfg.train
+        self.cfg, self.accelerator, self.processor = cfg, accelerator, processor
+        self.label_set = load_label_set(cfg.eval_label_set)
+        self.fallback = check_fallback(self.label_set, cfg.evaluate.fallback_label)
+        modalities = model.config.modalities
+        split, root = cfg.data.eval_split, cfg.data.dataset_dir
+        self.prompts = EmotionDataset(root, processor, cache, modalities, split=split, tasks=["emotion"],
+                                      seed=cfg.run.seed, prompt_only=True)
+        clips = sorted({s["clip_id"] for s in self.prompts.samples})
+        if t.eval_max_samples and len(clips) > t.eval_max_samples:
+            # Seeded by run.seed alone: the same clips at every evaluation and in a resumed run.
+            order = torch.randperm(len(clips), generator=torch.Generator().manual_seed(cfg.run.seed)).tolist()
+            clips = sorted(clips[i] for i in order[: t.eval_max_samples])
+        self.clips = clips
+        chosen = set(clips)
+        world, rank = accelerator.num_processes, accelerator.process_index
+        prompts = [i for i, s in enumerate(self.prompts.samples) if s["clip_id"] in chosen]
+        self.gen_shard = _shard(prompts, world, rank)
+        self.targets = None
+        targets: list[int] = []
+        if t.eval_loss:  # samples with an answer (label or pseudo-label) for the teacher-forced loss
+            self.targets = EmotionDataset(root, processor, cache, modalities, split=split, tasks=["emotion"],
+                                          seed=cfg.run.seed, check=False)
+            targets = [i for i, s in enumerate(self.targets.samples) if s["clip_id"] in chosen]
+        self.loss_shard = _shard(targets, world, rank)
+        self.right = EmotionCollator(processor, modalities)
+        self.left = EmotionCollator(processor, modalities, padding_side="left")
+        self.gen_kwargs = generation_kwargs(cfg.predict, max_new_tokens=t.eval_max_new_tokens)
+        # Training may run with use_cache off (gradient checkpointing); generation wants the KV cache.
+        self.gen_kwargs["use_cache"] = True
+        plugin = accelerator.state.deepspeed_plugin
+        if plugin is not None and plugin.zero_stage == 3 and world > 1:
+            # ZeRO-3: each decoding step gathers parameters collectively; a rank done early must keep stepping.
+            self.gen_kwargs["synced_gpus"] = True
+        log.info("evaluation every %d steps on split '%s': %d clips, %d prompts, %d loss samples", t.eval_steps,
+                 split, len(clips), len(prompts), len(targets))
+
+    @staticmethod
+    def _batches(ds: Any, shard: list[tuple[int, bool]], batch_size: int) -> list[list[tuple[int, bool]]]:
+        """Length-sorted batches of the shard (little padding); same count on every rank."""
+        from emollm.inference import length_sorted_batches
+
+        lengths = [ds.length(i) for i, _ in shard]
+        return [[shard[p] for p in batch] for batch in length_sorted_batches(lengths, batch_size)]
+
+    def _reference(self, clip_id: str) -> str | None:
+        record = self.prompts.records[clip_id]
+        given = record.get("label") or record.get("pseudo_label")
+        return self.label_set.normalize(str(given)) if given else None
+
+    def _loss(self, model: Any) -> tuple[float, int]:
+        """Summed token loss and target-token count over this rank's real samples (repeats weigh 0)."""
+        total, count = 0.0, 0
+        for batch_items in self._batches(self.targets, self.loss_shard, self.cfg.train.per_device_batch_size):
+            batch = self.right([self.targets[i] for i, _ in batch_items])
+            labels = batch["labels"]
+            inputs = _to_device({k: v for k, v in batch.items() if k != "labels"}, self.accelerator.device)
+            logits = model(**inputs).logits
+            for row, (_, real) in enumerate(batch_items):
+                target = labels[row, 1:].to(logits.device)
+                keep = target != -100
+                if not real or not keep.any():
+                    continue
+                row_loss = torch.nn.functional.cross_entropy(logits[row, :-1][keep].float(), target[keep], reduction="sum")
+                total += float(row_loss)
+                count += int(keep.sum())
+        return total, count
+
+    def _generate(self, model: Any) -> list[dict[str, Any]]:
+        from emollm.inference import generate
+        from eval.parsing import parse_label
+
+        rows = []
+        for batch_items in self._batches(self.prompts, self.gen_shard, self.cfg.predict.batch_size):
+            batch = self.left([self.prompts[i] for i, _ in batch_items])
+            texts = generate(model, self.processor, batch, self.gen_kwargs)
+            for (i, real), text in zip(batch_items, texts, strict=True):
+                if not real:
+                    continue
+                clip_id = self.prompts.samples[i]["clip_id"]
+                parsed = parse_label(text, self.label_set, self.cfg.evaluate.parse, self.fallback)
+                rows.append({"id": self.prompts.samples[i]["id"], "text": text, "label": parsed.label,
+                             "valid": parsed.valid, "reference": self._reference(clip_id)})
+        return rows
+
+    def __call__(self, model: Any, step: int, log_dir: Path) -> dict[str, Any]:
+        """Evaluate the prepared ``model`` at ``step``; logs and writes the predictions; returns the row."""
+        from accelerate.utils import gather_object
+
+        t0 = time.perf_counter()
+        rng = _rng_state()  # evaluation must not shift training's random draws (dropout): resume stays exact
+        torch.manual_seed(self.cfg.run.seed)  # sampled generation (predict.temperature > 0) repeats per eval
+        model.eval()
+        try:
+            with torch.no_grad():
+                loss_sum, loss_n = self._loss(model) if self.targets is not None else (0.0, 0)
+                rows = self._generate(self.accelerator.unwrap_model(model))
+        finally:
+            model.train()
+            _set_rng_state(rng)
+        sums = gather_object([(loss_sum, loss_n)])
+        rows = sorted(gather_object(rows), key=lambda r: r["id"])
+        metrics: dict[str, Any] = {"step": step, "kind": "eval", "eval_samples": len(rows)}
+        tokens = sum(n for _, n in sums)
+        if tokens:
+            metrics["eval_loss"] = sum(s for s, _ in sums) / tokens
+        scored = [r for r in rows if r["reference"] is not None]
+        if scored:
+            m = self.classification_metrics([r["reference"] for r in scored], [r["label"] for r in scored], self.label_set.labels)
+            metrics.update({f"eval_{k}": m[k] for k in ("war", "uar", "waf", "macro_f1")})
+        elif rows:
+            log.warning("evaluation at step %d: no eval sample has a label or pseudo-label of the '%s' set: "
+                        "no classification metrics", step, self.label_set.name)
+        metrics["eval_invalid_rate"] = sum(not r["valid"] for r in rows) / max(len(rows), 1)
+        metrics["eval_s"] = time.perf_counter() - t0
+        log.info("eval step %d: %s", step, "  ".join(f"{k[5:]} {v:.4f}" for k, v in metrics.items()
+                                                     if k.startswith("eval_") and isinstance(v, float)))
+        if self.accelerator.is_main_process:
+            log_dir.mkdir(parents=True, exist_ok=True)
+            with open(log_dir / LOG_FILE, "a", encoding="utf-8") as fh:
+                fh.write(json.dumps(metrics) + "\n")
+            path = log_dir / EVAL_PREDICTIONS.format(step=step)
+            tmp = path.with_name(path.name + ".tmp")
+            tmp.write_text("".join(json.dumps(r, ensure_ascii=False) + "\n" for r in rows), encoding="utf-8")
+            os.replace(tmp, path)  # a killed run leaves no half-written predictions file
+        if self.accelerator.trackers:
+            self.accelerator.log({k: v for k, v in metrics.items() if k.startswith("eval_")}, step=step)
+        return metrics
+
+
 # ------------------------------------------------------------------------------------------ the loop
 def train(cfg: EmollmConfig, *, stop_after_step: int | None = None) -> TrainResult:
     """Train per ``cfg``; checkpoints, resume, final run dir. ``stop_after_step`` ends the run right
@@ -223,6 +426,7 @@ def train(cfg: EmollmConfig, *, stop_after_step: int | None = None) -> TrainResu
     t = cfg.train
     out = Path(cfg.run.output_dir)
     trackers = _check_trackers(t.report_to)
+    check_eval_split(cfg)
     resume_dir = resolve_resume(cfg)
     ds_plugin = None
     if t.deepspeed:
@@ -269,6 +473,8 @@ def train(cfg: EmollmConfig, *, stop_after_step: int | None = None) -> TrainResu
     total_steps = t.max_steps or max(1, math.ceil(t.epochs * steps_per_epoch))
     log.info("training data: %d samples, %d batches per epoch per rank, %d optimizer steps, %d process(es)",
              len(ds), batches_per_epoch, total_steps, accelerator.num_processes)
+
+    evaluator = Evaluator(cfg, accelerator, model, processor, ds.cache) if t.eval_steps else None
 
     optimizer = torch.optim.AdamW(param_groups(model, cfg), lr=t.lr)
     scheduler = get_scheduler(t.lr_scheduler if t.lr_scheduler != "constant" else "constant_with_warmup", optimizer,
@@ -359,6 +565,9 @@ def train(cfg: EmollmConfig, *, stop_after_step: int | None = None) -> TrainResu
                 checkpoint(step)
             if step == stop_after_step:
                 stopped = True
+            elif evaluator is not None and (step % t.eval_steps == 0 or step == total_steps):
+                spent = evaluator(model, step, log_file.parent)["eval_s"]
+                window["t0"] += spent  # training throughput leaves the evaluation's time out
             if stopped or step >= total_steps:
                 break
         if stopped or step >= total_steps:
@@ -382,6 +591,7 @@ def _log_window(accelerator, window: dict[str, Any], step: int, total: int, sche
     world = accelerator.num_processes
     metrics = {
         "step": step,
+        "kind": "train",
         "loss": window["loss"] / max(window["n"], 1),
         "lr": scheduler.get_last_lr()[0],
         "tokens_per_s": window["tokens"] * world / elapsed,
@@ -396,7 +606,7 @@ def _log_window(accelerator, window: dict[str, Any], step: int, total: int, sche
         with open(log_file, "a", encoding="utf-8") as fh:
             fh.write(json.dumps(metrics) + "\n")
     if accelerator.trackers:
-        accelerator.log({k: v for k, v in metrics.items() if k != "step"}, step=step)
+        accelerator.log({k: v for k, v in metrics.items() if k not in ("step", "kind")}, step=step)
     window.update(loss=0.0, n=0, tokens=0, padded=0, samples=0, t0=time.perf_counter())
 
 
@@ -426,4 +636,5 @@ def _save_final(accelerator, model, processor, out: Path, save_run) -> None:
     accelerator.wait_for_everyone()
 
 
-__all__ = ["TrainResult", "build_model", "list_checkpoints", "param_groups", "prune_checkpoints", "train"]
+__all__ = ["Evaluator", "TrainResult", "build_model", "check_eval_split", "list_checkpoints", "param_groups",
+           "prune_checkpoints", "train"]

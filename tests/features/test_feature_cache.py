@@ -199,3 +199,43 @@ def test_failed_clip_goes_to_errors_and_run_goes_on(dataset, tmp_path):
     errors = [json.loads(line) for line in (cache / "errors.jsonl").read_text().splitlines()]
     assert [e["id"] for e in errors] == [records[0]["id"]] and errors[0]["stage"] == "decode"
     assert len(_entries(cache)) == 2 * 4
+
+
+def _with_subtitles(dataset: Path, root: Path, subtitles: dict[str, str]) -> Path:
+    """A copy of ``dataset`` (absolute media paths) whose records carry these subtitles (others: none)."""
+    copy = root / "ds_text"
+    shutil.copytree(dataset, copy, symlinks=True, ignore=shutil.ignore_patterns("features"))
+    records = [json.loads(line) for line in (dataset / "annotations.jsonl").read_text(encoding="utf-8").splitlines()]
+    for r in records:
+        r["media"]["path"] = str((dataset / r["media"]["path"]).resolve())
+        r["subtitle"] = subtitles.get(r["id"])
+    (copy / "annotations.jsonl").write_text("".join(json.dumps(r) + "\n" for r in records), encoding="utf-8")
+    return copy
+
+
+def test_text_encoder_reads_the_subtitle_and_marks_clips_without_one_absent(dataset, tiny, tmp_path):
+    text_ckpt = build_tiny_models(names=["bert"]).bert
+    ds = _with_subtitles(dataset, tmp_path, {WEIRD_ID: "she smiles and laughs", "no_face": "what a day"})
+    config = tmp_path / "text.yaml"
+    config.write_text(f"extends: base\nmodel:\n  encoders:\n    text: {{name_or_path: '{text_ckpt}'}}\n"
+                      f"    audio: {{name_or_path: '{tiny.hubert}'}}\n", encoding="utf-8")
+    cache_dir = tmp_path / "cache"
+    assert cli.main(["--quiet", "features", "--config", str(config), str(ds), f"features.cache_dir={cache_dir}",
+                     *FAST]) == 0
+    cfg = cfglib.load(config, [f"features.cache_dir={cache_dir}", *FAST])
+    cache = FeatureCache.from_config(cfg, ds)
+    specs = {n: {"kind": e.modality, "encoder": {"name_or_path": e.name_or_path, **e.options}}
+             for n, e in cfg.model.encoders.items()}  # fmt: skip
+    cache.bind_specs(specs)  # the text folder is found from the checkpoint files (weights + tokenizer)
+    expected = enc_mod.build_encoder("text", text_ckpt).extract("she smiles and laughs")
+    torch.testing.assert_close(cache.get(WEIRD_ID, "text"), expected, atol=1e-2, rtol=1e-2)  # stored as float16
+    assert cache.shape("no_face", "text") == (1, 24)
+    assert cache.status("single_face", "text") == "absent" and cache.get("single_face", "text") is None
+    absent = json.loads(cache._absent_path("single_face", "text").read_text())
+    assert absent["reason"] == "no subtitle"
+    assert cache.status(WEIRD_ID, "audio") == "present"  # the other modalities are made as before
+
+    # Text alone needs no decoding: a cache with only the text folder missing decodes nothing.
+    shutil.rmtree(cache_dir / "text")
+    summary = extract_features(cfg, ds)
+    assert summary.clips_decoded == 0 and summary.entries_computed == 2 and summary.entries_absent == 1

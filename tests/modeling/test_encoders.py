@@ -354,3 +354,66 @@ def test_visual_batch_of_clips_with_different_frame_sizes(tiny):
     batched = encoder.extract_batch([small, large])
     assert [tuple(f.shape) for f in batched] == [tuple(encoder.extract(small).shape), tuple(encoder.extract(large).shape)]
     assert torch.allclose(batched[1], encoder.extract(large), atol=1e-5)
+
+
+# ------------------------------------------------------------------------------------------ text
+SUBTITLES = ["the woman looks happy", "he is angry today, really angry!", "I am calm."]
+
+
+@pytest.fixture(scope="module")
+def tiny_text():
+    return build_tiny_models(names=["bert"]).bert
+
+
+def test_text_encoder_pools_one_vector_per_subtitle(tiny_text):
+    from transformers import AutoModel, AutoTokenizer
+
+    enc = build_encoder("text", tiny_text)
+    assert enc.kind == "text" and enc.feature_dim == 24 == feature_dim_of("text", tiny_text) and enc.num_tokens() == 1
+    feats = enc.extract_batch(SUBTITLES)
+    assert [tuple(f.shape) for f in feats] == [(1, 24)] * 3 and all(f.dtype == torch.float32 for f in feats)
+    # cls: the first token's last hidden state, as the checkpoint computes it by itself
+    tok, model = AutoTokenizer.from_pretrained(tiny_text), AutoModel.from_pretrained(tiny_text).eval()
+    with torch.no_grad():
+        hidden = model(**tok(SUBTITLES[1], return_tensors="pt")).last_hidden_state[0]
+    torch.testing.assert_close(feats[1][0], hidden[0], atol=1e-5, rtol=1e-5)
+    mean = build_encoder("text", tiny_text, tokens="mean").extract(SUBTITLES[1])
+    torch.testing.assert_close(mean[0], hidden.mean(dim=0), atol=1e-5, rtol=1e-5)
+
+
+@pytest.mark.parametrize("tokens", ["cls", "mean"])
+def test_text_batch_equals_one_by_one(tiny_text, tokens):
+    enc = build_encoder("text", tiny_text, tokens=tokens)
+    batched = enc.extract_batch(SUBTITLES, batch_size=3)  # padded to the longest: padding must not matter
+    for text, got in zip(SUBTITLES, batched, strict=True):
+        torch.testing.assert_close(got, enc.extract(text), atol=1e-5, rtol=1e-5)
+
+
+def test_text_truncates_long_subtitles_and_rejects_bad_input(tiny_text):
+    enc = build_encoder("text", tiny_text)
+    assert enc.max_length == 128  # the tokenizer's model_max_length = the model's positions
+    assert build_encoder("text", tiny_text, max_length=8).max_length == 8
+    assert enc.extract("happy " * 500).shape == (1, 24)  # 500 words > 128 positions: truncated, no error
+    short = build_encoder("text", tiny_text, max_length=4)
+    torch.testing.assert_close(short.extract("the woman looks happy and he is sad"), short.extract("the woman looks"))
+    with pytest.raises(EmollmError, match="empty"):
+        enc.extract("   ")
+    with pytest.raises(EmollmError, match="string"):
+        enc.extract(np.zeros(3))
+    with pytest.raises(ConfigError, match="tokens"):
+        build_encoder("text", tiny_text, tokens="patch")
+
+
+def test_text_fingerprint_covers_the_tokenizer(tiny_text, tmp_path):
+    from emollm.features.cache import weights_key
+
+    fp = build_encoder("text", tiny_text).fingerprint()
+    assert fp != build_encoder("text", tiny_text, tokens="mean").fingerprint()
+    copy = tmp_path / "bert"
+    shutil.copytree(tiny_text, copy)
+    assert build_encoder("text", copy).fingerprint() == fp
+    key = weights_key("text", str(copy), {})
+    config = (copy / "tokenizer_config.json").read_text()
+    (copy / "tokenizer_config.json").write_text(config.replace('"do_lower_case": true', '"do_lower_case": false'))
+    assert build_encoder("text", copy).fingerprint() != fp  # same weights, another tokenizer: new features
+    assert weights_key("text", str(copy), {}) != key  # and the cache binds another folder without loading it

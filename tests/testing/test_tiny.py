@@ -228,11 +228,14 @@ EXPECTED_TOKENS = {  # sequence length of last_hidden_state for the inputs below
     "vit": 10,
     "vit_mae": 5,
     "videomae": 32,
+    "bert": 14,  # [CLS] + 12 word pieces + [SEP]
 }
 
 
 def encoder_inputs(name: str, processor) -> dict:
     rng = np.random.default_rng(0)
+    if SPECS[name].kind == "text":
+        return dict(processor("The woman looks happy, 42 times!", return_tensors="pt"))
     if SPECS[name].kind == "audio":
         audio = rng.standard_normal(16000).astype(np.float32) * 0.1  # 1 s of 16 kHz noise
         return dict(processor(audio, sampling_rate=16000, return_tensors="pt"))
@@ -292,7 +295,7 @@ def test_vit_mae_keeps_every_patch_with_mask_ratio_zero(tiny):
 
 
 def test_every_model_is_complete_with_hashes_in_its_marker(tiny):
-    assert list(tiny) == list(TINY_MODEL_NAMES) and len(tiny) == 10
+    assert list(tiny) == list(TINY_MODEL_NAMES) and len(tiny) == 11
     for name, path in tiny.items():
         assert path == tiny.root / name and is_complete(path, name)
         marker = json.loads((path / MARKER).read_text())

@@ -46,7 +46,7 @@ class TinySpec:
     """One tiny model: how to build it and how to load it."""
 
     name: str
-    kind: str  # "llm" | "audio" | "image" | "face" | "video"
+    kind: str  # "llm" | "audio" | "image" | "face" | "video" | "text"
     hidden_size: int
     model_loader: str  # the transformers Auto class that loads the model by path
     processor_loader: str  # the Auto class that loads its tokenizer / processor by path
@@ -83,6 +83,7 @@ SPECS: dict[str, TinySpec] = {
         TinySpec("vit", "image", encoders.VIT.hidden_size, "AutoModel", _IP, encoders.build_vit),
         TinySpec("vit_mae", "face", encoders.VIT_MAE.hidden_size, "AutoModel", _IP, encoders.build_vit_mae),
         TinySpec("videomae", "video", encoders.VIDEOMAE.hidden_size, "AutoModel", _IP, encoders.build_videomae),
+        TinySpec("bert", "text", encoders.BERT.hidden_size, "AutoModel", _TOK, encoders.build_bert),
     )
 }
 TINY_MODEL_NAMES: tuple[str, ...] = tuple(SPECS)

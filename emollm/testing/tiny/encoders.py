@@ -1,7 +1,8 @@
-"""Tiny audio / image / face / video encoders with their processors, saved like the hub checkpoints.
+"""Tiny audio / image / face / video / text encoders with their processors, saved like the hub checkpoints.
 
-Each builder writes ``config.json``, ``model.safetensors`` and ``preprocessor_config.json`` into an
-empty directory; ``AutoModel`` and ``AutoFeatureExtractor`` / ``AutoImageProcessor`` load them by path.
+Each builder writes ``config.json``, ``model.safetensors`` and ``preprocessor_config.json`` (the text
+encoder: ``tokenizer.json`` + ``tokenizer_config.json``) into an empty directory; ``AutoModel`` and
+``AutoFeatureExtractor`` / ``AutoImageProcessor`` / ``AutoTokenizer`` load them by path.
 The hidden sizes differ from one encoder to the next (and from the LLMs' 64) so a projector wired to
 the wrong encoder fails on shape instead of passing silently. Processor settings (mean/std, sampling
 rate, mel bins) are those of the checkpoint each one stands in for; only the sizes are scaled down.
@@ -41,6 +42,9 @@ CLIP_VISION = EncoderShape(hidden_size=56, image_size=32, patch_size=8)
 VIT = EncoderShape(hidden_size=36, image_size=48, patch_size=16)
 VIT_MAE = EncoderShape(hidden_size=52, image_size=32, patch_size=8)
 VIDEOMAE = EncoderShape(hidden_size=44, image_size=32, patch_size=16, num_frames=16)
+BERT = EncoderShape(hidden_size=24)  # the text encoder (subtitles): RoBERTa / BERT in TelME and HLM12ERC
+BERT_VOCAB_SIZE = 600
+BERT_MAX_POSITIONS = 128
 
 # The convolutional front end of HuBERT / wav2vec2 keeps its real strides (320x: 16 kHz -> 50 Hz) but
 # not its 512 channels.
@@ -203,3 +207,50 @@ def build_videomae(out: Path, seed: int) -> None:
         resample=2,
     )
     _save(out, seeded_init(VideoMAEModel, config, seed), processor)
+
+
+def train_wordpiece_vocab(vocab_size: int) -> dict[str, int]:
+    """A lower-cased BERT WordPiece vocabulary learned from the tiny corpus: ``[PAD]`` 0, ``[UNK]`` 1,
+    ``[CLS]`` 2, ``[SEP]`` 3, ``[MASK]`` 4, every character alone and as a ``##`` continuation (so any
+    word of the corpus alphabet tokenizes), then the most frequent whole words.
+
+    The text is normalised and split by the ``tokenizers`` library's BERT normaliser and pre-tokenizer;
+    the counting is done here, in a fixed order, because ``tokenizers``' WordPiece trainer breaks
+    frequency ties differently from one process to the next (the files would not be byte-identical)."""
+    from collections import Counter
+
+    from tokenizers import normalizers, pre_tokenizers
+
+    from emollm.testing.tiny.corpus import corpus
+
+    normalizer, splitter = normalizers.BertNormalizer(lowercase=True), pre_tokenizers.BertPreTokenizer()
+    counts: Counter[str] = Counter()
+    for line in corpus():
+        counts.update(word for word, _ in splitter.pre_tokenize_str(normalizer.normalize_str(line)))
+    chars = sorted({ch for word in counts for ch in word})
+    pieces = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]", *chars, *(f"##{ch}" for ch in chars)]
+    taken = set(pieces)
+    words = [w for w, _ in sorted(counts.items(), key=lambda kv: (-kv[1], kv[0])) if w not in taken]
+    vocab = pieces + words[: vocab_size - len(pieces)]
+    if len(vocab) != vocab_size:  # the corpus is too small for the requested vocabulary
+        raise RuntimeError(f"the WordPiece vocabulary reached {len(vocab)} tokens, not {vocab_size}")
+    return {token: index for index, token in enumerate(vocab)}
+
+
+def build_bert(out: Path, seed: int) -> None:
+    """bert-base-uncased-shaped text encoder (``BertModel`` + ``BertTokenizer``) for subtitles."""
+    from transformers import BertConfig, BertModel, BertTokenizer
+
+    s = BERT
+    tokenizer = BertTokenizer(vocab=train_wordpiece_vocab(BERT_VOCAB_SIZE), do_lower_case=True,
+                              model_max_length=BERT_MAX_POSITIONS)
+    config = BertConfig(
+        vocab_size=len(tokenizer),
+        hidden_size=s.hidden_size,
+        num_hidden_layers=s.num_hidden_layers,
+        num_attention_heads=s.num_attention_heads,
+        intermediate_size=2 * s.hidden_size,
+        max_position_embeddings=BERT_MAX_POSITIONS,
+        pad_token_id=tokenizer.pad_token_id,
+    )
+    _save(out, seeded_init(BertModel, config, seed), tokenizer)
