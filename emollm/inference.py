@@ -444,6 +444,7 @@ class Explainer:
         result.cues = {
             "modalities_fed": sorted(present), "modalities_absent": absent,
             "peak_frame": (record.get("peak_frame") or {}).get("index"),
+            "subtitle_source": ((record.get("provenance") or {}).get("subtitle") or {}).get("source"),
             **{k: record.get(k) for k in CUE_FIELDS if record.get(k) not in (None, [], "")},
             "prompt": self.processor.render(sample, present=present),
         }  # fmt: skip

@@ -18,13 +18,15 @@ an error line; the others are still explained (exit code 2 when any failed).
   emollm infer --model runs/my_run clip.mp4
   emollm infer --model runs/my_run a.mp4 b.mov --task emotion --json
   emollm infer --model runs/my_run clip.mp4 --subtitle "I can't believe it!" --temperature 0.7
+  emollm infer --model runs/my_run clip.mp4 build.asr=whisper build.whisper_model=small   # run-config overrides
 """
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     from emollm.cli.predict import add_generation_arguments
 
-    parser.add_argument("clips", nargs="+", metavar="CLIP", help="video, audio or image files")
+    parser.add_argument("clips", nargs="+", metavar="CLIP",
+                        help="video, audio or image files; KEY=VALUE items override the run's config (e.g. build.asr=whisper)")
     parser.add_argument("--model", required=True, metavar="RUN_DIR", help="the run dir train.py wrote")
     parser.add_argument("--task", default="reason", choices=("emotion", "reason"),
                         help="emotion: the label; reason: the label with its reasoning")
@@ -40,13 +42,17 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
+    from emollm.cli.main import split_overrides
     from emollm.cli.predict import generation_overrides
     from emollm.errors import ConfigError
     from emollm.inference import Explainer
 
+    args.clips, overrides = split_overrides(args.clips)
+    if not args.clips:
+        raise ConfigError("no clip given", hint="emollm infer --model RUN_DIR CLIP [CLIP ...]")
     if args.subtitle is not None and len(args.subtitle) != len(args.clips):
         raise ConfigError(f"{len(args.subtitle)} --subtitle for {len(args.clips)} clip(s): give one per clip")
-    explainer = Explainer.load(args.model, device=args.device, dtype=args.dtype)
+    explainer = Explainer.load(args.model, device=args.device, dtype=args.dtype, overrides=overrides)
     modalities = [m.strip() for m in args.modalities.split(",") if m.strip()] if args.modalities else None
     results = explainer.explain_many(args.clips, task=args.task, subtitles=args.subtitle, modalities=modalities,
                                      workdir=args.workdir, batch_size=args.batch_size, **generation_overrides(args))

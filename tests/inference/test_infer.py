@@ -80,3 +80,28 @@ def test_feeding_a_subset_of_modalities(explainer, sample_dir):
     assert result.cues["modalities_fed"] == ["au", "audio"]
     assert "<|emo_face|>" not in result.cues["prompt"] or explainer.processor.missing_modality == "zero"
     assert torch.is_tensor(torch.tensor(0))
+
+
+class _ScriptedWhisper:
+    """Stands for a whisper model (registered by name): the clip's speech, as whisper returns it."""
+
+    def transcribe(self, audio, **kw):  # noqa: ANN001, ANN003, ANN201
+        assert audio.ndim == 1 and len(audio) > 16000  # the clip's real 16 kHz audio
+        return {"language": "en", "segments": [{"text": " I can't believe it.", "no_speech_prob": 0.05,
+                                                "compression_ratio": 1.1}]}
+
+
+def test_whisper_gives_the_subtitle_when_none_is_given(trained_run, sample_dir, capsys):
+    from data_builders.subtitles import register_model
+
+    register_model("scripted-whisper-infer", _ScriptedWhisper())
+    run, _ = trained_run
+    asr = ["build.asr=whisper", "build.whisper_model=scripted-whisper-infer", "build.silence_dbfs=-80"]
+    result = emollm.load(run, device="cpu", overrides=asr).explain(sample_dir / "single_face.mp4", max_new_tokens=2)
+    assert result.cues["subtitle"] == "I can't believe it." and result.cues["subtitle_source"] == "whisper"
+    assert "The person in video says: I can't believe it." in result.cues["prompt"]
+    # a given subtitle wins over whisper; CLI overrides reach the run's config
+    code = cli.main(["--quiet", "infer", "--model", str(run), str(sample_dir / "single_face.mp4"), *asr,
+                     "--subtitle", "Hello there", "--json", "--max-new-tokens", "2"])
+    (row,) = [json.loads(line) for line in capsys.readouterr().out.splitlines() if line.startswith("{")]
+    assert code == 0 and row["cues"]["subtitle"] == "Hello there" and row["cues"]["subtitle_source"].startswith("csv:")
