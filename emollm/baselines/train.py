@@ -45,7 +45,14 @@ from emollm.baselines.data import (
 from emollm.errors import ConfigError, EmollmError, FeatureCacheError
 from emollm.features.cache import atomic_write_bytes
 from emollm.log import get_logger
-from emollm.training.loop import CHECKPOINT_PREFIX, LOG_FILE, TRAINER_STATE, list_checkpoints, prune_checkpoints
+from emollm.training.loop import (
+    CHECKPOINT_PREFIX,
+    LOG_FILE,
+    TRAINER_STATE,
+    list_checkpoints,
+    prune_checkpoints,
+    resolve_checkpoint,
+)
 
 log = get_logger(__name__)
 
@@ -178,20 +185,7 @@ def split_metrics(model: BaselineModel, data: BaselineSplit, batch_size: int, de
 
 # ------------------------------------------------------------------------------------------ training
 def _resume_dir(cfg: cfglib.EmollmConfig) -> Path | None:
-    ref = cfg.baseline.resume
-    if not ref:
-        return None
-    if ref == "latest":
-        found = list_checkpoints(cfg.run.output_dir)
-        if not found:
-            log.warning("baseline.resume=latest: no checkpoint under %s, starting from epoch 0", cfg.run.output_dir)
-            return None
-        return found[-1]
-    path = Path(ref)
-    if not (path / TRAINER_STATE).is_file():
-        raise ConfigError(f"baseline.resume: {path} is not a checkpoint dir (no {TRAINER_STATE})",
-                          hint="give a <run.output_dir>/checkpoint-<epoch> dir, or baseline.resume=latest")
-    return path
+    return resolve_checkpoint(cfg.baseline.resume, cfg.run.output_dir, key="baseline.resume", unit="epoch")
 
 
 def _truncate_log(path: Path, lines: int) -> None:

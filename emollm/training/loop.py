@@ -62,21 +62,27 @@ def list_checkpoints(output_dir: str | os.PathLike) -> list[Path]:
     return [p for _, p in sorted(found)]
 
 
-def resolve_resume(cfg: EmollmConfig) -> Path | None:
-    ref = cfg.train.resume
+def resolve_checkpoint(ref: str | None, output_dir: str | os.PathLike, *, key: str = "train.resume",
+                       unit: str = "step") -> Path | None:
+    """The checkpoint a ``resume`` setting names: None (start fresh), ``latest`` (the newest complete
+    ``checkpoint-<n>`` under ``output_dir``, None when there is none) or a checkpoint dir."""
     if not ref:
         return None
     if ref == "latest":
-        checkpoints = list_checkpoints(cfg.run.output_dir)
+        checkpoints = list_checkpoints(output_dir)
         if not checkpoints:
-            log.warning("train.resume=latest: no checkpoint under %s, starting from step 0", cfg.run.output_dir)
+            log.warning("%s=latest: no checkpoint under %s, starting from %s 0", key, output_dir, unit)
             return None
         return checkpoints[-1]
     path = Path(ref)
     if not (path / TRAINER_STATE).is_file():
-        raise ConfigError(f"train.resume: {path} is not a checkpoint dir (no {TRAINER_STATE})",
-                          hint="give a <output_dir>/checkpoint-<step> dir, or train.resume=latest")
+        raise ConfigError(f"{key}: {path} is not a checkpoint dir (no {TRAINER_STATE})",
+                          hint=f"give a <output_dir>/{CHECKPOINT_PREFIX}<{unit}> dir, or {key}=latest")
     return path
+
+
+def resolve_resume(cfg: EmollmConfig) -> Path | None:
+    return resolve_checkpoint(cfg.train.resume, cfg.run.output_dir)
 
 
 def prune_checkpoints(output_dir: str | os.PathLike, limit: int | None) -> list[Path]:
