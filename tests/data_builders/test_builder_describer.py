@@ -6,11 +6,8 @@ import base64
 import io
 import json
 import shutil
-import threading
 import time
-from collections import Counter
 from collections.abc import Iterator
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 import numpy as np
 import pytest
@@ -19,12 +16,13 @@ from data_builders.describers import make_describer, validate_description
 from data_builders.runner import build
 from emollm import config
 from emollm.errors import ConfigError, WriterError
+from emollm.testing.chat_server import ScriptedChatServer
 
 TIMEOUT_S = 0.3
 GOOD = "A young woman with raised brows, looking straight at the camera, her head tilted slightly left."
 
 
-class VisionServer:
+class VisionServer(ScriptedChatServer):
     """Scripted by the image's top-left pixel: red -> good; green -> garbage first; blue -> always
     garbage; white -> first call sleeps past the timeout; black -> always empty. ``mode`` overrides the
     pixel for whole builds ("ok", "bad", "timeout": every call sleeps past the timeout)."""
@@ -33,67 +31,35 @@ class VisionServer:
                (0, 0, 0): "black"}
 
     def __init__(self) -> None:
-        self.calls: Counter = Counter()
+        super().__init__()
         self.mode: str | None = None
-        self.lock = threading.Lock()
         self.requests: list[dict] = []
-        server = self
 
-        class Handler(BaseHTTPRequestHandler):
-            def log_message(self, *args):
-                pass
+    def respond(self, body, headers):  # noqa: ANN001, ANN201
+        from PIL import Image
 
-            def do_POST(self):
-                from PIL import Image
-
-                body = json.loads(self.rfile.read(int(self.headers["Content-Length"])))
-                user = body["messages"][-1]["content"]
-                url = next(p["image_url"]["url"] for p in user if p["type"] == "image_url")
-                assert url.startswith("data:image/png;base64,")
-                img = Image.open(io.BytesIO(base64.b64decode(url.split(",", 1)[1]))).convert("RGB")
-                marker = server.mode or server.COLOURS.get(tuple(int(v) for v in img.getpixel((0, 0))), "other")
-                with server.lock:
-                    server.calls[marker] += 1
-                    n = server.calls[marker]
-                    server.requests.append(body)
-                if (marker == "white" and n == 1) or marker == "timeout":
-                    time.sleep(1.0)
-                if marker in ("blue", "bad") or (marker == "green" and n == 1):
-                    return self._reply("{}" if n % 2 else "?? ##")
-                if marker == "black":
-                    return self._reply("")
-                return self._reply(GOOD)
-
-            def _reply(self, text: str) -> None:
-                data = json.dumps({"choices": [{"message": {"role": "assistant", "content": text}}]}).encode()
-                self.send_response(200)
-                self.send_header("Content-Type", "application/json")
-                self.send_header("Content-Length", str(len(data)))
-                self.end_headers()
-                try:
-                    self.wfile.write(data)
-                except (BrokenPipeError, ConnectionResetError):
-                    pass
-
-        self.httpd = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-        self.httpd.daemon_threads = True
-        self.url = f"http://127.0.0.1:{self.httpd.server_address[1]}/v1"
-
-    def total(self) -> int:
-        return sum(self.calls.values())
+        user = body["messages"][-1]["content"]
+        url = next(p["image_url"]["url"] for p in user if p["type"] == "image_url")
+        assert url.startswith("data:image/png;base64,")
+        img = Image.open(io.BytesIO(base64.b64decode(url.split(",", 1)[1]))).convert("RGB")
+        marker = self.mode or self.COLOURS.get(tuple(int(v) for v in img.getpixel((0, 0))), "other")
+        with self.lock:
+            self.calls[marker] += 1
+            n = self.calls[marker]
+            self.requests.append(body)
+        if (marker == "white" and n == 1) or marker == "timeout":
+            time.sleep(1.0)
+        if marker in ("blue", "bad") or (marker == "green" and n == 1):
+            return "{}" if n % 2 else "?? ##"
+        if marker == "black":
+            return ""
+        return GOOD
 
 
 @pytest.fixture()
 def server() -> Iterator[VisionServer]:
-    srv = VisionServer()
-    thread = threading.Thread(target=srv.httpd.serve_forever, kwargs={"poll_interval": 0.05}, daemon=True)
-    thread.start()
-    try:
+    with VisionServer().running() as srv:
         yield srv
-    finally:
-        srv.httpd.shutdown()
-        srv.httpd.server_close()
-        thread.join(timeout=5)
 
 
 def _cfg(server: VisionServer, *extra: str):

@@ -5,11 +5,8 @@ from __future__ import annotations
 import json
 import re
 import shutil
-import threading
 import time
-from collections import Counter
 from collections.abc import Iterator
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 import pytest
 
@@ -18,93 +15,48 @@ from data_builders.runner import build
 from data_builders.writers import LLMWriter, TemplateWriter, WriterItem, coarse_description, validate_reasoning
 from emollm import config, llm
 from emollm.errors import WriterError
+from emollm.testing.chat_server import ScriptedChatServer
 from eval.label_sets import load_label_set
 
 TIMEOUT_S = 0.3
 
 
-class WriterServer:
+class WriterServer(ScriptedChatServer):
     """Scripted replies by marker in the user message: ``ok`` -> a good reasoning; ``mal`` -> garbage
     first; ``nojson`` -> a non-JSON body first; ``slow`` -> first call sleeps past the timeout; ``bad`` ->
     always garbage; ``wrong`` -> a fluent reasoning that names another emotion."""
 
     def __init__(self) -> None:
-        self.calls: Counter = Counter()
-        self.in_flight = 0
-        self.max_in_flight = 0
-        self.lock = threading.Lock()
+        super().__init__()
         self.systems: set = set()
-        server = self
 
-        class Handler(BaseHTTPRequestHandler):
-            def log_message(self, *args):
-                pass
-
-            def do_POST(self):
-                body = json.loads(self.rfile.read(int(self.headers["Content-Length"])))
-                msgs = body["messages"]
-                server.systems.add(msgs[0]["content"] if msgs[0]["role"] == "system" else None)
-                user = msgs[-1]["content"]
-                marker = re.search(r"MARK_(\w+)", user).group(1)
-                label = re.search(r"why the person feels (\w+)", user).group(1)
-                with server.lock:
-                    server.calls[marker] += 1
-                    n = server.calls[marker]
-                    server.in_flight += 1
-                    server.max_in_flight = max(server.max_in_flight, server.in_flight)
-                try:
-                    time.sleep(0.02)
-                    if marker == "nojson" and n == 1:
-                        return self._raw(b"<html>oops</html>")
-                    if marker == "slow" and n == 1:
-                        time.sleep(1.0)
-                    if marker == "bad" or (marker == "mal" and n == 1):
-                        return self._reply("{}" if n % 2 else "??")
-                    if marker == "wrong":
-                        other = "sad" if label != "sad" else "happy"
-                        return self._reply(f"The clues of MARK_{marker} show tears and a low voice, so the person feels {other}.")
-                    return self._reply(f"The person smiles and the voice is bright (MARK_{marker}); "
-                                       f"these emotional clues show why the person feels {label}.")
-                finally:
-                    with server.lock:
-                        server.in_flight -= 1
-
-            def _reply(self, text: str) -> None:
-                self._raw(json.dumps({"choices": [{"message": {"role": "assistant", "content": text}}]}).encode())
-
-            def _raw(self, data: bytes) -> None:
-                self.send_response(200)
-                self.send_header("Content-Type", "application/json")
-                self.send_header("Content-Length", str(len(data)))
-                self.end_headers()
-                try:
-                    self.wfile.write(data)
-                except (BrokenPipeError, ConnectionResetError):
-                    pass
-
-        self.httpd = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-        self.httpd.daemon_threads = True
-        self.url = f"http://127.0.0.1:{self.httpd.server_address[1]}/v1"
-
-    def total(self) -> int:
-        return sum(self.calls.values())
+    def respond(self, body, headers):  # noqa: ANN001, ANN201
+        msgs = body["messages"]
+        self.systems.add(msgs[0]["content"] if msgs[0]["role"] == "system" else None)
+        user = msgs[-1]["content"]
+        marker = re.search(r"MARK_(\w+)", user).group(1)
+        label = re.search(r"why the person feels (\w+)", user).group(1)
+        with self.lock:
+            self.calls[marker] += 1
+            n = self.calls[marker]
+        time.sleep(0.02)
+        if marker == "nojson" and n == 1:
+            return b"<html>oops</html>"
+        if marker == "slow" and n == 1:
+            time.sleep(1.0)
+        if marker == "bad" or (marker == "mal" and n == 1):
+            return "{}" if n % 2 else "??"
+        if marker == "wrong":
+            other = "sad" if label != "sad" else "happy"
+            return f"The clues of MARK_{marker} show tears and a low voice, so the person feels {other}."
+        return (f"The person smiles and the voice is bright (MARK_{marker}); "
+                f"these emotional clues show why the person feels {label}.")
 
 
 @pytest.fixture()
 def server() -> Iterator[WriterServer]:
-    srv = WriterServer()
-    thread = threading.Thread(target=srv.httpd.serve_forever, kwargs={"poll_interval": 0.05}, daemon=True)
-    thread.start()
-    stopper = threading.Timer(60.0, srv.httpd.shutdown)
-    stopper.daemon = True
-    stopper.start()
-    try:
+    with WriterServer().running() as srv:
         yield srv
-    finally:
-        stopper.cancel()
-        srv.httpd.shutdown()
-        srv.httpd.server_close()
-        thread.join(timeout=5)
 
 
 # ------------------------------------------------------------------------------------------ offline

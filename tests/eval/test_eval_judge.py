@@ -2,17 +2,14 @@
 
 from __future__ import annotations
 
-import json
 import re
-import threading
 import time
-from collections import Counter
 from collections.abc import Iterator
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 import pytest
 
 from emollm.errors import JudgeError
+from emollm.testing.chat_server import ScriptedChatServer
 from eval.emer import emer_scores, parse_score
 from eval.judges import Judge, JudgeCache, OpenAIBackend
 
@@ -20,88 +17,41 @@ SLOW_S = 1.0
 TIMEOUT_S = 0.3
 
 
-class ScriptedServer:
+class ScriptedServer(ScriptedChatServer):
     """Replies by marker in the prompt: ``ok`` -> Score: 8; ``mal`` -> garbage first, then Score: 5;
     ``slow`` -> first score call sleeps past the client timeout, then Score: 7; ``bad`` -> always garbage;
     ``http`` -> first score call is an HTTP 500, then Score: 9. Step-1 prompts get a summary naming the marker."""
 
     def __init__(self) -> None:
-        self.calls: Counter = Counter()
-        self.in_flight = 0
-        self.max_in_flight = 0
-        self.lock = threading.Lock()
+        super().__init__()
         self.auth: set = set()
-        server = self
 
-        class Handler(BaseHTTPRequestHandler):
-            def log_message(self, *args):  # quiet
-                pass
-
-            def do_POST(self):
-                body = json.loads(self.rfile.read(int(self.headers["Content-Length"])))
-                server.auth.add(self.headers.get("Authorization"))
-                assert body["temperature"] == 0
-                prompt = body["messages"][0]["content"]
-                marker = re.search(r"MARK_(\w+)", prompt).group(1)
-                step = "score" if "Score: N" in prompt else "step1"
-                with server.lock:
-                    server.calls[(marker, step)] += 1
-                    n = server.calls[(marker, step)]
-                    server.in_flight += 1
-                    server.max_in_flight = max(server.max_in_flight, server.in_flight)
-                try:
-                    time.sleep(0.02)
-                    if step == "step1":
-                        return self._reply(f"clues of MARK_{marker}: smiles, bright voice ({len(prompt)})")
-                    if marker == "mal" and n == 1 or marker == "bad":
-                        return self._reply("I would say it is quite similar!")
-                    if marker == "slow" and n == 1:
-                        time.sleep(SLOW_S)
-                        return self._reply("Score: 1")
-                    if marker == "http" and n == 1:
-                        self.send_response(500)
-                        self.end_headers()
-                        return None
-                    return self._reply({"ok": "Score: 8", "mal": "score is 5/10", "slow": "Score: 7",
-                                        "http": "Score: 9"}[marker])
-                finally:
-                    with server.lock:
-                        server.in_flight -= 1
-
-            def _reply(self, text: str) -> None:
-                data = json.dumps({"choices": [{"message": {"role": "assistant", "content": text}}]}).encode()
-                self.send_response(200)
-                self.send_header("Content-Type", "application/json")
-                self.send_header("Content-Length", str(len(data)))
-                self.end_headers()
-                try:
-                    self.wfile.write(data)
-                except (BrokenPipeError, ConnectionResetError):  # the client timed out and left
-                    pass
-
-        self.httpd = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-        self.httpd.daemon_threads = True
-        self.url = f"http://127.0.0.1:{self.httpd.server_address[1]}/v1"
-
-    def total(self) -> int:
-        return sum(self.calls.values())
+    def respond(self, body, headers):  # noqa: ANN001, ANN201
+        self.auth.add(headers.get("Authorization"))
+        assert body["temperature"] == 0
+        prompt = body["messages"][0]["content"]
+        marker = re.search(r"MARK_(\w+)", prompt).group(1)
+        step = "score" if "Score: N" in prompt else "step1"
+        with self.lock:
+            self.calls[(marker, step)] += 1
+            n = self.calls[(marker, step)]
+        time.sleep(0.02)
+        if step == "step1":
+            return f"clues of MARK_{marker}: smiles, bright voice ({len(prompt)})"
+        if marker == "mal" and n == 1 or marker == "bad":
+            return "I would say it is quite similar!"
+        if marker == "slow" and n == 1:
+            time.sleep(SLOW_S)
+            return "Score: 1"
+        if marker == "http" and n == 1:
+            return 500
+        return {"ok": "Score: 8", "mal": "score is 5/10", "slow": "Score: 7", "http": "Score: 9"}[marker]
 
 
 @pytest.fixture()
 def server() -> Iterator[ScriptedServer]:
-    srv = ScriptedServer()
-    thread = threading.Thread(target=srv.httpd.serve_forever, kwargs={"poll_interval": 0.05}, daemon=True)
-    thread.start()
-    stopper = threading.Timer(60.0, srv.httpd.shutdown)  # the server stops itself even if a test hangs
-    stopper.daemon = True
-    stopper.start()
-    try:
+    with ScriptedServer().running() as srv:
         yield srv
-    finally:
-        stopper.cancel()
-        srv.httpd.shutdown()
-        srv.httpd.server_close()
-        thread.join(timeout=5)
 
 
 ITEMS = [(m, f"Reference MARK_{m}: she smiles, she is happy.", f"Prediction MARK_{m}: joyful.")
