@@ -26,13 +26,12 @@ import io
 import re
 import threading
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
-from data_builders.writers import load_writer_prompt, prompt_version
+from data_builders.writers import WriterResult, load_writer_prompt, prompt_version, reply_text
 from emollm import llm
 from emollm.errors import WriterError
 from emollm.log import get_logger
@@ -40,20 +39,14 @@ from emollm.log import get_logger
 log = get_logger(__name__)
 
 
-@dataclass
-class DescriberResult:
-    text: str | None
-    error: str | None = None
-    cached: bool = False
-
-
-_THINK = re.compile(r"<think>.*?</think>", re.S | re.I)
+# A description, or the reason there is none, and whether it came from the cache: a writer's result.
+DescriberResult = WriterResult
 _LEAD = re.compile(r"^(?:this|the) person (?:in the (?:video|image|picture) )?is\s+", re.I)
 
 
 def validate_description(reply: str) -> str | None:
     """The reply as one objective clause, or None when it is empty, too short or not prose."""
-    text = _THINK.sub("", reply or "").strip().strip('"').strip()
+    text = reply_text(reply)
     if not text or text.lstrip().startswith(("{", "[", "<")):
         return None
     text = " ".join(text.split())

@@ -107,9 +107,14 @@ class WriterResult:
 _THINK = re.compile(r"<think>.*?</think>", re.S | re.I)
 
 
+def reply_text(reply: str | None) -> str:
+    """An LLM reply without reasoning-model ``<think>`` blocks and surrounding quotes."""
+    return _THINK.sub("", reply or "").strip().strip('"').strip()
+
+
 def validate_reasoning(reply: str) -> str | None:
     """The reply as a reasoning paragraph, or None when it is empty, too short or not prose."""
-    text = _THINK.sub("", reply or "").strip().strip('"').strip()
+    text = reply_text(reply)
     words = re.findall(r"[A-Za-z][A-Za-z'-]*", text)
     if len(words) < 8:
         return None
