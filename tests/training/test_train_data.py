@@ -12,10 +12,9 @@ from emollm import config as cfglib
 from emollm.cli import main as cli
 from emollm.errors import FeatureCacheError, FeatureMissingError
 from emollm.features import FeatureCache
+from emollm.testing.datasets import FAST
 from emollm.testing.tiny import build_tiny_models
 from emollm.training.data import EmotionCollator, EmotionDataset, LengthGroupedBatchSampler, real_token_fraction
-
-FAST = ["media.num_frames=4"]
 
 
 @pytest.fixture(scope="module")

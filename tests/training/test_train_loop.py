@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -14,24 +13,15 @@ import torch
 from emollm import config as cfglib
 from emollm.cli import main as cli
 from emollm.errors import EmollmError
-from emollm.testing.tiny import build_tiny_models
+from emollm.testing.datasets import FAST, build_tiny_training_dataset
 from emollm.training import loop
 
 ROOT = Path(__file__).resolve().parents[2]
-FAST = ["media.num_frames=4"]
 
 
 @pytest.fixture(scope="module")
 def dataset(sample_dir, tmp_path_factory):
-    build_tiny_models()
-    clips = tmp_path_factory.mktemp("loop_clips")
-    shutil.copy(sample_dir / "single_face.mp4", clips / "single_face.mp4")
-    shutil.copy(sample_dir / "single_face.jpg", clips / "still.jpg")
-    out = tmp_path_factory.mktemp("loop_dataset")
-    assert cli.main(["--quiet", "build", str(clips), "--out", str(out), "build.au_fps=3"]) == 0
-    assert cli.main(["--quiet", "features", "--config", "tiny_cpu", str(out), *FAST]) == 0
-    split = json.loads((out / "annotations.jsonl").read_text().splitlines()[0])["split"]
-    return out, split
+    return build_tiny_training_dataset(sample_dir, tmp_path_factory.mktemp("loop_data"))
 
 
 def _cfg(dataset, out_dir, *overrides):
