@@ -44,6 +44,18 @@ def check_record(record: dict[str, Any], *, where: str = "record") -> dict[str, 
     return record
 
 
+def read_build_errors(dataset_dir) -> dict[str, str]:  # noqa: ANN001
+    """``errors.jsonl`` of a built dataset: the reason per clip id the builder could not use (empty when none)."""
+    import json
+    from pathlib import Path
+
+    path = Path(dataset_dir) / "errors.jsonl"
+    if not path.is_file():
+        return {}
+    rows = [json.loads(line) for line in path.read_text(encoding="utf-8").splitlines() if line.strip()]
+    return {e["id"]: e.get("reason") or e.get("error") or "failed" for e in rows}
+
+
 def read_annotations(path) -> list[dict[str, Any]]:  # noqa: ANN001
     """Every record of an ``annotations.jsonl``, checked."""
     import json

@@ -142,11 +142,12 @@ def run_demo(
 
     dataset = out / "dataset"
     with _stage(result, "build", report):
+        from data_builders.record import read_annotations, read_build_errors
         from data_builders.runner import build
 
         summary = build(cfg, out / "clips", dataset, workers=1)
-        records = _records(dataset)
-        errors = _errors(dataset)
+        records = read_annotations(dataset / "annotations.jsonl") if (dataset / "annotations.jsonl").is_file() else []
+        errors = read_build_errors(dataset)
         result.artefacts["dataset"] = str(dataset / "annotations.jsonl")
         result.facts["dataset"] = {
             "records": len(records), "failed": errors, "wall_s": round(summary.wall_s, 2),
@@ -204,14 +205,6 @@ def run_demo(
 
 def _jsonl(path: Path) -> list[dict]:
     return [json.loads(line) for line in path.read_text(encoding="utf-8").splitlines() if line.strip()] if path.is_file() else []
-
-
-def _records(dataset: Path) -> list[dict]:
-    return _jsonl(dataset / "annotations.jsonl")
-
-
-def _errors(dataset: Path) -> dict[str, str]:
-    return {e["id"]: e.get("reason") or e.get("error", "failed") for e in _jsonl(dataset / "errors.jsonl")}
 
 
 def _train(cfg_file: Path, records: list[dict], dataset: Path, run_dir: Path, steps: int) -> dict[str, Any]:

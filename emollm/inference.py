@@ -360,7 +360,7 @@ class Explainer:
                 subtitles: Sequence[str | None] | None = None) -> tuple[list[Explanation], dict[str, dict], dict[str, str]]:
         """The builder on the clips (a scratch dataset under ``work``): one result per clip, the
         records by id, and the reasons of the clips it could not use."""
-        from data_builders.record import read_annotations
+        from data_builders.record import read_annotations, read_build_errors
         from data_builders.runner import build
 
         clips_dir, dataset = work / "clips", work / "dataset"
@@ -397,10 +397,7 @@ class Explainer:
         errors: dict[str, str] = {r.id: f"no such file: {r.clip}" for r in results if not Path(r.clip).exists()}
         if any(Path(r.clip).exists() for r in results):
             build(cfg, clips_dir, dataset, workers=1)
-            for line in (dataset / "errors.jsonl").read_text(encoding="utf-8").splitlines() if (dataset / "errors.jsonl").is_file() else []:
-                if line.strip():
-                    err = json.loads(line)
-                    errors[err["id"]] = err.get("reason") or err.get("error") or "failed"
+            errors.update(read_build_errors(dataset))
         records = {r["id"]: r for r in read_annotations(dataset / "annotations.jsonl")} if (dataset / "annotations.jsonl").is_file() else {}
         for r in results:
             if r.id not in records and r.id not in errors:
