@@ -2,7 +2,8 @@
 
 - **Export** (:func:`export_review`): a record is sent to review when its ``pseudo_label_confidence``
   is below ``threshold`` (``low_confidence``; a record with a pseudo-label but no confidence counts too),
-  when its ground-truth label differs from its pseudo-label (``label_disputed``), or when its reasoning
+  when its ground-truth label differs from its pseudo-label (``label_disputed``), when the builder's
+  cues voted for different labels (``cues_disagree``), or when its reasoning
   was filtered out (``reasoning_filtered:<reason>``). Already reviewed records are left out unless
   ``include_reviewed``. Written to ``OUT/review.csv`` and ``OUT/review.jsonl`` (same rows), and beside
   them ``OUT/thumbs/<id>_peak.png`` (the peak frame, decoded with ``emollm.media.read_frames`` at the
@@ -76,6 +77,8 @@ def review_reasons(rec: dict[str, Any], threshold: float) -> list[str]:
         reasons.append("low_confidence")
     if rec.get("label") and rec.get("pseudo_label") and rec["label"] != rec["pseudo_label"]:
         reasons.append("label_disputed")
+    if "cues_disagree" in (rec.get("flags") or []):
+        reasons.append("cues_disagree")  # the AU rules, the expression model and the subtitle differ
     filt = rec.get("reasoning_filter")
     if filt and not filt.get("kept", True):
         reasons.append(f"reasoning_filtered:{filt.get('reason')}")

@@ -145,20 +145,23 @@ def au_fingerprint(cfg: EmollmConfig, clip: inputs_mod.ClipInput) -> str:
     if b.au_source == "builtin":
         from data_builders.au.landmark_au import VERSION
 
-        settings.update(
-            version=VERSION, au_fps=b.au_fps, frame_max_side=b.frame_max_side, detect_max_side=b.detect_max_side,
-            baseline=b.baseline, percentile=b.baseline_percentile, presence=b.presence_threshold,
-            face=dataclasses.asdict(cfg.media.face),
-        )  # fmt: skip
+        settings.update(version=VERSION, baseline=b.baseline, percentile=b.baseline_percentile, presence=b.presence_threshold)
     else:
         settings.update(min_confidence=b.min_confidence, presence=b.presence_threshold, bin=b.openface_bin)
-        if b.au_source == "openface_csv":
-            try:
-                from data_builders.au.openface_csv import find_csv
+    # the per-clip analysis (frames, face track, voiced frames, expression votes) is part of this stage
+    from data_builders.analysis import VERSION as ANALYSIS_VERSION
 
-                settings["csv"] = _stat(find_csv(b.openface_dir, clip.id))
-            except AUExtractionError:
-                settings["csv"] = "missing"
+    settings.update(analysis=ANALYSIS_VERSION, au_fps=b.au_fps, frame_max_side=b.frame_max_side,
+                    detect_max_side=b.detect_max_side, face=dataclasses.asdict(cfg.media.face),
+                    speech_aware_peak=b.speech_aware_peak, silence_dbfs=b.silence_dbfs,
+                    expression=_expression_version(b.expression_model))  # fmt: skip
+    if b.au_source == "openface_csv":
+        try:
+            from data_builders.au.openface_csv import find_csv
+
+            settings["csv"] = _stat(find_csv(b.openface_dir, clip.id))
+        except AUExtractionError:
+            settings["csv"] = "missing"
     return _sha(settings)
 
 
@@ -185,6 +188,41 @@ def label_fingerprint(cfg: EmollmConfig) -> str:
     return _sha([b.peak_frame, b.peak_top_aus, list(b.peak_ignore_aus), table.digest, cfg.data.label_set])
 
 
+def _expression_model(name: str):  # noqa: ANN202
+    """The loaded expression model, or None when it is off or its weights cannot be had (one
+    warning per process; the build goes on with the other cues)."""
+    if name == "none":
+        return None
+    from data_builders.expression import load_expression_model
+
+    try:
+        return load_expression_model(name)
+    except EmollmError as exc:
+        if name not in _EXPRESSION_WARNED:
+            _EXPRESSION_WARNED.add(name)
+            log.warning("expression model %s unavailable, pseudo-labels without it: %s", name, exc.message)
+        return None
+
+
+_EXPRESSION_WARNED: set[str] = set()
+
+
+def _expression_version(name: str) -> str | None:
+    """The expression model's version for the fingerprint, from its spec and weights file (no torch
+    here: the parent of forked or spawned workers must not start torch's thread pool)."""
+    if name == "none":
+        return None
+    from data_builders.expression import model_version
+
+    try:
+        return model_version(name)
+    except EmollmError as exc:
+        if name not in _EXPRESSION_WARNED:
+            _EXPRESSION_WARNED.add(name)
+            log.warning("expression model %s unavailable, pseudo-labels without it: %s", name, exc.message)
+        return None
+
+
 # ------------------------------------------------------------------------------------------ cues + text
 
 
@@ -194,6 +232,12 @@ def check_setup(cfg: EmollmConfig) -> None:
     from data_builders.writers import load_writer_prompt
 
     load_phrases(cfg.build.phrases)
+    if cfg.build.expression_model != "none":
+        from data_builders.expression import EXPRESSION_MODELS
+
+        if cfg.build.expression_model not in EXPRESSION_MODELS:
+            raise ConfigError(f"unknown build.expression_model {cfg.build.expression_model!r}",
+                              hint=f"one of: none, {', '.join(sorted(EXPRESSION_MODELS))}")  # fmt: skip
     if cfg.build.asr == "whisper":
         from data_builders.subtitles import check_whisper
 
@@ -216,8 +260,9 @@ def make_describer_for(cfg: EmollmConfig, out: Path):  # noqa: ANN201
     return make_describer(cfg.build.describer, out)
 
 
-def audio_cues(info, cfg: EmollmConfig) -> dict[str, Any]:  # noqa: ANN001
-    """Per clip, in the worker: whisper subtitle and prosody tone from the 16 kHz mono audio.
+def audio_cues(info, cfg: EmollmConfig, audio=None) -> dict[str, Any]:  # noqa: ANN001
+    """Per clip, in the worker: whisper subtitle and prosody tone from the 16 kHz mono audio
+    (``audio``: the clip analysis' decode; None: decoded here).
     Silent audio gets the flag ``silent_audio`` and neither cue; an unreadable audio stream the flag
     ``audio_unreadable`` (the clip's AUs and labels still count)."""
     b = cfg.build
@@ -229,7 +274,7 @@ def audio_cues(info, cfg: EmollmConfig) -> dict[str, Any]:  # noqa: ANN001
     from emollm.media.audio import load_audio_from
 
     try:
-        audio = load_audio_from(info, 16000)
+        audio = load_audio_from(info, 16000) if audio is None else audio
     except MediaError as exc:
         log.warning("%s: audio unreadable, no audio cues: %s", info.path, getattr(exc, "cause", exc))
         cues["flags"].append("audio_unreadable")
@@ -346,28 +391,80 @@ def text_stage(cfg: EmollmConfig, out: Path, records: list[dict[str, Any]], *, w
 
 
 def _label_fields(series: AUSeries | None, cfg: EmollmConfig) -> dict[str, Any]:
+    """Peak frame and the AU-rule label there (the fused pseudo-label is made at merge time, when
+    every cue is known: :func:`fuse_record`)."""
+    from data_builders.peak import speech_masked
+
     b = cfg.build
     table = load_rules(b.rules)
     label_set = load_label_set(cfg.data.label_set)
     fields: dict[str, Any] = {
         "peak_frame": None, "aus_at_peak": None, "aus_present_at_peak": [], "pseudo_label": None,
-        "pseudo_label_confidence": None, "rule_label": None, "rule_scores": None,
+        "pseudo_label_confidence": None, "rule_label": None, "rule_confidence": None, "rule_scores": None,
     }  # fmt: skip
     peak = find_peak(series, b.peak_frame, top_k=b.peak_top_aus, ignore=b.peak_ignore_aus) if series is not None else None
     if peak is not None:
         at_peak = {au: round(float(series.intensity[peak.position, j]), 3) for j, au in enumerate(MERR_AUS)}
-        result = pseudo_label(at_peak, table, label_set)
+        _, presence = speech_masked(series)
+        present = [au for j, au in enumerate(MERR_AUS) if presence[peak.position, j]]
+        evidence = {k: float(v[peak.position]) for k, v in series.extra.items()}
+        result = pseudo_label(at_peak, table, label_set, present=present, evidence=evidence)
+        voiced = bool(series.voiced[peak.position]) if series.voiced is not None else False
         fields.update(
-            peak_frame={"index": peak.frame_index, "timestamp_s": round(peak.timestamp_s, 4), "method": peak.method, "aus": list(peak.aus)},
+            peak_frame={"index": peak.frame_index, "timestamp_s": round(peak.timestamp_s, 4), "method": peak.method,
+                        "aus": list(peak.aus), "voiced": voiced},
             aus_at_peak=at_peak,
-            aus_present_at_peak=[au for j, au in enumerate(MERR_AUS) if series.presence[peak.position, j]],
+            aus_present_at_peak=present,
             pseudo_label=result.label,
             pseudo_label_confidence=result.confidence,
-            rule_label=result.rule,
+            rule_label=result.label,
+            rule_confidence=result.confidence,
             rule_scores=result.scores,
-        )
+        )  # fmt: skip
     fields["_label_provenance"] = {"source": f"rules:{table.name}", "version": f"{table.version}+{table.digest}"}
     return fields
+
+
+def fuse_record(rec: dict[str, Any], expression: dict[str, Any] | None, cfg: EmollmConfig) -> None:
+    """The record's pseudo-label from every cue's vote (in place; docs/builder.md, "Pseudo-labels").
+
+    The AU rules, the expression model (``expression``: the part's clip-level probabilities), the
+    subtitle and the tone vote; each vote, the agreement and the fused confidence are kept in
+    ``cue_votes`` and the label's provenance; disagreeing cues flag ``cues_disagree`` (review)."""
+    from data_builders import fusion
+
+    label_set = load_label_set(cfg.data.label_set)
+    still = (rec.get("media") or {}).get("kind") == "image"
+    votes: list[fusion.Vote | None] = []
+    if rec.get("rule_label") is not None:
+        votes.append(fusion.rule_vote(rec["rule_label"], rec.get("rule_confidence") or 0.0, label_set, still=still))
+    if expression and expression.get("probabilities"):
+        votes.append(fusion.expression_vote(expression["probabilities"], label_set, model=expression.get("model", "?")))
+    votes.append(fusion.subtitle_vote(rec.get("subtitle"), label_set))
+    votes.append(fusion.tone_vote(rec.get("prosody"), label_set))
+    prov = rec.setdefault("provenance", {})
+    if expression and expression.get("probabilities"):
+        prov["expression_model"] = {"source": expression.get("model"), "version": expression.get("version"),
+                                    "frames": expression.get("frames_used")}  # fmt: skip
+    if not cfg.build.fusion or rec.get("peak_frame") is None and not (expression and expression.get("probabilities")):
+        rec["cue_votes"] = None
+        rec["cue_agreement"] = None
+        return
+    fused = fusion.fuse([v for v in votes if v is not None], label_set)
+    if fused is None:
+        return
+    rec["pseudo_label"] = fused.label
+    rec["pseudo_label_confidence"] = fused.confidence
+    rec["cue_votes"] = {name: v.as_dict() for name, v in fused.votes.items()}
+    rec["cue_agreement"] = fused.agreement
+    rec["pseudo_label_distribution"] = fused.distribution
+    prov["pseudo_label"] = {"source": "fusion:" + "+".join(sorted(fused.votes)), "version": fusion.VERSION,
+                            "rules": prov.get("pseudo_label", {}).get("version")}  # fmt: skip
+    flags = set(rec.get("flags") or [])
+    flags.discard("cues_disagree")
+    if fused.disagree:
+        flags.add("cues_disagree")
+    rec["flags"] = sorted(flags)
 
 
 def _au_version(source: str) -> str:
@@ -412,12 +509,11 @@ def _make_record(clip_id: str, path: Path, out_dir: Path, info, series: AUSeries
     }
 
 
-def _extract(clip: inputs_mod.ClipInput, info, cfg: EmollmConfig) -> AUSeries:  # noqa: ANN001
+def _extract(clip: inputs_mod.ClipInput, info, cfg: EmollmConfig, analysis) -> AUSeries:  # noqa: ANN001
+    """The clip's AUs: the analysis' own (built-in source) or OpenFace's, aligned to its voiced frames."""
     b = cfg.build
     if b.au_source == "builtin":
-        from data_builders.au import landmark_au
-
-        return landmark_au.extract(info, b, cfg.media.face)
+        return analysis.aus
     if b.au_source == "openface_csv":
         from data_builders.au.openface_csv import find_csv, read_openface_csv
 
@@ -433,12 +529,41 @@ def _extract(clip: inputs_mod.ClipInput, info, cfg: EmollmConfig) -> AUSeries:  
         for name in ("intensity", "presence", "frame_indices", "timestamps_s", "face"):
             setattr(series, name, getattr(series, name)[keep])
         series.flags.append("truncated_to_max_duration")
+    if analysis is not None and analysis.audio is not None and b.speech_aware_peak and info.kind != "image":
+        from data_builders.tone import voiced_at
+
+        series.voiced = voiced_at(analysis.audio, series.timestamps_s, silence_dbfs=b.silence_dbfs)
     return series
 
 
+def _expression(analysis, cfg: EmollmConfig) -> dict[str, Any] | None:  # noqa: ANN001
+    """The expression model's clip-level vote on the analysis' face frames (None: off or no face)."""
+    model = _expression_model(cfg.build.expression_model)
+    if model is None or analysis is None or not analysis.face_positions:
+        return None
+    import numpy as np
+
+    from data_builders.expression import expression_cue
+
+    au = analysis.au_positions  # the frames the AUs were measured on, not the encoders' extra ones
+    landmarks = [None if np.isnan(analysis.landmarks[p, 0, 0]) else analysis.landmarks[p] for p in au]
+    if not any(lm is not None for lm in landmarks):
+        return None
+    cue = expression_cue(analysis.frames.array[au], landmarks, load_label_set(cfg.data.label_set), model=model)
+    # canonical emotions, not the run's label set: a relabel with another set reuses this vote
+    mean = cue.frame_probabilities.mean(axis=0)
+    probs: dict[str, float] = {}
+    for cls, p in zip(cue.classes, mean.tolist(), strict=True):
+        key = model.spec.canonical_of(cls)
+        probs[key] = round(probs.get(key, 0.0) + float(p), 5)
+    return {"probabilities": probs, "frames_used": cue.vote.frames_used, "model": model.name, "version": model.version}
+
+
 def process_clip(clip: inputs_mod.ClipInput, out_dir: Path, cfg: EmollmConfig, au_fp: str, label_fp: str, reuse_aus: bool = False,
-                 cue_fp: str | None = None, reuse_cues: bool = False) -> dict[str, Any]:  # fmt: skip
-    """Analyse one clip, write its side file and part file (atomically); returns the part."""
+                 cue_fp: str | None = None, reuse_cues: bool = False, keep: dict | None = None) -> dict[str, Any]:  # fmt: skip
+    """Analyse one clip, write its side file and part file (atomically); returns the part. ``keep``: a
+    dict that receives the clip's :class:`~data_builders.analysis.ClipAnalysis` (with the encoders'
+    frames decoded in the same pass), for a caller that encodes the clip next (``emollm infer``)."""
     from emollm.media import probe
 
     start = time.perf_counter()
@@ -453,22 +578,35 @@ def process_clip(clip: inputs_mod.ClipInput, out_dir: Path, cfg: EmollmConfig, a
         info = probe(clip.path)
         series: AUSeries | None = None
         flags: list[str] = []
+        analysis = None
+        if reuse_aus:
+            old = json.loads(part_path(out_dir, clip.id).read_text(encoding="utf-8"))
+            part["expression"] = old.get("expression")
+        if info.has_video and reuse_aus:
+            stage = "au"
+            series = load_aus(out_dir / aus_rel(clip.id))
+            flags = list(old["record"]["flags"])
+        elif not reuse_aus or old_cues is None:
+            from data_builders.analysis import analyse_clip
+
+            stage = "analysis"  # one decode of the clip: frames, face track, audio, voiced frames, AUs
+            analysis = analyse_clip(info, cfg, video=not reuse_aus, aus=None if not reuse_aus else False,
+                                    encoder_frames=keep is not None, audio=True if keep is not None else None)
+            if keep is not None:
+                keep[clip.id] = analysis
         if not info.has_video:
             flags.append("no_video")
-        else:
+        elif not reuse_aus:
             stage = "au"
-            if reuse_aus:
-                series = load_aus(out_dir / aus_rel(clip.id))
-                old = json.loads(part_path(out_dir, clip.id).read_text(encoding="utf-8"))
-                flags = list(old["record"]["flags"])
-            else:
-                series = _extract(clip, info, cfg)
-                flags = list(series.flags)
-                save_aus(series, out_dir / aus_rel(clip.id))
+            series = _extract(clip, info, cfg, analysis)
+            flags = sorted(set(series.flags) | set(analysis.flags))
+            save_aus(series, out_dir / aus_rel(clip.id))
+            stage = "expression"
+            part["expression"] = _expression(analysis, cfg)
         if not info.has_audio:
             flags.append("no_audio")
         stage = "cues"
-        part["cues"] = old_cues if old_cues is not None else audio_cues(info, cfg)
+        part["cues"] = old_cues if old_cues is not None else audio_cues(info, cfg, audio=analysis.audio if analysis else None)
         stage = "label"
         part["status"] = "ok"
         part["record"] = _make_record(clip.id, clip.path, out_dir, info, series, flags, cfg)
@@ -532,8 +670,10 @@ def build(
     shard: tuple[int, int] = (0, 1),
     merge: bool = True,
     merge_only: bool = False,
+    analyses: dict | None = None,
 ) -> BuildSummary:
-    """Build (or resume) a dataset from ``clips_dir`` into ``out_dir``; see the module docstring."""
+    """Build (or resume) a dataset from ``clips_dir`` into ``out_dir``; see the module docstring.
+    ``analyses``: a dict that receives each analysed clip's ClipAnalysis (in-process, one worker)."""
     t0 = time.perf_counter()
     out = Path(out_dir).resolve()
     out.mkdir(parents=True, exist_ok=True)
@@ -586,14 +726,14 @@ def build(
             summary.computed += 1
         summary.clip_seconds += part.get("clip_seconds", 0.0)
 
-    if workers <= 1 or len(todo) <= 1:
+    if workers <= 1 or len(todo) <= 1 or analyses is not None:
         for args in progress(todo, desc="build", total=len(todo), unit="clip"):
-            account(process_clip(*args))
+            account(process_clip(*args, keep=analyses))
     else:
-        # whisper runs torch, whose thread pool hangs in a forked child once the parent used it: spawn
-        fork = os.name == "posix" and cfg.build.asr != "whisper"
-        ctx = multiprocessing.get_context("fork" if fork else "spawn")
-        threads = 0 if fork else max(1, (os.cpu_count() or 1) // workers)
+        # The workers run torch (the MTCNN detector, the expression model, whisper), whose thread pool
+        # hangs in a forked child once the parent used it: spawn, always (each worker imports once).
+        ctx = multiprocessing.get_context("spawn")
+        threads = max(1, (os.cpu_count() or 1) // workers)
         with cf.ProcessPoolExecutor(max_workers=workers, mp_context=ctx, initializer=_worker_init, initargs=(threads,)) as pool:
             futures = [pool.submit(_work, args) for args in todo]
             for fut in progress(cf.as_completed(futures), desc="build", total=len(futures), unit="clip"):
@@ -629,6 +769,7 @@ def merge_outputs(cfg: EmollmConfig, out: Path, clips, parts, labels, subtitles,
         rec["split"] = gt.get("split") or rec["split"]
         rec["subtitle"] = inputs_mod.lookup(subtitles, clip)
         apply_cues(rec, part.get("cues"), csv_subtitle=rec["subtitle"], csv_path=cfg.data.subtitles_csv)
+        fuse_record(rec, part.get("expression"), cfg)
         records.append(rec)
     from data_builders.review import apply_reviews
 

@@ -116,6 +116,40 @@ def _runs(mask: np.ndarray) -> list[tuple[int, int]]:
     return list(zip(edges[::2], edges[1::2], strict=True))
 
 
+def _voicing(x: np.ndarray, sr: int, silence_dbfs: float):  # noqa: ANN202 - tuple of arrays
+    """Per 10 ms frame: (energy dB, peak dB, active, F0, voiced), or None for silent audio."""
+    frames = _frames(x)
+    rms = np.sqrt(np.mean(frames**2, axis=1) + 1e-20)
+    db = 20 * np.log10(rms + 1e-12)
+    peak = float(db.max())
+    if peak < silence_dbfs:
+        return None
+    active = db > max(silence_dbfs, peak - 30.0)
+    f0, aperiodicity = yin_f0(frames, sr)
+    voiced = active & (aperiodicity < 0.35) & (f0 >= FMIN) & (f0 <= FMAX)
+    return db, peak, active, f0, voiced
+
+
+def voiced_at(audio: np.ndarray, times_s: np.ndarray, *, sr: int = SR, silence_dbfs: float = -55.0,
+              window_s: float = 0.1) -> np.ndarray:
+    """True at each of ``times_s`` where the speaker's voice is heard within +-``window_s`` (the
+    same voicing test as the prosody): the frames where a moving mouth may be speech, not expression."""
+    times = np.asarray(times_s, dtype=np.float64)
+    x = np.asarray(audio, dtype=np.float64).ravel()
+    if len(x) < FRAME or len(times) == 0:
+        return np.zeros(len(times), dtype=bool)
+    track = _voicing(x, sr, silence_dbfs)
+    if track is None:
+        return np.zeros(len(times), dtype=bool)
+    voiced = track[4]
+    centres = (np.arange(len(voiced)) * HOP + FRAME / 2) / sr
+    out = np.zeros(len(times), dtype=bool)
+    for k, t in enumerate(times):
+        near = np.abs(centres - t) <= window_s
+        out[k] = bool(voiced[near].any())
+    return out
+
+
 def prosody_features(audio: np.ndarray, sr: int = SR, silence_dbfs: float = -55.0) -> Prosody | None:
     """Prosody of ``audio`` (16 kHz mono float); None when it is silent."""
     x = np.asarray(audio, dtype=np.float64).ravel()
@@ -124,15 +158,10 @@ def prosody_features(audio: np.ndarray, sr: int = SR, silence_dbfs: float = -55.
     duration = len(x) / sr
     if len(x) == 0:
         return None
-    frames = _frames(x)
-    rms = np.sqrt(np.mean(frames**2, axis=1) + 1e-20)
-    db = 20 * np.log10(rms + 1e-12)
-    peak = float(db.max())
-    if peak < silence_dbfs:
+    track = _voicing(x, sr, silence_dbfs)
+    if track is None:
         return None
-    active = (db > max(silence_dbfs, peak - 30.0))
-    f0, aperiodicity = yin_f0(frames, sr)
-    voiced = active & (aperiodicity < 0.35) & (f0 >= FMIN) & (f0 <= FMAX)
+    db, peak, active, f0, voiced = track
     active_s = float(active.sum() * HOP / sr)
     voiced_s = float(voiced.sum() * HOP / sr)
     pitch = rng = slope = None

@@ -396,7 +396,8 @@ class Explainer:
                 writer.writerows([r.id, s] for r, s in zip(results, subtitles, strict=True) if s is not None)
         errors: dict[str, str] = {r.id: f"no such file: {r.clip}" for r in results if not Path(r.clip).exists()}
         if any(Path(r.clip).exists() for r in results):
-            build(cfg, clips_dir, dataset, workers=1)
+            self._analyses = {}  # each clip's one decode, kept for its encoders (_item)
+            build(cfg, clips_dir, dataset, workers=1, analyses=self._analyses)
             errors.update(read_build_errors(dataset))
         records = {r["id"]: r for r in read_annotations(dataset / "annotations.jsonl")} if (dataset / "annotations.jsonl").is_file() else {}
         for r in results:
@@ -406,8 +407,9 @@ class Explainer:
 
     def _item(self, record: dict, dataset: Path, task: str, use: list[str], result: Explanation) -> dict[str, Any]:
         """Prompt ids + live media features of one analysed clip (the EmotionDataset item layout)."""
+        analysis = getattr(self, "_analyses", {}).pop(record["id"], None)
         from data_builders.au import load_aus
-        from emollm.features.extract import decode_for_encoders, encoder_inputs, peak_frame_input
+        from emollm.features.extract import decode_for_encoders, encoder_inputs, encoder_view, peak_frame_input
         from emollm.prompts import emotion_llama_sample
 
         result.task = task
@@ -417,13 +419,23 @@ class Explainer:
         masks: dict[str, torch.Tensor] = {}
         absent: dict[str, str] = {}
         if frozen:
-            clip, crops = decode_for_encoders(self.cfg, dataset / record["media"]["path"],
-                                              audio="audio" in kinds and record.get("has_audio", True),
-                                              faces=bool(kinds & {"face", "video"}))
+            # the clip analysis is the one judge of whether there is a face: none found there, none fed here
+            face_seen = bool(record.get("face_frames"))
+            wants_faces = bool(kinds & {"face", "video"}) and face_seen
+            if analysis is not None:  # the builder's own decode and face track: nothing decoded twice
+                clip, crops = encoder_view(self.cfg, analysis, faces=wants_faces)
+            else:
+                clip, crops = decode_for_encoders(self.cfg, dataset / record["media"]["path"],
+                                                  audio="audio" in kinds and record.get("has_audio", True),
+                                                  faces=wants_faces)  # fmt: skip
             inputs, absent = encoder_inputs(frozen, clip, crops, subtitle=record.get("subtitle"))
+            for name in [n for n, e in frozen.items() if e.modality in ("face", "video") and not face_seen]:
+                absent[name] = "no face in the clip analysis"
             for name in list(inputs):
                 if frozen[name].options.get("frames") == "peak":
-                    inputs[name] = peak_frame_input(self.cfg, dataset, record, clip)
+                    peak = (record.get("peak_frame") or {}).get("index")
+                    decoded = analysis.frame_at(int(peak)) if analysis is not None and peak is not None else None
+                    inputs[name] = decoded if decoded is not None else peak_frame_input(self.cfg, dataset, record, clip)
             for name, feats in self.model.encode_media(self._on_device(inputs)).items():
                 media[name] = feats[0].float().cpu()
         for name in (n for n in use if self.modalities[n]["kind"] == "au"):

@@ -26,6 +26,9 @@ class AUSeries:
     ``intensity`` float32 (T, len(MERR_AUS)) on 0-5, ``presence`` uint8 (T, len(MERR_AUS)),
     ``frame_indices`` int (T,) source frame indices, ``timestamps_s`` float (T,), ``face`` bool (T,)
     True where a face was measured (frames without one have zero intensity and presence).
+    ``voiced`` bool (T,) True where the audio has voice near the frame (a moving mouth may be
+    speech); ``extra`` per-frame measurements beyond the AUs (the built-in extractor's
+    ``mouth_asymmetry``, 0-5), each (T,).
     """
 
     intensity: np.ndarray
@@ -36,6 +39,8 @@ class AUSeries:
     source: str
     flags: list[str] = field(default_factory=list)
     num_tracks: int = 0
+    voiced: np.ndarray | None = None
+    extra: dict[str, np.ndarray] = field(default_factory=dict)
 
     @property
     def num_frames(self) -> int:
@@ -67,6 +72,8 @@ def save_aus(series: AUSeries, path: str | os.PathLike[str]) -> None:
             timestamps_s=series.timestamps_s.astype(np.float64),
             face=series.face.astype(bool),
             source=np.array(series.source),
+            voiced=(series.voiced if series.voiced is not None else np.zeros(series.num_frames)).astype(bool),
+            **{f"extra_{k}": np.asarray(v, dtype=np.float32) for k, v in series.extra.items()},
         )
         fh.flush()
         os.fsync(fh.fileno())
@@ -86,4 +93,6 @@ def load_aus(path: str | os.PathLike[str]) -> AUSeries:
             timestamps_s=data["timestamps_s"],
             face=data["face"],
             source=str(data["source"]),
+            voiced=data["voiced"] if "voiced" in data.files else None,
+            extra={k[len("extra_"):]: data[k] for k in data.files if k.startswith("extra_")},
         )

@@ -1,11 +1,16 @@
 """AU -> emotion pseudo-labels from a rules table (YAML data: ``merr_au_rules.yaml`` beside this file).
 
-For each rule (emotion -> AU set, optional ``absent`` AUs that veto it), with the AUs active at
-the peak frame (intensity >= the table's ``presence_threshold``):
+For each rule (emotion -> AU set, optional ``absent`` AUs that veto it, optional ``unilateral``), with
+the AUs active at the peak frame: the source's own presence flags where it has them (OpenFace's
+``AUxx_c``, honoured even below intensity 1), else intensity >= the table's ``presence_threshold``:
 
 - ``fraction`` = active rule AUs / rule AUs; the rule *fires* when ``fraction >= min_fraction``,
   at least ``min(min_active, len(aus))`` AUs are active and no ``absent`` AU is active;
-- ``score`` = fraction x mean intensity of the rule's active AUs / 5 (0-1).
+- ``unilateral`` rules (contempt: R12 + R14, EMFACS) also need one-sided evidence at the peak
+  (``evidence["mouth_asymmetry"]`` >= the presence threshold); a source that cannot tell sides never
+  fires them;
+- ``score`` = fraction x mean intensity of the rule's active AUs / 5 (0-1); an AU the source marks
+  present below intensity 1 counts as 1 (a trace, FACS "A").
 
 The label is the fired rule with the highest score whose emotion exists in the run's label set
 (``eval.label_sets``; rules for emotions outside the set are skipped, so the next best fired rule
@@ -20,6 +25,7 @@ import functools
 import hashlib
 import json
 import os
+from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -37,6 +43,7 @@ class Rule:
     emotion: str
     aus: tuple[str, ...]
     absent: tuple[str, ...] = ()
+    unilateral: bool = False
 
 
 @dataclass(frozen=True)
@@ -71,7 +78,7 @@ def load_rules(path: str | os.PathLike[str] | None = None) -> RuleTable:
         unknown = [a for a in (*aus, *absent) if a not in MERR_AUS]
         if not aus or unknown:
             raise ConfigError(f"{path}: rule '{emotion}' needs AUs from {list(MERR_AUS)}; unknown: {unknown or 'none given'}")
-        rules.append(Rule(str(emotion).lower(), aus, absent))
+        rules.append(Rule(str(emotion).lower(), aus, absent, bool(spec.get("unilateral", False))))
     if not rules:
         raise ConfigError(f"{path}: no rules")
     return RuleTable(
@@ -93,8 +100,16 @@ class PseudoLabel:
     scores: dict[str, float]  # every rule's score (0 when it did not fire)
 
 
-def pseudo_label(aus_at_peak: dict[str, float], table: RuleTable, label_set: LabelSet) -> PseudoLabel:
-    active = {au for au, v in aus_at_peak.items() if v >= table.presence_threshold}
+def pseudo_label(aus_at_peak: dict[str, float], table: RuleTable, label_set: LabelSet, *,
+                 present: Iterable[str] | None = None, evidence: dict[str, float] | None = None) -> PseudoLabel:
+    """The rule label at the peak. ``present``: the AUs the source marks present there (None: by
+    the table's threshold); ``evidence``: extra measurements (``mouth_asymmetry``, 0-5)."""
+    if present is None:
+        active = {au for au, v in aus_at_peak.items() if v >= table.presence_threshold}
+    else:
+        active = set(present)
+    evidence = evidence or {}
+    one_sided = float(evidence.get("mouth_asymmetry", 0.0)) >= table.presence_threshold
     scores: dict[str, float] = {}
     fired: list[tuple[float, int, str]] = []
     for order, rule in enumerate(table.rules):
@@ -104,8 +119,10 @@ def pseudo_label(aus_at_peak: dict[str, float], table: RuleTable, label_set: Lab
             fraction >= table.min_fraction
             and len(hits) >= min(table.min_active, len(rule.aus))
             and not any(au in active for au in rule.absent)
+            and (one_sided or not rule.unilateral)
         )
-        score = fraction * (sum(aus_at_peak[a] for a in hits) / len(hits) / AU_INTENSITY_MAX) if fires else 0.0
+        level = [max(float(aus_at_peak.get(a, 0.0)), 1.0) for a in hits]
+        score = fraction * (sum(level) / len(hits) / AU_INTENSITY_MAX) if fires else 0.0
         scores[rule.emotion] = round(score, 4)
         if fires and label_set.normalize(rule.emotion) is not None:
             fired.append((score, order, rule.emotion))

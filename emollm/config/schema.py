@@ -57,18 +57,28 @@ class DataConfig:
 
 @dataclass
 class FaceConfig:
-    """Face detection, tracking and alignment (dlib HOG + 68-point landmarks)."""
+    """Face detection, tracking and alignment (a registered detector + dlib's 68 landmarks); docs/media.md."""
 
-    detector: Literal["dlib_hog"] = "dlib_hog"
+    detector: str = "mtcnn"  # a registered face detector: mtcnn | dlib_hog | dlib_cnn (emollm.media.detectors)
     detect_max_side: int = 640  # frames are downscaled to this for detection only
-    upsample: int = 0  # dlib upsampling passes: 1 finds smaller faces, costs ~4x time
+    upsample: int = 0  # doublings of the detection resolution: each finds faces half as small, ~4x the time
     iou_threshold: float = 0.3  # detections further apart than this start a new track
+    max_gap: int = 5  # a track survives this many sampled frames without its face
+    bridge: bool = True  # re-detect (else interpolate) the main face in frames its track missed
     crop_size: int = 224  # aligned face crops are crop_size x crop_size
 
     def validate(self) -> None:
+        # The registry is the one list of detector names (a user may register more).
+        from emollm.media.detectors import detector_names, unknown_detector_message
+
+        if self.detector not in detector_names():
+            message, hint = unknown_detector_message(self.detector)
+            raise ConfigCheck("detector", message, hint=hint)
         _positive(self, "detect_max_side", "crop_size")
         if self.upsample < 0:
             raise ConfigCheck("upsample", f"must be >= 0, got {self.upsample}")
+        if self.max_gap < 0:
+            raise ConfigCheck("max_gap", f"must be >= 0, got {self.max_gap}")
         if not 0.0 < self.iou_threshold < 1.0:
             raise ConfigCheck("iou_threshold", f"must be between 0 and 1, got {self.iou_threshold}")
 
@@ -164,6 +174,9 @@ class BuildConfig:
     peak_top_aus: int = 3  # frequent_aus: how many of the clip's most frequent AUs define the peak
     peak_ignore_aus: list[str] = field(default_factory=lambda: ["AU45"])  # never define a peak (blinks)
     rules: str | None = None  # AU->emotion rules YAML; None: data_builders/rules/merr_au_rules.yaml
+    speech_aware_peak: bool = True  # at voiced frames the mouth AUs (speech) never define the peak
+    expression_model: str = "fer_mini_xception"  # learned expression voter (data_builders/expression); "none": off
+    fusion: bool = True  # pseudo-label from every cue's vote (docs/builder.md); False: the AU rules alone
     workers: int = 1
     # --- cues and text (docs/builder.md, part 2) ---
     phrases: str | None = None  # AU->phrase table YAML; None: data_builders/phrases/au_phrases.yaml

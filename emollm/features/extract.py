@@ -55,15 +55,27 @@ def encoder_inputs(encoders: dict[str, Any], clip: Any, crops: Any, *,
 
 def decode_for_encoders(cfg: Any, path: str | os.PathLike, *, audio: bool = True,
                         faces: bool = True) -> tuple[Any, Any]:
-    """(decoded clip, face crops or None) with the config's media settings: one decode, one face track."""
-    from emollm.media import face_crops
-    from emollm.media.from_config import load_clip_for, track_faces_for
+    """(decoded clip, face crops or None) with the config's media settings: one decode, one face track.
 
-    clip = load_clip_for(cfg.media, path, audio=audio)
-    crops = None
-    if faces and clip.frames is not None:
-        track = track_faces_for(cfg.media.face, clip)
-        crops = face_crops(clip.frames, track, size=cfg.media.face.crop_size) if track.main is not None else None
+    The clip analysis of the builder (``data_builders.analysis``) does it: the encoders' frames are
+    decoded with the AU frames and the main face is tracked over both with the builder's detector
+    settings, so the face the encoders see is the face the builder measured."""
+    from data_builders.analysis import analyse_clip
+    from emollm.media import probe
+
+    analysis = analyse_clip(probe(path), cfg, faces=faces, audio=bool(audio), aus=False, encoder_frames=True)
+    return encoder_view(cfg, analysis, faces=faces)
+
+
+def encoder_view(cfg: Any, analysis: Any, *, faces: bool = True) -> tuple[Any, Any]:
+    """(clip, face crops or None) for the frozen encoders from a ClipAnalysis decoded with
+    ``encoder_frames=True`` (no second decode, no second face detection)."""
+    clip = analysis.encoder_clip()
+    if clip.audio is not None and cfg.media.sample_rate != analysis.sample_rate:
+        from emollm.media.audio import load_audio_from
+
+        clip.audio, clip.sample_rate = load_audio_from(analysis.info, cfg.media.sample_rate), cfg.media.sample_rate
+    crops = analysis.encoder_crops(cfg.media.face.crop_size) if faces else None
     return clip, crops
 
 
@@ -258,4 +270,4 @@ def extract_features(cfg: Any, dataset_dir: str | os.PathLike, *, shard: tuple[i
     return summary
 
 
-__all__ = ["FeaturesSummary", "decode_for_encoders", "encoder_inputs", "extract_features", "peak_frame_input"]
+__all__ = ["FeaturesSummary", "decode_for_encoders", "encoder_inputs", "encoder_view", "extract_features", "peak_frame_input"]

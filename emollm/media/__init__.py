@@ -7,12 +7,15 @@ Shared by the dataset builder and inference. Every failure raises a typed
 >>> faces = track_faces(clip.frames)                          # doctest: +SKIP
 >>> crops = face_crops(clip.frames, faces, size=224)          # doctest: +SKIP
 
-dlib (face detection) is only imported when faces are detected: the ``faces`` extra.
+Face detectors are registered in :mod:`emollm.media.detectors` (``mtcnn`` by default,
+``dlib_hog``, ``dlib_cnn``). dlib (the 68 landmarks, and its own detectors) is only imported when
+faces are detected: the ``faces`` extra; torch only when MTCNN runs.
 """
 
 from emollm.media._io import IMAGE_EXTENSIONS
 from emollm.media.audio import DEFAULT_SAMPLE_RATE, load_audio, load_audio_from
 from emollm.media.clip import Clip, load_clip
+from emollm.media.detectors import DEFAULT_DETECTOR, detector_names, register_detector
 from emollm.media.faces import (
     FACE_TEMPLATE_5,
     FaceCrops,
@@ -24,6 +27,7 @@ from emollm.media.faces import (
     alignment_matrix,
     associate_tracks,
     box_iou,
+    bridge_gaps,
     face_crops,
     predictor_path,
     track_faces,
@@ -34,6 +38,7 @@ from emollm.media.probe import MediaInfo, probe
 from emollm.media.video import Frames, read_frames, read_frames_from, sample_frame_indices
 
 __all__ = [
+    "DEFAULT_DETECTOR",
     "DEFAULT_SAMPLE_RATE",
     "FACE_TEMPLATE_5",
     "IMAGE_EXTENSIONS",
@@ -49,6 +54,8 @@ __all__ = [
     "alignment_matrix",
     "associate_tracks",
     "box_iou",
+    "bridge_gaps",
+    "detector_names",
     "face_crops",
     "load_audio",
     "load_audio_from",
@@ -58,6 +65,7 @@ __all__ = [
     "read_frames",
     "read_frames_from",
     "read_image",
+    "register_detector",
     "sample_frame_indices",
     "track_faces",
     "transform_points",

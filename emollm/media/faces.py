@@ -1,11 +1,15 @@
 """Face detection, tracking over a clip, and aligned face crops.
 
-- Detection: dlib's HOG frontal-face detector, run on a copy of the frame downscaled so its longer
-  side is at most ``detect_max_side`` (speed), boxes mapped back to full resolution; the 68 dlib
-  landmarks are then fitted on the full-resolution frame. dlib is the optional ``faces`` extra
+- Detection: a registered detector (:mod:`emollm.media.detectors`: ``mtcnn`` by default,
+  ``dlib_hog``, ``dlib_cnn``) finds boxes on a copy of the frame downscaled so its longer side is
+  at most ``detect_max_side``; the boxes are mapped back to full resolution and onto dlib-HOG
+  framing (each detector's measured :class:`~emollm.media.detectors.BoxMap`), and dlib's 68-point
+  predictor fits the landmarks on the full-resolution frame. dlib is the optional ``faces`` extra
   (``dlib-bin`` + ``face-recognition-models``, which ships the 68-point predictor).
 - Tracking: greedy IoU association frame to frame. The *main* face (the speaker in an emotion
-  clip) is the track seen in the most frames, ties broken by the larger mean box.
+  clip) is the track seen in the most frames, ties broken by the larger mean box. Frames the
+  main track misses between two detections are re-detected in an enlarged region around the
+  expected box at higher resolution, and only where that fails bridged by an interpolated box.
 - Alignment: a least-squares similarity transform (Umeyama) from five landmarks (eye centres,
   nose tip, mouth corners) to a fixed template, applied with Pillow: eyes level, face centred.
 
@@ -17,7 +21,6 @@ indices through ``FaceTrackResult.frame_indices``.
 from __future__ import annotations
 
 import functools
-import importlib.util
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -25,16 +28,22 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
-from emollm.errors import EmollmError, MissingDependencyError
+from emollm.assets import AssetError
+from emollm.errors import MissingDependencyError
 from emollm.log import get_logger, progress
-from emollm.media._io import scaled_size
+from emollm.media.detectors import (
+    DEFAULT_DETECTOR,
+    BoxDetector,
+    DetectorSpec,
+    DetectorUnavailable,
+    RawFace,
+    detector_spec,
+)
+from emollm.media.detectors.base import Box, scale_face
+from emollm.media.detectors.dlib_detectors import PREDICTOR_FILENAME, face_model_path, import_dlib
 from emollm.media.video import Frames
 
 logger = get_logger(__name__)
-
-Box = tuple[float, float, float, float]  # left, top, right, bottom in pixels (full resolution)
-
-PREDICTOR_FILENAME = "shape_predictor_68_face_landmarks.dat"
 
 # Five-point template in units of the crop size: image-left eye centre, image-right eye centre,
 # nose tip, mouth corners. Proportions follow the ArcFace template, with more margin so that the
@@ -50,33 +59,37 @@ FACE_TEMPLATE_5 = np.array(
 
 
 def predictor_path() -> Path:
-    """Where ``face-recognition-models`` keeps the 68-point predictor.
-
-    The package itself cannot be imported on new setuptools (it needs ``pkg_resources``), so its
-    folder is found without importing it.
-    """
-    spec = importlib.util.find_spec("face_recognition_models")
-    if spec is None or not spec.submodule_search_locations:
-        raise MissingDependencyError("face-recognition-models", "faces", "face landmarks")
-    path = Path(list(spec.submodule_search_locations)[0]) / "models" / PREDICTOR_FILENAME
-    if not path.is_file():
-        raise EmollmError(
-            f"the face-recognition-models package is installed but {path} is missing",
-            hint="pip install --force-reinstall face-recognition-models",
-        )
-    return path
+    """Where ``face-recognition-models`` keeps the 68-point predictor (found without importing
+    the package, which needs ``pkg_resources``)."""
+    return face_model_path(PREDICTOR_FILENAME, "face landmarks")
 
 
 @functools.lru_cache(maxsize=1)
 def _dlib_models():
-    """(dlib module, frontal face detector, 68-point shape predictor), loaded once per process."""
-    try:
-        import dlib
-    except ImportError as e:
-        raise MissingDependencyError("dlib-bin", "faces", "face detection") from e
+    """(dlib module, 68-point shape predictor), loaded once per process."""
+    dlib = import_dlib("face detection")
     path = predictor_path()
-    logger.debug("loading dlib HOG detector and %s", path)
-    return dlib, dlib.get_frontal_face_detector(), dlib.shape_predictor(str(path))
+    logger.debug("loading the dlib 68-point predictor %s", path)
+    return dlib, dlib.shape_predictor(str(path))
+
+
+_warned_fallbacks: set[str] = set()
+
+
+def _build_backend(spec: DetectorSpec, threshold: float | None, fallback: bool) -> tuple[DetectorSpec, BoxDetector]:
+    """(the spec actually used, its backend): ``spec``'s, else its fallback's with one warning."""
+    try:
+        return spec, spec.build(threshold)
+    except (AssetError, DetectorUnavailable, MissingDependencyError) as e:
+        if not fallback or spec.fallback is None:
+            raise
+        if spec.name not in _warned_fallbacks:
+            _warned_fallbacks.add(spec.name)
+            logger.warning(
+                "face detector %r is unavailable (%s); using %r instead%s",
+                spec.name, e, spec.fallback, f" ({e.hint})" if getattr(e, "hint", None) else "",
+            )  # fmt: skip
+        return _build_backend(detector_spec(spec.fallback), None, fallback)
 
 
 # --------------------------------------------------------------------------------------------
@@ -85,12 +98,18 @@ def _dlib_models():
 
 @dataclass(eq=False)
 class FaceDetection:
-    """One face in one frame: ``box`` (left, top, right, bottom), ``landmarks`` float32 (68, 2) as
-    (x, y) in full-resolution pixels (dlib / iBUG 300-W order), ``score`` the detector margin."""
+    """One face in one frame: ``box`` (left, top, right, bottom; dlib-HOG framing, the box the
+    landmarks were fitted on), ``landmarks`` float32 (68, 2) as (x, y) in full-resolution pixels
+    (dlib / iBUG 300-W order), ``score`` the detector's own score (dlib: margin, MTCNN:
+    probability; 0 for a bridged frame). ``points5`` (5, 2) are the detector's own landmarks
+    where it has them (MTCNN: eyes, nose, mouth corners, image-left first), in the same pixel
+    convention; ``bridged`` marks a box interpolated over a gap in a track (no detection there)."""
 
     box: Box
     landmarks: np.ndarray
     score: float
+    points5: np.ndarray | None = None
+    bridged: bool = False
 
     @property
     def area(self) -> float:
@@ -116,52 +135,111 @@ def _check_frame(frame: np.ndarray) -> np.ndarray:
     return np.ascontiguousarray(frame)
 
 
-class FaceDetector:
-    """dlib HOG face detector + 68-point landmarks.
+def _clip_box(box: Box, w: int, h: int) -> Box:
+    return (max(0.0, box[0]), max(0.0, box[1]), min(float(w), box[2]), min(float(h), box[3]))
 
-    ``upsample`` makes dlib look for faces smaller than ~80 px (at detection resolution) at about
-    4x the cost per step; 0 finds the faces in ordinary talking-head clips. ``detect_max_side``
-    bounds the detection resolution (None: full resolution). ``threshold`` is dlib's
-    ``adjust_threshold``: raise it to drop weak detections.
+
+class FaceDetector:
+    """A registered face detector + dlib's 68-point landmarks.
+
+    ``detector`` is a name from :func:`emollm.media.detectors.detector_names` (None: the default,
+    ``mtcnn``). ``detect_max_side`` bounds the detection resolution (None: full resolution);
+    ``upsample`` doubles it that many times (finds faces half as small per step, about 4x the
+    cost; MTCNN halves its minimum face size instead). ``threshold`` is the detector's own score
+    threshold (dlib: ``adjust_threshold``, 0; MTCNN: O-Net probability, 0.7; None: its default).
+    When the detector cannot be had (MTCNN's weights not downloadable) and ``fallback`` is true,
+    its registered fallback (``dlib_hog``) is used after one warning; :attr:`active` says which.
     """
 
-    def __init__(self, *, upsample: int = 0, detect_max_side: int | None = 640, threshold: float = 0.0):
+    def __init__(
+        self,
+        detector: str | None = None,
+        *,
+        upsample: int = 0,
+        detect_max_side: int | None = 640,
+        threshold: float | None = None,
+        fallback: bool = True,
+    ):
         if upsample < 0:
             raise ValueError(f"upsample must be >= 0, got {upsample}")
+        if detect_max_side is not None and detect_max_side < 1:
+            raise ValueError(f"detect_max_side must be a positive number of pixels, got {detect_max_side}")
+        self.spec = detector_spec(detector or DEFAULT_DETECTOR)
         self.upsample = int(upsample)
         self.detect_max_side = detect_max_side
-        self.threshold = float(threshold)
+        self.threshold = None if threshold is None else float(threshold)
+        self.fallback = fallback
+        self._active: tuple[DetectorSpec, BoxDetector] | None = None
+
+    @property
+    def name(self) -> str:
+        """The detector asked for."""
+        return self.spec.name
+
+    @property
+    def active(self) -> str:
+        """The detector in use: :attr:`name`, or its fallback where that one is unavailable."""
+        return self._backend()[0].name
 
     def __repr__(self) -> str:
         return (
-            f"FaceDetector(upsample={self.upsample}, detect_max_side={self.detect_max_side}, "
+            f"FaceDetector({self.name!r}, upsample={self.upsample}, detect_max_side={self.detect_max_side}, "
             f"threshold={self.threshold})"
         )
+
+    def _backend(self) -> tuple[DetectorSpec, BoxDetector]:
+        if self._active is None:
+            self._active = _build_backend(self.spec, self.threshold, self.fallback)
+        return self._active
+
+    def fit_landmarks(self, frame: np.ndarray, box: Box) -> np.ndarray:
+        """dlib's 68 landmarks fitted on ``box`` (dlib-HOG framing) in the full-resolution frame."""
+        dlib, predictor = _dlib_models()
+        rect = dlib.rectangle(int(box[0]), int(box[1]), int(round(box[2])) - 1, int(round(box[3])) - 1)
+        shape = predictor(frame, rect)
+        return np.array([(pt.x, pt.y) for pt in shape.parts()], dtype=np.float32)
+
+    def _finish(self, frame: np.ndarray, raw: list[RawFace], spec: DetectorSpec) -> list[FaceDetection]:
+        h, w = frame.shape[:2]
+        found = []
+        for face in raw:
+            box = _clip_box(spec.box_map.apply(face.box), w, h)
+            if box[2] - box[0] < 2 or box[3] - box[1] < 2:
+                continue
+            points = None if face.points is None else (face.points - 0.5).astype(np.float32)
+            landmarks = self.fit_landmarks(frame, box)
+            found.append(FaceDetection(box=box, landmarks=landmarks, score=face.score, points5=points))
+        found.sort(key=lambda d: -d.score)
+        return found
 
     def detect(self, frame: np.ndarray) -> list[FaceDetection]:
         """Faces in one uint8 RGB frame, best score first."""
         frame = _check_frame(frame)
-        dlib, detector, predictor = _dlib_models()
+        _dlib_models()  # the landmarks need dlib whichever detector runs: fail before detecting
+        spec, backend = self._backend()
+        raw = backend.detect(frame, max_side=self.detect_max_side, upsample=self.upsample)
+        return self._finish(frame, raw, spec)
+
+    def detect_in_region(self, frame: np.ndarray, region: Box, *, face_px: float = 160.0) -> list[FaceDetection]:
+        """Faces inside ``region`` of the full-resolution frame, searched at full resolution on a
+        crop resized so that a face filling 40 % of the region (an expected box enlarged 2.5x) is
+        about ``face_px`` wide: how a frame a track missed is looked at again, closer. Boxes and
+        landmarks in full-frame coordinates."""
+        frame = _check_frame(frame)
+        _dlib_models()
         h, w = frame.shape[:2]
-        dw, dh = scaled_size(w, h, self.detect_max_side)
-        small = frame if (dw, dh) == (w, h) else np.asarray(Image.fromarray(frame).resize((dw, dh), Image.BILINEAR))
-        sx, sy = w / dw, h / dh
-        rects, scores, _ = detector.run(small, self.upsample, self.threshold)
-        found = []
-        for rect, score in zip(rects, scores, strict=True):
-            # dlib rectangles are inclusive pixel indices; map the edges to full resolution.
-            box = (
-                max(0.0, rect.left() * sx),
-                max(0.0, rect.top() * sy),
-                min(float(w), (rect.right() + 1) * sx),
-                min(float(h), (rect.bottom() + 1) * sy),
-            )
-            full = dlib.rectangle(int(box[0]), int(box[1]), int(round(box[2])) - 1, int(round(box[3])) - 1)
-            shape = predictor(frame, full)
-            landmarks = np.array([(pt.x, pt.y) for pt in shape.parts()], dtype=np.float32)
-            found.append(FaceDetection(box=box, landmarks=landmarks, score=float(score)))
-        found.sort(key=lambda d: -d.score)
-        return found
+        left, top = max(0, int(np.floor(region[0]))), max(0, int(np.floor(region[1])))
+        right, bottom = min(w, int(np.ceil(region[2]))), min(h, int(np.ceil(region[3])))
+        if right - left < 8 or bottom - top < 8:
+            return []
+        crop = frame[top:bottom, left:right]
+        zoom = face_px / (0.4 * max(region[2] - region[0], region[3] - region[1]))  # the crop is ~2.5 * face_px
+        cw, ch = max(1, round((right - left) * zoom)), max(1, round((bottom - top) * zoom))
+        image = np.asarray(Image.fromarray(crop).resize((cw, ch), Image.Resampling.BILINEAR))
+        spec, backend = self._backend()
+        raw = backend.detect(np.ascontiguousarray(image), max_side=None, upsample=0)
+        sx, sy = (right - left) / cw, (bottom - top) / ch
+        return self._finish(frame, [scale_face(f, sx, sy, left, top) for f in raw], spec)
 
     def detect_frames(self, frames: Frames | np.ndarray | Sequence[np.ndarray]) -> list[list[FaceDetection]]:
         """Faces in every frame (a progress bar on stderr for long runs)."""
@@ -208,7 +286,11 @@ class FaceTrackResult:
     ``tracks[0]`` or None when no face was found. ``boxes`` / ``landmarks`` give the main face per
     frame position (None where it is absent) and ``no_face_frames`` lists those positions (every
     position when there is no main track). ``frame_indices`` maps positions to source frame
-    indices when the frames came from :class:`Frames`. ``detections`` keeps every face found.
+    indices when the frames came from :class:`Frames`. ``detections`` keeps every face the
+    full-frame pass found. ``redetected`` lists the positions where the main face was missed by
+    that pass but found again in a closer look around its expected box, and ``bridged`` those
+    where it was found neither way and the box is interpolated between its neighbours (landmarks
+    fitted there): treat those with less confidence (their detections have ``bridged=True``).
     """
 
     num_frames: int
@@ -219,6 +301,8 @@ class FaceTrackResult:
     no_face_frames: list[int]
     detections: list[list[FaceDetection]]
     frame_indices: list[int] | None = None
+    redetected: list[int] = field(default_factory=list)
+    bridged: list[int] = field(default_factory=list)
 
     @property
     def num_tracks(self) -> int:
@@ -282,23 +366,92 @@ def associate_tracks(
 
     tracks.sort(key=lambda t: (-t.num_frames, -t.mean_area, t.track_id))
     main = tracks[0] if tracks and tracks[0].num_frames >= min_frames else None
-    n = len(detections)
-    boxes: list[Box | None] = [None] * n
-    landmarks: list[np.ndarray | None] = [None] * n
-    if main is not None:
-        for pos, det in zip(main.positions, main.detections, strict=True):
-            boxes[pos] = det.box
-            landmarks[pos] = det.landmarks
-    return FaceTrackResult(
-        num_frames=n,
+    result = FaceTrackResult(
+        num_frames=len(detections),
         tracks=tracks,
         main=main,
-        boxes=boxes,
-        landmarks=landmarks,
-        no_face_frames=[i for i in range(n) if boxes[i] is None],
+        boxes=[],
+        landmarks=[],
+        no_face_frames=[],
         detections=[list(d) for d in detections],
         frame_indices=list(frame_indices) if frame_indices is not None else None,
     )
+    _fill_main(result)
+    return result
+
+
+def _fill_main(result: FaceTrackResult) -> None:
+    """Set the per-position ``boxes`` / ``landmarks`` / ``no_face_frames`` from ``result.main``."""
+    n = result.num_frames
+    result.boxes = [None] * n
+    result.landmarks = [None] * n
+    if result.main is not None:
+        for pos, det in zip(result.main.positions, result.main.detections, strict=True):
+            result.boxes[pos] = det.box
+            result.landmarks[pos] = det.landmarks
+    result.no_face_frames = [i for i in range(n) if result.boxes[i] is None]
+
+
+def _lerp_box(a: Box, b: Box, t: float) -> Box:
+    return tuple(float(x + (y - x) * t) for x, y in zip(a, b, strict=True))  # type: ignore[return-value]
+
+
+def _grow_box(box: Box, factor: float) -> Box:
+    cx, cy = (box[0] + box[2]) / 2, (box[1] + box[3]) / 2
+    hw, hh = (box[2] - box[0]) * factor / 2, (box[3] - box[1]) * factor / 2
+    return (cx - hw, cy - hh, cx + hw, cy + hh)
+
+
+BRIDGE_REGION = 2.5  # a missed frame is searched again in the expected box enlarged this much
+BRIDGE_MIN_IOU = 0.3  # a face found there must overlap the expected box this much
+
+
+def bridge_gaps(
+    result: FaceTrackResult,
+    frames: Frames | np.ndarray | Sequence[np.ndarray],
+    detector: FaceDetector,
+    *,
+    max_gap: int = 5,
+) -> FaceTrackResult:
+    """Fill the main track's gaps of at most ``max_gap`` frames between two detections, in place.
+
+    Each missed frame is searched again in the expected box (interpolated between the
+    neighbouring detections) enlarged :data:`BRIDGE_REGION` times, at higher resolution
+    (:meth:`FaceDetector.detect_in_region`); a face there overlapping the expected box by IoU >=
+    :data:`BRIDGE_MIN_IOU` joins the track (``result.redetected``). Where none is found the box is
+    interpolated and the landmarks fitted on it (``result.bridged``; the detection has
+    ``bridged=True`` and score 0). Frames before the first or after the last detection are left
+    alone: a face that leaves is not invented.
+    """
+    main = result.main
+    if main is None or len(main.positions) < 2:
+        return result
+    frame_list = _as_frame_list(frames)
+    if len(frame_list) != result.num_frames:
+        raise ValueError(f"{len(frame_list)} frames for a track result over {result.num_frames}")
+    by_pos = dict(zip(main.positions, main.detections, strict=True))
+    known = sorted(by_pos)
+    for a, b in zip(known[:-1], known[1:], strict=True):
+        if b - a - 1 > max_gap:
+            continue
+        for pos in range(a + 1, b):
+            expected = _lerp_box(by_pos[a].box, by_pos[b].box, (pos - a) / (b - a))
+            frame = _check_frame(frame_list[pos])
+            found = detector.detect_in_region(frame, _grow_box(expected, BRIDGE_REGION))
+            best = max(found, key=lambda d: box_iou(d.box, expected), default=None)
+            if best is not None and box_iou(best.box, expected) >= BRIDGE_MIN_IOU:
+                by_pos[pos] = best
+                result.redetected.append(pos)
+            else:
+                box = _clip_box(expected, frame.shape[1], frame.shape[0])
+                by_pos[pos] = FaceDetection(
+                    box=box, landmarks=detector.fit_landmarks(frame, box), score=0.0, bridged=True
+                )
+                result.bridged.append(pos)
+    main.positions = sorted(by_pos)
+    main.detections = [by_pos[p] for p in main.positions]
+    _fill_main(result)
+    return result
 
 
 def track_faces(
@@ -308,12 +461,14 @@ def track_faces(
     iou_threshold: float = 0.3,
     max_gap: int = 5,
     min_frames: int = 1,
+    bridge: bool = True,
 ) -> FaceTrackResult:
     """Detect faces in every frame and keep the main speaker's face (see :func:`associate_tracks`).
 
     A clip with no face gives ``main=None`` and every position in ``no_face_frames``; that is a
     result, not an error. ``max_gap`` counts frames of the sequence given: with 16 frames sampled
-    from a 3 s clip a gap of 5 is about one second.
+    from a 3 s clip a gap of 5 is about one second. ``bridge``: fill the main track's gaps
+    (:func:`bridge_gaps`; ``result.redetected`` / ``result.bridged``).
     """
     detector = detector or FaceDetector()
     detections = detector.detect_frames(frames)
@@ -324,11 +479,16 @@ def track_faces(
         min_frames=min_frames,
         frame_indices=frames.indices if isinstance(frames, Frames) else None,
     )
+    if bridge:
+        bridge_gaps(result, frames, detector, max_gap=max_gap)
     logger.debug(
-        "face tracking: %d frames, %d tracks, main face in %d, absent in %d",
+        "face tracking (%s): %d frames, %d tracks, main face in %d (%d found again, %d bridged), absent in %d",
+        detector.active,
         result.num_frames,
         result.num_tracks,
         result.num_frames - len(result.no_face_frames),
+        len(result.redetected),
+        len(result.bridged),
         len(result.no_face_frames),
     )
     return result

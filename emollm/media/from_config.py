@@ -21,14 +21,20 @@ def load_clip_for(media: MediaConfig, path: str | os.PathLike[str], *, audio: bo
     )
 
 
-def face_detector_for(face: FaceConfig) -> FaceDetector:
-    return FaceDetector(upsample=face.upsample, detect_max_side=face.detect_max_side)
+def face_detector_for(face: FaceConfig, *, detect_max_side: int | None = None) -> FaceDetector:
+    """The registered detector ``face.detector`` with the config's settings (``detect_max_side``
+    overrides ``face.detect_max_side``, e.g. the builder's smaller ``build.detect_max_side``)."""
+    return FaceDetector(
+        face.detector,
+        upsample=face.upsample,
+        detect_max_side=detect_max_side if detect_max_side is not None else face.detect_max_side,
+    )
 
 
 def track_faces_for(face: FaceConfig, clip: Clip, detector: FaceDetector | None = None) -> FaceTrackResult:
     """Track the main face over a loaded clip's frames (no frames: an empty result)."""
     detector = detector or face_detector_for(face)
     frames = clip.frames if clip.frames is not None else []
-    result = track_faces(frames, detector, iou_threshold=face.iou_threshold)
+    result = track_faces(frames, detector, iou_threshold=face.iou_threshold, max_gap=face.max_gap, bridge=face.bridge)
     result.frame_indices = list(clip.frame_indices)
     return result

@@ -73,7 +73,7 @@ def test_outputs_records_errors_manifest(built, clips):
     errors = {e["id"]: e for e in map(json.loads, (out / "errors.jsonl").read_text().splitlines())}
     assert set(errors) == {"empty", "random", "garbled"}
     assert errors["empty"]["stage"] == "probe" and errors["empty"]["error_type"] == "EmptyMediaError"
-    assert errors["garbled"]["stage"] == "au" and "decoding" in errors["garbled"]["reason"]
+    assert errors["garbled"]["stage"] == "analysis" and "decoding" in errors["garbled"]["reason"]
 
     manifest = json.loads((out / "manifest.json").read_text())
     assert manifest["records"] == 6 and manifest["errors"] == 3 and manifest["clips"] == 9

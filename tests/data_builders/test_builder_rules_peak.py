@@ -44,8 +44,10 @@ def test_rules_label_confidence_and_neutral():
     weaker = pseudo_label(_aus(AU06=1, AU12=1.2, AU14=1), table, merr)
     assert weaker.label == "happy" and weaker.confidence < happy.confidence
     assert pseudo_label(_aus(AU01=3, AU02=3, AU05=2, AU26=4), table, merr).label == "surprise"
-    assert pseudo_label(_aus(AU14=3, AU17=3), table, merr).label == "contempt"  # dimpler + chin, no smile
-    assert pseudo_label(_aus(AU12=3, AU14=3), table, merr).label == "happy"  # a smile without AU06 is no contempt
+    # contempt is EMFACS's one-sided R12 + R14: a symmetric smile is no contempt, a one-sided one is
+    assert pseudo_label(_aus(AU12=3, AU14=3), table, merr).label == "happy"
+    one_sided = pseudo_label(_aus(AU12=3, AU14=3), table, merr, evidence={"mouth_asymmetry": 2.5})
+    assert one_sided.label == "contempt"
     neutral = pseudo_label(_aus(AU25=0.5), table, merr)
     assert neutral.label == "neutral" and neutral.rule == "neutral" and neutral.confidence == pytest.approx(0.9)
 
@@ -66,3 +68,28 @@ def test_rules_are_data(tmp_path):
     assert table.provenance == "mine/7"
     assert pseudo_label(_aus(AU12=2.0), table, load_label_set("merr")).label == "neutral"
     assert pseudo_label(_aus(AU12=3.0), table, load_label_set("merr")).label == "happy"
+
+
+def test_a_talking_mouth_never_makes_the_peak():
+    """At voiced frames the speech AUs (lips part, jaw drop, ...) count as absent; the smile still counts."""
+    rows = [{"AU12": 2.0, "AU06": 1.5}, {"AU25": 5.0, "AU26": 5.0, "AU10": 3.0}, {"AU25": 4.0, "AU26": 4.0}, {"AU12": 1.0}]
+    silent = _series(rows)
+    assert find_peak(silent, "intensity_sum").frame_index == 6  # without audio the open mouth wins
+    talking = _series(rows)
+    talking.voiced = np.array([True, True, True, True])
+    peak = find_peak(talking, "intensity_sum")
+    assert peak.frame_index == 0  # speaking frames: the mouth is speech, the smile is expression
+    assert find_peak(talking, "frequent_aus").frame_index == 0
+
+
+def test_openface_presence_flags_are_honoured_below_intensity_one():
+    """OpenFace marks most present AUs at intensity < 1: its AUxx_c decides, not the intensity."""
+    table, merr = load_rules(None), load_label_set("merr")
+    weak = _aus(AU01=0.6, AU02=0.5, AU05=0.4, AU26=0.7)
+    assert pseudo_label(weak, table, merr).label == "neutral"  # by intensity alone: nothing active
+    present = pseudo_label(weak, table, merr, present=["AU01", "AU02", "AU05", "AU26"])
+    assert present.label == "surprise" and present.confidence > 0
+    # a rule whose `absent` AU the source marks present does not fire, whatever the intensity
+    worried = _aus(AU01=2, AU04=2, AU20=2, AU23=2, AU15=0.3)
+    assert pseudo_label(worried, table, merr).label == "worried"
+    assert pseudo_label(worried, table, merr, present=["AU01", "AU04", "AU20", "AU23", "AU15"]).label != "worried"

@@ -1,4 +1,4 @@
-"""Face detection, main-face tracking and aligned crops on real clips (dlib HOG + 68 landmarks)."""
+"""Face detection, main-face tracking (gaps bridged) and aligned crops on real clips (default detector + 68 landmarks)."""
 
 from __future__ import annotations
 
@@ -15,6 +15,7 @@ from emollm.media import (
     align_face,
     alignment_matrix,
     associate_tracks,
+    box_iou,
     face_crops,
     read_frames,
     track_faces,
@@ -130,6 +131,53 @@ def test_multi_face_image(sample_dir):
     # One frame: the main face is the largest.
     assert main.mean_area == max(t.mean_area for t in result.tracks)
     assert face_crops(frames, result).images.shape == (1, 224, 224, 3)
+
+
+class _MissesAt(FaceDetector):
+    """The default detector, except that its full-frame pass misses the face at some positions
+    (as a detector does on a blurred or half-turned face)."""
+
+    def __init__(self, miss: set[int], **kwargs):
+        super().__init__(**kwargs)
+        self.miss, self.calls = miss, 0
+
+    def detect(self, frame):
+        self.calls += 1
+        return [] if self.calls - 1 in self.miss else super().detect(frame)
+
+
+@pytest.fixture(scope="module")
+def five(sample_dir):
+    return read_frames(sample_dir / "single_face.mp4", indices=[0, 6, 12, 18, 24])
+
+
+def test_missed_frames_are_found_again_closer(five):
+    result = track_faces(five, _MissesAt({1, 2}))
+    assert result.redetected == [1, 2] and result.bridged == []
+    assert result.no_face_frames == [] and result.main.positions == [0, 1, 2, 3, 4]
+    for pos in (1, 2):
+        det = result.main.at(pos)
+        assert not det.bridged and det.score > 0.9
+        assert box_iou(det.box, result.boxes[0]) > 0.5 and box_iou(det.box, result.boxes[3]) > 0.5
+    assert len(face_crops(five, result)) == 5
+
+
+def test_a_gap_with_no_face_to_find_is_bridged(five):
+    frames = five.array.copy()
+    frames[2] = 128  # the face gone for one frame (a cut-away, a hand): nothing to re-detect
+    result = track_faces(frames)
+    assert result.bridged == [2] and result.redetected == []
+    assert result.no_face_frames == [] and len(face_crops(frames, result)) == 5
+    det = result.main.at(2)
+    assert det.bridged and det.score == 0.0 and det.landmarks.shape == (68, 2)
+    expected = tuple((a + b) / 2 for a, b in zip(result.boxes[1], result.boxes[3], strict=True))
+    np.testing.assert_allclose(det.box, expected, atol=1e-6)  # interpolated between its neighbours
+    unbridged = track_faces(frames, bridge=False)
+    assert unbridged.no_face_frames == [2] and unbridged.bridged == []
+    # A gap longer than max_gap splits the track instead: nothing bridged.
+    frames[1] = 128
+    split = track_faces(frames, max_gap=1)
+    assert split.bridged == [] and split.main.positions == [3, 4] and split.no_face_frames == [0, 1, 2]
 
 
 def _det(x, y, size=100.0, score=1.0):

