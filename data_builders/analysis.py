@@ -173,8 +173,9 @@ def analyse_clip(info, cfg, *, video: bool = True, faces: bool = True, audio: bo
     if faces:
         # a video's main face must be seen in 2 sampled frames: one stray detection is no speaker
         min_frames = 2 if n >= 5 else 1
-        out.track = track_faces(out.frames, _detector(cfg, out.still), iou_threshold=cfg.media.face.iou_threshold,
-                                min_frames=min_frames)
+        face = cfg.media.face
+        out.track = track_faces(out.frames, _detector(cfg, out.still), iou_threshold=face.iou_threshold,
+                                max_gap=face.max_gap, bridge=face.bridge, min_frames=min_frames)
         for pos, lm in enumerate(out.track.landmarks):
             if lm is not None:
                 out.landmarks[pos] = lm

