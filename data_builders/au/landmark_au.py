@@ -12,8 +12,9 @@ Calibration (docs/builder.md, "Built-in AUs", has the measurements):
    flagged and not measured.
 2. **One feature per AU, each from its own landmarks** (no two AUs read the same measurement): see
    :data:`FEATURES`. Features grow with their AU and are in IOD units.
-3. **Neutral baseline.** Videos: the clip's own neutral (a low percentile of each feature over its
-   face frames; the median for the lid features, which blinks pull down). Stills (and
+3. **Neutral baseline.** Videos: the clip's own neutral (each feature's median over the clip's most
+   neutral frames, :func:`neutral_frames`; the median of all frames for the lid features, which blinks
+   pull down). Stills (and
    ``build.baseline=reference``): the population-neutral face's own features (:data:`NEUTRAL_REFERENCE`).
 4. **Intensity** = (feature - neutral) / unit, clipped to 0-5, where ``unit`` (:data:`AU_UNITS`) is the
    change in IOD that counts as one intensity point.
@@ -202,26 +203,47 @@ def jitter(features: np.ndarray) -> np.ndarray:
     return 1.4826 * np.median(np.abs(d - np.median(d, axis=0)), axis=0) / np.sqrt(2)
 
 
+NEUTRAL_SHARE = 0.2
+
+
+def neutral_frames(features: np.ndarray, percentile: float = 10.0) -> np.ndarray:
+    """Rows of the clip's most neutral frames: provisional intensities against each feature's own
+    ``percentile``, then the ``NEUTRAL_SHARE`` (20 %, at least one) of frames with the least in total.
+
+    One neutral *moment* for every feature, not each feature's own low point: in a clip that smiles
+    most of the time, the lip-corner features' low points are both smiles (the corners are high), so
+    per-feature percentiles would read its calm frames as corners pulled down (AU15)."""
+    provisional = np.zeros(features.shape)
+    for j, au in enumerate(MERR_AUS):
+        unit, kind = AU_UNITS[au]
+        if kind == "low":
+            provisional[:, j] = np.maximum(features[:, j] - np.percentile(features[:, j], percentile), 0.0) / unit
+    k = max(1, int(round(len(features) * NEUTRAL_SHARE)))
+    return np.argsort(provisional.sum(axis=1), kind="stable")[:k]
+
+
 def intensities(features: np.ndarray, *, baseline: str = "clip", percentile: float = 10.0) -> np.ndarray:
     """Features (T, A) with NaN rows for frames without a measurable face -> intensities (T, A) on
-    0-5 (0 there). ``baseline``: ``"clip"`` (the clip's own neutral: ``percentile`` of each feature,
-    the median for lid features; fewer than 3 frames use the reference) or ``"reference"``."""
+    0-5 (0 there). ``baseline``: ``"clip"`` (the clip's own neutral: each feature's median over the
+    clip's most neutral frames (:func:`neutral_frames`), the clip median for lid features; fewer than 3
+    frames use the reference) or ``"reference"``."""
     out = np.zeros(features.shape, dtype=np.float32)
     valid = ~np.isnan(features).any(axis=1)
     if not valid.any():
         return out
     f = features[valid]
     noise = jitter(f) if baseline != "reference" else np.zeros(f.shape[1])
+    calm = neutral_frames(f, percentile) if baseline != "reference" and f.shape[0] >= 3 else None
     for j, au in enumerate(MERR_AUS):
         unit, kind = AU_UNITS[au]
         if kind == "absolute":
             neutral = 0.0
-        elif baseline == "reference" or f.shape[0] < 3:
+        elif calm is None:
             neutral = NEUTRAL_REFERENCE[au]
         elif kind == "median":
             neutral = float(np.median(f[:, j]))
         else:
-            neutral = float(np.percentile(f[:, j], percentile))
+            neutral = float(np.median(f[calm, j]))
         # a dead zone of DEAD_ZONE x the clip's own landmark jitter: noise alone never makes an AU
         out[valid, j] = np.clip((f[:, j] - neutral - DEAD_ZONE * noise[j]) / unit, 0.0, AU_INTENSITY_MAX)
     # Plausibility, not shared evidence: the jaw cannot drop far with the lips closed, and the chin

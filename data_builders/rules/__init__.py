@@ -6,6 +6,7 @@ the AUs active at the peak frame: the source's own presence flags where it has t
 
 - ``fraction`` = active rule AUs / rule AUs; the rule *fires* when ``fraction >= min_fraction``,
   at least ``min(min_active, len(aus))`` AUs are active and no ``absent`` AU is active;
+- a rule may ``require`` AUs (happy: AU12) and override ``min_fraction`` / ``min_active``;
 - ``unilateral`` rules (contempt: R12 + R14, EMFACS) also need one-sided evidence at the peak
   (``evidence["mouth_asymmetry"]`` >= the presence threshold); a source that cannot tell sides never
   fires them;
@@ -44,6 +45,9 @@ class Rule:
     aus: tuple[str, ...]
     absent: tuple[str, ...] = ()
     unilateral: bool = False
+    require: tuple[str, ...] = ()  # AUs that must be active (happy: AU12)
+    min_fraction: float | None = None  # per-rule override of the table's
+    min_active: int | None = None
 
 
 @dataclass(frozen=True)
@@ -78,7 +82,12 @@ def load_rules(path: str | os.PathLike[str] | None = None) -> RuleTable:
         unknown = [a for a in (*aus, *absent) if a not in MERR_AUS]
         if not aus or unknown:
             raise ConfigError(f"{path}: rule '{emotion}' needs AUs from {list(MERR_AUS)}; unknown: {unknown or 'none given'}")
-        rules.append(Rule(str(emotion).lower(), aus, absent, bool(spec.get("unilateral", False))))
+        require = tuple(str(a).upper() for a in spec.get("require", ()))
+        if any(a not in aus for a in require):
+            raise ConfigError(f"{path}: rule '{emotion}': require {list(require)} must be among its aus {list(aus)}")
+        rules.append(Rule(str(emotion).lower(), aus, absent, bool(spec.get("unilateral", False)), require,
+                          float(spec["min_fraction"]) if "min_fraction" in spec else None,
+                          int(spec["min_active"]) if "min_active" in spec else None))  # fmt: skip
     if not rules:
         raise ConfigError(f"{path}: no rules")
     return RuleTable(
@@ -115,9 +124,12 @@ def pseudo_label(aus_at_peak: dict[str, float], table: RuleTable, label_set: Lab
     for order, rule in enumerate(table.rules):
         hits = [au for au in rule.aus if au in active]
         fraction = len(hits) / len(rule.aus)
+        min_fraction = table.min_fraction if rule.min_fraction is None else rule.min_fraction
+        min_active = table.min_active if rule.min_active is None else rule.min_active
         fires = (
-            fraction >= table.min_fraction
-            and len(hits) >= min(table.min_active, len(rule.aus))
+            fraction >= min_fraction
+            and len(hits) >= min(min_active, len(rule.aus))
+            and all(au in active for au in rule.require)
             and not any(au in active for au in rule.absent)
             and (one_sided or not rule.unilateral)
         )

@@ -53,3 +53,11 @@ def test_tone_tips_a_close_call_but_never_decides_alone(dfew):
     close = [fusion.expression_vote({"angry": 0.45, "sad": 0.55}, dfew, model="m"),
              fusion.rule_vote("angry", 0.2, dfew, still=False), tone]
     assert fusion.fuse(close, dfew).label == "angry"
+
+
+def test_a_powerless_neutral_rule_vote_abstains(dfew):
+    """Strong AUs that fire no rule give a 'neutral' of strength 0: that is no disagreement."""
+    votes = [fusion.rule_vote("neutral", 0.0, dfew, still=False),
+             fusion.expression_vote({"happy": 0.8, "neutral": 0.2}, dfew, model="m")]
+    fused = fusion.fuse(votes, dfew)
+    assert fused.label == "happy" and fused.agreement == 1.0 and not fused.disagree

@@ -93,3 +93,9 @@ def test_openface_presence_flags_are_honoured_below_intensity_one():
     worried = _aus(AU01=2, AU04=2, AU20=2, AU23=2, AU15=0.3)
     assert pseudo_label(worried, table, merr).label == "worried"
     assert pseudo_label(worried, table, merr, present=["AU01", "AU04", "AU20", "AU23", "AU15"]).label != "worried"
+
+
+def test_a_smile_alone_is_happy_but_no_smile_is_never_happy():
+    table, merr = load_rules(None), load_label_set("merr")
+    assert pseudo_label(_aus(AU12=3.5), table, merr).label == "happy"  # EMFACS: AU12 alone predicts happiness
+    assert pseudo_label(_aus(AU06=3, AU14=3), table, merr).label != "happy"  # cheeks + dimple without the smile
