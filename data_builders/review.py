@@ -45,7 +45,7 @@ log = get_logger(__name__)
 REVIEWS_FILE = "reviews.jsonl"
 REVIEW_ERRORS_FILE = "review_errors.jsonl"
 CSV_COLUMNS = ("id", "label", "note", "reviewer", "pseudo_label", "pseudo_label_confidence", "given_label",
-               "reasons", "subtitle", "coarse_description", "reasoning", "media", "thumbnail", "au_chart",
+               "reasons", "cue_votes", "subtitle", "coarse_description", "reasoning", "media", "thumbnail", "au_chart",
                "thumbnail_error")  # fmt: skip
 
 
@@ -86,6 +86,16 @@ def review_reasons(rec: dict[str, Any], threshold: float) -> list[str]:
 
 
 # ------------------------------------------------------------------------------------------ export
+
+
+def _votes_cell(rec: dict[str, Any]) -> str:
+    """Each cue's vote for the reviewer: ``au_rules:sad 0.08; expression:angry 0.42; tone:high``."""
+    votes = rec.get("cue_votes") or {}
+    parts = []
+    for cue, v in votes.items():
+        what = v.get("label") or (v.get("detail") or {}).get("arousal") or "?"
+        parts.append(f"{cue}:{what} {v.get('strength', 0):.2f}")
+    return "; ".join(parts)
 
 
 def _thumbnail(dataset_dir: Path, rec: dict[str, Any], path: Path) -> None:
@@ -144,7 +154,8 @@ def export_review(dataset_dir: str | os.PathLike[str], out_dir: str | os.PathLik
             continue
         row = {"id": rec["id"], "label": rec.get("label") or rec.get("pseudo_label") or "", "note": "", "reviewer": "",
                "pseudo_label": rec.get("pseudo_label"), "pseudo_label_confidence": rec.get("pseudo_label_confidence"),
-               "given_label": rec.get("label"), "reasons": ";".join(reasons), "subtitle": rec.get("subtitle"),
+               "given_label": rec.get("label"), "reasons": ";".join(reasons), "cue_votes": _votes_cell(rec),
+               "subtitle": rec.get("subtitle"),
                "coarse_description": rec.get("coarse_description"), "reasoning": rec.get("reasoning"),
                "media": rec["media"]["path"], "thumbnail": "", "au_chart": "", "thumbnail_error": ""}  # fmt: skip
         if images:

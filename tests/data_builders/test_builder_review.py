@@ -47,6 +47,7 @@ def test_review_reasons() -> None:
     assert review_reasons(rec | {"label": "sad"}, 0.5) == ["label_disputed"]
     filt = {"kept": False, "reason": "duplicate_of:x"}
     assert review_reasons(rec | {"reasoning_filter": filt}, 0.5) == ["reasoning_filtered:duplicate_of:x"]
+    assert review_reasons(rec | {"flags": ["cues_disagree"]}, 0.5) == ["cues_disagree"]
     assert review_reasons({"pseudo_label": None, "label": None}, 0.5) == []  # nothing to review without a label
 
 
@@ -60,6 +61,7 @@ def test_export_csv_jsonl_thumbnails_and_au_charts(built, tmp_path) -> None:
     assert [r["id"] for r in rows] == [r["id"] for r in _jsonl(tmp_path / "rv" / "review.jsonl")] == [r["id"] for r in res.rows]
     for row in rows:
         assert row["reasons"].startswith("low_confidence") and row["label"] == recs[row["id"]]["pseudo_label"]
+        assert row["cue_votes"].startswith("au_rules:")  # each cue's vote, for the reviewer to weigh
         with Image.open(tmp_path / "rv" / row["thumbnail"]) as im:
             assert max(im.size) == 320 and im.mode == "RGB"
         with Image.open(tmp_path / "rv" / row["au_chart"]) as im:
