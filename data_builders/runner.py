@@ -198,10 +198,13 @@ def _expression_model(name: str):  # noqa: ANN202
     try:
         return load_expression_model(name)
     except EmollmError as exc:
-        if name not in _EXPRESSION_WARNED:
-            _EXPRESSION_WARNED.add(name)
-            log.warning("expression model %s unavailable, pseudo-labels without it: %s", name, exc.message)
-        return None
+        return _expression_unavailable(name, exc)
+
+
+def _expression_unavailable(name: str, exc: EmollmError) -> None:
+    if name not in _EXPRESSION_WARNED:
+        _EXPRESSION_WARNED.add(name)
+        log.warning("expression model %s unavailable, pseudo-labels without it: %s", name, exc.message)
 
 
 _EXPRESSION_WARNED: set[str] = set()
@@ -217,10 +220,7 @@ def _expression_version(name: str) -> str | None:
     try:
         return model_version(name)
     except EmollmError as exc:
-        if name not in _EXPRESSION_WARNED:
-            _EXPRESSION_WARNED.add(name)
-            log.warning("expression model %s unavailable, pseudo-labels without it: %s", name, exc.message)
-        return None
+        return _expression_unavailable(name, exc)
 
 
 # ------------------------------------------------------------------------------------------ cues + text

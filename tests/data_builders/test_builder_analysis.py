@@ -15,26 +15,16 @@ def _records(out):
     return {r["id"]: r for r in map(json.loads, (out / "annotations.jsonl").read_text().splitlines())}
 
 
-def test_a_clip_is_decoded_once_and_every_cue_reads_that_decode(sample_dir, tmp_path, monkeypatch):
+def test_a_clip_is_decoded_once_and_every_cue_reads_that_decode(sample_dir, tmp_path, call_counter):
     import emollm.media as media
     import emollm.media.audio as audio
     import emollm.media.faces as faces
 
-    calls = {"frames": 0, "audio": 0, "track": 0}
-
-    def counting(module, name, key):
-        real = getattr(module, name)
-
-        def wrapper(*a, **k):
-            calls[key] += 1
-            return real(*a, **k)
-
-        monkeypatch.setattr(module, name, wrapper)
-
-    counting(media, "read_frames_from", "frames")
-    counting(audio, "load_audio_from", "audio")
-    counting(media, "track_faces", "track")
-    counting(faces, "track_faces", "track")
+    call_counter(media, "read_frames_from", "frames")
+    call_counter(audio, "load_audio_from", "audio")
+    call_counter(media, "track_faces", "track")
+    call_counter(faces, "track_faces", "track")
+    calls = call_counter.calls
     clips = tmp_path / "clips"
     clips.mkdir()
     shutil.copy(sample_dir / "single_face.mp4", clips / "talk.mp4")

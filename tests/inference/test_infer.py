@@ -42,29 +42,18 @@ def test_python_api_explains_a_clip_feeding_every_trained_modality(explainer, sa
     assert set(result.timings_s) == {"analyse", "encoders", "generate"}
 
 
-def test_a_clip_is_decoded_and_its_face_tracked_once(explainer, sample_dir, monkeypatch):
+def test_a_clip_is_decoded_and_its_face_tracked_once(explainer, sample_dir, call_counter):
     """infer reuses the builder's analysis for the encoders: one frame decode, one audio decode, one track."""
     import emollm.media as media
     import emollm.media.audio as audio
     import emollm.media.faces as faces
     import emollm.media.video as video
 
-    calls = {"frames": 0, "audio": 0, "track": 0}
-
-    def count(module, name, key):
-        real = getattr(module, name)
-
-        def wrapper(*a, **k):
-            calls[key] += 1
-            return real(*a, **k)
-
-        monkeypatch.setattr(module, name, wrapper)
-
-    count(media, "read_frames_from", "frames")
-    count(video, "read_frames", "frames")
-    count(audio, "load_audio_from", "audio")
-    count(media, "track_faces", "track")
-    count(faces, "track_faces", "track")
+    for module, name, key in ((media, "read_frames_from", "frames"), (video, "read_frames", "frames"),
+                              (audio, "load_audio_from", "audio"), (media, "track_faces", "track"),
+                              (faces, "track_faces", "track")):  # fmt: skip
+        call_counter(module, name, key)
+    calls = call_counter.calls
     result = explainer.explain(sample_dir / "single_face.mp4", task="emotion")
     assert result.ok and set(result.cues["modalities_fed"]) == set(explainer.model.config.modalities)
     assert calls == {"frames": 1, "audio": 1, "track": 1}

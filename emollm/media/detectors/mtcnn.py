@@ -20,10 +20,8 @@ the layout of the original release.
 
 from __future__ import annotations
 
-import contextlib
 import functools
 import math
-from collections.abc import Iterator
 from pathlib import Path
 
 import numpy as np
@@ -34,6 +32,7 @@ from torch import nn
 from emollm import assets
 from emollm.log import get_logger
 from emollm.media.detectors.base import RawFace, detection_image, scale_face
+from emollm.threads import torch_threads
 
 logger = get_logger(__name__)
 
@@ -264,19 +263,6 @@ def run_cascade(
     return boxes[keep], scores[keep], points[keep]
 
 
-@contextlib.contextmanager
-def _torch_threads(limit: int | None) -> Iterator[None]:
-    """Cap torch's intra-op threads to ``limit`` for the block (never raises the count)."""
-    before = torch.get_num_threads()
-    if limit and limit < before:
-        torch.set_num_threads(limit)
-    try:
-        yield
-    finally:
-        if torch.get_num_threads() != before:
-            torch.set_num_threads(before)
-
-
 class MtcnnDetector:
     """MTCNN as a registered backend: ``min_face_size`` px at detection resolution (halved per
     ``upsample`` step instead of enlarging the frame), ``threshold`` the O-Net probability (0.7).
@@ -295,7 +281,7 @@ class MtcnnDetector:
 
     def detect(self, frame: np.ndarray, *, max_side: int | None, upsample: int) -> list[RawFace]:
         image, sx, sy = detection_image(frame, max_side)
-        with _torch_threads(self.threads):
+        with torch_threads(self.threads):
             boxes, scores, points = run_cascade(
                 image, self.nets, min_face_size=self.min_face_size / 2.0**upsample, thresholds=self.thresholds
             )
