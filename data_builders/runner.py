@@ -28,6 +28,7 @@ from __future__ import annotations
 
 import concurrent.futures as cf
 import dataclasses
+import functools
 import hashlib
 import json
 import multiprocessing
@@ -210,9 +211,11 @@ def _expression_unavailable(name: str, exc: EmollmError) -> None:
 _EXPRESSION_WARNED: set[str] = set()
 
 
+@functools.lru_cache(maxsize=4)
 def _expression_version(name: str) -> str | None:
     """The expression model's version for the fingerprint, from its spec and weights file (no torch
-    here: the parent of forked or spawned workers must not start torch's thread pool)."""
+    here: the parent of forked or spawned workers must not start torch's thread pool). Cached: the
+    fingerprint loop asks once per clip, the weights are hashed once per process."""
     if name == "none":
         return None
     from data_builders.expression import model_version
