@@ -30,8 +30,19 @@ today's detector before this change (HOG, no second pass), registered here for c
 framing) on the clean frames where HOG and that detector both find the face, and report the
 landmark disagreement before and after the map.
 
+``--tracking``: keyframe mode of ``track_faces`` (``media.face.keyframe_every``) against full-frame
+detection on every frame, at the builder's settings (the five clips sampled at ``build.au_fps`` by
+``data_builders.analysis.sample_indices``, decoded at ``build.frame_max_side``, detected at
+``build.detect_max_side``, bridging on, ``min_frames`` as ``analyse_clip``), the modes interleaved
+clip by clip (their order alternating per repeat). Per mode: frames where the main face is found
+(and those where every-frame has it absent but this mode has it, or the reverse), full-frame
+detector calls, the main-track landmark difference to every-frame mode in inter-ocular distances
+(mean / 95th percentile / max, over frames both have), ms per frame. The *jitter* line is the
+reference: the same landmarks refitted on the every-frame box moved by 2 % of its width.
+
     python benchmarks/face_detection.py [--frames 8] [--detect-max-side 640] [--detectors a,b] [--json out.json]
     python benchmarks/face_detection.py --calibrate [--frames 24]
+    python benchmarks/face_detection.py --tracking [--keyframe-every 1,3,5,8] [--repeats 2]
 """
 
 from __future__ import annotations
@@ -298,17 +309,143 @@ def calibrate(items: list[Item], names: list[str], detect_max_side: int) -> dict
     return out
 
 
+# ------------------------------------------------------------------------------------------ --tracking
+
+
+class Counted:
+    """A backend wrapper counting its calls (full-frame detections vs region searches by crop size)."""
+
+    def __init__(self, backend, min_face: bool) -> None:  # noqa: ANN001
+        self.backend, self.calls = backend, 0
+        if min_face:  # keep the optional keyword visible to FaceDetector's check
+            self.detect = self._detect_min_face
+
+    def detect(self, frame, *, max_side, upsample):  # noqa: ANN001, ANN201
+        self.calls += max_side is not None  # region searches pass max_side=None
+        return self.backend.detect(frame, max_side=max_side, upsample=upsample)
+
+    def _detect_min_face(self, frame, *, max_side, upsample, min_face=None):  # noqa: ANN001, ANN201
+        self.calls += max_side is not None
+        kw = {} if min_face is None else {"min_face": min_face}
+        return self.backend.detect(frame, max_side=max_side, upsample=upsample, **kw)
+
+
+def tracking_clips() -> list[tuple[str, object]]:
+    """(name, Frames) at the builder's sampling and frame size."""
+    from data_builders.analysis import sample_indices
+    from emollm import config as cfglib
+    from emollm.media import probe, read_frames_from
+
+    b = cfglib.load(None, []).build
+    out = []
+    for name in VIDEOS:
+        info = probe(sample_path(name))
+        indices, _ = sample_indices(info, b)
+        out.append((name, read_frames_from(info, indices, max_side=b.frame_max_side)))
+    return out
+
+
+def run_tracking(keyframes: list[int], repeats: int, detect_max_side: int) -> dict:
+    from emollm import config as cfglib
+    from emollm.media import track_faces
+    from emollm.media.faces import _takes_min_face
+
+    face = cfglib.load(None, []).media.face
+    detector = FaceDetector(face.detector, detect_max_side=detect_max_side, fallback=False)
+    spec, backend = detector._backend()
+    counted = Counted(backend, _takes_min_face(backend))
+    detector._active = (spec, counted)
+    modes = [1, *[k for k in keyframes if k != 1]]
+    clips = tracking_clips()
+    detector.detect(clips[0][1].array[0])  # models loaded outside the timing
+    per = {(name, k): {"seconds": 0.0, "calls": 0} for name, _ in clips for k in modes}
+    results = {}
+    for rep in range(repeats):
+        for name, frames in clips:
+            n = len(frames.indices)
+            for k in modes if rep % 2 == 0 else modes[::-1]:
+                counted.calls = 0
+                t0 = time.perf_counter()
+                res = track_faces(frames, detector, iou_threshold=face.iou_threshold, max_gap=face.max_gap,
+                                  bridge=face.bridge, min_frames=2 if n >= 5 else 1, keyframe_every=k)  # fmt: skip
+                per[(name, k)]["seconds"] += time.perf_counter() - t0
+                per[(name, k)]["calls"] = counted.calls
+                results[(name, k)] = res
+    rows = []
+    for name, frames in clips:
+        base = results[(name, 1)]
+        jitter = []
+        for pos in base.face_frames:
+            box, lm = base.boxes[pos], base.landmarks[pos]
+            dx = 0.02 * (box[2] - box[0])
+            moved = detector.fit_landmarks(frames.array[pos], (box[0] + dx, box[1], box[2] + dx, box[3]))
+            jitter.append(lm_error(moved, lm))
+        for k in modes:
+            res = results[(name, k)]
+            both = [p for p in base.face_frames if res.boxes[p] is not None]
+            diffs = [lm_error(res.landmarks[p], base.landmarks[p]) for p in both]
+            rows.append({
+                "clip": name, "keyframe_every": k, "frames": res.num_frames, "found": len(res.face_frames),
+                "gained": sorted(set(res.face_frames) - set(base.face_frames)),
+                "lost": sorted(set(base.face_frames) - set(res.face_frames)),
+                "roi_frames": len(res.roi_frames), "full_frame_calls": per[(name, k)]["calls"],
+                "redetected": len(res.redetected), "bridged": len(res.bridged), "tracks": res.num_tracks,
+                "lm_diff_iod": {"mean": round(float(np.mean(diffs)), 4), "p95": round(float(np.percentile(diffs, 95)), 4),
+                                "max": round(float(np.max(diffs)), 4)} if diffs else None,
+                "jitter_2pct_iod": round(float(np.mean(jitter)), 4) if jitter else None,
+                "ms_per_frame": round(1000 * per[(name, k)]["seconds"] / repeats / res.num_frames, 2),
+            })  # fmt: skip
+    return {"detect_max_side": detect_max_side, "repeats": repeats, "modes": modes, "rows": rows}
+
+
+def print_tracking(result: dict) -> None:
+    print(f"track_faces: keyframe mode vs every frame, builder settings (detect_max_side={result['detect_max_side']}), "
+          f"{result['repeats']} repeat(s), torch threads {torch.get_num_threads()}")  # fmt: skip
+    print(f"{'clip':26} {'every':>5} {'found':>9} {'lost':>4} {'gained':>6} {'full':>5} {'roi':>4} "
+          f"{'redet':>5} {'bridg':>5} {'lm mean':>7} {'p95':>6} {'max':>6} {'jitter':>6} {'ms/fr':>6}")  # fmt: skip
+    for r in result["rows"]:
+        lm = r["lm_diff_iod"] or {"mean": 0.0, "p95": 0.0, "max": 0.0}
+        print(f"{r['clip']:26} {r['keyframe_every']:>5} {r['found']:>4}/{r['frames']:<4} {len(r['lost']):>4} "
+              f"{len(r['gained']):>6} {r['full_frame_calls']:>5} {r['roi_frames']:>4} {r['redetected']:>5} "
+              f"{r['bridged']:>5} {lm['mean']:>7.4f} {lm['p95']:>6.3f} {lm['max']:>6.3f} "
+              f"{r['jitter_2pct_iod'] or 0:>6.4f} {r['ms_per_frame']:>6.1f}")  # fmt: skip
+    print("all clips:")
+    for k in result["modes"]:
+        rs = [r for r in result["rows"] if r["keyframe_every"] == k]
+        frames = sum(r["frames"] for r in rs)
+        ms = sum(r["ms_per_frame"] * r["frames"] for r in rs) / frames
+        means = [r["lm_diff_iod"]["mean"] for r in rs if r["lm_diff_iod"]]
+        print(f"  keyframe_every={k}: found {sum(r['found'] for r in rs)}/{frames}, lost {sum(len(r['lost']) for r in rs)}, "
+              f"gained {sum(len(r['gained']) for r in rs)}, full-frame calls {sum(r['full_frame_calls'] for r in rs)}, "
+              f"lm diff (mean of clip means) {statistics.mean(means) if means else 0:.4f}, {ms:.1f} ms/frame")  # fmt: skip
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--frames", type=int, default=8, help="frames sampled per clip")
-    parser.add_argument("--detect-max-side", type=int, default=640)
+    parser.add_argument("--detect-max-side", type=int, default=None,
+                        help="detection size (default 640; --tracking: build.detect_max_side, 320)")
     parser.add_argument("--detectors", help="comma-separated registered names (default: all, plus dlib_hog_1pass)")
     parser.add_argument("--calibrate", action="store_true", help="fit the box maps instead")
+    parser.add_argument("--tracking", action="store_true", help="keyframe tracking vs every-frame detection instead")
+    parser.add_argument("--keyframe-every", default="1,5", help="--tracking: the modes compared (1: every frame)")
+    parser.add_argument("--repeats", type=int, default=1, help="--tracking: runs per clip and mode (timing)")
     parser.add_argument("--json", help="also write the results here")
     args = parser.parse_args()
     torch.set_num_threads(1)
+    if args.tracking:
+        from emollm import config as cfglib
+
+        detect = args.detect_max_side or cfglib.load(None, []).build.detect_max_side
+        result = run_tracking([int(k) for k in args.keyframe_every.split(",")], args.repeats, detect)
+        print_tracking(result)
+        if args.json:
+            with open(args.json, "w", encoding="utf-8") as fh:
+                json.dump(result, fh, indent=2)
+        return
     register_baseline()
     items = load_items(args.frames)
+    args.detect_max_side = args.detect_max_side or 640
     if args.calibrate:
         names = (
             args.detectors.split(",") if args.detectors else [n for n in ("mtcnn", "dlib_cnn") if n in detector_names()]

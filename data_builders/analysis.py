@@ -175,7 +175,8 @@ def analyse_clip(info, cfg, *, video: bool = True, faces: bool = True, audio: bo
         min_frames = 2 if n >= 5 else 1
         face = cfg.media.face
         out.track = track_faces(out.frames, _detector(cfg, out.still), iou_threshold=face.iou_threshold,
-                                max_gap=face.max_gap, bridge=face.bridge, min_frames=min_frames)
+                                max_gap=face.max_gap, bridge=face.bridge, min_frames=min_frames,
+                                keyframe_every=face.keyframe_every)
         for pos, lm in enumerate(out.track.landmarks):
             if lm is not None:
                 out.landmarks[pos] = lm

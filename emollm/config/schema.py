@@ -65,6 +65,7 @@ class FaceConfig:
     iou_threshold: float = 0.3  # detections further apart than this start a new track
     max_gap: int = 5  # a track survives this many sampled frames without its face
     bridge: bool = True  # re-detect (else interpolate) the main face in frames its track missed
+    keyframe_every: int = 5  # videos: full-frame detection every N frames, the main face tracked around its box between
     crop_size: int = 224  # aligned face crops are crop_size x crop_size
 
     def validate(self) -> None:
@@ -79,6 +80,8 @@ class FaceConfig:
             raise ConfigCheck("upsample", f"must be >= 0, got {self.upsample}")
         if self.max_gap < 0:
             raise ConfigCheck("max_gap", f"must be >= 0, got {self.max_gap}")
+        if self.keyframe_every < 1:
+            raise ConfigCheck("keyframe_every", f"must be >= 1 (1: detect on every frame), got {self.keyframe_every}")
         if not 0.0 < self.iou_threshold < 1.0:
             raise ConfigCheck("iou_threshold", f"must be between 0 and 1, got {self.iou_threshold}")
 

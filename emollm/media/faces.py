@@ -10,6 +10,8 @@
   clip) is the track seen in the most frames, ties broken by the larger mean box. Frames the
   main track misses between two detections are re-detected in an enlarged region around the
   expected box at higher resolution, and only where that fails bridged by an interpolated box.
+  Video mode (``keyframe_every`` > 1): the full-frame detector runs on keyframes only, and between
+  them the main face is searched around its last box (full frame again where that fails).
 - Alignment: a least-squares similarity transform (Umeyama) from five landmarks (eye centres,
   nose tip, mouth corners) to a fixed template, applied with Pillow: eyes level, face centred.
 
@@ -21,6 +23,7 @@ indices through ``FaceTrackResult.frame_indices``.
 from __future__ import annotations
 
 import functools
+import inspect
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -139,6 +142,14 @@ def _clip_box(box: Box, w: int, h: int) -> Box:
     return (max(0.0, box[0]), max(0.0, box[1]), min(float(w), box[2]), min(float(h), box[3]))
 
 
+def _takes_min_face(backend: BoxDetector) -> bool:
+    """Whether ``backend.detect`` takes the optional ``min_face`` hint (MTCNN does)."""
+    try:
+        return "min_face" in inspect.signature(backend.detect).parameters
+    except (TypeError, ValueError):
+        return False
+
+
 class FaceDetector:
     """A registered face detector + dlib's 68-point landmarks.
 
@@ -225,6 +236,25 @@ class FaceDetector:
         crop resized so that a face filling 40 % of the region (an expected box enlarged 2.5x) is
         about ``face_px`` wide: how a frame a track missed is looked at again, closer. Boxes and
         landmarks in full-frame coordinates."""
+        side = max(region[2] - region[0], region[3] - region[1])
+        return self._detect_crop(frame, region, face_px / (0.4 * side) if side > 0 else 1.0)
+
+    def detect_around(
+        self, frame: np.ndarray, box: Box, *, grow: float, face_px: float, min_face: float | None = None
+    ) -> list[FaceDetection]:
+        """Faces near an expected ``box`` (full-frame coordinates): the box enlarged ``grow``
+        times is cropped and resized so that a face the size of ``box`` is ``face_px`` wide, and
+        searched there (:func:`bridge_gaps` on a missed frame, :func:`track_faces` between
+        keyframes). ``min_face``: the smallest face looked for on that crop, px (a hint: detectors
+        that take one, MTCNN, then skip the smaller scales; None: the detector's own). Boxes and
+        landmarks in full-frame coordinates."""
+        side = max(box[2] - box[0], box[3] - box[1])
+        return self._detect_crop(frame, _grow_box(box, grow), face_px / side if side > 0 else 1.0, min_face)
+
+    def _detect_crop(
+        self, frame: np.ndarray, region: Box, zoom: float, min_face: float | None = None
+    ) -> list[FaceDetection]:
+        """Faces in ``region`` (clipped to the frame), detected on the crop resized by ``zoom``."""
         frame = _check_frame(frame)
         _dlib_models()
         h, w = frame.shape[:2]
@@ -233,11 +263,13 @@ class FaceDetector:
         if right - left < 8 or bottom - top < 8:
             return []
         crop = frame[top:bottom, left:right]
-        zoom = face_px / (0.4 * max(region[2] - region[0], region[3] - region[1]))  # the crop is ~2.5 * face_px
         cw, ch = max(1, round((right - left) * zoom)), max(1, round((bottom - top) * zoom))
-        image = np.asarray(Image.fromarray(crop).resize((cw, ch), Image.Resampling.BILINEAR))
+        image = np.ascontiguousarray(Image.fromarray(crop).resize((cw, ch), Image.Resampling.BILINEAR))
         spec, backend = self._backend()
-        raw = backend.detect(np.ascontiguousarray(image), max_side=None, upsample=0)
+        if min_face is not None and _takes_min_face(backend):
+            raw = backend.detect(image, max_side=None, upsample=0, min_face=min_face)  # type: ignore[call-arg]
+        else:
+            raw = backend.detect(image, max_side=None, upsample=0)
         sx, sy = (right - left) / cw, (bottom - top) / ch
         return self._finish(frame, [scale_face(f, sx, sy, left, top) for f in raw], spec)
 
@@ -287,7 +319,9 @@ class FaceTrackResult:
     frame position (None where it is absent) and ``no_face_frames`` lists those positions (every
     position when there is no main track). ``frame_indices`` maps positions to source frame
     indices when the frames came from :class:`Frames`. ``detections`` keeps every face the
-    full-frame pass found. ``redetected`` lists the positions where the main face was missed by
+    detection pass found: the full-frame detector's, except at ``roi_frames`` (keyframe mode,
+    :func:`track_faces`), where the main face was found by a search around its last box and is
+    the only one listed. ``redetected`` lists the positions where the main face was missed by
     that pass but found again in a closer look around its expected box, and ``bridged`` those
     where it was found neither way and the box is interpolated between its neighbours (landmarks
     fitted there): treat those with less confidence (their detections have ``bridged=True``).
@@ -303,6 +337,7 @@ class FaceTrackResult:
     frame_indices: list[int] | None = None
     redetected: list[int] = field(default_factory=list)
     bridged: list[int] = field(default_factory=list)
+    roi_frames: list[int] = field(default_factory=list)
 
     @property
     def num_tracks(self) -> int:
@@ -325,6 +360,50 @@ def box_iou(a: Box, b: Box) -> float:
     return inter / union if union > 0 else 0.0
 
 
+class _Linker:
+    """Greedy IoU association of per-frame detections into tracks, one frame at a time (what
+    :func:`associate_tracks` runs; :func:`track_faces` asks it which face to follow next)."""
+
+    def __init__(self, iou_threshold: float, max_gap: int):
+        if max_gap < 0:
+            raise ValueError(f"max_gap must be >= 0, got {max_gap}")
+        self.iou_threshold, self.max_gap = iou_threshold, max_gap
+        self.tracks: list[FaceTrack] = []
+        self._area: list[float] = []  # per track: the sum of its box areas (for the mean)
+
+    def add(self, pos: int, dets: Sequence[FaceDetection]) -> None:
+        live = [t for t in self.tracks if pos - t.positions[-1] - 1 <= self.max_gap]
+        pairs = sorted(
+            ((box_iou(t.detections[-1].box, d.box), ti, di) for ti, t in enumerate(live) for di, d in enumerate(dets)),
+            key=lambda x: -x[0],
+        )
+        used_tracks: set[int] = set()
+        used_dets: set[int] = set()
+        for iou, ti, di in pairs:
+            if iou < self.iou_threshold:
+                break
+            if ti in used_tracks or di in used_dets:
+                continue
+            live[ti].positions.append(pos)
+            live[ti].detections.append(dets[di])
+            self._area[live[ti].track_id] += dets[di].area
+            used_tracks.add(ti)
+            used_dets.add(di)
+        for di, d in enumerate(dets):
+            if di not in used_dets:
+                self.tracks.append(FaceTrack(track_id=len(self.tracks), positions=[pos], detections=[d]))
+                self._area.append(d.area)
+
+    def leader_at(self, pos: int) -> FaceDetection | None:
+        """The main face so far among the tracks seen at ``pos`` (most frames, then largest mean
+        box): its detection there, or None when no track was seen at ``pos``."""
+        seen = [t for t in self.tracks if t.positions[-1] == pos]
+        if not seen:
+            return None
+        best = min(seen, key=lambda t: (-t.num_frames, -self._area[t.track_id] / t.num_frames, t.track_id))
+        return best.detections[-1]
+
+
 def associate_tracks(
     detections: Sequence[Sequence[FaceDetection]],
     *,
@@ -340,30 +419,10 @@ def associate_tracks(
     frames in a row and still continue; unlinked detections start new tracks. The main track must
     be seen in at least ``min_frames`` frames.
     """
-    if max_gap < 0:
-        raise ValueError(f"max_gap must be >= 0, got {max_gap}")
-    tracks: list[FaceTrack] = []
+    linker = _Linker(iou_threshold, max_gap)
     for pos, dets in enumerate(detections):
-        live = [t for t in tracks if pos - t.positions[-1] - 1 <= max_gap]
-        pairs = sorted(
-            ((box_iou(t.detections[-1].box, d.box), ti, di) for ti, t in enumerate(live) for di, d in enumerate(dets)),
-            key=lambda x: -x[0],
-        )
-        used_tracks: set[int] = set()
-        used_dets: set[int] = set()
-        for iou, ti, di in pairs:
-            if iou < iou_threshold:
-                break
-            if ti in used_tracks or di in used_dets:
-                continue
-            live[ti].positions.append(pos)
-            live[ti].detections.append(dets[di])
-            used_tracks.add(ti)
-            used_dets.add(di)
-        for di, d in enumerate(dets):
-            if di not in used_dets:
-                tracks.append(FaceTrack(track_id=len(tracks), positions=[pos], detections=[d]))
-
+        linker.add(pos, dets)
+    tracks = linker.tracks
     tracks.sort(key=lambda t: (-t.num_frames, -t.mean_area, t.track_id))
     main = tracks[0] if tracks and tracks[0].num_frames >= min_frames else None
     result = FaceTrackResult(
@@ -403,6 +462,7 @@ def _grow_box(box: Box, factor: float) -> Box:
 
 
 BRIDGE_REGION = 2.5  # a missed frame is searched again in the expected box enlarged this much
+BRIDGE_FACE_PX = 160.0  # ... on the crop resized so that a face the expected size is this wide (closer)
 BRIDGE_MIN_IOU = 0.3  # a face found there must overlap the expected box this much
 
 
@@ -437,7 +497,7 @@ def bridge_gaps(
         for pos in range(a + 1, b):
             expected = _lerp_box(by_pos[a].box, by_pos[b].box, (pos - a) / (b - a))
             frame = _check_frame(frame_list[pos])
-            found = detector.detect_in_region(frame, _grow_box(expected, BRIDGE_REGION))
+            found = detector.detect_around(frame, expected, grow=BRIDGE_REGION, face_px=BRIDGE_FACE_PX)
             best = max(found, key=lambda d: box_iou(d.box, expected), default=None)
             if best is not None and box_iou(best.box, expected) >= BRIDGE_MIN_IOU:
                 by_pos[pos] = best
@@ -454,6 +514,65 @@ def bridge_gaps(
     return result
 
 
+ROI_GROW = 2.0  # between keyframes the main face is searched in its last box enlarged this much,
+ROI_FACE_PX = 64.0  # ... on the crop resized so that a face that size is this wide,
+ROI_MIN_FACE = 0.5  # ... for faces from this fraction of that size (MTCNN skips the smaller scales)
+
+
+def _detect_video(
+    frame_list: list[np.ndarray],
+    detector: FaceDetector,
+    *,
+    keyframe_every: int,
+    iou_threshold: float,
+    max_gap: int,
+) -> tuple[list[list[FaceDetection]], list[int]]:
+    """Per-frame detections in keyframe mode (see :func:`track_faces`). Returns (detections, the
+    positions served by a search around the face's box)."""
+    linker = _Linker(iou_threshold, max_gap)
+    detections: list[list[FaceDetection] | None] = [None] * len(frame_list)  # None: not searched
+    roi: list[int] = []
+
+    def near(pos: int, box: Box) -> FaceDetection | None:
+        """The face around ``box`` in frame ``pos`` (IoU >= iou_threshold with it), or None."""
+        found = detector.detect_around(
+            frame_list[pos], box, grow=ROI_GROW, face_px=ROI_FACE_PX, min_face=ROI_MIN_FACE * ROI_FACE_PX
+        )
+        best = max(found, key=lambda d: box_iou(d.box, box), default=None)
+        return best if best is not None and box_iou(best.box, box) >= iou_threshold else None
+
+    last_seen = -1  # the last position with a detection (all of them linked)
+    for pos in progress(range(len(frame_list)), desc="face detection", total=len(frame_list), unit="frame"):
+        if pos % keyframe_every:  # between keyframes: follow the main face, if the last frame had it
+            previous = linker.leader_at(pos - 1)
+            if previous is None:
+                continue  # nothing to follow: the next keyframe searches back
+            best = near(pos, previous.box)
+            if best is not None:
+                detections[pos] = [best]
+                roi.append(pos)
+                linker.add(pos, detections[pos])
+                last_seen = pos
+                continue
+        dets = detections[pos] = detector.detect(frame_list[pos])  # a keyframe, or the search failed
+        if not dets:
+            continue
+        # A face after frames without one: follow the largest back while it is found there.
+        box, back = max(dets, key=lambda d: d.area).box, []
+        for q in range(pos - 1, last_seen, -1):
+            best = near(q, box)
+            if best is None:
+                break
+            back.append(q)
+            detections[q], box = [best], best.box
+        for q in reversed(back):
+            linker.add(q, detections[q])  # type: ignore[arg-type]
+        roi += reversed(back)
+        linker.add(pos, dets)
+        last_seen = pos
+    return [d or [] for d in detections], sorted(roi)
+
+
 def track_faces(
     frames: Frames | np.ndarray | Sequence[np.ndarray],
     detector: FaceDetector | None = None,
@@ -462,6 +581,7 @@ def track_faces(
     max_gap: int = 5,
     min_frames: int = 1,
     bridge: bool = True,
+    keyframe_every: int = 1,
 ) -> FaceTrackResult:
     """Detect faces in every frame and keep the main speaker's face (see :func:`associate_tracks`).
 
@@ -469,9 +589,30 @@ def track_faces(
     result, not an error. ``max_gap`` counts frames of the sequence given: with 16 frames sampled
     from a 3 s clip a gap of 5 is about one second. ``bridge``: fill the main track's gaps
     (:func:`bridge_gaps`; ``result.redetected`` / ``result.bridged``).
+
+    ``keyframe_every`` > 1 is the video mode, for frames close in time (the builder's 5 fps): the
+    full-frame detector runs on every ``keyframe_every``-th frame (the first included). On the
+    frames between, the main face so far, if the previous frame had it, is searched only around
+    its last box (enlarged :data:`ROI_GROW` times, the face ~:data:`ROI_FACE_PX` px on the crop:
+    :meth:`FaceDetector.detect_around`); where that finds no face overlapping the last box (IoU >=
+    ``iou_threshold``) the full-frame detector runs on that frame (a face that moved far is still
+    found; a frame without a face is still "no face"). Frames with no face to follow wait for the
+    next keyframe: where it (or a fallback) finds a face, the largest is followed back the same way
+    over the frames before it, while it is found. Positions served by a search around a box are in
+    ``result.roi_frames``, and their ``detections`` hold that one face: a new face (a second
+    person) appears on a keyframe or a fallback frame only. 1 (the default): every frame full-frame.
     """
+    if keyframe_every < 1:
+        raise ValueError(f"keyframe_every must be >= 1, got {keyframe_every}")
     detector = detector or FaceDetector()
-    detections = detector.detect_frames(frames)
+    roi: list[int] = []
+    if keyframe_every == 1:
+        detections = detector.detect_frames(frames)
+    else:
+        detections, roi = _detect_video(
+            _as_frame_list(frames), detector, keyframe_every=keyframe_every, iou_threshold=iou_threshold,
+            max_gap=max_gap,
+        )  # fmt: skip
     result = associate_tracks(
         detections,
         iou_threshold=iou_threshold,
@@ -479,12 +620,15 @@ def track_faces(
         min_frames=min_frames,
         frame_indices=frames.indices if isinstance(frames, Frames) else None,
     )
+    result.roi_frames = roi
     if bridge:
         bridge_gaps(result, frames, detector, max_gap=max_gap)
     logger.debug(
-        "face tracking (%s): %d frames, %d tracks, main face in %d (%d found again, %d bridged), absent in %d",
+        "face tracking (%s): %d frames (%d by region search), %d tracks, main face in %d (%d found again, "
+        "%d bridged), absent in %d",
         detector.active,
         result.num_frames,
+        len(result.roi_frames),
         result.num_tracks,
         result.num_frames - len(result.no_face_frames),
         len(result.redetected),

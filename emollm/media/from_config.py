@@ -35,6 +35,9 @@ def track_faces_for(face: FaceConfig, clip: Clip, detector: FaceDetector | None 
     """Track the main face over a loaded clip's frames (no frames: an empty result)."""
     detector = detector or face_detector_for(face)
     frames = clip.frames if clip.frames is not None else []
-    result = track_faces(frames, detector, iou_threshold=face.iou_threshold, max_gap=face.max_gap, bridge=face.bridge)
+    result = track_faces(
+        frames, detector, iou_threshold=face.iou_threshold, max_gap=face.max_gap, bridge=face.bridge,
+        keyframe_every=face.keyframe_every,
+    )  # fmt: skip
     result.frame_indices = list(clip.frame_indices)
     return result

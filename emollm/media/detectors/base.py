@@ -46,7 +46,12 @@ class BoxDetector(Protocol):
 
     def detect(self, frame: np.ndarray, *, max_side: int | None, upsample: int) -> list[RawFace]:
         """Faces in a uint8 RGB frame: search at most at ``max_side`` (longer side; None: full
-        resolution), ``upsample`` doublings of that resolution. Boxes in the frame's coordinates."""
+        resolution), ``upsample`` doublings of that resolution. Boxes in the frame's coordinates.
+
+        A backend may also take an optional ``min_face`` keyword (px at detection resolution: the
+        smallest face worth searching for in this call, a hint it may use to skip work; MTCNN
+        does). :class:`~emollm.media.faces.FaceDetector` passes it only to backends whose
+        ``detect`` names it."""
         ...
 
 

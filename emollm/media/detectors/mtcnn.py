@@ -269,6 +269,9 @@ class MtcnnDetector:
 
     ``threads`` caps torch's intra-op threads while it runs (1: its convolutions are too small to
     share out, and on a busy machine 2 threads measured 6x slower than 1; None: torch's setting).
+    ``detect(..., min_face=)`` raises the smallest face searched for one call (px at detection
+    resolution; never below the default): the pyramid's finer scales are skipped, as when a face of
+    known size is looked for again around its last box (keyframe mode of ``track_faces``).
     """
 
     def __init__(
@@ -279,12 +282,15 @@ class MtcnnDetector:
         self.threads = threads
         self.nets = mtcnn_nets()
 
-    def detect(self, frame: np.ndarray, *, max_side: int | None, upsample: int) -> list[RawFace]:
+    def detect(
+        self, frame: np.ndarray, *, max_side: int | None, upsample: int, min_face: float | None = None
+    ) -> list[RawFace]:
         image, sx, sy = detection_image(frame, max_side)
+        smallest = self.min_face_size / 2.0**upsample
+        if min_face is not None:
+            smallest = max(smallest, float(min_face))
         with torch_threads(self.threads):
-            boxes, scores, points = run_cascade(
-                image, self.nets, min_face_size=self.min_face_size / 2.0**upsample, thresholds=self.thresholds
-            )
+            boxes, scores, points = run_cascade(image, self.nets, min_face_size=smallest, thresholds=self.thresholds)
         return [
             scale_face(RawFace(tuple(float(v) for v in b), float(s), p), sx, sy)  # type: ignore[arg-type]
             for b, s, p in zip(boxes, scores, points, strict=True)
