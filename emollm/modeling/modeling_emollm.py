@@ -200,11 +200,12 @@ class EmoLLMForConditionalGeneration(EmoLLMPreTrainedModel, GenerationMixin):
             raise ValueError("pass exactly one of input_ids and inputs_embeds")
         if inputs_embeds is None:
             inputs_embeds = self.embed(input_ids, media, media_present, media_masks)
+        if past_key_values is not None:  # newer transformers 5.x name it `cache` (passed through kwargs)
+            kwargs["past_key_values"] = past_key_values
         return self.language_model(
             inputs_embeds=inputs_embeds,
             attention_mask=attention_mask,
             position_ids=position_ids,
-            past_key_values=past_key_values,
             labels=labels,
             use_cache=use_cache,
             logits_to_keep=logits_to_keep,
