@@ -2,8 +2,12 @@
 
 - **Filter**: a reasoning is dropped (kept in the record, marked ``reasoning_filter.kept = false``) when
   the last emotion of the label set it names (labels and their synonyms, as the evaluator reads them)
-  is not the clip's label (``contradicts_label``), when it names none (``label_not_mentioned``), or
-  when its normalised text equals an earlier clip's (``duplicate_of:<id>``, ids in sorted order).
+  is not the clip's label (``contradicts_label``), when it names none (``label_not_mentioned``), when
+  it also asserts another (non-neutral) emotion of the set anywhere (``mixed_emotions:<other>``; "not
+  sad" is no assertion), when it stops mid-sentence (``truncated``: a reply cut at the writer's token limit), when
+  it repeats itself (``repetitive``: a sentence twice or five words in a row three times, a small LLM's
+  loop), or when its normalised text equals an
+  earlier clip's (``duplicate_of:<id>``, ids in sorted order).
 - **Split**: a record with a kept reasoning is ``fine``, every other record ``coarse``
   (``granularity``); a record without a split from the labels CSV takes its granularity as ``split``.
 - **Instructions**: ``instructions/emotion.jsonl`` (every record with a label; target = the label) and
@@ -16,13 +20,14 @@ from __future__ import annotations
 
 import json
 import re
+from collections import Counter
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
 from emollm.prompts import emotion_llama_sample
 from eval.label_sets import LabelSet
-from eval.parsing import find_label
+from eval.parsing import WORD_PATTERN, find_label
 
 TASKS = ("emotion", "reason")
 
@@ -36,14 +41,48 @@ def _norm(text: str) -> str:
     return " ".join(re.sub(r"[^\w\s]", " ", text.lower()).split())
 
 
+_NEGATIONS = frozenset({"not", "no", "never", "nor", "without", "isn't", "aren't", "wasn't", "doesn't", "don't",
+                        "didn't", "hardly", "nothing", "neither"})  # fmt: skip
+_SENTENCE_END = re.compile(r"[.!?。！？]+")
+_ENDS = (".", "!", "?", "。", "！", "？", '"', "'", "”", "’", ")")
+
+
+def asserted_emotions(text: str, label_set: LabelSet) -> list[str]:
+    """The label-set emotions ``text`` names (labels and synonyms, two-word phrases first), in order,
+    except those within three words after a negation ("not sad", "no sign of anger")."""
+    words = WORD_PATTERN.findall(text.lower())
+    found, i = [], 0
+    while i < len(words):
+        phrase = f"{words[i]} {words[i + 1]}" if i + 1 < len(words) else None
+        label, width = (label_set.normalize(phrase), 2) if phrase else (None, 1)
+        if label is None:
+            label, width = label_set.normalize(words[i]), 1
+        if label is not None and not _NEGATIONS.intersection(words[max(0, i - 3) : i]):
+            found.append(label)
+        i += width
+    return found
+
+
 def check_reasoning(text: str, label: str, label_set: LabelSet) -> str | None:
-    """None when ``text`` supports ``label``; otherwise why it does not."""
+    """None when ``text`` supports ``label``; otherwise why it does not (see the module's doc)."""
     found = find_label(text, label_set, "synonym")
     want = label_set.normalize(label) or label
     if found is None:
         return "label_not_mentioned"
     if found != want:
         return f"contradicts_label:{found}"
+    # "a calm voice" describes a cue more often than it concludes "neutral": only non-neutral emotions mix
+    others = [e for e in asserted_emotions(text, label_set) if e not in (want, label_set.normalize("neutral"))]
+    if others:
+        return f"mixed_emotions:{others[0]}"
+    if not text.rstrip().endswith(_ENDS):
+        return "truncated"
+    sentences = [_norm(x) for x in _SENTENCE_END.split(text)]
+    sentences = [x for x in sentences if len(x.split()) >= 4]
+    words = _norm(text).split()
+    grams = Counter(tuple(words[i : i + 5]) for i in range(len(words) - 4))
+    if len(sentences) != len(set(sentences)) or (grams and max(grams.values()) >= 3):
+        return "repetitive"  # a sentence said twice, or five words in a row said three times
     return None
 
 

@@ -23,7 +23,7 @@ from eval.label_sets import LabelSet
 Strategy = Literal["last_word", "first_mention", "synonym", "emotion_llama"]
 STRATEGIES: tuple[str, ...] = ("last_word", "first_mention", "synonym", "emotion_llama")
 
-_WORD = re.compile(r"[a-z]+(?:[-'][a-z]+)*")
+WORD_PATTERN = re.compile(r"[a-z]+(?:[-'][a-z]+)*")  # a word as label parsing reads it (lower-cased text)
 
 
 @dataclass(frozen=True)
@@ -35,7 +35,7 @@ class ParsedLabel:
 
 def _candidates(text: str) -> list[str]:
     """Words then two-word phrases, in text order (a phrase sorts at its first word's position)."""
-    words = _WORD.findall(text.lower())
+    words = WORD_PATTERN.findall(text.lower())
     out: list[tuple[int, int, str]] = []
     for i, w in enumerate(words):
         out.append((i, 1, w))

@@ -86,6 +86,17 @@ def test_template_writer_filter_and_instructions() -> None:
     assert check_reasoning("…so she feels joyful.", "happy", ls) is None  # synonyms count
     assert check_reasoning("tears; the person feels sad.", "happy", ls).startswith("contradicts_label")
     assert check_reasoning("the person has feelings.", "happy", ls) == "label_not_mentioned"
+    # What a small real LLM writes (SmolLM2-135M, benchmarks/writer_reasoning.py): hedged, cut off, looping.
+    mixed = "They are not just happy but also a mix of sadness and joy."
+    assert check_reasoning(mixed, "happy", ls) == "mixed_emotions:sad"
+    assert check_reasoning("There is no sign of anger; she smiles, so she feels happy.", "happy", ls) is None
+    assert check_reasoning("She smiles broadly, so the person feels happy and the person's emotional", "happy",
+                           ls) == "truncated"  # fmt: skip
+    loop = "The tone is low and even. The tone is low and even. So the person feels happy."
+    assert check_reasoning("A calm voice and a broad smile: the person feels happy.", "happy", ls) is None
+    assert check_reasoning(loop, "happy", ls) == "repetitive"
+    listed = "Clues: - lips apart with a soft voice - lips apart with a soft voice - lips apart with a soft voice. So the person feels happy."
+    assert check_reasoning(listed, "happy", ls) == "repetitive"
     recs = [{"id": it.id, "label": None, "pseudo_label": it.label, "reasoning": t, "subtitle": it.subtitle,
              "split": "coarse", "media": {"path": f"{it.id}.mp4"}} for it, t in zip(items, texts, strict=True)]
     recs.append({"id": "d", "label": "angry", "pseudo_label": "happy", "reasoning": "He smiles warmly, the person feels happy.",
