@@ -156,15 +156,20 @@ class FeatureCacheError(EmollmError):
 
 
 class FeatureMissingError(FeatureCacheError):
-    """A clip has no cache entry for a modality's current encoder (never extracted, or the encoder changed)."""
+    """A clip has no usable cache entry for a modality's current encoder (never extracted, the encoder
+    changed, or ``reason``: the entry is stale, made from other inputs)."""
 
-    def __init__(self, clip_id: str, modality: str, encoder: str, fingerprint: str | None, *, hint: str | None = None):
+    def __init__(self, clip_id: str, modality: str, encoder: str, fingerprint: str | None, *, hint: str | None = None,
+                 reason: str | None = None):
         self.clip_id = clip_id
         self.modality = modality
         self.encoder = encoder
         self.fingerprint = fingerprint
+        self.reason = reason
         fp = f" (fingerprint {fingerprint[:16]})" if fingerprint else ""
+        what = f"the cached '{modality}' features from encoder '{encoder}'{fp} are stale ({reason})" if reason \
+            else f"no cached '{modality}' features from encoder '{encoder}'{fp}"
         super().__init__(
-            f"clip '{clip_id}': no cached '{modality}' features from encoder '{encoder}'{fp}",
+            f"clip '{clip_id}': {what}",
             hint=hint or "run `emollm features` on the dataset (it resumes), or set features.on_missing=skip",
         )

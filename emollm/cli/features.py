@@ -13,12 +13,19 @@ HELP = "extract frozen-encoder features of a built dataset into the feature cach
 DESCRIPTION = """\
 Decode every clip of DATASET_DIR once, track its face, run each frozen encoder of model.encoders once
 per clip and write safetensors under features.cache_dir (default DATASET_DIR/features), in one folder
-per encoder fingerprint: a changed encoder never serves stale features. Rerun the same command after
-an interruption: entries already cached are kept. Failed clips go to <cache>/errors.jsonl (exit 2).
+per encoder fingerprint. Each entry records the inputs it was computed from (media and face settings,
+the clip file's identity, the peak frame, the subtitle, features.dtype): an entry made from other
+inputs is stale and recomputed, never served. Rerun the same command after an interruption: entries
+already cached are kept. Failed clips go to <cache>/errors.jsonl (exit 2).
+
+--check reports, per encoder, how many entries are fresh, stale (and which input changed), orphaned
+(no record / no clip file) and missing; exit 0 when all are fresh, else 1. --prune also deletes the
+stale and orphaned entries.
 
   emollm features --config train_configs/tiny_cpu.yaml data/merr
   emollm features --config run.yaml data/merr --shard 1/4       # one of 4 processes / nodes
   accelerate launch -m emollm.cli.main features --config run.yaml data/merr   # RANK/WORLD_SIZE shards
+  emollm features --check --config run.yaml data/merr [--prune]
 """
 
 
@@ -28,6 +35,10 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("dataset_dir", nargs="?", metavar="DATASET_DIR", help="built dataset (default: data.dataset_dir)")
     parser.add_argument("--shard", default=None, metavar="i/N",
                         help="every N-th clip starting at i (0-based); default: all, or RANK/WORLD_SIZE under accelerate launch")  # fmt: skip
+    parser.add_argument("--check", action="store_true",
+                        help="extract nothing: report fresh / stale / orphaned / missing entries per encoder "
+                             "(exit 1 unless all fresh)")
+    parser.add_argument("--prune", action="store_true", help="with --check: delete the stale and orphaned entries")
     add_config_arguments(parser)
 
 
@@ -41,6 +52,14 @@ def run(args: argparse.Namespace) -> int:
     dataset = paths[0] if paths else cfg.data.dataset_dir
     if not dataset:
         raise ConfigError("no dataset folder given", hint="emollm features --config FILE DATASET_DIR")
+    if args.prune and not args.check:
+        raise ConfigError("--prune goes with --check", hint="emollm features --check --prune --config FILE DATASET_DIR")
+    if args.check:
+        from emollm.features.check import check_cache
+
+        report = check_cache(cfg, dataset, prune=args.prune)
+        print(report.text())
+        return 0 if report.ok else 1
     summary = extract_features(cfg, dataset, shard=parse_shard(args.shard))
     print(summary.table())
     if summary.failed:

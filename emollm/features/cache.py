@@ -11,7 +11,10 @@ Layout under the cache root (default ``<dataset>/features``)::
 ``<safe id>`` is the clip id percent-encoded (``/``, spaces, non-ASCII ... become ``%XX``): reversible
 with :func:`clip_id_of`. Ids whose encoding is longer than 180 characters are cut and suffixed with
 a hash; the clip id is also in every file's metadata. A changed encoder (weights, config, options)
-has another fingerprint, hence another folder: stale features are never served. Files are written
+has another fingerprint, hence another folder. Every other input of an entry (media and face
+settings, the clip file's identity, the peak index, the subtitle, the dtype: :mod:`emollm.features.key`)
+is recorded in the entry and compared on lookup by a cache made from a config
+(:meth:`FeatureCache.from_config`): an entry whose inputs differ is stale, a miss. Files are written
 under a temporary name and renamed into place; safetensors only, no pickle.
 """
 
@@ -20,6 +23,7 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal
 from urllib.parse import quote, unquote
@@ -28,6 +32,7 @@ import torch
 
 from emollm import __version__
 from emollm.errors import FeatureCacheError, FeatureMissingError
+from emollm.features.key import NO_KEY, InputContext, describe_diff, same_clip
 from emollm.log import get_logger
 
 log = get_logger(__name__)
@@ -79,16 +84,37 @@ def weights_key(kind: str, name_or_path: str, options: dict[str, Any]) -> str | 
                              "options": feature_options, "checkpoint": enc.checkpoint_digest(directory, cls.DIGEST_FILES)})
 
 
+@dataclass
+class EntryCheck:
+    """One entry judged against the inputs of this cache's config (:meth:`FeatureCache.check`).
+
+    ``state``: ``present`` (features, inputs as now), ``absent`` (an absent mark, inputs as now),
+    ``stale`` (an entry whose inputs differ: ``reason`` says which; a lookup is a miss) or
+    ``missing``. ``orphaned``: why a present / absent entry could not be checked against its clip
+    (``no record`` in annotations.jsonl, ``no clip file``): it is served, ``emollm features --check``
+    reports it."""
+
+    state: Literal["present", "absent", "stale", "missing"]
+    reason: str = ""
+    orphaned: str = ""
+
+
 class FeatureCache:
     """Read and write cached features. Bind each modality to its encoder first (:meth:`register`
     with a loaded encoder, or :meth:`bind` from the config alone), then :meth:`get` / :meth:`put`.
 
     ``on_missing``: ``"error"`` (a missing entry raises :class:`FeatureMissingError` naming the clip,
     modality and encoder) or ``"skip"`` (:meth:`get` returns None and counts it in ``missing``).
+
+    ``context`` (:class:`~emollm.features.key.InputContext`, set by :meth:`from_config`): the media
+    settings and dataset records every entry is keyed by. With it, :meth:`put` records each entry's
+    inputs and every lookup checks them (a stale entry is a miss, like a missing one). Without it
+    (a bare ``FeatureCache(root)``) entries are matched by encoder fingerprint only, and what it
+    writes has no input key (a cache made from a config treats it as stale).
     """
 
     def __init__(self, root: str | os.PathLike, *, dtype: str = "float16",
-                 on_missing: Literal["error", "skip"] = "error"):
+                 on_missing: Literal["error", "skip"] = "error", context: InputContext | None = None):
         if dtype not in _DTYPES:
             raise FeatureCacheError(f"features.dtype must be one of {sorted(_DTYPES)}, got {dtype!r}")
         if on_missing not in ("error", "skip"):
@@ -99,17 +125,26 @@ class FeatureCache:
         self.fingerprints: dict[str, str] = {}  # modality -> full fingerprint
         self.encoders: dict[str, str] = {}  # modality -> name_or_path
         self.missing: dict[str, int] = {}  # modality -> entries asked for and not found (skip mode)
+        self.context = context
+        self.kinds: dict[str, str] = {}  # modality -> encoder kind (visual, face, video, audio, text)
+        self.options: dict[str, dict[str, Any]] = {}  # modality -> encoder options
+        self._logged: set[tuple[str, str]] = set()
+        self.warn = True  # log the first stale entry of each modality (off for `emollm features --check`)
 
     @classmethod
-    def from_config(cls, cfg: Any, dataset_dir: str | os.PathLike | None = None) -> FeatureCache:
-        """The cache of ``cfg.features`` (``cache_dir``, default ``<dataset_dir>/features``)."""
+    def from_config(cls, cfg: Any, dataset_dir: str | os.PathLike | None = None, *,
+                    records: list[dict[str, Any]] | None = None) -> FeatureCache:
+        """The cache of ``cfg.features`` (``cache_dir``, default ``<dataset_dir>/features``), keyed by
+        ``cfg``'s media settings and the dataset's records (``records``, else read from
+        ``<dataset_dir>/annotations.jsonl`` when first needed)."""
+        dataset_dir = dataset_dir or cfg.data.dataset_dir
         root = cfg.features.cache_dir
         if root is None:
-            dataset_dir = dataset_dir or cfg.data.dataset_dir
             if not dataset_dir:
                 raise FeatureCacheError("no feature cache folder: set features.cache_dir or data.dataset_dir")
             root = Path(dataset_dir) / "features"
-        return cls(root, dtype=cfg.features.dtype, on_missing=cfg.features.on_missing)
+        return cls(root, dtype=cfg.features.dtype, on_missing=cfg.features.on_missing,
+                   context=InputContext.from_config(cfg, dataset_dir, records))
 
     # -- binding ---------------------------------------------------------------------------
     def folder(self, modality: str, fingerprint: str | None = None) -> Path:
@@ -136,6 +171,7 @@ class FeatureCache:
             atomic_write_bytes(path, json.dumps(info, indent=2, default=str).encode())
         self.fingerprints[modality] = fp
         self.encoders[modality] = encoder.name_or_path
+        self.kinds[modality], self.options[modality] = encoder.kind, dict(encoder.options)
         return fp
 
     def bind(self, modality: str, kind: str, name_or_path: str, options: dict[str, Any] | None = None) -> str:
@@ -159,6 +195,7 @@ class FeatureCache:
             fp = "uncached-" + key  # type: ignore[operator]
         self.fingerprints[modality] = fp
         self.encoders[modality] = str(name_or_path)
+        self.kinds[modality], self.options[modality] = kind, options
         return fp
 
     def bind_specs(self, modalities: dict[str, dict[str, Any]]) -> dict[str, str]:
@@ -182,14 +219,81 @@ class FeatureCache:
         return self.folder(modality) / (safe_name(clip_id) + ABSENT_SUFFIX)
 
     def status(self, clip_id: str, modality: str) -> Literal["present", "absent", "missing"]:
-        if self.path(clip_id, modality).is_file():
-            return "present"
-        if self._absent_path(clip_id, modality).is_file():
-            return "absent"
-        return "missing"
+        """``present`` / ``absent`` (an entry whose inputs are this config's), else ``missing`` (none, or stale)."""
+        state = self.check(clip_id, modality).state
+        return "missing" if state == "stale" else state
 
-    def put(self, clip_id: str, modality: str, features: torch.Tensor) -> Path:
-        """Store ``(T, D)`` features (in ``dtype``) atomically; removes an ``absent`` mark."""
+    def check(self, clip_id: str, modality: str) -> EntryCheck:
+        """The entry of ``clip_id`` judged against this cache's inputs (file header only)."""
+        if self.path(clip_id, modality).is_file():
+            try:
+                metadata = self.info(clip_id, modality)
+            except FeatureMissingError:  # removed meanwhile
+                return EntryCheck("missing")
+            except FeatureCacheError as err:  # truncated / foreign: made again by `emollm features`
+                return EntryCheck("stale", err.message)
+            return self._judge(clip_id, modality, "present", self._stored_inputs(metadata))
+        data = self._read_json(self._absent_path(clip_id, modality))
+        if data is None:
+            return EntryCheck("missing")
+        return self._judge(clip_id, modality, "absent", data.get("inputs"))
+
+    @staticmethod
+    def _stored_inputs(metadata: dict[str, str]) -> Any:
+        try:
+            return json.loads(metadata["inputs"])
+        except (KeyError, ValueError):
+            return None
+
+    def _judge(self, clip_id: str, modality: str, state: Literal["present", "absent"], stored: Any) -> EntryCheck:
+        if self.context is None:  # a bare cache: the encoder fingerprint (folder) is the only key
+            return EntryCheck(state)
+        record = self.context.record(clip_id)
+        if record is None:
+            if self.context.records is None:
+                self._log_once(modality, "no records", "feature cache: no dataset records (annotations.jsonl) "
+                               "to check the '%s' entries against: served as they are", modality)
+                return EntryCheck(state, orphaned="no dataset records")
+            return EntryCheck(state, orphaned="no record")
+        kind = self.kinds.get(modality, modality)
+        expected = self.context.inputs(kind, self.options.get(modality, {}), record, self.dtype, identity=False)
+        why = describe_diff(stored, expected, absent=state == "absent")
+        if why is None and kind != "text":
+            same, clip_why = same_clip(stored.get("clip") or {}, self.context.clip_path(record))
+            if same is None:
+                return EntryCheck(state, orphaned="no clip file")
+            why = None if same else clip_why
+        if why is None:
+            return EntryCheck(state)
+        if why == NO_KEY:
+            self._log_once(modality, "old", "feature cache: '%s' entries without an input key (an older cache "
+                           "format, or written without a config) are stale: `emollm features` recomputes them",
+                           modality)
+        else:
+            self._log_once(modality, "stale", "feature cache: '%s' entries made from other inputs are stale "
+                           "(first: clip '%s', %s): `emollm features` recomputes them", modality, clip_id, why)
+        return EntryCheck("stale", why)
+
+    def _log_once(self, modality: str, what: str, message: str, *args: Any) -> None:
+        if self.warn and (modality, what) not in self._logged:
+            self._logged.add((modality, what))
+            log.warning(message, *args)
+
+    def _inputs(self, clip_id: str, modality: str, record: dict[str, Any] | None) -> dict[str, Any] | None:
+        """The input key to write with a new entry (None for a bare cache)."""
+        if self.context is None:
+            return None
+        record = record or self.context.record(clip_id)
+        if record is None:
+            raise FeatureCacheError(f"clip '{clip_id}': no record in the dataset's annotations.jsonl, so its "
+                                    f"'{modality}' features cannot be keyed by their inputs")
+        return self.context.inputs(self.kinds.get(modality, modality), self.options.get(modality, {}), record,
+                                   self.dtype)
+
+    def put(self, clip_id: str, modality: str, features: torch.Tensor, *,
+            record: dict[str, Any] | None = None) -> Path:
+        """Store ``(T, D)`` features (in ``dtype``) atomically, with their input key (``record``: the
+        clip's record, when the context's dataset does not hold it yet); removes an ``absent`` mark."""
         from safetensors.torch import save
 
         if features.dim() != 2:
@@ -199,16 +303,24 @@ class FeatureCache:
         metadata = {"clip_id": clip_id, "modality": modality, "encoder": self.encoders.get(modality, ""),
                     "fingerprint": fp, "shape": json.dumps(list(features.shape)), "dtype": self.dtype,
                     "emollm_version": __version__}  # fmt: skip
+        inputs = self._inputs(clip_id, modality, record)
+        if inputs is not None:
+            metadata["inputs"] = json.dumps(inputs, sort_keys=True)
         tensor = features.detach().to("cpu", _DTYPES[self.dtype]).contiguous()
         path = self.path(clip_id, modality)
         atomic_write_bytes(path, save({TENSOR_KEY: tensor}, metadata=metadata))
         self._absent_path(clip_id, modality).unlink(missing_ok=True)
         return path
 
-    def put_absent(self, clip_id: str, modality: str, reason: str) -> None:
-        """Record that the clip has no input for ``modality`` (not an error: the sample goes without it)."""
-        data = json.dumps({"clip_id": clip_id, "modality": modality, "reason": reason}).encode()
-        atomic_write_bytes(self._absent_path(clip_id, modality), data)
+    def put_absent(self, clip_id: str, modality: str, reason: str, *, record: dict[str, Any] | None = None) -> None:
+        """Record that the clip has no input for ``modality`` (not an error: the sample goes without it);
+        removes a (stale) features entry."""
+        data = {"clip_id": clip_id, "modality": modality, "reason": reason}
+        inputs = self._inputs(clip_id, modality, record)
+        if inputs is not None:
+            data["inputs"] = inputs
+        atomic_write_bytes(self._absent_path(clip_id, modality), json.dumps(data, ensure_ascii=False).encode())
+        self.path(clip_id, modality).unlink(missing_ok=True)
 
     def info(self, clip_id: str, modality: str) -> dict[str, str]:
         """The metadata of an entry (header only: the tensor is not read)."""
@@ -229,30 +341,48 @@ class FeatureCache:
 
     def get(self, clip_id: str, modality: str) -> torch.Tensor | None:
         """``(T, D)`` float32 features; None when the clip has no input for it (absent) or, with
-        ``on_missing="skip"``, no entry. A missing entry otherwise raises FeatureMissingError."""
-        from safetensors.torch import load_file
+        ``on_missing="skip"``, no entry (or a stale one). A missing or stale entry otherwise raises
+        FeatureMissingError (naming the input that changed)."""
+        from safetensors import safe_open
 
         path = self.path(clip_id, modality)
         try:
-            tensors = load_file(str(path))
+            with safe_open(str(path), framework="pt") as fh:
+                metadata = dict(fh.metadata() or {})
+                if TENSOR_KEY not in fh.keys():
+                    raise FeatureCacheError(f"{path}: no '{TENSOR_KEY}' tensor (not an emollm feature file)")
+                tensor = fh.get_tensor(TENSOR_KEY)
         except FileNotFoundError:
-            if self._absent_path(clip_id, modality).is_file():
+            entry = self.check(clip_id, modality)
+            if entry.state == "absent":
                 return None
-            if self.on_missing == "skip":
-                self.missing[modality] = self.missing.get(modality, 0) + 1
-                return None
-            raise self._missing(clip_id, modality) from None
+            return self._miss(clip_id, modality, entry.reason)
+        except FeatureCacheError:
+            raise
         except Exception as err:  # safetensors boundary
             raise FeatureCacheError(f"{path}: unreadable feature file ({err})",
                                     hint="delete it and rerun `emollm features`") from None
-        if TENSOR_KEY not in tensors:
-            raise FeatureCacheError(f"{path}: no '{TENSOR_KEY}' tensor (not an emollm feature file)")
-        return tensors[TENSOR_KEY].float()
+        entry = self._judge(clip_id, modality, "present", self._stored_inputs(metadata))
+        if entry.state == "stale":
+            return self._miss(clip_id, modality, entry.reason)
+        return tensor.float()
 
-    def _missing(self, clip_id: str, modality: str) -> FeatureMissingError:
+    def _miss(self, clip_id: str, modality: str, reason: str = "") -> None:
+        if self.on_missing == "skip":
+            self.missing[modality] = self.missing.get(modality, 0) + 1
+            return None
+        raise self._missing(clip_id, modality, reason)
+
+    def _missing(self, clip_id: str, modality: str, reason: str | None = None) -> FeatureMissingError:
+        """The error for a clip without a usable entry (``reason`` None: looked up, stale or missing)."""
         fp = self.fingerprints.get(modality)
+        if reason is None and fp is not None:
+            try:
+                reason = self.check(clip_id, modality).reason
+            except FeatureCacheError:
+                reason = ""
         return FeatureMissingError(clip_id, modality, self.encoders.get(modality, "?"),
-                                   None if fp is None or fp.startswith("uncached-") else fp)
+                                   None if fp is None or fp.startswith("uncached-") else fp, reason=reason or None)
 
     @staticmethod
     def _read_json(path: Path) -> dict[str, Any] | None:
@@ -262,4 +392,4 @@ class FeatureCache:
             return None
 
 
-__all__ = ["FeatureCache", "atomic_write_bytes", "clip_id_of", "safe_name", "weights_key"]
+__all__ = ["EntryCheck", "FeatureCache", "atomic_write_bytes", "clip_id_of", "safe_name", "weights_key"]

@@ -3,11 +3,12 @@
 Per batch of ``features.batch_size`` clips: each clip is decoded once (``cfg.media``), its main face
 tracked and cropped once, then each encoder runs once over the batch (``extract_batch``); a ``text``
 encoder reads the record's subtitle (a clip without one: absent, like a clip without a face). Resumable:
-entries already in the cache (features or an ``absent`` mark) are skipped, and every file is
-renamed into place, so ``kill -9`` loses at most the batch in flight. Shardable: ``shard=(i, N)``
-takes every N-th record from i (under ``accelerate launch``: RANK / WORLD_SIZE). A clip that fails
-is written to ``.errors/`` (merged into ``errors.jsonl``) and the run goes on. The AU modality is not
-extracted here: the training dataset reads the builder's AU side file.
+entries already in the cache (features or an ``absent`` mark) whose inputs are this config's are
+skipped, stale ones recomputed (:mod:`emollm.features.key`), and every file is renamed into place,
+so ``kill -9`` loses at most the batch in flight. Shardable: ``shard=(i, N)`` takes every N-th record
+from i (under ``accelerate launch``: RANK / WORLD_SIZE). A clip that fails is written to ``.errors/``
+(merged into ``errors.jsonl``) and the run goes on. The AU modality is not extracted here: the
+training dataset reads the builder's AU side file.
 """
 
 from __future__ import annotations
@@ -97,6 +98,7 @@ class FeaturesSummary:
     entries_computed: int = 0  # (clip, modality) features written
     entries_absent: int = 0  # (clip, modality) recorded as absent (no face / no audio)
     entries_reused: int = 0  # already in the cache
+    entries_stale: int = 0  # in the cache but made from other inputs: recomputed (counted in computed / absent)
     clips_decoded: int = 0
     failed: int = 0
     wall_s: float = 0.0
@@ -108,6 +110,7 @@ class FeaturesSummary:
         rows = [("cache", self.cache_dir), ("shard", self.shard), ("clips", self.clips),
                 ("decoded", self.clips_decoded), ("features written", self.entries_computed),
                 ("absent (no input)", self.entries_absent), ("reused", self.entries_reused),
+                ("stale (recomputed)", self.entries_stale),
                 ("failed clips", self.failed), ("wall s", f"{self.wall_s:.1f} ({rate:.2f} clips/s)")]  # fmt: skip
         return "\n".join(f"{k:<18} {v}" for k, v in rows)
 
@@ -174,7 +177,7 @@ def extract_features(cfg: Any, dataset_dir: str | os.PathLike, *, shard: tuple[i
     records = read_annotations(annotations)
     index, count = shard
     mine = [r for k, r in enumerate(records) if k % count == index]
-    cache = FeatureCache.from_config(cfg, dataset)
+    cache = FeatureCache.from_config(cfg, dataset, records=records)
     cache.root.mkdir(parents=True, exist_ok=True)
     summary = FeaturesSummary(clips=len(mine), cache_dir=str(cache.root), shard=f"{index}/{count}")
     if index == 0:
@@ -193,8 +196,10 @@ def extract_features(cfg: Any, dataset_dir: str | os.PathLike, *, shard: tuple[i
 
     todo = []
     for record in mine:
-        needed = [n for n in frozen if cache.status(record["id"], n) == "missing"]
+        states = {n: cache.check(record["id"], n).state for n in frozen}
+        needed = [n for n, state in states.items() if state in ("missing", "stale")]
         summary.entries_reused += len(frozen) - len(needed)
+        summary.entries_stale += sum(state == "stale" for state in states.values())
         if needed:
             todo.append((record, needed))
 
@@ -265,8 +270,9 @@ def extract_features(cfg: Any, dataset_dir: str | os.PathLike, *, shard: tuple[i
         pass
     _merge_errors(cache)
     summary.wall_s = time.perf_counter() - t0
-    log.info("features: %d written, %d absent, %d reused, %d clip(s) failed in %.1f s", summary.entries_computed,
-             summary.entries_absent, summary.entries_reused, summary.failed, summary.wall_s)
+    log.info("features: %d written, %d absent, %d reused (%d stale recomputed), %d clip(s) failed in %.1f s",
+             summary.entries_computed, summary.entries_absent, summary.entries_reused, summary.entries_stale,
+             summary.failed, summary.wall_s)
     return summary
 
 

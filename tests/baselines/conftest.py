@@ -73,7 +73,10 @@ def make_synthetic_dataset(root: Path, text_ckpt: Path, audio_ckpt: Path, *, n: 
     features = {name: torch.cat([task.features[name], 0.05 * torch.randn(n, width - 4, generator=g)], dim=1)
                 for name, width in widths.items()}  # fmt: skip
     root.mkdir(parents=True, exist_ok=True)
-    cache = FeatureCache(root / "features", dtype="float32")
+    config = write_config(root.parent / f"{root.name}.yaml", text_ckpt, audio_ckpt, "features: {dtype: float32}")
+    from emollm import config as cfglib
+
+    cache = FeatureCache.from_config(cfglib.load(config), root)  # keyed by the config's inputs, as `emollm features`
     cache.register("text", build_encoder("text", text_ckpt))
     cache.register("audio", build_encoder("audio", audio_ckpt))
     records = []
@@ -88,14 +91,14 @@ def make_synthetic_dataset(root: Path, text_ckpt: Path, audio_ckpt: Path, *, n: 
             "sentiment": round(float(sentiment[i]), 4), "provenance": {}, "review": {"state": "unreviewed"},
         })  # fmt: skip
         if has_text:
-            cache.put(clip_id, "text", features["text"][i : i + 1])
+            cache.put(clip_id, "text", features["text"][i : i + 1], record=records[-1])
         else:
-            cache.put_absent(clip_id, "text", "no subtitle")
+            cache.put_absent(clip_id, "text", "no subtitle", record=records[-1])
         delta = torch.full((widths["audio"],), 0.5)
         vector = features["audio"][i]
-        cache.put(clip_id, "audio", torch.stack([vector + delta, vector - delta]))  # pooled: the mean
+        pair = torch.stack([vector + delta, vector - delta])  # pooled: the mean
+        cache.put(clip_id, "audio", pair, record=records[-1])
     (root / "annotations.jsonl").write_text("".join(json.dumps(r) + "\n" for r in records), encoding="utf-8")
-    config = write_config(root.parent / f"{root.name}.yaml", text_ckpt, audio_ckpt)
     return SyntheticDataset(root, config, records, Path(text_ckpt), Path(audio_ckpt))
 
 
