@@ -186,7 +186,9 @@ def cue_fingerprint(cfg: EmollmConfig, clip: inputs_mod.ClipInput) -> str:
 def label_fingerprint(cfg: EmollmConfig) -> str:
     b = cfg.build
     table = load_rules(b.rules)
-    return _sha([b.peak_frame, b.peak_top_aus, list(b.peak_ignore_aus), table.digest, cfg.data.label_set])
+    from eval.label_sets import identity
+
+    return _sha([b.peak_frame, b.peak_top_aus, list(b.peak_ignore_aus), table.digest, identity(cfg.data.label_set)])
 
 
 def _expression_model(name: str):  # noqa: ANN202

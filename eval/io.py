@@ -12,6 +12,10 @@ Emotion-LLaMA's files are read as-is: the EMER CSV its ``eval_emotion_EMER.py`` 
 the id, ``answer`` / ``pred`` / ``output`` for the text, ``gt`` / ``emotion`` for the reference label,
 ``reason`` / ``gt_reason`` / ``english`` for the reference reasoning. A predictions file that also holds
 reference fields (``gt``...) serves as its own references when none are given.
+
+A reference label says where it comes from in ``gt_source`` (``label``: a person's; ``pseudo_label``: the
+dataset builder's); without it, it is taken as a person's. A built dataset's record gives both its
+``label`` (human) and its ``pseudo_label``; ``evaluate.reference_source`` picks (eval/references.py).
 """
 
 from __future__ import annotations
@@ -25,12 +29,14 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from emollm.errors import EvaluationInputError
+from eval.references import source_of
 
 ID_KEYS = ("id", "clip_id", "sample_id", "name", "names", "video_name", "video", "clip")
 TEXT_KEYS = ("text", "answer", "prediction", "pred", "output", "response", "generated", "chi_reasons")
 PRED_LABEL_KEYS = ("label", "pred_label", "predicted_label")
 REF_LABEL_KEYS = ("label", "gt", "gt_label", "ground_truth", "true_label", "emotion")
 REF_LABEL_KEYS_IN_PREDICTIONS = ("gt", "gt_label", "ground_truth", "true_label")
+REF_SOURCE_KEYS = ("gt_source", "label_source", "reference_source")  # label | pseudo_label (none: a person's label)
 REASONING_KEYS = ("reasoning", "reason", "gt_reason", "description", "english")
 PRED_SCORE_KEYS = ("score", "pred_score", "predicted_score")  # regression (sentiment on [-3, 3], ...)
 REF_SCORE_KEYS = ("score", "gt_score", "sentiment", "sentiment_score")
@@ -52,6 +58,8 @@ class Reference:
     reasoning: str | None = None
     fold: str | None = None
     score: float | None = None  # regression reference
+    source: str = "label"  # where ``label`` comes from: "label" (a person's) | "pseudo_label" (eval/references.py)
+    pseudo_label: str | None = None  # a built dataset record's pseudo-label (the builder's, not ground truth)
 
 
 @dataclass
@@ -163,7 +171,9 @@ def read_references(path: str | Path, *, from_predictions: bool = False, split: 
     refs = [
         Reference(id_, _get(row, label_keys), _get(row, REASONING_KEYS) if not from_predictions
                   else _get(row, ("gt_reason", "reference_reasoning")), _get(row, ("fold",)),
-                  _score(row, score_keys, path, id_))
+                  _score(row, score_keys, path, id_),
+                  source_of(_get(row, REF_SOURCE_KEYS), f"{path}: '{id_}': "),
+                  None if from_predictions else _get(row, ("pseudo_label",)))
         for id_, row in zip(_ids(rows, path), rows, strict=True)
     ]
     if from_predictions and not any(r.label or r.reasoning or r.score is not None for r in refs):

@@ -10,6 +10,7 @@ from pathlib import Path
 from typing import Any
 
 from emollm import config as cfglib
+from eval import references
 from eval.classification import HEADLINE, fmt_pct
 
 NAMES = {"war": "WAR (accuracy)", "uar": "UAR", "waf": "WAF (weighted F1)", "macro_f1": "macro F1"}
@@ -63,34 +64,56 @@ def _table(header: Sequence[str], rows: Sequence[Sequence[Any]]) -> list[str]:
             *["| " + " | ".join(str(c) for c in row) + " |" for row in rows]]
 
 
+def _classification_lines(group: dict, title: str, plot: str | None) -> list[str]:
+    """One reference group's classification section: parsing, headline metrics, folds, per class, confusion."""
+    p, cl = group["parsing"], group["classification"]
+    out = [title, "",
+           f"Parsing: `{p['strategy']}`; **invalid rate {100 * p['invalid_rate']:.2f}%** ({p['invalid']}/{p['n']}, "
+           f"{p['invalid_by_reason'] or 'none'}); invalid answers {p['invalid_handling']}.", ""]
+    out += _table(["metric", "%"], [[NAMES[k], fmt_pct(cl[k])] for k in HEADLINE]) + [""]
+    if "folds" in group:
+        pf, s = group["folds"]["per_fold"], group["folds"]["summary"]
+        out += ["### Folds", ""] + _table(["fold", "n", *[NAMES[k] for k in HEADLINE]], [
+            *[[f, pf[f]["n"], *[fmt_pct(pf[f][k]) for k in HEADLINE]] for f in pf],
+            ["**mean ± std**", "", *[f"{fmt_pct(s[k]['mean'])} ± {fmt_pct(s[k]['std'])}" for k in HEADLINE]],
+        ]) + [""]
+    out += ["### Per class", ""] + _table(["label", "precision", "recall", "F1", "support"], [
+        [lab, fmt_pct(v["precision"]), fmt_pct(v["recall"]), fmt_pct(v["f1"]), v["support"]]
+        for lab, v in cl["per_class"].items()]) + [""]
+    cf = cl["confusion"]
+    out += ["### Confusion matrix (counts; rows = reference)", ""] + _table(
+        ["", *cf["columns"]], [[lab, *row] for lab, row in zip(cf["labels"], cf["counts"], strict=True)]) + [""]
+    if plot:
+        out += [f"![confusion]({plot})", ""]
+    return out
+
+
 def render_markdown(m: dict) -> str:
     out = ["# emollm evaluation report", ""]
     c = m["counts"]
-    out += [f"Label set: **{m['label_set']['name']}** ({', '.join(m['label_set']['labels'])}). "
+    out += [f"Label set: **{m['label_set']['name']}** ({', '.join(m['label_set']['labels'])})"
+            + (f" from `{m['label_set']['path']}`" if m["label_set"].get("path") else "") + ". "
             f"Predictions: {c['predictions']}, references: {c['references']}, scored (paired): {c['paired']}.", ""]
     if c["missing_predictions"] or c["extra_predictions"]:
         out += [f"**Missing ids** (--allow-missing): {c['missing_predictions']} reference id(s) without prediction, "
                 f"{c['extra_predictions']} prediction id(s) without reference; not scored.", ""]
+    refs = m.get("references")
+    if refs:
+        out += [f"**References: {refs['scored_against']}** (evaluate.reference_source={refs['policy']})"
+                + (f"; {refs['without_reference']} prediction(s) without a reference label, not scored"
+                   if refs.get("without_reference") else "") + ".", ""]
+        if refs.get("headline") == references.PSEUDO:
+            out += ["**These scores measure agreement with the dataset builder's pseudo-labels, not accuracy "
+                    "against human labels.**", ""]
     if "classification" in m:
-        p, cl = m["parsing"], m["classification"]
-        out += ["## Classification", "",
-                f"Parsing: `{p['strategy']}`; **invalid rate {100 * p['invalid_rate']:.2f}%** ({p['invalid']}/{p['n']}, "
-                f"{p['invalid_by_reason'] or 'none'}); invalid answers {p['invalid_handling']}.", ""]
-        out += _table(["metric", "%"], [[NAMES[k], fmt_pct(cl[k])] for k in HEADLINE]) + [""]
-        if "folds" in m:
-            pf, s = m["folds"]["per_fold"], m["folds"]["summary"]
-            out += ["### Folds", ""] + _table(["fold", "n", *[NAMES[k] for k in HEADLINE]], [
-                *[[f, pf[f]["n"], *[fmt_pct(pf[f][k]) for k in HEADLINE]] for f in pf],
-                ["**mean ± std**", "", *[f"{fmt_pct(s[k]['mean'])} ± {fmt_pct(s[k]['std'])}" for k in HEADLINE]],
-            ]) + [""]
-        out += ["### Per class", ""] + _table(["label", "precision", "recall", "F1", "support"], [
-            [lab, fmt_pct(v["precision"]), fmt_pct(v["recall"]), fmt_pct(v["f1"]), v["support"]]
-            for lab, v in cl["per_class"].items()]) + [""]
-        cf = cl["confusion"]
-        out += ["### Confusion matrix (counts; rows = reference)", ""] + _table(
-            ["", *cf["columns"]], [[lab, *row] for lab, row in zip(cf["labels"], cf["counts"], strict=True)]) + [""]
-        if m.get("plots"):
-            out += [f"![confusion]({m['plots'][0]})", ""]
+        head = (refs or {}).get("headline")
+        groups = m.get("by_reference") or {head: m}
+        for source, group in groups.items():
+            title = "## Classification" + (f": against {references.name(source, group['classification']['n'])}"
+                                           if source else "")
+            plot = next((f for f in m.get("plots", []) if f == ("confusion.png" if source == head
+                                                              else f"confusion_{source}.png")), None)
+            out += _classification_lines(group, title, plot)
     rg = m.get("regression")
     if rg:
         out += ["## Regression (scores)", "", f"{rg['n']} sample(s) with a predicted and a reference score"
@@ -129,9 +152,15 @@ def write_run(m: dict, samples: list[dict], cfg: cfglib.EmollmConfig, out: Path,
     m["config"] = cfglib.to_dict(cfg)
     m["plots"] = []
     if plots and "classification" in m:
-        m["plots"].append(plot_confusion(m["classification"]["confusion"], out / "confusion.png").name)
+        head = (m.get("references") or {}).get("headline")
+        title = references.NAMES[head] if head and m.get("by_reference") else ""
+        m["plots"].append(plot_confusion(m["classification"]["confusion"], out / "confusion.png", title).name)
         for fold, fm in m.get("folds", {}).get("per_fold", {}).items():
             m["plots"].append(plot_confusion(fm["confusion"], out / f"confusion_{fold}.png", fold).name)
+        for source, group in (m.get("by_reference") or {}).items():
+            if source != head:
+                m["plots"].append(plot_confusion(group["classification"]["confusion"], out / f"confusion_{source}.png",
+                                                 references.NAMES[source]).name)
     _write(out / "predictions_parsed.jsonl", "".join(json.dumps(s, ensure_ascii=False) + "\n" for s in samples))
     _write(out / "metrics.json", json.dumps(m, indent=2, ensure_ascii=False, default=str))
     _write(out / "report.md", render_markdown(m))
@@ -141,6 +170,9 @@ def _headline(m: dict) -> dict[str, str]:
     row: dict[str, str] = {}
     cl = m.get("classification")
     if cl:
+        refs = m.get("references")
+        row["references"] = (references.name(refs["headline"]) if refs and refs.get("headline")
+                             else "given (Emotion-LLaMA's file)" if m.get("source") else "not recorded")
         s = m.get("folds", {}).get("summary")
         for k in HEADLINE:
             row[NAMES[k]] = (f"{fmt_pct(s[k]['mean'])} ± {fmt_pct(s[k]['std'])}" if s else fmt_pct(cl[k]))
@@ -177,6 +209,9 @@ def compare_runs(paths: Sequence[str | os.PathLike], out: Path | None = None, na
     sets = {m["label_set"]["name"] for m in runs}
     if len(sets) > 1:
         md += ["", f"**Warning:** the runs use different label sets ({', '.join(sorted(sets))})."]
+    against = {row["references"] for row in rows if "references" in row}
+    if len(against) > 1:
+        md += ["", f"**Warning:** the runs are scored against different references ({', '.join(sorted(against))})."]
     text = "\n".join(md) + "\n"
     if out is not None:
         out.mkdir(parents=True, exist_ok=True)

@@ -11,7 +11,7 @@ from typing import Any
 from emollm import config as cfglib
 from emollm.errors import ConfigError, EvaluationInputError
 from emollm.log import get_logger
-from eval import classification, io, parsing, proxies
+from eval import classification, io, parsing, proxies, references
 from eval.label_sets import load_label_set
 
 log = get_logger(__name__)
@@ -35,12 +35,15 @@ def _fold_names(paths: list[str]) -> list[str]:
     return stems if len(set(stems)) == len(stems) else [f"fold{i + 1}" for i in range(len(paths))]
 
 
-def evaluate_run(cfg: cfglib.EmollmConfig, predictions: list[str | os.PathLike], references: str | os.PathLike | None,
+def evaluate_run(cfg: cfglib.EmollmConfig, predictions: list[str | os.PathLike], references_path: str | os.PathLike | None,
                  out_dir: str | os.PathLike, *, plots: bool = True) -> dict:
     """Evaluate prediction file(s) against references; write the run's outputs; return the metrics dict.
 
     Several prediction files are the folds of a k-fold run (fold = file name); otherwise a ``fold``
-    field in the predictions or references splits them.
+    field in the predictions or references splits them. Reference labels are human labels or
+    pseudo-labels (``evaluate.reference_source``); each source is scored apart (``by_reference``), the
+    headline (``classification``) against human labels when there are any (eval/references.py). Inputs
+    that leave nothing to score are an error.
     """
     ecfg = cfg.evaluate
     label_set = load_label_set(cfg.eval_label_set)
@@ -51,30 +54,34 @@ def evaluate_run(cfg: cfglib.EmollmConfig, predictions: list[str | os.PathLike],
     names = _fold_names([str(p) for p in predictions])
     for path, name in zip(predictions, names, strict=True):
         preds += io.read_predictions(path, fold=name if len(predictions) > 1 else None)
-    if references is None:
+    if references_path is None:
         if len(predictions) > 1:
             raise EvaluationInputError("several prediction files need --references")
         refs = io.read_references(predictions[0], from_predictions=True, score_field=ecfg.score_field)
     else:
-        refs = io.read_references(references, split=ecfg.split, score_field=ecfg.score_field)
+        refs = io.read_references(references_path, split=ecfg.split, score_field=ecfg.score_field)
     paired = io.pair(preds, refs, allow_missing=ecfg.allow_missing)
     if paired.missing_predictions or paired.extra_predictions:
         log.warning("scoring %d common id(s); %d reference id(s) without prediction, %d prediction id(s) "
                     "without reference (--allow-missing)", len(paired.pairs), len(paired.missing_predictions),
                     len(paired.extra_predictions))
 
-    # -- classification
+    # -- classification: against human labels and pseudo-labels, each source on its own (eval/references.py)
+    policy = ecfg.reference_source
     samples: list[dict[str, Any]] = []
     bad_refs = []
+    present: Counter[str] = Counter()  # the sources the predicted clips have a reference label from
     for pred, ref in paired.pairs:
         if pred.text is None and pred.label is None:
             continue  # a score-only (regression) prediction: scored below
         row: dict[str, Any] = {"id": pred.id, "fold": pred.fold or ref.fold}
-        if ref.label is not None and ref.label.strip():
-            gold = label_set.normalize(ref.label)
+        present.update(references.available(ref.label, ref.source, ref.pseudo_label))
+        label, source = references.pick(ref.label, ref.source, ref.pseudo_label, policy)
+        if label is not None:
+            gold = label_set.normalize(label)
             if gold is None:
-                bad_refs.append(f"{ref.id}={ref.label!r}")
-            row["reference"] = gold
+                bad_refs.append(f"{ref.id}={label!r}" + (" (pseudo-label)" if source == references.PSEUDO else ""))
+            row.update(reference=gold, reference_source=source)
         if pred.label is not None:
             parsed = parsing.normalize_given_label(pred.label, label_set, fallback)
         else:
@@ -86,38 +93,34 @@ def evaluate_run(cfg: cfglib.EmollmConfig, predictions: list[str | os.PathLike],
             f"{len(bad_refs)} reference label(s) outside the '{label_set.name}' set: {', '.join(bad_refs[:5])}",
             hint=f"labels of the set: {', '.join(label_set.labels)}; choose the set with evaluate.label_set")
     scored = [s for s in samples if s.get("reference")]
+    grouped = references.groups([s["reference_source"] for s in scored], ecfg.combine_sources)
+    counts = {s: len(idx) for s, idx in grouped.items() if s != references.ALL}
     result: dict[str, Any] = {
-        "kind": "emollm-evaluate", "version": 1, "label_set": {"name": label_set.name, "labels": list(label_set.labels)},
-        "inputs": {"predictions": [str(p) for p in predictions], "references": str(references) if references else None,
-                   "split": ecfg.split},
+        "kind": "emollm-evaluate", "version": 1, "label_set": label_set.describe(),
+        "inputs": {"predictions": [str(p) for p in predictions], "references": str(references_path) if references_path
+                   else None, "split": ecfg.split},
         "counts": {"predictions": len(preds), "references": len(refs), "paired": len(paired.pairs),
                    "missing_predictions": len(paired.missing_predictions),
                    "extra_predictions": len(paired.extra_predictions),
                    "missing_prediction_ids": paired.missing_predictions[:20],
                    "extra_prediction_ids": paired.extra_predictions[:20]},
+        "references": {"scored_against": references.describe(counts, combined=references.ALL in grouped),
+                       "policy": policy, "counts": counts, "headline": references.headline(grouped),
+                       "groups": list(grouped), "combined": references.ALL in grouped,
+                       "available": {s: present[s] for s in references.SOURCES if present[s]},
+                       "without_reference": len(samples) - len(scored)},
     }
-    if scored:
-        invalid = [s for s in scored if not s["valid"]]
-        result["parsing"] = {
-            "strategy": ecfg.parse, "fallback_label": fallback, "n": len(scored), "invalid": len(invalid),
-            "invalid_rate": len(invalid) / len(scored), "invalid_by_reason": dict(Counter(s["invalid_reason"] for s in invalid)),
-            "invalid_handling": f"mapped to '{fallback}'" if fallback else "counted wrong",
-        }
-        result["classification"] = classification.classification_metrics(
-            [s["reference"] for s in scored], [s["predicted"] for s in scored], label_set.labels)
-        folds = sorted({s["fold"] for s in scored if s["fold"] is not None})
-        if ecfg.folds > 1 and len(folds) != ecfg.folds:
-            raise ConfigError(f"evaluate.folds={ecfg.folds} but the inputs hold {len(folds)} fold(s) {folds}",
-                              hint="pass one predictions file per fold, or a 'fold' field, or set evaluate.folds=1")
-        if len(folds) > 1:
-            if any(s["fold"] is None for s in scored):
-                raise EvaluationInputError("some samples have a fold and others do not")
-            per_fold = {f: classification.classification_metrics(
-                [s["reference"] for s in scored if s["fold"] == f], [s["predicted"] for s in scored if s["fold"] == f],
-                label_set.labels) for f in folds}
-            result["folds"] = {"per_fold": per_fold, "summary": classification.kfold_summary(per_fold)}
+    if grouped:
+        scores = {source: _score_labels([scored[i] for i in idx], label_set, ecfg, fallback,
+                                        check_folds=source == result["references"]["headline"])
+                  for source, idx in grouped.items()}
+        result.update(scores[result["references"]["headline"]])  # parsing, classification (+ folds): the headline
+        if len(grouped) > 1:
+            result["by_reference"] = scores
+        if result["references"]["headline"] == references.PSEUDO:
+            log.warning("no human label: scored against %s", references.name(references.PSEUDO, counts[references.PSEUDO]))
     elif samples:
-        log.info("the references hold no labels: no classification metrics")
+        log.warning("no prediction has a reference label (%s)", references.nothing_scored_hint(policy, present))
 
     # -- regression (a `score` per prediction and reference: sentiment on [-3, 3], MOSI-style metrics)
     scored_pairs = [(p, r) for p, r in paired.pairs if p.score is not None]
@@ -151,11 +154,44 @@ def evaluate_run(cfg: cfglib.EmollmConfig, predictions: list[str | os.PathLike],
                 refs_text, pred_text, ecfg.embedding_model)
         if ecfg.judge.backend != "none":
             result["reasoning"]["emer"] = _run_judge(cfg, reasoning, Path(out_dir))
+    if not any(k in result for k in ("classification", "regression", "reasoning")):
+        raise EvaluationInputError(
+            f"nothing to score: {len(paired.pairs)} paired prediction(s), none with a reference label "
+            f"(evaluate.reference_source={policy}), a reference score or reference reasoning",
+            hint=references.nothing_scored_hint(policy, present))
     result["versions"] = _versions()
     from eval import report
 
     report.write_run(result, samples, cfg, Path(out_dir), plots=plots)
     return result
+
+
+def _score_labels(scored: list[dict[str, Any]], label_set: Any, ecfg: Any, fallback: str | None, *,
+                  check_folds: bool) -> dict[str, Any]:
+    """Parsing stats, classification metrics and (k-fold) per-fold metrics of one reference group."""
+    invalid = [s for s in scored if not s["valid"]]
+    out: dict[str, Any] = {
+        "parsing": {
+            "strategy": ecfg.parse, "fallback_label": fallback, "n": len(scored), "invalid": len(invalid),
+            "invalid_rate": len(invalid) / len(scored),
+            "invalid_by_reason": dict(Counter(s["invalid_reason"] for s in invalid)),
+            "invalid_handling": f"mapped to '{fallback}'" if fallback else "counted wrong",
+        },
+        "classification": classification.classification_metrics(
+            [s["reference"] for s in scored], [s["predicted"] for s in scored], label_set.labels),
+    }
+    folds = sorted({s["fold"] for s in scored if s["fold"] is not None})
+    if check_folds and ecfg.folds > 1 and len(folds) != ecfg.folds:
+        raise ConfigError(f"evaluate.folds={ecfg.folds} but the inputs hold {len(folds)} fold(s) {folds}",
+                          hint="pass one predictions file per fold, or a 'fold' field, or set evaluate.folds=1")
+    if len(folds) > 1:
+        if any(s["fold"] is None for s in scored):
+            raise EvaluationInputError("some samples have a fold and others do not")
+        per_fold = {f: classification.classification_metrics(
+            [s["reference"] for s in scored if s["fold"] == f], [s["predicted"] for s in scored if s["fold"] == f],
+            label_set.labels) for f in folds}
+        out["folds"] = {"per_fold": per_fold, "summary": classification.kfold_summary(per_fold)}
+    return out
 
 
 def _run_judge(cfg: cfglib.EmollmConfig, reasoning: list, out_dir: Path) -> dict:

@@ -14,8 +14,10 @@ entry raises :class:`~emollm.errors.FeatureMissingError` naming the clip and mod
 (``features.on_missing=skip``: treated as absent and counted).
 
 Targets: classification reads the ground-truth ``label``, else the ``pseudo_label``, as an index into
-the evaluation label set (``cfg.eval_label_set``; synonyms map to the set's own label); regression
-reads the float in ``baseline.target_field``. Records without a target are skipped and counted.
+the evaluation label set (``cfg.eval_label_set``; synonyms map to the set's own label), and keeps which
+of the two each clip's is (``BaselineSplit.sources``: eval metrics are given per source, predictions
+carry ``gt`` / ``gt_source``); regression reads the float in ``baseline.target_field``. Records without
+a target are skipped and counted.
 """
 
 from __future__ import annotations
@@ -63,6 +65,10 @@ class BaselineSplit:
     split: str | None
     labels: tuple[str, ...] = ()  # classification: the label set's labels (index -> name)
     skipped: Counter[str] = field(default_factory=Counter)
+    # classification, per clip (aligned with batch.ids): its reference label as the record gives it and where
+    # it comes from, "label" (a person's) or "pseudo_label" (the builder's) (eval/references.py); None: none
+    references: tuple[str | None, ...] = ()
+    sources: tuple[str | None, ...] = ()
 
     def __len__(self) -> int:
         return len(self.batch.ids)
@@ -139,9 +145,10 @@ def pooled_aus(dataset_dir: Path, record: Mapping[str, Any]) -> torch.Tensor | N
     return torch.from_numpy(features[mask]).float().mean(dim=0)
 
 
-def target_of(record: Mapping[str, Any], cfg: Any, label_set: Any) -> int | float | None:
-    """The training target of a record: a class index (the label, else the pseudo-label) or the float
-    in ``baseline.target_field``; None when the record has none."""
+def target_of(record: Mapping[str, Any], cfg: Any, label_set: Any, policy: str = "auto") -> int | float | None:
+    """The training target of a record: a class index (the label, else the pseudo-label; ``policy`` as
+    ``evaluate.reference_source``: ``label`` / ``pseudo_label`` keep one source) or the float in
+    ``baseline.target_field``; None when the record has none."""
     if cfg.baseline.task == "regression":
         value = record.get(cfg.baseline.target_field)
         if value is None or value == "":
@@ -152,7 +159,9 @@ def target_of(record: Mapping[str, Any], cfg: Any, label_set: Any) -> int | floa
             raise EmollmError(f"clip '{record['id']}': {cfg.baseline.target_field}={value!r} is not a number",
                               hint="baseline.target_field must name a numeric record field") from None
         return score if math.isfinite(score) else None
-    raw = record.get("label") or record.get("pseudo_label")
+    from eval.references import of_record
+
+    raw, _ = of_record(record, policy)
     if not raw:
         return None
     label = label_set.normalize(str(raw))
@@ -176,16 +185,20 @@ def split_names(dataset_dir: str | os.PathLike) -> set[str]:
 
 
 def load_split(cfg: Any, dataset_dir: str | os.PathLike, split: str | None, *, targets: bool = True,
-               modalities: Mapping[str, ModalityInfo] | None = None, require_any: bool = True) -> BaselineSplit:
+               modalities: Mapping[str, ModalityInfo] | None = None, require_any: bool = True,
+               policy: str = "auto") -> BaselineSplit:
     """Every record of ``split`` (None: all records) with pooled features; with ``targets`` the
     records without a target are skipped (counted), else targets are left out (prediction). A split
-    left with no record is an error, or (``require_any=False``) an empty split.
+    left with no record is an error, or (``require_any=False``) an empty split. ``policy``: which
+    reference labels are targets (``evaluate.reference_source``: auto | label | pseudo_label); each
+    clip's reference and its source are kept in ``references`` / ``sources``.
 
     ``modalities`` (default: :func:`modality_infos` of ``cfg``) fixes which modalities and widths are
     read, e.g. those a trained baseline was saved with.
     """
     from data_builders.record import read_annotations
     from eval.label_sets import load_label_set
+    from eval.references import of_record
 
     root = Path(dataset_dir)
     annotations = root / "annotations.jsonl"
@@ -206,12 +219,16 @@ def load_split(cfg: Any, dataset_dir: str | os.PathLike, split: str | None, *, t
     skipped: Counter[str] = Counter()
     ids: list[str] = []
     target_values: list[int | float] = []
+    refs: list[tuple[str | None, str | None]] = []
     rows: dict[str, list[torch.Tensor | None]] = {name: [] for name in infos}
     for record in progress(records, desc=f"baseline data ({split or 'all'})", total=len(records), unit="clip"):
-        target = target_of(record, cfg, label_set) if targets else None
+        target = target_of(record, cfg, label_set, policy) if targets else None
         if targets and target is None:
-            skipped["no target" if not classification else "no label or pseudo-label"] += 1
+            skipped["no target" if not classification else "no label or pseudo-label" if policy == "auto"
+                    else f"no reference label (evaluate.reference_source={policy})"] += 1
             continue
+        if classification:
+            refs.append(of_record(record, policy))
         clip_id = record["id"]
         for name, info in infos.items():
             if info.kind == "au":
@@ -251,7 +268,8 @@ def load_split(cfg: Any, dataset_dir: str | os.PathLike, split: str | None, *, t
         log.warning("baseline data (%s): %d record(s) skipped or incomplete: %s", split, sum(skipped.values()),
                     dict(skipped))
     return BaselineSplit(BaselineBatch(features, present, labels, ids), infos, split,
-                         tuple(label_set.labels) if label_set else (), skipped)
+                         tuple(label_set.labels) if label_set else (), skipped,
+                         tuple(r for r, _ in refs), tuple(s for _, s in refs))
 
 
 # ------------------------------------------------------------------------------------------ batches

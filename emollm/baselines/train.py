@@ -26,6 +26,7 @@ import json
 import os
 import shutil
 import time
+from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -158,22 +159,36 @@ def run_model(model: BaselineModel, batch: BaselineBatch, batch_size: int, devic
     return result
 
 
-def split_metrics(model: BaselineModel, data: BaselineSplit, batch_size: int, device: torch.device) -> dict[str, Any]:
+def split_metrics(model: BaselineModel, data: BaselineSplit, batch_size: int, device: torch.device, *,
+                  combine_sources: bool = False) -> dict[str, Any]:
     """The eval metrics of ``model`` on a labelled split: WAR / UAR / WAF / macro F1 (classification,
-    ``eval.classification``) or the MOSI metrics (regression, ``eval.regression``), and the loss."""
+    ``eval.classification``) or the MOSI metrics (regression, ``eval.regression``), and the loss.
+    Classification names its references (``reference_source``: the headline's, ``references``: counts
+    per source) and scores a second source apart (``by_reference``; ``combine_sources``: also pooled)."""
     out = run_model(model, data.batch, batch_size, device)
     metrics: dict[str, Any] = {"n": len(data)}
     if "loss" in out:
         metrics["loss"] = out["loss"]
     if model.task == "classification":
+        from eval import references
         from eval.classification import classification_metrics
 
         if "logits" not in out:
             raise EmollmError(f"baseline '{model.name}' returned no logits for a classification task")
         predicted = out["logits"].argmax(dim=-1).tolist()
-        full = classification_metrics([data.labels[i] for i in data.batch.labels.tolist()],  # type: ignore[union-attr]
-                                      [data.labels[i] for i in predicted], data.labels)
-        metrics.update({k: full[k] for k in ("war", "uar", "waf", "macro_f1")})
+        gold = data.batch.labels.tolist()  # type: ignore[union-attr]
+        # each reference source on its own: the headline against human labels when any (eval/references.py)
+        grouped = references.groups(list(data.sources) or [references.LABEL] * len(gold), combine_sources)
+        head = references.headline(grouped)
+        metrics.update(reference_source=head, references={s: len(i) for s, i in grouped.items() if s != references.ALL})
+        for source, idx in grouped.items():
+            full = classification_metrics([data.labels[gold[i]] for i in idx], [data.labels[predicted[i]] for i in idx],
+                                          data.labels)
+            scores = {k: full[k] for k in ("war", "uar", "waf", "macro_f1")}
+            if source == head:
+                metrics.update(scores)
+            else:
+                metrics.setdefault("by_reference", {})[source] = {"n": len(idx), **scores}
     else:
         from eval.regression import regression_metrics
 
@@ -247,12 +262,14 @@ def _save_checkpoint(out: Path, epoch: int, model: BaselineModel, optimizer: tor
 def _run_info(cfg: cfglib.EmollmConfig, model: BaselineModel, train: BaselineSplit, evaluation: BaselineSplit | None,
               dataset_dir: Path) -> dict[str, Any]:
     from emollm import __version__
+    from eval.label_sets import load_label_set
 
     return {
         "kind": RUN_KIND, "version": 1, "emollm_version": __version__,
         "model": model.config_dict(),
         "task": model.task, "target_field": cfg.baseline.target_field,
-        "label_set": {"name": cfg.eval_label_set, "labels": list(train.labels)} if train.labels else None,
+        "label_set": {**load_label_set(cfg.eval_label_set).describe(), "labels": list(train.labels)}
+        if train.labels else None,
         "modalities": {name: info.to_dict() for name, info in train.modalities.items()},
         "dataset_dir": str(dataset_dir),
         "splits": {"train": {"name": train.split, "n": len(train), "skipped": dict(train.skipped)},
@@ -278,7 +295,8 @@ def train_baseline(cfg: cfglib.EmollmConfig, dataset_dir: str | os.PathLike | No
     train = load_split(cfg, dataset, cfg.data.train_split)
     evaluation = None
     if cfg.data.eval_split in split_names(dataset):
-        evaluation = load_split(cfg, dataset, cfg.data.eval_split, modalities=train.modalities, require_any=False)
+        evaluation = load_split(cfg, dataset, cfg.data.eval_split, modalities=train.modalities, require_any=False,
+                                policy=cfg.evaluate.reference_source)
         if not len(evaluation):
             log.warning("baseline: no clip of the '%s' split has a target: no eval metrics", cfg.data.eval_split)
             evaluation = None
@@ -380,7 +398,8 @@ def train_baseline(cfg: cfglib.EmollmConfig, dataset_dir: str | os.PathLike | No
             result.losses.append(entry["loss"])
             last_of_run = epoch == total_epochs
             if evaluation is not None and ((bcfg.eval_every and epoch % bcfg.eval_every == 0) or last_of_run):
-                last_eval = split_metrics(model, evaluation, max(bcfg.batch_size, 256), device)
+                last_eval = split_metrics(model, evaluation, max(bcfg.batch_size, 256), device,
+                                          combine_sources=cfg.evaluate.combine_sources)
                 entry["eval"] = last_eval
             _log_line(log_file, entry)
             log.info("epoch %d/%d (%s): loss %.4f %s%s", epoch, total_epochs, stage, entry["loss"],
@@ -400,7 +419,8 @@ def train_baseline(cfg: cfglib.EmollmConfig, dataset_dir: str | os.PathLike | No
     model.set_stage(model.stages[-1])
     _save_weights(model, out / WEIGHTS_FILE)
     if evaluation is not None and last_eval is None:  # every epoch was done before this call (resume at the end)
-        last_eval = split_metrics(model, evaluation, max(bcfg.batch_size, 256), device)
+        last_eval = split_metrics(model, evaluation, max(bcfg.batch_size, 256), device,
+                                  combine_sources=cfg.evaluate.combine_sources)
     if last_eval is not None:
         _write_json(out / EVAL_FILE, last_eval)
     result.eval_metrics = last_eval
@@ -439,6 +459,7 @@ class PredictSummary:
     split: str | None
     task: str
     skipped: dict[str, int] = field(default_factory=dict)
+    references: dict[str, int] = field(default_factory=dict)  # rows with a gt per source (label, pseudo_label, score)
 
 
 def predict(run_dir: str | os.PathLike, dataset_dir: str | os.PathLike, out: str | os.PathLike, *,
@@ -446,7 +467,9 @@ def predict(run_dir: str | os.PathLike, dataset_dir: str | os.PathLike, out: str
             batch_size: int = 256) -> PredictSummary:
     """Predict every record of ``split`` (None: every record) of ``dataset_dir`` with the baseline of
     ``run_dir``; write JSONL rows ``{"id", "label", "probs"}`` (classification) or ``{"id", "score"}``
-    (regression) to ``out``, which ``emollm evaluate --predictions`` reads.
+    (regression) to ``out``, which ``emollm evaluate --predictions`` reads. Rows carry the clip's
+    reference like ``emollm predict``'s: ``gt`` / ``gt_source`` (its human label, else its pseudo-label)
+    or ``gt_score`` (the record's ``baseline.target_field``), so they score without ``--references``.
 
     The features come from the dataset's feature cache as configured by the run's ``config.yaml``
     (plus ``overrides``, e.g. ``features.cache_dir=...``); each modality's cache fingerprint must be
@@ -467,20 +490,38 @@ def predict(run_dir: str | os.PathLike, dataset_dir: str | os.PathLike, out: str
                 hint=f"run `emollm features` on {dataset_dir} with the run's config ({run / 'config.yaml'})")
     outputs = run_model(model, data.batch, batch_size, device)
     rows = []
+    sources: Counter[str] = Counter()
     if model.task == "classification":
         labels = info["label_set"]["labels"]
         probs = outputs["logits"].softmax(dim=-1)
-        for clip_id, p in zip(data.batch.ids, probs, strict=True):
+        for clip_id, p, gt, source in zip(data.batch.ids, probs, data.references, data.sources, strict=True):
             best = int(p.argmax())
-            rows.append({"id": clip_id, "label": labels[best],
-                         "probs": {lab: round(float(v), 6) for lab, v in zip(labels, p, strict=True)}})
+            row = {"id": clip_id, "label": labels[best],
+                   "probs": {lab: round(float(v), 6) for lab, v in zip(labels, p, strict=True)}}
+            if gt:  # the reference, as `emollm predict` rows carry it: evaluate needs no --references
+                row.update(gt=gt, gt_source=source)
+                sources[source] += 1
+            rows.append(row)
     else:
+        field_name = cfg.baseline.target_field or info.get("target_field")
+        targets = {r["id"]: r.get(field_name) for r in _records(dataset_dir, split)} if field_name else {}
         for clip_id, score in zip(data.batch.ids, outputs["prediction"].tolist(), strict=True):
-            rows.append({"id": clip_id, "score": float(score)})
+            row = {"id": clip_id, "score": float(score)}
+            gt = targets.get(clip_id)
+            if isinstance(gt, int | float) and not isinstance(gt, bool) or (isinstance(gt, str) and gt.strip()):
+                row["gt_score"] = gt
+                sources["score"] += 1
+            rows.append(row)
     path = Path(out)
     atomic_write_bytes(path, "".join(json.dumps(r, ensure_ascii=False) + "\n" for r in rows).encode())
     log.info("baseline %s: %d prediction(s) -> %s", model.name, len(rows), path)
-    return PredictSummary(path, len(rows), split, model.task, dict(data.skipped))
+    return PredictSummary(path, len(rows), split, model.task, dict(data.skipped), dict(sources))
+
+
+def _records(dataset_dir: str | os.PathLike, split: str | None) -> list[dict[str, Any]]:
+    from data_builders.record import read_annotations
+
+    return [r for r in read_annotations(Path(dataset_dir) / "annotations.jsonl") if split is None or r.get("split") == split]
 
 
 __all__ = ["BaselineTrainResult", "PredictSummary", "load_baseline", "predict", "resolve_device", "run_model",

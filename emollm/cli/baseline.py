@@ -28,7 +28,7 @@ metrics.json beside an LLM run's. See docs/baselines.md.
   emollm baseline train --method hlm12erc --config run.yaml data/meld --out runs/h \\
       baseline.options="{fusion: attention, losses: {ce: 1, dice: 0.5}, triplet_weight: 0.1}"
   emollm baseline predict --model runs/h data/meld --out runs/h/preds.jsonl
-  emollm evaluate --predictions runs/h/preds.jsonl --references data/meld --out runs/h/eval evaluate.split=test
+  emollm evaluate --predictions runs/h/preds.jsonl --out runs/h/eval evaluate.label_set=meld
   emollm evaluate --compare runs/h/eval/metrics.json runs/llm/eval/metrics.json
 """
 
@@ -47,7 +47,9 @@ uninterrupted run.
 
 PREDICT_DESCRIPTION = """\
 Predict the clips of DATASET_DIR with a trained baseline run dir: JSONL rows {"id", "label", "probs"}
-(classification) or {"id", "score"} (regression), which `emollm evaluate --predictions` reads. Features
+(classification) or {"id", "score"} (regression), which `emollm evaluate --predictions` reads. Each row
+carries the clip's reference like `emollm predict`'s (gt + gt_source: its human label, else its
+pseudo-label; gt_score for regression), so evaluate needs no --references. Features
 come from the dataset's feature cache as the run's config.yaml says (override with key=value, e.g.
 features.cache_dir=...); they must come from the encoders the model was trained on.
 
@@ -101,6 +103,7 @@ def _train(args: argparse.Namespace) -> int:
 
     from emollm.baselines.train import train_baseline
     from emollm.cli.main import split_overrides
+    from eval import references
 
     paths, extra = split_overrides([args.dataset_dir] if args.dataset_dir else [])
     overrides = [*extra, *args.overrides]
@@ -127,7 +130,12 @@ def _train(args: argparse.Namespace) -> int:
     if result.eval_metrics:
         shown = {k: v for k, v in result.eval_metrics.items() if k in ("war", "uar", "waf", "macro_f1", "acc2_nonzero",
                                                                         "acc7", "mae", "corr")}
-        line += "; eval " + " ".join(f"{k}={v:.4f}" for k, v in shown.items())
+        source = result.eval_metrics.get("reference_source")
+        line += "; eval" + (f" vs {references.NAMES[source]}" if source else "") + " " + " ".join(
+            f"{k}={v:.4f}" for k, v in shown.items())
+        for other, scores in result.eval_metrics.get("by_reference", {}).items():
+            line += f"; vs {references.NAMES[other]} " + " ".join(
+                f"{k}={v:.4f}" for k, v in scores.items() if k != "n")
     print(f"{line}; run dir {result.output_dir}")
     return 0
 
@@ -144,14 +152,21 @@ def _predict(args: argparse.Namespace) -> int:
     split = cfg.data.eval_split if args.split is None else (None if args.split == "all" else args.split)
     summary = predict(run_dir, args.dataset_dir, args.out, split=split, overrides=overrides,
                       batch_size=args.batch_size)
+    from eval import references
+
     print(f"wrote {summary.n} prediction(s) of split {summary.split or 'all'} to {summary.out}")
-    command = ["emollm", "evaluate", "--predictions", str(summary.out), "--references", str(args.dataset_dir),
-               "--out", str(Path(summary.out).with_suffix("")) + "_eval"]
-    if summary.split:
-        command.append(f"evaluate.split={summary.split}")
+    refs = summary.references
+    if not refs:
+        what = "a label or pseudo-label" if cfg.baseline.task == "classification" else \
+            f"a '{cfg.baseline.target_field}' score"
+        print(f"warning: no clip of split {summary.split or 'all'} has {what}: there is nothing to score these "
+              "predictions against (label the dataset, or evaluate them with --references FILE)", file=sys.stderr)
+        return 0
+    if cfg.baseline.task == "classification":
+        print(f"the rows carry their references (gt, gt_source): {references.describe(refs)}")
+    # the rows carry their references: evaluate needs no --references
+    command = ["emollm", "evaluate", "--predictions", str(summary.out), "--out", str(Path(summary.out).with_suffix("")) + "_eval"]
     if cfg.baseline.task == "classification":
         command.append(f"evaluate.label_set={cfg.eval_label_set}")
-    elif cfg.baseline.target_field:
-        command.append(f"evaluate.score_field={cfg.baseline.target_field}")
     print("score it with: " + " ".join(shlex.quote(c) for c in command), file=sys.stderr)
     return 0

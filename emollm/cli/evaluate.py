@@ -23,6 +23,10 @@ from the config's `evaluate` section (see `emollm config keys`).
   emollm evaluate --predictions p.jsonl --references r.csv --out runs/emer \\
       evaluate.judge.backend=openai evaluate.judge.base_url=http://127.0.0.1:8000/v1 evaluate.judge.model=qwen
   emollm evaluate --compare runs/a/metrics.json runs/b/metrics.json --out runs/compare
+
+Reference labels are human labels or the dataset builder's pseudo-labels (evaluate.reference_source:
+auto | label | pseudo_label); every report says which, and scores each source on its own
+(evaluate.combine_sources=true adds both pooled). Inputs that leave nothing to score fail.
 """
 
 log = get_logger(__name__)
@@ -35,7 +39,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--references", metavar="FILE", default=None,
                         help="references CSV/JSONL or a dataset folder (default: 'gt' fields of the predictions)")
     parser.add_argument("--out", metavar="DIR", default=None, help="output folder (default: run.output_dir)")
-    parser.add_argument("--label-set", default=None, help="shortcut for evaluate.label_set")
+    parser.add_argument("--label-set", default=None, metavar="NAME|FILE.yaml",
+                        help="shortcut for evaluate.label_set: a shipped set or a label-set YAML file")
     parser.add_argument("--allow-missing", action="store_true",
                         help="score the common ids when some are on one side only (counted in the report)")
     parser.add_argument("--no-plots", action="store_true", help="skip the PNG plots")
@@ -45,7 +50,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from eval import report, runner
+    from eval import references, report, runner
 
     if args.compare:
         text = report.compare_runs(args.compare, Path(args.out) if args.out else None)
@@ -62,14 +67,23 @@ def run(args: argparse.Namespace) -> int:
     out = Path(args.out or cfg.run.output_dir)
     m = runner.evaluate_run(cfg, args.predictions, args.references, out, plots=not args.no_plots)
     lines = [f"wrote {out / 'metrics.json'}, {out / 'report.md'}"]
-    if "classification" in m:
-        c, p = m["classification"], m["parsing"]
-        lines.append(f"{m['label_set']['name']}: n={c['n']} WAR={100 * c['war']:.2f} UAR={100 * c['uar']:.2f} "
-                     f"WAF={100 * c['waf']:.2f} macroF1={100 * c['macro_f1']:.2f} invalid={100 * p['invalid_rate']:.2f}%")
-        if "folds" in m:
-            s = m["folds"]["summary"]
-            lines.append(f"{len(s['folds'])} folds: UAR={100 * s['uar']['mean']:.2f}±{100 * s['uar']['std']:.2f} "
+    refs = m["references"]
+    if "classification" in m or refs["available"]:
+        lines.append(f"references: {refs['scored_against']}"
+                     + (f"; {refs['without_reference']} prediction(s) without one (not scored)"
+                        if refs["without_reference"] else ""))
+    for source, group in (m.get("by_reference") or ({refs["headline"]: m} if "classification" in m else {})).items():
+        c, p = group["classification"], group["parsing"]
+        lines.append(f"{m['label_set']['name']} vs {references.NAMES[source]}: n={c['n']} WAR={100 * c['war']:.2f} "
+                     f"UAR={100 * c['uar']:.2f} WAF={100 * c['waf']:.2f} macroF1={100 * c['macro_f1']:.2f} "
+                     f"invalid={100 * p['invalid_rate']:.2f}%")
+        if "folds" in group:
+            s = group["folds"]["summary"]
+            lines.append(f"  {len(s['folds'])} folds: UAR={100 * s['uar']['mean']:.2f}±{100 * s['uar']['std']:.2f} "
                          f"WAR={100 * s['war']['mean']:.2f}±{100 * s['war']['std']:.2f}")
+    if refs["headline"] == references.PSEUDO:
+        lines.append("note: pseudo-labels are the dataset builder's, not human ground truth: these scores measure "
+                     "agreement with the builder")
     if "regression" in m:
         r = m["regression"]
         lines.append("regression: " + " ".join(f"{k}={r[k]:.4f}" for k in ("acc7", "acc2", "f1", "mae", "corr")

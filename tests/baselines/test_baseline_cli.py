@@ -5,6 +5,7 @@ encoder), then `emollm evaluate` and `emollm evaluate --compare` beside an LLM r
 from __future__ import annotations
 
 import json
+import shlex
 import shutil
 from pathlib import Path
 
@@ -52,7 +53,14 @@ def test_train_predict_evaluate_and_compare_with_an_llm_run(synthetic_dataset, t
     rows = _rows(preds)
     assert [r["id"] for r in rows] == [r["id"] for r in ds.records if r["split"] == "test"]
     assert all(r["label"] in r["probs"] and sum(r["probs"].values()) == pytest.approx(1, abs=1e-4) for r in rows)
-    assert "evaluate.split=test" in capsys.readouterr().err  # the command that scores it
+    labels = {r["id"]: r["label"] for r in ds.records}
+    assert all(r["gt"] == labels[r["id"]] and r["gt_source"] == "label" for r in rows)  # like `emollm predict`'s rows
+    printed = capsys.readouterr()
+    assert "references (gt, gt_source): human labels (100)" in printed.out
+    command = shlex.split(printed.err.split("score it with: ")[1])  # the command it prints scores the file as is
+    assert command[:2] == ["emollm", "evaluate"] and "--references" not in command
+    assert cli.main(["--quiet", *command[1:], "--no-plots"]) == 0
+    printed_eval = json.loads((Path(command[command.index("--out") + 1]) / "metrics.json").read_text())
 
     evaluation = tmp_path / "eval_baseline"
     assert cli.main(["--quiet", "evaluate", "--predictions", str(preds), "--references", str(ds.root), "--out",
@@ -63,6 +71,9 @@ def test_train_predict_evaluate_and_compare_with_an_llm_run(synthetic_dataset, t
     at_train = json.loads((run / "eval_metrics.json").read_text())
     assert cl["waf"] == pytest.approx(at_train["waf"]) and cl["war"] == pytest.approx(at_train["war"])
     assert cl["war"] > 0.75, cl["war"]  # chance 0.5: the label needs text and audio together (measured 0.84)
+    assert metrics["references"]["counts"] == {"label": 100} and at_train["references"] == {"label": 100}
+    assert printed_eval["classification"] == cl and printed_eval["references"]["counts"] == {"label": 100}
+    assert cl["war"] == pytest.approx(sum(r["label"] == r["gt"] for r in rows) / 100)  # WAR: the rows agreeing
 
     # An LLM run's answers on the same clips (free text, parsed by evaluate), then both side by side.
     llm = tmp_path / "llm_preds.jsonl"
@@ -152,10 +163,16 @@ def test_regression_scores_through_evaluate(synthetic_dataset, tmp_path):
     preds = tmp_path / "reg.jsonl"
     assert cli.main(["--quiet", "baseline", "predict", "--model", str(run), str(ds.root), "--out", str(preds)]) == 0
     rows = _rows(preds)
-    assert len(rows) == 100 and all(set(r) == {"id", "score"} for r in rows)
+    sentiment = {r["id"]: r["sentiment"] for r in ds.records}
+    assert len(rows) == 100 and all(set(r) == {"id", "score", "gt_score"} for r in rows)
+    assert all(r["gt_score"] == sentiment[r["id"]] for r in rows)  # the reference rides along
     out = tmp_path / "reg_eval"
     assert cli.main(["--quiet", "evaluate", "--predictions", str(preds), "--references", str(ds.root), "--out",
                      str(out), "--no-plots", "evaluate.split=test", "evaluate.score_field=sentiment"]) == 0
+    alone = tmp_path / "reg_eval_rows"  # scored from the rows' gt_score alone
+    assert cli.main(["--quiet", "evaluate", "--predictions", str(preds), "--out", str(alone), "--no-plots"]) == 0
+    assert json.loads((alone / "metrics.json").read_text())["regression"] == json.loads(
+        (out / "metrics.json").read_text())["regression"]
     metrics = json.loads((out / "metrics.json").read_text())
     reg = metrics["regression"]
     assert reg["n"] == 100 and "classification" not in metrics
@@ -163,6 +180,64 @@ def test_regression_scores_through_evaluate(synthetic_dataset, tmp_path):
     assert reg["mae"] == pytest.approx(at_train["mae"], rel=1e-5) and reg["corr"] > 0.3
     assert "## Regression" in (out / "report.md").read_text()
     assert cli.main(["evaluate", "--compare", str(out / "metrics.json")]) == 0
+
+
+def test_a_label_set_file_and_mixed_references_through_train_predict_evaluate(synthetic_dataset, tmp_path, capsys):
+    """A lab's own label set (a YAML path) and an eval split where half the clips have only the builder's
+    pseudo-label: the training log, the prediction rows and `emollm evaluate` all say which references
+    they scored against, and score the two sources apart."""
+    ds = synthetic_dataset
+    own = tmp_path / "sets" / "lab3.yaml"
+    own.parent.mkdir()
+    own.write_text("name: lab3\nlabels: [joy, sadness, neutral]\nsynonyms: {neutral: [meh]}\n", encoding="utf-8")
+    copy = tmp_path / "ds"
+    shutil.copytree(ds.root, copy)
+    records = [dict(r) for r in ds.records]
+    test_ids = [r["id"] for r in records if r["split"] == "test"]
+    pseudo_only = set(test_ids[::2])  # 50 clips: label removed, pseudo_label 'neutral' left; one spelled 'meh'
+    for r in records:
+        if r["id"] in pseudo_only:
+            r["label"] = None
+    records[-2]["pseudo_label"] = "meh"
+    (copy / "annotations.jsonl").write_text("".join(json.dumps(r) + "\n" for r in records), encoding="utf-8")
+
+    retrained = tmp_path / "run"
+    assert cli.main(["--quiet", "baseline", "train", "--method", "hlm12erc", "--config", str(ds.config), str(copy),
+                     "--out", str(retrained), *FAST, "baseline.epochs=2", f"evaluate.label_set={own}"]) == 0
+    printed = capsys.readouterr().out
+    assert "eval vs human labels war=" in printed and "; vs pseudo-labels war=" in printed
+    info = json.loads((retrained / "baseline.json").read_text())
+    assert info["label_set"] == {"name": "lab3", "labels": ["joy", "sadness", "neutral"], "path": str(own)}
+    evaluated = json.loads((retrained / "eval_metrics.json").read_text())
+    assert evaluated["reference_source"] == "label" and evaluated["references"] == {"label": 50, "pseudo_label": 50}
+    assert set(evaluated["by_reference"]) == {"pseudo_label"} and evaluated["by_reference"]["pseudo_label"]["n"] == 50
+    assert _rows(retrained / "train_log.jsonl")[-1]["eval"] == evaluated
+
+    preds = tmp_path / "preds.jsonl"
+    capsys.readouterr()
+    assert cli.main(["--quiet", "baseline", "predict", "--model", str(retrained), str(copy), "--out", str(preds)]) == 0
+    rows = _rows(preds)
+    assert set(rows[0]["probs"]) == {"joy", "sadness", "neutral"}
+    assert {r["id"] for r in rows if r["gt_source"] == "pseudo_label"} == pseudo_only
+    printed = capsys.readouterr()
+    assert "human labels (50) and pseudo-labels (50; the dataset builder's, not human ground truth), scored " \
+           "separately" in printed.out
+    command = shlex.split(printed.err.split("score it with: ")[1])
+    assert f"evaluate.label_set={own}" in command
+    assert cli.main([*command[1:], "--no-plots"]) == 0
+    shown = capsys.readouterr().out
+    m = json.loads((Path(command[command.index("--out") + 1]) / "metrics.json").read_text())
+    assert m["label_set"]["path"] == str(own) and m["references"]["counts"] == {"label": 50, "pseudo_label": 50}
+    human = [r for r in rows if r["gt_source"] == "label"]
+    pseudo = [r for r in rows if r["gt_source"] == "pseudo_label"]
+    war_human = sum(r["label"] == r["gt"] for r in human) / 50
+    war_pseudo = sum(r["label"] == "neutral" for r in pseudo) / 50  # 'meh' is the set's own word for neutral
+    assert m["classification"]["war"] == pytest.approx(war_human) and m["classification"]["n"] == 50
+    assert m["by_reference"]["pseudo_label"]["classification"]["war"] == pytest.approx(war_pseudo)
+    assert evaluated["war"] == pytest.approx(war_human)
+    assert evaluated["by_reference"]["pseudo_label"]["war"] == pytest.approx(war_pseudo)
+    assert f"lab3 vs human labels: n=50 WAR={100 * war_human:.2f}" in shown
+    assert f"lab3 vs pseudo-labels: n=50 WAR={100 * war_pseudo:.2f}" in shown
 
 
 def test_predict_refuses_features_of_another_encoder_and_bad_runs(synthetic_dataset, tmp_path, capsys):

@@ -66,6 +66,15 @@ def test_modalities_targets_and_skips(synthetic_dataset, tmp_path):
     data = load_split(_cfg(ds), copy, "train")
     assert len(data) == 299 and data.skipped == Counter({"no label or pseudo-label": 1})
     assert data.labels[int(data.batch.labels[0])] == "neutral" and data.labels[int(data.batch.labels[1])] == "joy"
+    # which reference each target is: record 0's is the builder's pseudo-label, the others people's labels
+    assert data.sources == ("pseudo_label",) + ("label",) * 298
+    assert data.references[:2] == ("neutral", "happy")  # as the records give them (gt of the prediction rows)
+    human = load_split(_cfg(ds), copy, "train", policy="label")  # evaluate.reference_source=label: human only
+    assert len(human) == 298 and human.sources == ("label",) * 298
+    assert human.skipped == Counter({"no reference label (evaluate.reference_source=label)": 2})
+    pseudo = load_split(_cfg(ds), copy, "train", policy="pseudo_label")  # every record but #1 has a pseudo-label
+    assert len(pseudo) == 299 and set(pseudo.sources) == {"pseudo_label"}
+    assert {pseudo.labels[i] for i in pseudo.batch.labels.tolist()} == {"neutral"}
     assert load_split(_cfg(ds), copy, "train", targets=False).batch.labels is None  # prediction: every record
     records[3]["label"] = "bored"
     (copy / "annotations.jsonl").write_text("".join(json.dumps(r) + "\n" for r in records), encoding="utf-8")
@@ -138,8 +147,11 @@ def test_class_aware_sampler_gives_p_classes_of_k():
         assert len(batch) == 12 and len(classes) == 3 and set(classes.values()) == {4}
         for c in classes:
             members = [i for i in batch if labels[i] == c]
-            if labels.count(c) >= 4:
-                assert len(set(members)) == 4  # without replacement when the class has enough
+            # without replacement when the class has K members or more; else drawn from its few members
+            assert len(set(members)) == 4 if labels.count(c) >= 4 else set(members) <= {
+                i for i, label in enumerate(labels) if label == c}
+    rare = [[i for i in batch if labels[i] == 3] for batch in first]
+    assert [19, 19, 19, 19] in rare  # the one-member class: its only clip four times
     sampler.set_epoch(1)
     assert list(sampler) != first
     assert ClassAwareBatchSampler([0, 1], 5, 2).p == 2  # capped at the classes present

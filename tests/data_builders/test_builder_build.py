@@ -175,3 +175,27 @@ def test_clip_ids_spaces_non_ascii_and_clashing_stems(tmp_path):
     csv.write_text("id,label\nx.mp4,sad\ny.wav,angry\na b/ç 1,happy\n", encoding="utf-8")
     labels = read_labels(csv)
     assert [(lookup(labels, c) or {}).get("label") for c in clips] == ["happy", None, "sad", "angry"]
+
+
+def test_a_label_set_file_relabels_and_an_edit_of_it_relabels_again(built, clips, tmp_path):
+    """data.label_set as a lab's YAML file: pseudo-labels in its labels; editing the file is a config change."""
+    root, labels, subs = clips
+    out = built[0].parent / "dataset_own_labels"  # beside the clips, as the built dataset: media paths hold
+    shutil.copytree(built[0], out)
+    own = tmp_path / "lab.yaml"
+    own.write_text("name: lab\nlabels: [joyful, neutral]\n", encoding="utf-8")  # 'joyful': a happy word
+    common = [*FAST, f"data.labels_csv={labels}", f"data.subtitles_csv={subs}"]
+    first = build(cfglib.load(None, [*common, f"data.label_set={own}"]), root, out)
+    assert (first.computed, first.relabelled) == (0, 6)
+    recs = {r["id"]: r for r in read_annotations(out / "annotations.jsonl")}
+    assert recs["sub dir/clip é 1"]["pseudo_label"] == recs["single_face"]["pseudo_label"] == "joyful"
+    from eval.label_sets import load_label_set
+
+    assert recs["sub dir/clip é 1"]["label"] == "happy"  # the labels CSV's, kept as given: the set reads it as
+    assert load_label_set(own).normalize("happy") == "joyful"  # ... its own 'joyful'
+    assert {r["pseudo_label"] for r in recs.values()} <= {"joyful", "neutral", None}
+    own.write_text("name: lab\nlabels: [glad, neutral]\n", encoding="utf-8")
+    again = build(cfglib.load(None, [*common, f"data.label_set={own}"]), root, out)
+    assert (again.computed, again.relabelled) == (0, 6)
+    assert {r["pseudo_label"] for r in read_annotations(out / "annotations.jsonl")} == {
+        r["pseudo_label"].replace("joyful", "glad") if r["pseudo_label"] else None for r in recs.values()}

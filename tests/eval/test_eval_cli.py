@@ -157,8 +157,136 @@ def test_embedding_similarity_proxy_with_tiny_local_model(tmp_path) -> None:
     from eval.proxies import embedding_similarity
 
     path = build_tiny_models(names=["llama2"]).llama2  # a local model by path; AutoModel + mean pooling
-    out = embedding_similarity(["she is happy", "he is sad"], ["she is happy", "he is angry"], path)
+    refs, preds = ["she is happy", "he is sad and very tired today"], ["she is happy", "he is angry"]
+    out = embedding_similarity(refs, preds, path)
     assert out["kind"] == "proxy" and out["per_sample"][0] == pytest.approx(1.0, abs=1e-5)
-    assert -1.0 <= out["per_sample"][1] < 1.0
+    assert out["per_sample"][1] < 0.999  # different sentences are not scored as the same
+    assert out["mean_cosine"] == pytest.approx(sum(out["per_sample"]) / 2, abs=1e-6)
+    # padding does not leak into the pooled embedding: one sentence per batch (no padding) scores the same
+    alone = embedding_similarity(refs, preds, path, batch_size=1)
+    assert alone["per_sample"] == pytest.approx(out["per_sample"], abs=1e-5)
     with pytest.raises(EvaluationInputError, match="does not exist"):
         embedding_similarity(["a"], ["b"], tmp_path / "nope")
+
+
+# -- references: human labels and pseudo-labels named, scored apart; nothing to score fails
+def _dataset(root: Path, records: list[dict]) -> Path:
+    root.mkdir(parents=True, exist_ok=True)
+    _write(root / "annotations.jsonl", [{"split": "test", **r} for r in records])
+    return root
+
+
+MIXED = [  # a-c: a person's label (and a pseudo-label); d-f: the builder's pseudo-label only
+    {"id": "a", "label": "happy", "pseudo_label": "happy"}, {"id": "b", "label": "sad", "pseudo_label": "sad"},
+    {"id": "c", "label": "angry", "pseudo_label": "neutral"}, {"id": "d", "label": None, "pseudo_label": "happy"},
+    {"id": "e", "label": None, "pseudo_label": "neutral"}, {"id": "f", "label": None, "pseudo_label": "sad"},
+]
+MIXED_PREDS = [{"id": "a", "label": "happy"}, {"id": "b", "label": "happy"}, {"id": "c", "label": "neutral"},
+               {"id": "d", "label": "happy"}, {"id": "e", "label": "neutral"}, {"id": "f", "label": "angry"}]
+
+
+def test_mixed_references_are_named_and_scored_apart(tmp_path, capsys) -> None:
+    data = _dataset(tmp_path / "ds", MIXED)
+    preds = _write(tmp_path / "p.jsonl", MIXED_PREDS)
+    out = tmp_path / "o"
+    assert cli.main(["evaluate", "--predictions", str(preds), "--references", str(data), "--out", str(out),
+                     "evaluate.proxies=false"]) == 0
+    shown = capsys.readouterr().out
+    m = json.loads((out / "metrics.json").read_text())
+    assert m["references"]["counts"] == {"label": 3, "pseudo_label": 3} and m["references"]["headline"] == "label"
+    # the headline: human labels only (a right, b wrong, c wrong); pseudo-labels apart (d, e right; f wrong)
+    assert m["classification"]["n"] == 3 and m["classification"]["war"] == pytest.approx(1 / 3)
+    assert set(m["by_reference"]) == {"label", "pseudo_label"}
+    assert m["by_reference"]["pseudo_label"]["classification"]["war"] == pytest.approx(2 / 3)
+    assert "references: human labels (3) and pseudo-labels (3; the dataset builder's, not human ground truth), " \
+           "scored separately" in shown
+    assert "merr vs human labels: n=3 WAR=33.33" in shown and "merr vs pseudo-labels: n=3 WAR=66.67" in shown
+    md = (out / "report.md").read_text()
+    assert "## Classification: against human labels (3)" in md
+    assert "## Classification: against pseudo-labels (3; the dataset builder's, not human ground truth)" in md
+    assert (out / "confusion_pseudo_label.png").read_bytes()[:4] == b"\x89PNG"
+    rows = [json.loads(x) for x in (out / "predictions_parsed.jsonl").read_text().splitlines()]
+    assert [r["reference_source"] for r in rows] == ["label"] * 3 + ["pseudo_label"] * 3
+
+    # pooled only when asked; the headline stays the human labels
+    pooled = evaluate_run(load_config(None, ["evaluate.combine_sources=true", "evaluate.proxies=false"]), [preds],
+                          data, tmp_path / "pooled", plots=False)
+    assert pooled["by_reference"]["all"]["classification"]["war"] == pytest.approx(3 / 6)
+    assert pooled["classification"]["war"] == pytest.approx(1 / 3)
+    assert pooled["references"]["scored_against"].endswith("scored separately and pooled")
+    # one source only
+    human = evaluate_run(load_config(None, ["evaluate.reference_source=label", "evaluate.proxies=false"]), [preds],
+                         data, tmp_path / "human", plots=False)
+    assert "by_reference" not in human and human["classification"]["n"] == 3
+    assert human["references"]["without_reference"] == 3 and human["references"]["available"] == {
+        "label": 3, "pseudo_label": 6}
+    pseudo = evaluate_run(load_config(None, ["evaluate.reference_source=pseudo_label", "evaluate.proxies=false"]),
+                          [preds], data, tmp_path / "pseudo", plots=False)  # a, c, d, e right; b, f wrong
+    assert pseudo["references"]["counts"] == {"pseudo_label": 6} and pseudo["classification"]["war"] == 4 / 6
+
+    # --compare names what each run was scored against, and warns when they differ
+    capsys.readouterr()
+    assert cli.main(["evaluate", "--compare", str(tmp_path / "human"), str(tmp_path / "pseudo")]) == 0
+    table = capsys.readouterr().out
+    assert "| references | human labels | pseudo-labels (the dataset builder's, not human ground truth) |" in table
+    assert "scored against different references" in table
+
+
+def test_prediction_rows_carry_their_references(tmp_path) -> None:
+    """`emollm predict` / `emollm baseline predict` rows: gt + gt_source, scored without --references."""
+    rows = [{"id": "a", "text": "happy", "gt": "happy", "gt_source": "label"},
+            {"id": "b", "text": "sad", "gt": "happy", "gt_source": "label"},
+            {"id": "c", "text": "sad", "gt": "sad", "gt_source": "pseudo_label"},
+            {"id": "d", "text": "angry", "gt": "happy"}]  # no gt_source: a person's label
+    m = evaluate_run(load_config(), [_write(tmp_path / "p.jsonl", rows)], None, tmp_path / "o", plots=False)
+    assert m["references"]["counts"] == {"label": 3, "pseudo_label": 1}
+    assert m["classification"]["war"] == pytest.approx(1 / 3)
+    assert m["by_reference"]["pseudo_label"]["classification"]["war"] == 1.0
+    rows[0]["gt_source"] = "robot"
+    with pytest.raises(EvaluationInputError, match="'a': unknown reference source 'robot'"):
+        evaluate_run(load_config(), [_write(tmp_path / "q.jsonl", rows)], None, tmp_path / "o2", plots=False)
+
+
+def test_a_dataset_without_human_labels(tmp_path, capsys) -> None:
+    data = _dataset(tmp_path / "ds", [r for r in MIXED if r["label"] is None])
+    preds = _write(tmp_path / "p.jsonl", MIXED_PREDS[3:])
+    argv = ["evaluate", "--predictions", str(preds), "--references", str(data), "--no-plots"]
+    assert cli.main([*argv, "--out", str(tmp_path / "auto")]) == 0  # auto: the pseudo-labels, said out loud
+    shown = capsys.readouterr().out
+    assert "references: pseudo-labels (3; the dataset builder's, not human ground truth)" in shown
+    assert "merr vs pseudo-labels: n=3 WAR=66.67" in shown and "note: pseudo-labels are the dataset builder's" in shown
+    assert "agreement with the dataset builder's pseudo-labels" in (tmp_path / "auto" / "report.md").read_text()
+
+    assert cli.main([*argv, "--out", str(tmp_path / "human"), "evaluate.reference_source=label"]) == 2
+    err = capsys.readouterr().err
+    assert "nothing to score" in err and "hint: 3 clip(s) have a pseudo-label only; " \
+           "evaluate.reference_source=auto" in err
+    assert not (tmp_path / "human" / "metrics.json").exists()
+
+    bare = _dataset(tmp_path / "bare", [{"id": r["id"], "label": None, "pseudo_label": None} for r in MIXED[3:]])
+    assert cli.main(["evaluate", "--predictions", str(preds), "--references", str(bare), "--out",
+                     str(tmp_path / "bare_out")]) == 2
+    assert "nothing to score" in capsys.readouterr().err
+
+
+def test_a_label_set_file_through_evaluate(tmp_path, capsys) -> None:
+    own = tmp_path / "lab.yaml"
+    own.write_text("name: lab\nlabels: [calm, joy, annoyed]\nsynonyms: {annoyed: [grumpy]}\n", encoding="utf-8")
+    refs = tmp_path / "r.csv"
+    refs.write_text("id,label\na,calm\nb,joy\nc,annoyed\nd,grumpy\n", encoding="utf-8")
+    preds = _write(tmp_path / "p.jsonl", [{"id": "a", "text": "She is calm."}, {"id": "b", "text": "joy"},
+                                          {"id": "c", "text": "He is grumpy."}, {"id": "d", "text": "calm"}])
+    out = tmp_path / "o"
+    assert cli.main(["evaluate", "--predictions", str(preds), "--references", str(refs), "--out", str(out),
+                     "--label-set", str(own), "--no-plots", "evaluate.parse=synonym", "evaluate.fallback_label=null"]) == 0
+    m = json.loads((out / "metrics.json").read_text())
+    assert m["label_set"] == {"name": "lab", "labels": ["calm", "joy", "annoyed"], "path": str(own)}
+    assert m["classification"]["war"] == pytest.approx(3 / 4)  # d: 'grumpy' is annoyed, the answer calm
+    assert m["classification"]["per_class"]["annoyed"] == {"precision": 1.0, "recall": 0.5, "f1": pytest.approx(2 / 3),
+                                                           "support": 2}
+    assert f"from `{own}`" in (out / "report.md").read_text()
+    assert "lab vs human labels: n=4 WAR=75.00" in capsys.readouterr().out
+    assert cli.main(["evaluate", "--predictions", str(preds), "--references", str(refs), "--out", str(out),
+                     "--label-set", str(tmp_path / "missing.yaml")]) == 2
+    err = capsys.readouterr().err
+    assert "'evaluate.label_set' (from command line)" in err and "shipped label sets: caer, dfew" in err

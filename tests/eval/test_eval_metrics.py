@@ -39,6 +39,18 @@ def test_agrees_with_sklearn_on_random_cases(seed: int) -> None:
     assert np.allclose(rows[counts.sum(1) > 0].sum(1), 1.0, atol=1e-5)
 
 
+def test_exact_values_on_a_known_confusion() -> None:
+    # references a a a b b c, predictions a a b b c c: confusion [[2, 1, 0], [0, 1, 1], [0, 0, 1]]
+    m = classification_metrics(list("aaabbc"), list("aabbcc"), ["a", "b", "c"])
+    assert m["confusion"]["counts"] == [[2, 1, 0], [0, 1, 1], [0, 0, 1]]
+    assert m["war"] == pytest.approx(4 / 6)
+    assert m["uar"] == pytest.approx((2 / 3 + 1 / 2 + 1) / 3)  # recalls 2/3, 1/2, 1
+    # precisions 1, 1/2, 1/2 -> F1 0.8, 0.5, 2/3; weighted by support 3, 2, 1
+    assert m["waf"] == pytest.approx((3 * 0.8 + 2 * 0.5 + 1 * 2 / 3) / 6)
+    assert m["macro_f1"] == pytest.approx((0.8 + 0.5 + 2 / 3) / 3)
+    assert m["per_class"]["b"] == {"precision": 0.5, "recall": 0.5, "f1": 0.5, "support": 2}
+
+
 def test_invalid_predictions_count_wrong() -> None:
     m = classification_metrics(["a", "b", "a", "c"], ["a", None, "b", "c"], ["a", "b", "c"])
     assert m["war"] == pytest.approx(0.5)
