@@ -15,7 +15,13 @@ or ``AutoModelForCausalLM`` after ``import emollm.modeling``) loads with no othe
       tokenizer* + emollm_processor.json   the processor; the chat template travels with it
       README.md                   model card: base model, modalities, template, data, config, metrics
       emollm_export.json          provenance: emollm version, kind, base model, source run
-      training_config.yaml        the run's resolved emollm config, when the run dir has one
+      config.yaml                 the run's resolved emollm config (when the run dir has one), its model
+                                  paths naming the copies above: `emollm infer` / `predict` and
+                                  `emollm.load` take the export as they take the run dir
+
+A QLoRA run (4-bit / 8-bit backbone) exports unmerged only: its adapter was trained against the
+quantised weights, so ``--merge`` is refused; the export's config.json quantises the copied base again
+when it is loaded.
 
 The directory is built under ``OUT.tmp-*`` beside ``OUT`` and renamed into place at the end, so a
 killed export never leaves a half directory under the final name.
@@ -47,7 +53,8 @@ log = get_logger(__name__)
 BACKBONE_DIR = "backbone"
 ENCODERS_DIR = "encoders"
 EXPORT_INFO = "emollm_export.json"
-TRAINING_CONFIG = "training_config.yaml"
+#: The run's resolved config, as in a run dir (emollm.config.RESOLVED_CONFIG_NAME).
+RUN_CONFIG = "config.yaml"
 RUN_INFO = "emollm_run.json"
 #: The hub's customary shard size; save_pretrained's own default (50GB) makes one file of a 7B model.
 DEFAULT_MAX_SHARD_SIZE = "5GB"
@@ -191,6 +198,33 @@ def _portable_config(out: Path, backbone: str | None, encoders: dict[str, str | 
     path.write_text(json.dumps(config, indent=2, sort_keys=True) + "\n", encoding="utf-8")
 
 
+def _write_run_config(run: Path, out: Path, backbone: str, encoders: dict[str, str]) -> str | None:
+    """The run's resolved config as ``out/config.yaml``, its model paths naming the export's copies.
+
+    ``backbone`` / ``encoders`` (modality -> path or name) are written relative to ``out``;
+    :func:`emollm.inference.run_config` resolves them against wherever the directory lies, so the
+    export loads for ``emollm infer`` / ``predict`` / ``emollm.load`` exactly as the run dir does. Data
+    paths (dataset, feature cache) stay those of the training machine: override them on the command
+    line. A config this emollm no longer reads is copied as it is; the note returned says so.
+    """
+    from emollm import config as cfglib
+    from emollm.errors import ConfigError
+
+    source = run / RUN_CONFIG
+    try:
+        cfg = cfglib.load(source)
+    except ConfigError as exc:
+        shutil.copyfile(source, out / RUN_CONFIG)
+        return (f"`{RUN_CONFIG}` was copied unchanged: it does not load with emollm {__version__} ({exc.message}); "
+                "`emollm infer` / `predict` need a run config that loads.")
+    cfg.model.backbone.name_or_path = backbone
+    for name, value in encoders.items():
+        if name in cfg.model.encoders:
+            cfg.model.encoders[name].name_or_path = value
+    cfglib.save_resolved(cfg, out, command="export")
+    return None
+
+
 def _copy_unmerged(run: RunDir, out: Path, base_dir: Path, base_label: str | None) -> None:
     shutil.copytree(run.path / ADAPTER_DIR, out / ADAPTER_DIR, ignore=shutil.ignore_patterns(".*", "README.md"))
     adapter_config = out / ADAPTER_DIR / "adapter_config.json"
@@ -221,7 +255,7 @@ def _copy_full(run: RunDir, out: Path) -> None:
 
 # ------------------------------------------------------------------------------------------ model card
 def _read_training_config(run: Path) -> dict[str, Any]:
-    path = run / "config.yaml"
+    path = run / RUN_CONFIG
     if not path.is_file():
         return {}
     import yaml
@@ -297,6 +331,12 @@ def _metric_rows(m: dict[str, Any]) -> list[tuple[str, str]]:
         if (emer.get(key) or {}).get("mean") is not None:
             rows.append((f"EMER {key.replace('_', ' ')} (1-10)", f"{emer[key]['mean']:.2f}"))
     return rows
+
+
+def _describe_quantization(settings: dict[str, Any]) -> str:
+    from emollm.modeling.quantization import describe
+
+    return f"QLoRA, backbone {describe(settings)} (bitsandbytes)"
 
 
 def _table(header: tuple[str, ...], rows: list[tuple[Any, ...]]) -> list[str]:
@@ -427,11 +467,13 @@ def _model_card(*, out_name: str, kind: str, run: RunDir, base: str | None, base
                 ("batch", f"{train.get('per_device_batch_size')} per device × {train.get('gradient_accumulation_steps')} "
                           "accumulation"),
                 ("max length", train.get("max_length")), ("precision", precision),
-                ("quantization", train.get("quantization", "none")),
+                ("quantization", _describe_quantization(config.get("quantization")) if config.get("quantization")
+                 else train.get("quantization", "none")),
                 ("deepspeed", public_name(train.get("deepspeed")) or "no"),
                 ("seed", (training.get("run") or {}).get("seed"))]
         lines += ["## Training config", "", *_table(("setting", "value"), rows), "",
-                  f"The whole resolved config is in `{TRAINING_CONFIG}` (its paths are those of the training machine).", ""]
+                  f"The whole resolved config is in `{RUN_CONFIG}`: its model paths name this directory's copies, "
+                  "its data paths are those of the training machine.", ""]
 
     lines += ["## Evaluation", ""]
     if metrics:
@@ -521,6 +563,14 @@ def export_model(run_dir: str | os.PathLike, out_dir: str | os.PathLike, *, merg
     if run.kind == "lora" and base_dir is None:
         raise EmollmError(f"base model '{base_name}' of run {run.path} not found (not a folder here, not in the HF cache)",
                           hint="put the base model back where the run's config.json points (backbone_name_or_path)")
+    quantized = config.get("quantization")
+    if merge and quantized and run.kind == "lora":
+        from emollm.modeling.quantization import describe
+
+        raise EmollmError(f"cannot --merge run {run.path}: it is a QLoRA run (backbone {describe(quantized)}); its "
+                          "adapter was trained against the quantised weights, and merging it into them is not supported",
+                          hint="export without --merge: the export holds the adapter and the base model, which it "
+                               "quantises again when loaded")
     kind = "full" if run.kind == "full" else "merged" if merge else "lora"
     if merge and run.kind == "full":
         notes.append("`--merge` was asked for, but this run is a full fine-tune (no adapter): its weights were copied.")
@@ -575,8 +625,11 @@ def export_model(run_dir: str | os.PathLike, out_dir: str | os.PathLike, *, merg
                          {name: encoders[name]["path"] if name in encoders else None
                           for name, spec in (config.get("modalities") or {}).items() if spec.get("encoder")})
         processor.save_pretrained(tmp)
-        if (run.path / "config.yaml").is_file():
-            shutil.copyfile(run.path / "config.yaml", tmp / TRAINING_CONFIG)
+        if (run.path / RUN_CONFIG).is_file():
+            note = _write_run_config(run.path, tmp, BACKBONE_DIR if kind == "lora" else "",
+                                     {name: e["path"] or e["source"] for name, e in encoders.items()})
+            if note:
+                notes.append(note)
         tiny = base_dir is not None and (base_dir / TINY_FIXTURE_MARKER).is_file()
         card = _model_card(out_name=out.name, kind=kind, run=run, base=public_name(base_name),
                            base_is_local=public_name(base_name) != base_name, tiny=tiny, processor=processor,

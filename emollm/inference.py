@@ -27,7 +27,7 @@ import os
 import tempfile
 import time
 from collections.abc import Iterable, Mapping, Sequence
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -44,9 +44,22 @@ TASKS = ("emotion", "reason")
 
 # ------------------------------------------------------------------------------------------ generation
 def generation_kwargs(settings: cfglib.PredictConfig, **overrides: Any) -> dict[str, Any]:
-    """``model.generate`` keyword arguments from the ``predict`` config (temperature 0: greedy)."""
+    """``model.generate`` keyword arguments from the ``predict`` config (temperature 0: greedy).
+
+    ``overrides`` (None: keep the config's) are checked as the config is: an unknown name or a bad
+    value is a :class:`ConfigError`, never silently ignored. ``num_beams > 1``: beam search (with
+    ``temperature > 0``: beam sampling); ``temperature > 0``: sampling with ``top_p`` (seed it with
+    ``torch.manual_seed`` / ``--seed``).
+    """
     values = {k: v for k, v in asdict(settings).items() if k != "batch_size"}
+    unknown = sorted(set(overrides) - set(values))
+    if unknown:
+        raise ConfigError(f"unknown generation option '{unknown[0]}' (valid: {', '.join(values)})")
     values.update({k: v for k, v in overrides.items() if v is not None})
+    try:
+        replace(settings, **values).validate()
+    except cfglib.ConfigCheck as exc:
+        raise ConfigError(f"generation option '{exc.key}': {exc.message}") from None
     sample = values["temperature"] > 0
     kwargs: dict[str, Any] = {"max_new_tokens": values["max_new_tokens"], "num_beams": values["num_beams"],
                               "do_sample": sample}
@@ -66,7 +79,11 @@ def _move(value: Any, device: torch.device, dtype: torch.dtype) -> Any:
 @torch.no_grad()  # not inference_mode: mid-training (ZeRO-3) its tensors would poison the next backward
 def generate(model: Any, processor: Any, batch: Mapping[str, Any], gen_kwargs: Mapping[str, Any]) -> list[str]:
     """Generated answers (decoded, stripped) for a left-padded batch from
-    :class:`~emollm.training.data.EmotionCollator` (``padding_side="left"``)."""
+    :class:`~emollm.training.data.EmotionCollator` (``padding_side="left"``).
+
+    ``gen_kwargs`` go to ``model.generate`` (see :func:`generation_kwargs`): greedy, beam search or
+    sampling, the media expanded per beam and merged once into the KV cache at prefill. With
+    ``num_return_sequences=n`` the list holds ``n`` answers per sample, sample by sample."""
     if batch["attention_mask"][:, -1].min() == 0:
         raise EmollmError("generate() needs a left-padded batch (EmotionCollator(..., padding_side='left'))")
     device = next(model.parameters()).device
@@ -86,12 +103,25 @@ def length_sorted_batches(lengths: Sequence[int], batch_size: int) -> list[list[
 
 # ------------------------------------------------------------------------------------------ runs
 def run_config(run_dir: str | os.PathLike, overrides: Sequence[str] = ()) -> cfglib.EmollmConfig:
-    """The resolved config a run was trained with (``RUN_DIR/config.yaml``), with overrides."""
+    """The resolved config a run was trained with (``RUN_DIR/config.yaml``), with overrides.
+
+    An export (``emollm export --model``) holds one too, naming its own copies relatively
+    (``backbone``, ``encoders/<name>``): model paths that exist under ``run_dir`` are resolved
+    against it, as ``config.json``'s are, so a run dir and an export load alike from anywhere.
+    """
+    from emollm.modeling.configuration import resolve_local_path
+
     path = Path(run_dir) / cfglib.RESOLVED_CONFIG_NAME
     if not path.is_file():
         raise EmollmError(f"{run_dir}: no {cfglib.RESOLVED_CONFIG_NAME} (the resolved config train.py writes)",
-                          hint="pass the run dir that `train.py` / `emollm train` wrote (run.output_dir)")
-    return cfglib.load(path, overrides)
+                          hint="pass the run dir that `train.py` / `emollm train` wrote (run.output_dir), or "
+                               "an `emollm export --model` of it")
+    cfg = cfglib.load(path, overrides)
+    model = cfg.model
+    model.backbone.name_or_path = resolve_local_path(run_dir, model.backbone.name_or_path)
+    for encoder in model.encoders.values():
+        encoder.name_or_path = resolve_local_path(run_dir, encoder.name_or_path)
+    return cfg
 
 
 def load_model(run_dir: str | os.PathLike, *, device: str | None = None, dtype: str | None = None) -> tuple[Any, Any]:
@@ -101,6 +131,12 @@ def load_model(run_dir: str | os.PathLike, *, device: str | None = None, dtype: 
     path = Path(run_dir)
     if not path.is_dir():
         raise EmollmError(f"run dir {path} does not exist")
+    from emollm.exporting import inspect_run
+
+    try:  # a missing adapter / weights / processor file is named, not reported as HF's "no model.safetensors"
+        inspect_run(path)
+    except EmollmError as err:
+        raise EmollmError(err.message, hint="is the run dir complete? (see docs/training.md)") from None
     kwargs = {}
     if dtype and dtype != "auto":
         kwargs["dtype"] = getattr(torch, dtype)

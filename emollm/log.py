@@ -59,7 +59,7 @@ def setup_logging(level: int | str = logging.INFO, *, progress: bool | None = No
     else:
         ds_logger.addFilter(_ds_filter)
     # bitsandbytes' CPU backend warns on import (through peft) that an optional kernels package is
-    # missing; it concerns 4-bit CPU matmuls emollm never runs. Shown under --debug only.
+    # missing; without it QLoRA's 4-bit CPU matmuls take bnb's generic path. Shown under --debug only.
     logging.getLogger("bitsandbytes").setLevel(logging.DEBUG if level in (logging.DEBUG, "DEBUG") else logging.ERROR)
     if progress is not None:
         _progress_enabled = progress

@@ -27,7 +27,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
     parser.add_argument("clips", nargs="+", metavar="CLIP",
                         help="video, audio or image files; KEY=VALUE items override the run's config (e.g. build.asr=whisper)")
-    parser.add_argument("--model", required=True, metavar="RUN_DIR", help="the run dir train.py wrote")
+    parser.add_argument("--model", required=True, metavar="RUN_DIR",
+                        help="the run dir train.py wrote, or an `emollm export --model` of it")
     parser.add_argument("--task", default="reason", choices=("emotion", "reason"),
                         help="emotion: the label; reason: the label with its reasoning")
     parser.add_argument("--subtitle", action="append", default=None, metavar="TEXT",

@@ -23,7 +23,8 @@ scores them (or pass --references DATASET_DIR). Generation settings come from th
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("dataset_dir", metavar="DATASET_DIR", help="a built dataset (annotations.jsonl + its feature cache)")
-    parser.add_argument("--model", required=True, metavar="RUN_DIR", help="the run dir train.py wrote")
+    parser.add_argument("--model", required=True, metavar="RUN_DIR",
+                        help="the run dir train.py wrote, or an `emollm export --model` of it")
     parser.add_argument("--out", required=True, metavar="FILE", help="predictions JSONL (appended to: resumable)")
     parser.add_argument("--task", default="emotion", choices=("emotion", "reason"), help="which instruction to answer")
     parser.add_argument("--split", default=None,
@@ -40,9 +41,10 @@ def add_generation_arguments(parser: argparse.ArgumentParser) -> None:
     group.add_argument("--max-new-tokens", type=int, default=None, metavar="N")
     group.add_argument("--temperature", type=float, default=None, help="0: greedy; > 0: sampling")
     group.add_argument("--top-p", type=float, default=None, help="nucleus sampling (with --temperature > 0)")
-    group.add_argument("--num-beams", type=int, default=None, metavar="N")
+    group.add_argument("--num-beams", type=int, default=None, metavar="N",
+                       help="1: greedy; > 1: beam search (with --temperature > 0: beam sampling)")
     group.add_argument("--batch-size", type=int, default=None, metavar="N")
-    group.add_argument("--seed", type=int, default=None, help="seed for sampling")
+    group.add_argument("--seed", type=int, default=None, help="seed for sampling (same seed, same answers)")
     group.add_argument("--device", default=None, help="cpu, cuda, cuda:1 ... (default: cuda when available)")
     group.add_argument("--dtype", default=None, choices=("auto", "float32", "bfloat16", "float16"),
                        help="load the backbone in this dtype (default: as trained)")

@@ -17,9 +17,25 @@ from emollm.config.loader import ConfigCheck
 
 SCHEMA_VERSION = 1
 
-LabelSetName = Literal["merr", "dfew", "mer2023", "meld"]
+LabelSetName = str  # a shipped label set (merr, dfew, mer2023, meld, iemocap4, iemocap6, mafw, caer) or a YAML path
 Modality = Literal["audio", "visual", "face", "video", "text", "au"]
 TorchDtype = Literal["auto", "float32", "float16", "bfloat16"]
+
+
+def _check_label_set(section: object, key: str) -> None:
+    """A shipped label set's name or a readable label-set YAML (eval/label_sets.py); a file path is made
+    absolute, so the resolved config saved beside a run reads the same file from anywhere."""
+    from emollm.errors import ConfigError
+    from eval.label_sets import load_label_set, resolve
+
+    value = getattr(section, key)
+    if value is None:
+        return
+    try:
+        load_label_set(value)
+    except ConfigError as err:
+        raise ConfigCheck(key, err.message, hint=err.hint) from None
+    setattr(section, key, resolve(value))
 
 
 def _positive(section: object, *names: str) -> None:
@@ -46,11 +62,12 @@ class DataConfig:
     dataset_dir: str | None = None
     labels_csv: str | None = None  # ground-truth labels by clip id
     subtitles_csv: str | None = None  # subtitles by clip id
-    label_set: LabelSetName = "merr"
+    label_set: LabelSetName = "merr"  # a shipped set's name or a label-set YAML path (docs/evaluate.md)
     train_split: str = "train"
     eval_split: str = "test"
 
     def validate(self) -> None:
+        _check_label_set(self, "label_set")
         if self.train_split == self.eval_split:
             raise ConfigCheck("eval_split", f"must differ from train_split ('{self.train_split}')")
 
@@ -331,14 +348,20 @@ class TrainConfig:
     bf16: bool = False
     fp16: bool = False
     gradient_checkpointing: bool = False
+    # None: reentrant under DeepSpeed ZeRO-3 with frozen weights (LoRA / media-only), non-reentrant otherwise
+    gradient_checkpointing_reentrant: bool | None = None
     full_finetune: bool = False
-    quantization: Literal["none", "4bit", "8bit"] = "none"
+    quantization: Literal["none", "4bit", "8bit"] = "none"  # QLoRA: the backbone loaded by bitsandbytes
+    bnb_4bit_quant_type: Literal["nf4", "fp4"] = "nf4"  # 4bit only
+    bnb_4bit_compute_dtype: Literal["auto", "float32", "bfloat16", "float16"] = "auto"  # 4bit; auto: bf16/fp16 if on, else backbone dtype
+    bnb_4bit_use_double_quant: bool = True  # 4bit: quantise the quantisation constants too (~0.4 bit/param saved)
     lora: LoraSettings = field(default_factory=LoraSettings)
     deepspeed: str | None = None  # a train_configs/deepspeed/*.json
     save_steps: int = 500
     logging_steps: int = 10
     save_total_limit: int | None = None  # keep only the newest K checkpoint-<step> dirs (None: all)
     resume: str | None = None  # "latest" (newest checkpoint under run.output_dir) or a checkpoint dir
+    allow_resume_change: bool = False  # resume on another world size / per-device batch / accumulation (data order differs)
     report_to: list[str] = field(default_factory=list)  # accelerate trackers, e.g. [tensorboard]; jsonl always
     dataloader_num_workers: int = 0
     eval_steps: int | None = None  # evaluate on data.eval_split every N optimizer steps and at the end (None/0: never)
@@ -366,6 +389,11 @@ class TrainConfig:
             raise ConfigCheck("full_finetune", "full fine-tuning and LoRA exclude each other; set train.lora.enabled=false")
         if self.quantization != "none" and not self.lora.enabled:
             raise ConfigCheck("quantization", f"{self.quantization} weights train only through LoRA (QLoRA)")
+        if self.quantization != "4bit":
+            for key, default in (("bnb_4bit_quant_type", "nf4"), ("bnb_4bit_compute_dtype", "auto"),
+                                 ("bnb_4bit_use_double_quant", True)):
+                if getattr(self, key) != default:
+                    raise ConfigCheck(key, f"applies to train.quantization=4bit only (it is {self.quantization})")
         if not self.tasks:
             raise ConfigCheck("tasks", "needs at least one task")
 
@@ -414,7 +442,7 @@ class JudgeConfig:
 
 @dataclass
 class EvaluateConfig:
-    label_set: LabelSetName | None = None  # None: data.label_set
+    label_set: LabelSetName | None = None  # a shipped set's name or a YAML path; None: data.label_set
     parse: Literal["last_word", "first_mention", "synonym", "emotion_llama"] = "last_word"
     fallback_label: str | None = "neutral"  # unparsable answers; null counts them as wrong
     folds: int = 1
@@ -423,10 +451,15 @@ class EvaluateConfig:
     embedding_model: str | None = None  # local sentence-embedding model path: reasoning similarity proxy
     split: str | None = None  # references from a built dataset: only the records of this split (None: all)
     score_field: str | None = None  # regression references: the field holding the score (None: score|sentiment)
+    # references of a label: auto (a human label where given, else a pseudo-label) | label (human only) |
+    # pseudo_label (pseudo-labels only); each source is scored and reported on its own
+    reference_source: Literal["auto", "label", "pseudo_label"] = "auto"
+    combine_sources: bool = False  # also score human labels and pseudo-labels together (an "all" row)
     judge: JudgeConfig = field(default_factory=JudgeConfig)
 
     def validate(self) -> None:
         _positive(self, "folds")
+        _check_label_set(self, "label_set")
 
 
 @dataclass

@@ -9,6 +9,7 @@ from typing import Any
 from emollm.config import EmollmConfig, ModelConfig
 from emollm.errors import EmollmError
 from emollm.log import get_logger
+from emollm.modeling import quantization
 from emollm.modeling.au_encoder import MERR_AUS
 from emollm.modeling.modeling_emollm import EmoLLMForConditionalGeneration
 from emollm.processing import EmoProcessor, ModalitySpan
@@ -64,7 +65,11 @@ def processor_for(model: EmoLLMForConditionalGeneration, tokenizer: Any, templat
 
 
 def build_model_and_processor(cfg: EmollmConfig) -> tuple[EmoLLMForConditionalGeneration, EmoProcessor]:
-    """A fresh model (pretrained backbone, new media modules) and its processor, from the config."""
+    """A fresh model (pretrained backbone, new media modules) and its processor, from the config.
+
+    ``train.quantization`` 4bit / 8bit loads the backbone through bitsandbytes (QLoRA); the model's
+    config records how, so :func:`load_run` quantises it again.
+    """
     from transformers import AutoTokenizer
 
     backbone = cfg.model.backbone
@@ -89,6 +94,7 @@ def build_model_and_processor(cfg: EmollmConfig) -> tuple[EmoLLMForConditionalGe
         prompt_tokens=cfg.model.prompt_tokens,
         fusion=fusion,
         missing_modality=cfg.model.missing_modality,
+        quantization=quantization.settings_from_config(cfg),  # train.quantization: QLoRA's 4-bit / 8-bit backbone
         **load_kwargs,
     )
     processor = processor_for(model, tokenizer, backbone.template, max_length=cfg.train.max_length)

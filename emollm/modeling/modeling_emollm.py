@@ -13,6 +13,7 @@ first) and never predicted (labels there are -100), so adding them to the tokeni
 
 from __future__ import annotations
 
+import inspect
 import json
 import os
 from pathlib import Path
@@ -29,6 +30,9 @@ from emollm.modeling.configuration import EmoLLMConfig
 MEDIA_WEIGHTS_NAME = "media_modules.safetensors"
 ADAPTER_DIR = "adapter"
 MEDIA_KWARGS = ("media", "media_present", "media_masks")
+#: What the installed transformers calls the KV cache in ``generate`` and the backbones' ``forward``:
+#: ``cache`` in newer 5.x, ``past_key_values`` in older 5.x (there it is not yet deprecated).
+CACHE_KWARG = "cache" if "cache" in inspect.signature(GenerationMixin.prepare_inputs_for_generation).parameters else "past_key_values"
 
 
 class EmoLLMPreTrainedModel(PreTrainedModel):
@@ -37,7 +41,7 @@ class EmoLLMPreTrainedModel(PreTrainedModel):
     supports_gradient_checkpointing = True
     _supports_sdpa = True
     _supports_flash_attn = True
-    _skip_keys_device_placement = ["past_key_values"]
+    _skip_keys_device_placement = [CACHE_KWARG]
 
     def _init_weights(self, module: nn.Module) -> None:
         # The backbone initialises itself; the media modules initialise in their constructors.
@@ -65,15 +69,22 @@ class EmoLLMForConditionalGeneration(EmoLLMPreTrainedModel, GenerationMixin):
         missing_modality: str = "zero",
         media_token_ids: dict[str, int] | None = None,
         template: str | None = None,
+        quantization: dict | None = None,
         **backbone_kwargs: Any,
     ) -> EmoLLMForConditionalGeneration:
-        """Wrap a pretrained causal LM (a path, hub id or loaded model) with fresh media modules."""
+        """Wrap a pretrained causal LM (a path, hub id or loaded model) with fresh media modules.
+
+        ``quantization`` (:mod:`emollm.modeling.quantization` settings) loads the backbone 4-bit or
+        8-bit with bitsandbytes (QLoRA); the media modules then stay float32.
+        """
         if isinstance(backbone, PreTrainedModel):
+            if quantization:
+                raise EmollmError("quantization applies when emollm loads the backbone: pass a path or hub id")
             language_model = backbone
             name_or_path = getattr(backbone.config, "_name_or_path", None)
         else:
             name_or_path = str(backbone)
-            language_model = AutoModelForCausalLM.from_pretrained(name_or_path, **backbone_kwargs)
+            language_model = _load_backbone(name_or_path, quantization, backbone_kwargs)
         config = EmoLLMConfig(
             text_config=language_model.config,
             modalities=modalities,
@@ -83,12 +94,18 @@ class EmoLLMForConditionalGeneration(EmoLLMPreTrainedModel, GenerationMixin):
             media_token_ids=media_token_ids or {},
             backbone_name_or_path=name_or_path,
             template=template,
+            quantization=dict(quantization) if quantization else None,
             # the composite config re-sets its sub-configs' attention backend: keep the backbone's
             attn_implementation=language_model.config._attn_implementation,
         )
         model = cls(config, language_model=language_model)
-        model.media.to(dtype=language_model.dtype)
+        model.media.to(dtype=model.media_dtype)
         return model
+
+    @property
+    def media_dtype(self) -> torch.dtype:
+        """The media modules' dtype: the backbone's, except under QLoRA (float32: they train in full)."""
+        return torch.float32 if self.config.quantization else self.language_model.dtype
 
     # ------------------------------------------------------------------------------ HF plumbing
     def get_input_embeddings(self) -> nn.Module:
@@ -106,6 +123,11 @@ class EmoLLMForConditionalGeneration(EmoLLMPreTrainedModel, GenerationMixin):
     @property
     def is_lora(self) -> bool:
         return hasattr(self.language_model, "peft_config")
+
+    @property
+    def is_quantized(self) -> bool:
+        """Whether the backbone was loaded 4-bit / 8-bit by bitsandbytes (QLoRA)."""
+        return bool(self.config.quantization)
 
     def num_media_tokens(self, name: str) -> int:
         """Media tokens per clip for modality ``name`` (the processor expands placeholders to this)."""
@@ -189,19 +211,27 @@ class EmoLLMForConditionalGeneration(EmoLLMPreTrainedModel, GenerationMixin):
         media: dict[str, torch.Tensor] | None = None,
         media_present: dict[str, torch.Tensor] | None = None,
         media_masks: dict[str, torch.Tensor] | None = None,
-        past_key_values=None,
+        cache=None,
         inputs_embeds: torch.Tensor | None = None,
         position_ids: torch.LongTensor | None = None,
         use_cache: bool | None = None,
         logits_to_keep: int | torch.Tensor = 0,
+        past_key_values=None,
         **kwargs: Any,
     ) -> CausalLMOutputWithPast:
+        """The backbone's forward on the media-merged embeddings.
+
+        ``cache`` is the KV cache (``generate`` passes it); ``past_key_values``, its older name, is
+        taken too. Either reaches the backbone under the name the installed transformers uses
+        (:data:`CACHE_KWARG`), so no deprecated keyword is ever sent.
+        """
         if (input_ids is None) == (inputs_embeds is None):
             raise ValueError("pass exactly one of input_ids and inputs_embeds")
         if inputs_embeds is None:
             inputs_embeds = self.embed(input_ids, media, media_present, media_masks)
-        if past_key_values is not None:  # newer transformers 5.x name it `cache` (passed through kwargs)
-            kwargs["past_key_values"] = past_key_values
+        cache = cache if cache is not None else past_key_values
+        if cache is not None:
+            kwargs[CACHE_KWARG] = cache
         return self.language_model(
             inputs_embeds=inputs_embeds,
             attention_mask=attention_mask,
@@ -211,6 +241,22 @@ class EmoLLMForConditionalGeneration(EmoLLMPreTrainedModel, GenerationMixin):
             logits_to_keep=logits_to_keep,
             **kwargs,
         )
+
+    def _expand_inputs_for_generation(self, expand_size: int = 1, is_encoder_decoder: bool = False,
+                                      input_ids: torch.LongTensor | None = None, **model_kwargs: Any):
+        """Beams / ``num_return_sequences``: HF repeats top-level tensors only; the per-modality dicts
+        (``media``, ``media_present``, ``media_masks``, batch first) are repeated here the same way,
+        each row ``expand_size`` times in place (``repeat_interleave``), as ``input_ids``."""
+        nested = {key: model_kwargs.pop(key) for key in MEDIA_KWARGS if isinstance(model_kwargs.get(key), dict)}
+        input_ids, model_kwargs = super()._expand_inputs_for_generation(
+            expand_size=expand_size, is_encoder_decoder=is_encoder_decoder, input_ids=input_ids, **model_kwargs
+        )
+        for key, values in nested.items():
+            model_kwargs[key] = {
+                name: value.repeat_interleave(expand_size, dim=0) if isinstance(value, torch.Tensor) and expand_size != 1 else value
+                for name, value in values.items()
+            }
+        return input_ids, model_kwargs
 
     def prepare_inputs_for_generation(self, *args, is_first_iteration: bool | None = False, **kwargs):
         inputs = super().prepare_inputs_for_generation(*args, is_first_iteration=is_first_iteration, **kwargs)
@@ -271,11 +317,16 @@ class EmoLLMForConditionalGeneration(EmoLLMPreTrainedModel, GenerationMixin):
         dropout: float = 0.05,
         target_modules: list[str] | None = None,
     ) -> None:
-        """Wrap the backbone with a peft LoRA adapter; the media modules stay fully trainable."""
+        """Wrap the backbone with a peft LoRA adapter; the media modules stay fully trainable.
+
+        A quantised backbone (QLoRA) is first prepared by :meth:`prepare_for_kbit_training`.
+        """
         from peft import LoraConfig, get_peft_model
 
         if self.is_lora:
             raise EmollmError("this model already has a LoRA adapter")
+        if self.is_quantized:
+            self.prepare_for_kbit_training()
         lora = LoraConfig(
             r=r,
             lora_alpha=alpha,
@@ -287,6 +338,17 @@ class EmoLLMForConditionalGeneration(EmoLLMPreTrainedModel, GenerationMixin):
         self.language_model = get_peft_model(self.language_model, lora)
         for p in self.media.parameters():
             p.requires_grad_(True)
+
+    def prepare_for_kbit_training(self) -> None:
+        """QLoRA: ``peft.prepare_model_for_kbit_training`` on the quantised backbone (every backbone
+        weight frozen, its remaining fp16 / bf16 weights (norms, embeddings, LM head) cast to float32 for
+        stable training). Gradient checkpointing is left to the caller (``train.gradient_checkpointing``,
+        non-reentrant); LoRA weights, if any, are frozen too: re-enable what should train."""
+        from peft import prepare_model_for_kbit_training
+
+        if not self.is_quantized:
+            raise EmollmError("prepare_for_kbit_training: the backbone is not quantised")
+        prepare_model_for_kbit_training(self.language_model, use_gradient_checkpointing=False)
 
     def trainable_parameters_by_group(self) -> dict[str, int]:
         groups = {"backbone": 0, "lora": 0, "media": 0}
@@ -333,15 +395,32 @@ class EmoLLMForConditionalGeneration(EmoLLMPreTrainedModel, GenerationMixin):
         config = EmoLLMConfig.from_pretrained(path)
         config.resolve_local_paths(path)  # an export's backbone/ and encoders/<name>
         backbone_kwargs = {k: kwargs[k] for k in ("dtype", "torch_dtype", "attn_implementation", "device_map", "revision") if k in kwargs}
-        base = AutoModelForCausalLM.from_pretrained(config.backbone_name_or_path, **backbone_kwargs)
+        base = _load_backbone(config.backbone_name_or_path, config.quantization, backbone_kwargs)  # QLoRA: quantised again
         # The adapter goes on after construction: PreTrainedModel's init would overwrite loaded LoRA weights.
         model = cls(config, language_model=base)
         model.language_model = PeftModel.from_pretrained(
             base, path / ADAPTER_DIR, is_trainable=kwargs.get("is_trainable", False)
         )
         missing, unexpected = model.media.load_state_dict(load_file(str(path / MEDIA_WEIGHTS_NAME)), strict=True)
-        model.media.to(dtype=base.dtype)
+        model.media.to(dtype=model.media_dtype)
         return model.eval()
+
+
+def _load_backbone(name_or_path: str | None, quantization: dict | None, kwargs: dict[str, Any]) -> PreTrainedModel:
+    """``AutoModelForCausalLM.from_pretrained``; with ``quantization``, through bitsandbytes onto one
+    device (this process's GPU, else the CPU, unless ``device_map`` is given)."""
+    if quantization:
+        from emollm.modeling import quantization as q
+
+        q.validate_settings(quantization)
+        q.check_backend("quantization", q.describe(quantization))
+        q.quiet_int8_cast_warning()
+        kwargs = {**kwargs, "quantization_config": q.bnb_config(quantization)}
+        kwargs.setdefault("device_map", q.default_device_map())
+        model = AutoModelForCausalLM.from_pretrained(name_or_path, **kwargs)
+        q.keep_cpu_path_where_unpackable(model)
+        return model
+    return AutoModelForCausalLM.from_pretrained(name_or_path, **kwargs)
 
 
 def default_lora_targets(text_config) -> list[str]:

@@ -327,7 +327,9 @@ def test_au_all_masked_row_is_finite():
     assert torch.isfinite(out).all()
     assert torch.equal(out[0], torch.zeros(2, 16))
     out.sum().backward()
-    assert all(torch.isfinite(p.grad).all() for p in enc.parameters() if p.grad is not None)
+    grads = {name: p.grad for name, p in enc.named_parameters()}
+    assert grads and all(g is not None and torch.isfinite(g).all() for g in grads.values()), \
+        [n for n, g in grads.items() if g is None or not torch.isfinite(g).all()]
 
 
 def test_au_registry_entry():

@@ -202,7 +202,26 @@ def test_model_card_names_base_data_config_and_metrics(exported):
     plain = (Path(exported["lora"]["out_dir"]) / "README.md").read_text()
     assert "base_model_relation: adapter" in plain and "**not merged**" in plain
     assert "From `metrics.json`" not in plain  # the metrics file lies outside the run dir: only --metrics adds it
-    assert (Path(exported["lora"]["out_dir"]) / "training_config.yaml").is_file()
+    assert "The whole resolved config is in `config.yaml`" in plain
+
+
+def test_the_export_carries_a_run_config_naming_its_own_copies(runs, exported, tmp_path):
+    """config.yaml (what `emollm infer` / `predict` read) names the export's copies, resolved wherever it lies."""
+    from emollm.inference import run_config
+
+    for kind, backbone in (("lora", "backbone"), ("merged", "")):
+        out = Path(exported[kind]["out_dir"])
+        raw = cfglib.load(out / "config.yaml")  # as written: relative names only
+        assert raw.model.backbone.name_or_path == backbone
+        assert {n: e.name_or_path for n, e in raw.model.encoders.items() if e.modality != "au"} == {
+            n: f"encoders/{n}" for n in ("video", "face", "temporal", "audio")}
+        moved = tmp_path / f"moved-{kind}"
+        shutil.copytree(out, moved)
+        cfg = run_config(moved)
+        assert cfg.model.encoders["audio"].name_or_path == str(moved / "encoders" / "audio")
+        assert cfg.model.backbone.name_or_path == (str(moved / "backbone") if backbone else "")
+        # everything else is the run's own config
+        assert cfg.train.lora.r == cfglib.load(runs["lora"] / "config.yaml").train.lora.r
 
 
 def test_full_finetune_is_copied_with_a_note(runs, tmp_path):

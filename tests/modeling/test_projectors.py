@@ -281,7 +281,9 @@ def test_all_absent_row_has_no_nan(train):
         assert torch.equal(out[k][1], toks[k][1])
     if train:
         sum(o.sum() for o in out.values()).backward()
-        assert all(torch.isfinite(p.grad).all() for p in fusion.parameters() if p.grad is not None)
+        grads = {name: p.grad for name, p in fusion.named_parameters()}
+        assert grads and all(g is not None and torch.isfinite(g).all() for g in grads.values()), \
+            [n for n, g in grads.items() if g is None or not torch.isfinite(g).all()]
 
 
 def test_gradients_reach_fusion_params():
