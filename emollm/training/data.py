@@ -43,7 +43,7 @@ class EmotionDataset(torch.utils.data.Dataset):
         prompt_only: samples without their answer, for generation (``emollm predict``, evaluation
             during training): every record of the split becomes a sample, with or without a target.
 
-    An item is ``processor.encode(...)`` plus ``media`` ({name: (T, D) float32}) and ``media_masks``
+    An item is ``processor.encode(...)`` plus ``task``, ``media`` ({name: (T, D) float32}) and ``media_masks``
     ({au name: (T,) bool}). ``skipped`` counts records left out and why.
     """
 
@@ -232,7 +232,7 @@ class EmotionDataset(torch.utils.data.Dataset):
         encoded = self.processor.encode(sample, present=present)
         if encoded is None:
             return None  # type: ignore[return-value]  # too long under truncation="drop": the collator skips it
-        return {**encoded, "media": media, "media_masks": masks}
+        return {**encoded, "task": sample.get("task"), "media": media, "media_masks": masks}
 
 
 class EmotionCollator:

@@ -8,7 +8,7 @@ exact same batches. ``train.eval_steps`` adds periodic evaluation on ``data.eval
 (:class:`Evaluator`: eval loss, WAR / UAR / WAF of generated answers) without touching the training RNG.
 
 >>> result = train(cfg)              # cfg: a validated EmollmConfig
->>> result.losses                    # one mean loss per optimizer step
+>>> result.losses                    # per optimizer step: loss per target token of the step (all ranks)
 """
 
 from __future__ import annotations
@@ -42,7 +42,7 @@ LOG_FILE = "train_log.jsonl"
 class TrainResult:
     output_dir: Path
     global_step: int = 0
-    losses: list[float] = field(default_factory=list)  # mean loss of every optimizer step, from step 1
+    losses: list[float] = field(default_factory=list)  # loss per target token of every optimizer step, from step 1
     stopped_early: bool = False  # stop_after_step hit (a simulated kill)
     model: Any = None  # the unwrapped trained model (in-process callers and tests)
     processor: Any = None
@@ -109,37 +109,57 @@ def _check_trackers(report_to: list[str]) -> list[str]:
     return list(report_to)
 
 
-def build_model(cfg: EmollmConfig):
-    """Model + processor for training: fresh (+ LoRA per config) or from ``train.init_from``."""
+def build_model(cfg: EmollmConfig, *, zero3: bool = False):
+    """Model + processor for training: fresh (+ LoRA per config) or from ``train.init_from``.
+    ``zero3``: the model will be partitioned by DeepSpeed ZeRO-3 (chooses the checkpointing kind)."""
+    from emollm.modeling import quantization
     from emollm.modeling.factory import build_model_and_processor, load_run
 
     t = cfg.train
-    if t.quantization != "none":
-        if not torch.cuda.is_available():
-            raise EmollmError(f"train.quantization={t.quantization} (QLoRA) needs a CUDA GPU and bitsandbytes",
-                              hint="set train.quantization=none on this machine")
-        raise EmollmError("QLoRA training is not wired into this emollm version yet", hint="train.quantization=none")
+    if t.quantization != "none":  # QLoRA: bitsandbytes runs on CUDA and (>= 0.45) on CPU; said before any load
+        quantization.check_backend("train.quantization", t.quantization)
     if t.init_from:
         model, processor = load_run(t.init_from, is_trainable=True)
         processor.max_length = t.max_length
+        saved = (model.config.quantization or {}).get("bits")
+        if saved != quantization.KINDS.get(t.quantization):
+            raise ConfigError(f"train.quantization={t.quantization}, but the train.init_from run {t.init_from} was "
+                              f"trained with quantization {quantization.describe(model.config.quantization)}",
+                              hint="a run keeps the backbone of the run it starts from: set train.quantization to match")
+        if model.is_quantized:
+            model.prepare_for_kbit_training()  # freezes everything: the adapter and media are re-enabled below
         if model.is_lora:
             for name, p in model.named_parameters():
                 p.requires_grad_(name.startswith("media.") or "lora_" in name)
         log.info("initialised from %s", t.init_from)
     else:
-        model, processor = build_model_and_processor(cfg)
-        if t.lora.enabled:
+        model, processor = build_model_and_processor(cfg)  # train.quantization: the backbone 4-bit / 8-bit
+        if t.lora.enabled:  # on a quantised backbone, after peft.prepare_model_for_kbit_training
             model.add_lora(r=t.lora.r, alpha=t.lora.alpha, dropout=t.lora.dropout, target_modules=t.lora.target_modules)
         elif not t.full_finetune:
             for p in model.language_model.parameters():  # media modules only
                 p.requires_grad_(False)
+    if model.is_quantized:
+        log.info("QLoRA: backbone %s (bitsandbytes), media modules %s", quantization.describe(model.config.quantization),
+                 model.media_dtype)
     if t.gradient_checkpointing:
         lm = model.language_model
         lm.config.use_cache = False
-        # Non-reentrant checkpointing: LoRA grads flow although the frozen embeddings need no grad.
-        lm.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+        reentrant = t.gradient_checkpointing_reentrant
+        if reentrant is None:
+            # ZeRO-3 re-partitions frozen weights during a non-reentrant recompute, which then fails its
+            # metadata check (deepspeedai/DeepSpeed#4332, fixed only in recent DeepSpeed): reentrant there,
+            # as TRL does. Elsewhere non-reentrant (DDP rejects reentrant checkpointing of shared params).
+            reentrant = zero3 and any(not p.requires_grad for p in model.parameters())
+        if hasattr(lm, "activation_checkpointing_enable"):  # transformers >= 5.2x; the old name is deprecated
+            lm.activation_checkpointing_enable(activation_checkpointing_kwargs={"use_reentrant": reentrant})
+        else:
+            lm.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": reentrant})
+        # The embeddings are frozen: with their output requiring grad, a reentrant checkpoint still
+        # back-propagates into the LoRA weights inside it (non-reentrant needs no such help).
         if hasattr(lm, "enable_input_require_grads"):
             lm.enable_input_require_grads()
+        log.info("gradient checkpointing: %s", "reentrant" if reentrant else "non-reentrant")
     model.train()
     return model, processor
 
@@ -213,7 +233,102 @@ def _to_device(batch: dict[str, Any], device: torch.device) -> dict[str, Any]:
             return {k: move(v) for k, v in x.items()}
         return x
 
-    return {k: move(v) for k, v in batch.items() if k != "ids"}
+    return {k: move(v) for k, v in batch.items() if k not in ("ids", "tasks")}
+
+
+class _TaskCollator:
+    """The training collator plus ``tasks`` (each row's task), for the per-task losses."""
+
+    def __init__(self, collator: Any):
+        self.collator = collator
+
+    def __call__(self, items: list[dict[str, Any] | None]) -> dict[str, Any]:
+        batch = self.collator(items)
+        batch["tasks"] = [item.get("task") for item in items if item is not None]
+        return batch
+
+
+def target_tokens(labels: torch.Tensor) -> int:
+    """Tokens the loss is taken over: positions 1.. whose label is not -100 (the shifted targets)."""
+    return int((labels[:, 1:] != -100).sum())
+
+
+def token_losses(logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+    """Per-token cross-entropy ``(B, L-1)`` in float32 of the next-token targets, 0 where the label is
+    -100. Summed and divided by the accumulated batch's :func:`target_tokens`, it is the loss per
+    target token that transformers' Trainer computes with ``num_items_in_batch``."""
+    labels = labels[:, 1:].to(logits.device)
+    keep = labels != -100
+    # Only the target positions are upcast (prompts with hundreds of media tokens would double the logits' memory)
+    losses = torch.zeros(labels.shape, dtype=torch.float32, device=logits.device)
+    return losses.masked_scatter(keep, torch.nn.functional.cross_entropy(logits[:, :-1][keep].float(), labels[keep],
+                                                                         reduction="none"))
+
+
+# ------------------------------------------------------------------------------------------ resume
+LAYOUT_KEYS = ("world_size", "per_device_batch_size", "gradient_accumulation_steps")
+
+
+def check_resume_layout(saved: dict[str, Any], now: dict[str, int], checkpoint: Path, *, allow: bool) -> bool:
+    """Compare the checkpoint's batch layout (world size, per-device batch, accumulation) with this
+    run's. A change is refused (:class:`ConfigError` naming it) unless ``allow``
+    (``train.allow_resume_change``); returns True when the layout changed (and was allowed)."""
+    changed = [f"{key} {saved[key]} -> {now[key]}" for key in LAYOUT_KEYS
+               if saved.get(key) is not None and saved[key] != now[key]]
+    missing = [key for key in LAYOUT_KEYS if saved.get(key) is None]
+    if missing:
+        log.warning("resume: %s records no %s (an older emollm): not compared", checkpoint, ", ".join(missing))
+    if not changed:
+        return False
+    what = ", ".join(changed)
+    if not allow:
+        raise ConfigError(f"cannot resume from {checkpoint}: the batch layout changed ({what})",
+                          hint="resume with the checkpoint's world size and batch settings, or set "
+                               "train.allow_resume_change=true to continue anyway (the data order then differs "
+                               "from an uninterrupted run)")
+    log.warning("resume from %s with another batch layout (%s), allowed by train.allow_resume_change: the "
+                "data order differs from an uninterrupted run", checkpoint, what)
+    return True
+
+
+def _replace_lines(path: Path, lines: list[str]) -> None:
+    tmp = path.with_name(path.name + ".tmp")
+    tmp.write_text("".join(lines), encoding="utf-8")
+    os.replace(tmp, path)  # atomic: a kill leaves the old or the new file, never half of one
+
+
+def prepare_log(log_dir: Path, resumed_step: int | None) -> None:
+    """``logs/train_log.jsonl`` before the first step (main process). Resumed at step N: rows of
+    later steps (written by the run after its checkpoint) and their ``eval_predictions-<step>``
+    files are dropped, so redone steps appear once. Fresh (None): an earlier run's log and
+    predictions are removed and a new log starts (as ``emollm baseline train`` does)."""
+    path = log_dir / LOG_FILE
+    if resumed_step is None:
+        old = [p for p in (path, *log_dir.glob(EVAL_PREDICTIONS.format(step="*"))) if p.is_file()]
+        if old:
+            log.warning("a fresh run in %s: removing the earlier run's %s (resume it with --resume instead)",
+                        log_dir.parent, ", ".join(p.name for p in old))
+            for p in old:
+                p.unlink()
+        return
+    if path.is_file():
+        lines = path.read_text(encoding="utf-8").splitlines(keepends=True)
+        kept = []
+        for line in lines:
+            try:
+                row_step = json.loads(line).get("step")
+            except ValueError:
+                continue  # a line cut by the kill
+            if not isinstance(row_step, int) or row_step <= resumed_step:
+                kept.append(line if line.endswith("\n") else line + "\n")
+        if len(kept) != len(lines):
+            _replace_lines(path, kept)
+            log.info("resume at step %d: dropped %d row(s) of later steps from %s", resumed_step,
+                     len(lines) - len(kept), path)
+    for old in log_dir.glob(EVAL_PREDICTIONS.format(step="*")):
+        m = re.fullmatch(EVAL_PREDICTIONS.format(step=r"(\d+)").replace(".", r"\."), old.name)
+        if m and int(m.group(1)) > resumed_step:
+            old.unlink()
 
 
 # ------------------------------------------------------------------------------------------ evaluation
@@ -276,8 +391,11 @@ class Evaluator:
     A fixed, seeded subset of the split's clips (``train.eval_max_samples``) is chosen once; each
     call gives (a) the teacher-forced loss of their ``emotion`` samples (``train.eval_loss``) and
     (b) answers (``predict`` settings, greedy by default) to their prompt-only ``emotion`` samples, parsed per ``evaluate.parse`` /
-    ``fallback_label`` and scored against the record's label (else pseudo-label): WAR, UAR, WAF,
-    macro F1 and the invalid rate. Each rank runs its shard; results are gathered on every rank.
+    ``fallback_label`` and scored against the record's human label, else its pseudo-label
+    (``evaluate.reference_source``): WAR, UAR, WAF, macro F1 and the invalid rate, each reference source
+    apart (``eval_war`` ...: human labels when any; ``eval_pseudo_label_war`` ...; the row's
+    ``eval_reference_source`` / ``eval_references`` say which and how many). Each rank runs its shard;
+    results are gathered on every rank.
     """
 
     def __init__(self, cfg: EmollmConfig, accelerator: Any, model: Any, processor: Any, cache: Any):
@@ -333,10 +451,13 @@ class Evaluator:
         lengths = [ds.length(i) for i, _ in shard]
         return [[shard[p] for p in batch] for batch in length_sorted_batches(lengths, batch_size)]
 
-    def _reference(self, clip_id: str) -> str | None:
-        record = self.prompts.records[clip_id]
-        given = record.get("label") or record.get("pseudo_label")
-        return self.label_set.normalize(str(given)) if given else None
+    def _reference(self, clip_id: str) -> tuple[str | None, str | None]:
+        """(label of the set, source): the record's human label, else its pseudo-label, per
+        ``evaluate.reference_source`` (eval/references.py)."""
+        from eval.references import of_record
+
+        given, source = of_record(self.prompts.records[clip_id], self.cfg.evaluate.reference_source)
+        return (self.label_set.normalize(str(given)), source) if given else (None, None)
 
     def _loss(self, model: Any) -> tuple[float, int]:
         """Summed token loss and target-token count over this rank's real samples (repeats weigh 0)."""
@@ -369,13 +490,16 @@ class Evaluator:
                     continue
                 clip_id = self.prompts.samples[i]["clip_id"]
                 parsed = parse_label(text, self.label_set, self.cfg.evaluate.parse, self.fallback)
+                reference, source = self._reference(clip_id)
                 rows.append({"id": self.prompts.samples[i]["id"], "text": text, "label": parsed.label,
-                             "valid": parsed.valid, "reference": self._reference(clip_id)})
+                             "valid": parsed.valid, "reference": reference, "reference_source": source})
         return rows
 
     def __call__(self, model: Any, step: int, log_dir: Path) -> dict[str, Any]:
         """Evaluate the prepared ``model`` at ``step``; logs and writes the predictions; returns the row."""
         from accelerate.utils import gather_object
+
+        from eval import references
 
         t0 = time.perf_counter()
         rng = _rng_state()  # evaluation must not shift training's random draws (dropout): resume stays exact
@@ -395,16 +519,26 @@ class Evaluator:
         if tokens:
             metrics["eval_loss"] = sum(s for s, _ in sums) / tokens
         scored = [r for r in rows if r["reference"] is not None]
-        if scored:
-            m = self.classification_metrics([r["reference"] for r in scored], [r["label"] for r in scored], self.label_set.labels)
-            metrics.update({f"eval_{k}": m[k] for k in ("war", "uar", "waf", "macro_f1")})
+        # Human labels and pseudo-labels are scored apart: eval_war ... against the headline source (human
+        # labels when any), eval_pseudo_label_war ... for the other, eval_all_* pooled (evaluate.combine_sources).
+        grouped = references.groups([r["reference_source"] for r in scored], self.cfg.evaluate.combine_sources)
+        head = references.headline(grouped)
+        if grouped:
+            counts = {s: len(idx) for s, idx in grouped.items() if s != references.ALL}
+            metrics.update(eval_reference_source=head, eval_references=counts)
+            for source, idx in grouped.items():
+                m = self.classification_metrics([scored[i]["reference"] for i in idx], [scored[i]["label"] for i in idx],
+                                                self.label_set.labels)
+                prefix = "eval_" if source == head else f"eval_{source}_"
+                metrics.update({f"{prefix}{k}": m[k] for k in ("war", "uar", "waf", "macro_f1")})
         elif rows:
-            log.warning("evaluation at step %d: no eval sample has a label or pseudo-label of the '%s' set: "
-                        "no classification metrics", step, self.label_set.name)
+            log.warning("evaluation at step %d: no eval sample has a reference label of the '%s' set "
+                        "(evaluate.reference_source=%s): no classification metrics", step, self.label_set.name,
+                        self.cfg.evaluate.reference_source)
         metrics["eval_invalid_rate"] = sum(not r["valid"] for r in rows) / max(len(rows), 1)
         metrics["eval_s"] = time.perf_counter() - t0
-        log.info("eval step %d: %s", step, "  ".join(f"{k[5:]} {v:.4f}" for k, v in metrics.items()
-                                                     if k.startswith("eval_") and isinstance(v, float)))
+        log.info("eval step %d (references: %s): %s", step, references.describe(metrics.get("eval_references", {})),
+                 "  ".join(f"{k[5:]} {v:.4f}" for k, v in metrics.items() if k.startswith("eval_") and isinstance(v, float)))
         if self.accelerator.is_main_process:
             log_dir.mkdir(parents=True, exist_ok=True)
             with open(log_dir / LOG_FILE, "a", encoding="utf-8") as fh:
@@ -414,7 +548,8 @@ class Evaluator:
             tmp.write_text("".join(json.dumps(r, ensure_ascii=False) + "\n" for r in rows), encoding="utf-8")
             os.replace(tmp, path)  # a killed run leaves no half-written predictions file
         if self.accelerator.trackers:
-            self.accelerator.log({k: v for k, v in metrics.items() if k.startswith("eval_")}, step=step)
+            self.accelerator.log({k: v for k, v in metrics.items() if k.startswith("eval_")
+                                  and isinstance(v, int | float) and not isinstance(v, bool)}, step=step)
         return metrics
 
 
@@ -456,13 +591,19 @@ def train(cfg: EmollmConfig, *, stop_after_step: int | None = None) -> TrainResu
         if ds_cfg.get("train_batch_size") == "auto":
             ds_cfg["train_batch_size"] = (ds_cfg["train_micro_batch_size_per_gpu"] * t.gradient_accumulation_steps
                                           * accelerator.num_processes)
+    layout = {"world_size": accelerator.num_processes, "per_device_batch_size": t.per_device_batch_size,
+              "gradient_accumulation_steps": t.gradient_accumulation_steps}
+    saved_state = json.loads((resume_dir / TRAINER_STATE).read_text()) if resume_dir is not None else None
+    layout_changed = saved_state is not None and check_resume_layout(saved_state, layout, resume_dir,
+                                                                     allow=t.allow_resume_change)
     set_seed(cfg.run.seed)
 
-    if ds_plugin is not None and accelerator.state.deepspeed_plugin.zero_stage == 3:
+    zero3 = ds_plugin is not None and accelerator.state.deepspeed_plugin.zero_stage == 3
+    if zero3:
         # Built whole, partitioned by deepspeed.initialize: zero.Init would also catch the frozen
         # encoders that the model loads for their specs (weight-norm convs break under it).
         with _without_zero3_init():
-            model, processor = build_model(cfg)
+            model, processor = build_model(cfg, zero3=True)
     else:
         model, processor = build_model(cfg)
     groups = model.trainable_parameters_by_group()
@@ -473,7 +614,8 @@ def train(cfg: EmollmConfig, *, stop_after_step: int | None = None) -> TrainResu
     ds = _dataset(cfg, model, processor)
     sampler = LengthGroupedBatchSampler(ds.lengths, t.per_device_batch_size, seed=cfg.run.seed,
                                         num_replicas=accelerator.num_processes, rank=accelerator.process_index)
-    collator = EmotionCollator(processor, model.config.modalities)
+    collator = _TaskCollator(EmotionCollator(processor, model.config.modalities))
+    task_names = sorted({str(s.get("task")) for s in ds.samples})  # the same on every rank: one reduce per step
     batches_per_epoch = len(sampler)
     steps_per_epoch = max(1, batches_per_epoch // t.gradient_accumulation_steps)
     total_steps = t.max_steps or max(1, math.ceil(t.epochs * steps_per_epoch))
@@ -494,26 +636,42 @@ def train(cfg: EmollmConfig, *, stop_after_step: int | None = None) -> TrainResu
         for i, state in enumerate(weights):
             weights[i] = {k: v for k, v in state.items() if k in trainable}
 
-    accelerator.register_save_state_pre_hook(keep_trainable)
+    accelerator.register_save_state_pre_hook(keep_trainable)  # DDP / one process: the hook gets the weights
+    # DeepSpeed saves through its engine and hands the hook nothing: it is told to leave out the frozen
+    # weights itself (else every checkpoint holds the whole backbone), and loads them non-strictly.
+    save_kwargs = {"exclude_frozen_parameters": True} if ds_plugin is not None else {}
+    load_kwargs = {"load_module_strict": False} if ds_plugin is not None else {"strict": False}
 
     step, epoch, offset, losses = 0, 0, 0, []
     if resume_dir is not None:
-        accelerator.load_state(str(resume_dir), strict=False)
-        state = json.loads((resume_dir / TRAINER_STATE).read_text())
+        accelerator.load_state(str(resume_dir), **load_kwargs)
+        accelerator.step = 0  # checkpoints are taken on accumulation boundaries
+        state = saved_state
         step, epoch, offset, losses = state["global_step"], state["epoch"], state["batch_offset"], state["losses"]
+        if layout_changed:  # same epoch, about the same number of samples consumed
+            before = state.get("per_device_batch_size", t.per_device_batch_size) * state.get("world_size", 1)
+            offset = min(len(sampler), round(offset * before / (t.per_device_batch_size * accelerator.num_processes)))
         log.info("resumed from %s: step %d, epoch %d, batch %d", resume_dir, step, epoch, offset)
     if accelerator.is_main_process:
         out.mkdir(parents=True, exist_ok=True)
         cfglib.save_resolved(cfg, out, command="train")
+        if resume_dir is None:  # a fresh run: an earlier run's checkpoints would mix in (and --resume would pick them)
+            stale = [p for p in out.glob(CHECKPOINT_PREFIX + "*") if re.fullmatch(CHECKPOINT_PREFIX + r"\d+", p.name)]
+            if stale:
+                log.warning("removing %d checkpoint(s) of an earlier run in %s (pass --resume to continue it instead)",
+                            len(stale), out)
+                for path in stale:
+                    shutil.rmtree(path)
+        prepare_log(out / "logs", step if resume_dir is not None else None)
     if trackers:
         accelerator.init_trackers(cfg.run.name, config={"lr": t.lr, "max_steps": total_steps})
 
     def checkpoint(at_step: int) -> None:
         path = out / f"{CHECKPOINT_PREFIX}{at_step}"
-        accelerator.save_state(str(path))
+        accelerator.save_state(str(path), **save_kwargs)
         if accelerator.is_main_process:
             state = {"global_step": at_step, "epoch": epoch, "batch_offset": offset, "losses": losses,
-                     "total_steps": total_steps, "world_size": accelerator.num_processes}
+                     "total_steps": total_steps, **layout}
             tmp = path / (TRAINER_STATE + ".tmp")
             tmp.write_text(json.dumps(state, indent=1))
             os.replace(tmp, path / TRAINER_STATE)  # written last: a checkpoint without it is incomplete
@@ -522,65 +680,95 @@ def train(cfg: EmollmConfig, *, stop_after_step: int | None = None) -> TrainResu
         accelerator.wait_for_everyone()
 
     log_file = out / "logs" / LOG_FILE
-    window = {"loss": 0.0, "n": 0, "tokens": 0, "padded": 0, "samples": 0, "t0": time.perf_counter()}
-    micro_losses: list[float] = []
+    window = {"loss": 0.0, "n": 0, "tokens": 0, "padded": 0, "samples": 0, "t0": time.perf_counter(),
+              "task_sums": torch.zeros(2 * len(task_names), dtype=torch.float64), "grad_norms": []}
+    gas, world = t.gradient_accumulation_steps, accelerator.num_processes
+
+    def micro_batches():
+        """``(epoch, position after it, batch)`` from the resume point on, epoch after epoch."""
+        e, start = epoch, offset
+        while True:
+            sampler.set_epoch(e)
+            batches = list(sampler)[start:]  # resume: skip what this epoch already consumed
+            # The loader draws its worker seed from its own generator, never from the global RNG (which
+            # LoRA dropout uses and checkpoints restore): a resumed run then replays the same random draws.
+            loader = torch.utils.data.DataLoader(ds, batch_sampler=batches, collate_fn=collator,
+                                                 num_workers=t.dataloader_num_workers,
+                                                 generator=torch.Generator().manual_seed(cfg.run.seed + e))
+            for position, batch in enumerate(loader, start + 1):
+                yield e, position, batch
+            e, start = e + 1, 0
+
+    stream = micro_batches()
     model.train()
     stopped = False
     while step < total_steps:
-        sampler.set_epoch(epoch)
-        batches = list(sampler)[offset:]  # resume: skip what this epoch already consumed
-        # The loader draws its worker seed from its own generator, never from the global RNG (which
-        # LoRA dropout uses and checkpoints restore): a resumed run then replays the same random draws.
-        loader = torch.utils.data.DataLoader(ds, batch_sampler=batches, collate_fn=collator,
-                                             num_workers=t.dataloader_num_workers,
-                                             generator=torch.Generator().manual_seed(cfg.run.seed + epoch))
-        for batch in loader:
-            offset += 1
-            ids = batch["ids"]
+        # One optimizer step = gas micro-batches on every rank. Its loss is the mean over all their target
+        # tokens (summed across ranks first, as transformers' Trainer does with num_items_in_batch), so a
+        # one-word answer weighs one token, not as much as a long reasoning; each micro-batch contributes
+        # its summed token loss / that count. ``scale`` undoes the 1/gas of accelerate / DeepSpeed's backward
+        # and the 1/world of the gradient averaging across ranks.
+        group = [next(stream) for _ in range(gas)]
+        n_tokens = int(_sum_across(torch.tensor([sum(target_tokens(b["labels"]) for _, _, b in group)],
+                                                dtype=torch.float64), accelerator.device)[0])
+        scale = gas * world / max(n_tokens, 1)
+        sums = torch.zeros(1 + 2 * len(task_names), dtype=torch.float64)  # loss; per task: loss, tokens
+        for at_epoch, position, batch in group:
+            ids, tasks = batch["ids"], batch["tasks"]
             inputs = _to_device(batch, accelerator.device)
+            labels = inputs.pop("labels")
             with accelerator.accumulate(model):
-                loss = model(**inputs).loss
-                if not torch.isfinite(loss.detach()).all():
+                per_token = token_losses(model(**inputs).logits, labels)
+                loss_sum = per_token.sum()
+                if not torch.isfinite(loss_sum.detach()):
                     raise EmollmError(
-                        f"loss is {loss.item()} at step {step + 1} (epoch {epoch}, batch {offset}); "
+                        f"loss is {loss_sum.item()} at step {step + 1} (epoch {at_epoch}, batch {position}); "
                         f"sample ids: {', '.join(map(str, ids))}",
                         hint="lower train.lr, check these samples' features, or use bf16 instead of fp16",
                     )
-                accelerator.backward(loss)
+                accelerator.backward(loss_sum * scale)
                 if accelerator.sync_gradients and t.max_grad_norm:
-                    accelerator.clip_grad_norm_(model.parameters(), t.max_grad_norm)
+                    norm = accelerator.clip_grad_norm_(model.parameters(), t.max_grad_norm)  # before clipping
+                    if norm is not None:
+                        window["grad_norms"].append(float(norm))
                 optimizer.step()
                 optimizer.zero_grad(set_to_none=True)
-            micro_losses.append(loss.detach().float().item())
+            row_loss = per_token.detach().sum(1).double().cpu()
+            row_tokens = (labels[:, 1:] != -100).sum(1).double().cpu()
+            sums[0] += row_loss.sum()
+            for row, task in enumerate(tasks):
+                k = task_names.index(str(task))
+                sums[1 + 2 * k] += row_loss[row]
+                sums[2 + 2 * k] += row_tokens[row]
             mask = inputs["attention_mask"]
             window["tokens"] += int(mask.sum())
             window["padded"] += mask.numel()
             window["samples"] += mask.shape[0]
-            if not accelerator.sync_gradients:
-                continue
-            scheduler.step()
-            step += 1
-            step_loss = sum(micro_losses) / len(micro_losses)
-            micro_losses = []
-            losses.append(step_loss)
-            window["loss"] += step_loss
-            window["n"] += 1
-            if step % t.logging_steps == 0 or step == total_steps:
-                _log_window(accelerator, window, step, total_steps, scheduler, log_file)
-            if step % t.save_steps == 0 or step == stop_after_step:
-                checkpoint(step)
-            if step == stop_after_step:
-                stopped = True
-            elif evaluator is not None and (step % t.eval_steps == 0 or step == total_steps):
-                spent = evaluator(model, step, log_file.parent)["eval_s"]
-                window["t0"] += spent  # training throughput leaves the evaluation's time out
-            if stopped or step >= total_steps:
-                break
-        if stopped or step >= total_steps:
-            if offset >= len(sampler):
-                epoch, offset = epoch + 1, 0
+        if not accelerator.sync_gradients:
+            raise EmollmError(f"internal: no optimizer step after {gas} micro-batches (accelerate's step counter "
+                              f"is {accelerator.step})")
+        epoch, offset = group[-1][0], group[-1][1]
+        if offset >= len(sampler):
+            epoch, offset = epoch + 1, 0
+        scheduler.step()
+        step += 1
+        sums = _sum_across(sums, accelerator.device)
+        step_loss = float(sums[0]) / max(n_tokens, 1)
+        losses.append(step_loss)
+        window["loss"] += step_loss
+        window["n"] += 1
+        window["task_sums"] += sums[1:]
+        if step % t.logging_steps == 0 or step == total_steps:
+            _log_window(accelerator, window, step, total_steps, scheduler, log_file, task_names)
+        if step % t.save_steps == 0 or step == stop_after_step:
+            checkpoint(step)
+        if step == stop_after_step:
+            stopped = True
             break
-        epoch, offset = epoch + 1, 0
+        if evaluator is not None and (step % t.eval_steps == 0 or step == total_steps):
+            spent = evaluator(model, step, log_file.parent)["eval_s"]
+            window["t0"] += spent  # training throughput leaves the evaluation's time out
+    stream.close()
 
     result = TrainResult(output_dir=out, global_step=step, losses=losses, stopped_early=stopped)
     unwrapped = accelerator.unwrap_model(model)
@@ -592,28 +780,48 @@ def train(cfg: EmollmConfig, *, stop_after_step: int | None = None) -> TrainResu
     return result
 
 
-def _log_window(accelerator, window: dict[str, Any], step: int, total: int, scheduler, log_file: Path) -> None:
+def _sum_across(values: torch.Tensor, device: torch.device) -> torch.Tensor:
+    """``values`` summed over all processes, back on the CPU (reduced on ``device``: gloo or NCCL)."""
+    import torch.distributed as dist
+
+    if not (dist.is_available() and dist.is_initialized()) or dist.get_world_size() == 1:
+        return values
+    summed = values.to(device)
+    dist.all_reduce(summed, op=dist.ReduceOp.SUM)
+    return summed.cpu()
+
+
+def _log_window(accelerator, window: dict[str, Any], step: int, total: int, scheduler, log_file: Path,
+                task_names: list[str]) -> None:
     elapsed = max(time.perf_counter() - window["t0"], 1e-9)
     world = accelerator.num_processes
+    sums = window["task_sums"]
+    # per task: the loss per target token of its samples over the window (all ranks)
+    per_task = {f"loss_{name}": float(sums[2 * k] / sums[2 * k + 1])
+                for k, name in enumerate(task_names) if sums[2 * k + 1] > 0}
     metrics = {
         "step": step,
         "kind": "train",
         "loss": window["loss"] / max(window["n"], 1),
+        **per_task,
+        **({"grad_norm": sum(window["grad_norms"]) / len(window["grad_norms"])} if window["grad_norms"] else {}),
         "lr": scheduler.get_last_lr()[0],
         "tokens_per_s": window["tokens"] * world / elapsed,
         "samples_per_s": window["samples"] * world / elapsed,
         "real_token_fraction": window["tokens"] / max(window["padded"], 1),
     }
-    log.info("step %d/%d  loss %.4f  lr %.2e  %.0f tok/s  %.2f samples/s  real tokens %.1f%%", step, total,
-             metrics["loss"], metrics["lr"], metrics["tokens_per_s"], metrics["samples_per_s"],
-             100 * metrics["real_token_fraction"])
+    tasks = ", ".join(f"{k[5:]} {v:.4f}" for k, v in per_task.items())
+    log.info("step %d/%d  loss %.4f%s  lr %.2e  %.0f tok/s  %.2f samples/s  real tokens %.1f%%", step, total,
+             metrics["loss"], f" ({tasks})" if len(per_task) > 1 else "", metrics["lr"], metrics["tokens_per_s"],
+             metrics["samples_per_s"], 100 * metrics["real_token_fraction"])
     if accelerator.is_main_process:
         log_file.parent.mkdir(parents=True, exist_ok=True)
         with open(log_file, "a", encoding="utf-8") as fh:
             fh.write(json.dumps(metrics) + "\n")
     if accelerator.trackers:
         accelerator.log({k: v for k, v in metrics.items() if k not in ("step", "kind")}, step=step)
-    window.update(loss=0.0, n=0, tokens=0, padded=0, samples=0, t0=time.perf_counter())
+    window.update(loss=0.0, n=0, tokens=0, padded=0, samples=0, t0=time.perf_counter(), task_sums=torch.zeros_like(sums),
+                  grad_norms=[])
 
 
 def _save_final(accelerator, model, processor, out: Path, save_run) -> None:
@@ -642,5 +850,5 @@ def _save_final(accelerator, model, processor, out: Path, save_run) -> None:
     accelerator.wait_for_everyone()
 
 
-__all__ = ["Evaluator", "TrainResult", "build_model", "check_eval_split", "list_checkpoints", "param_groups",
-           "prune_checkpoints", "train"]
+__all__ = ["LAYOUT_KEYS", "Evaluator", "TrainResult", "build_model", "check_eval_split", "check_resume_layout",
+           "list_checkpoints", "param_groups", "prepare_log", "prune_checkpoints", "target_tokens", "token_losses", "train"]

@@ -72,15 +72,39 @@ def test_eval_rows_metrics_and_predictions(dataset, tmp_path):
         assert math.isfinite(row["eval_loss"]) and row["eval_loss"] > 0
         assert all(0.0 <= row[k] <= 1.0 for k in METRICS if k != "eval_loss"), row
         assert row["eval_samples"] == 3
+        # the tiny dataset's clips have the builder's pseudo-labels only: the row says so
+        assert row["eval_reference_source"] == "pseudo_label" and row["eval_references"] == {"pseudo_label": 3}
     assert evals[1]["eval_loss"] < evals[0]["eval_loss"]  # the eval copies are the training clips: loss falls
     labels = {r["id"]: r["pseudo_label"] for r in map(json.loads, (dataset[0] / "annotations.jsonl").read_text().splitlines())}
     for step in (2, 4):
         preds = [json.loads(x) for x in (run / "logs" / f"eval_predictions-{step}.jsonl").read_text().splitlines()]
         assert sorted(p["id"] for p in preds) == VAL_IDS
         assert all({"id", "text", "label", "reference"} <= set(p) for p in preds)
-        assert all(p["reference"] == labels[p["id"]] for p in preds)
+        assert all(p["reference"] == labels[p["id"]] and p["reference_source"] == "pseudo_label" for p in preds)
     assert res.model.training  # back in training mode after the evaluation
     assert len(res.losses) == 4
+
+
+def test_eval_scores_human_labels_and_pseudo_labels_apart(dataset, tmp_path):
+    """One eval clip with a person's label, two with the builder's pseudo-label only: the headline eval_war
+    is against the human label; the pseudo-labels get their own eval_pseudo_label_* metrics."""
+    root = tmp_path / "data"
+    shutil.copytree(dataset[0], root)
+    records = [json.loads(line) for line in (root / "annotations.jsonl").read_text().splitlines() if line.strip()]
+    for r in records:
+        if r["id"] == "still_val":
+            r["label"] = "angry"
+    (root / "annotations.jsonl").write_text("".join(json.dumps(r) + "\n" for r in records))
+    run = tmp_path / "run"
+    loop.train(_cfg((root, dataset[1]), run, "train.max_steps=1", "train.eval_steps=1", "train.eval_loss=false"))
+    (row,) = [r for r in _log(run) if r["kind"] == "eval"]
+    assert row["eval_reference_source"] == "label" and row["eval_references"] == {"label": 1, "pseudo_label": 2}
+    preds = {p["id"]: p for p in map(json.loads, (run / "logs" / "eval_predictions-1.jsonl").read_text().splitlines())}
+    assert preds["still_val"]["reference"] == "angry" and preds["still_val"]["reference_source"] == "label"
+    assert row["eval_war"] == float(preds["still_val"]["label"] == "angry")  # one clip: right or wrong
+    pseudo = [p for p in preds.values() if p["reference_source"] == "pseudo_label"]
+    assert row["eval_pseudo_label_war"] == pytest.approx(sum(p["label"] == p["reference"] for p in pseudo) / 2)
+    assert "eval_all_war" not in row  # pooled only with evaluate.combine_sources=true
 
 
 def test_eval_with_gradient_checkpointing_generates(dataset, tmp_path):
