@@ -8,8 +8,9 @@ is tokenized on its own (``add_special_tokens=False``) and BOS / the end token a
 the labels cover exactly each assistant answer plus the token that ends it; nothing is inferred by
 counting lengths (LLaVA's "tokenization mismatch").
 
-Registered: ``llama2`` (LLaMA-2-chat), ``mistral`` (Mistral-7B-Instruct v0.1/v0.2), ``llama3``
-(LLaMA-3-Instruct), ``chatml`` (Qwen2-style). See docs/templates.md to add one.
+Registered: ``llama2`` (LLaMA-2-chat), ``mistral`` (Mistral-7B-Instruct v0.1/v0.2), ``mistral_v3``
+(Mistral-7B-Instruct v0.3 and later ``[INST]`` layouts), ``llama3`` (LLaMA-3-Instruct), ``chatml``
+(Qwen2-style), ``smollm2`` (ChatML with SmolLM2's default system prompt). See docs/templates.md to add one.
 """
 
 from __future__ import annotations
@@ -44,14 +45,16 @@ class Template:
     - ``format_assistant``: the answer (in the loss), followed by the end token id (in the loss).
     - ``separator``: text after the end token, before the next turn (not in the loss; ``chatml``: ``"\\n"``).
     - ``format_system`` + ``system_placement``: ``"first_user"`` puts the formatted system text in
-      front of the first user message's content (inside ``format_user``); ``"turn"`` writes it as a
+      front of the first user message's content (inside ``format_user``); ``"last_user"`` in front of
+      the last user message's (Mistral v0.3, as ``mistral_common`` does); ``"turn"`` writes it as a
       turn of its own before the first user turn.
     - ``bos``: ``"once"`` (start of the conversation), ``"every_user_turn"`` (``llama2``: before each
       ``[INST]``), or ``"none"``. The id is ``tokenizer.bos_token_id``.
     - ``end_token``: the token that ends an answer; ``None`` = the tokenizer's EOS. It is appended
       after every answer and is always in the labels (LLaMA-Factory's ``efficient_eos`` concern:
       the model must learn to stop, so the end token is never left out of the loss).
-    - ``strip_content``: strip the (system-merged) user text and the answer, as the official template does.
+    - ``strip_content``: strip the (system-merged) user text and the answer, as the official template does;
+      ``strip_answer``: strip only the answer (Mistral v0.3's ``content|trim``).
     - ``bos_text`` / ``end_text``: how BOS / the end token are written when rendering without a tokenizer.
     - ``stop_words``: tokens at which generation stops (besides ``end_token``).
     """
@@ -62,12 +65,13 @@ class Template:
     assistant_prefix: str = ""
     separator: str = ""
     format_system: str = _CONTENT
-    system_placement: Literal["first_user", "turn"] = "turn"
+    system_placement: Literal["first_user", "last_user", "turn"] = "turn"
     strip_system: bool = False
     default_system: str | None = None
     bos: Literal["once", "every_user_turn", "none"] = "once"
     end_token: str | None = None
     strip_content: bool = False
+    strip_answer: bool = False
     bos_text: str | None = None
     end_text: str | None = None
     stop_words: tuple[str, ...] = ()
@@ -78,8 +82,8 @@ class Template:
             value = getattr(self, field)
             if value.count(_CONTENT) != 1:
                 raise EmollmError(f"template {self.name!r}: {field} must contain {_CONTENT} exactly once, got {value!r}")
-        if self.system_placement not in ("first_user", "turn"):
-            raise EmollmError(f"template {self.name!r}: system_placement must be 'first_user' or 'turn'")
+        if self.system_placement not in ("first_user", "last_user", "turn"):
+            raise EmollmError(f"template {self.name!r}: system_placement must be 'first_user', 'last_user' or 'turn'")
         if self.bos not in ("once", "every_user_turn", "none"):
             raise EmollmError(f"template {self.name!r}: bos must be 'once', 'every_user_turn' or 'none'")
 
@@ -180,6 +184,19 @@ register_template(
     end_text="</s>",
 )
 register_template(
+    "mistral_v3",
+    description="Mistral-7B-Instruct v0.3: <s>[INST] {user}[/INST] {answer}</s> (no space before [/INST], one "
+    "before the stripped answer); the system prompt goes in front of the LAST user message, then a blank line",
+    format_user="[INST] {content}[/INST]",
+    format_assistant=" {content}",
+    format_system="{content}\n\n",
+    system_placement="last_user",
+    bos="once",
+    strip_answer=True,
+    bos_text="<s>",
+    end_text="</s>",
+)
+register_template(
     "llama3",
     description="LLaMA-3-Instruct: header ids, each turn ends with <|eot_id|>",
     format_user="<|start_header_id|>user<|end_header_id|>\n\n{content}<|eot_id|>",
@@ -208,10 +225,37 @@ register_template(
     end_text="<|im_end|>",
     stop_words=("<|im_end|>", "<|endoftext|>"),
 )
+register_template(
+    "smollm2",
+    **{
+        **{k: v for k, v in dataclasses.asdict(get_template("chatml")).items() if k != "name"},
+        "description": "ChatML as SmolLM2-Instruct: chatml with SmolLM2's own default system prompt",
+        "default_system": "You are a helpful AI assistant named SmolLM, trained by Hugging Face",
+    },
+)
 
 
 # -- guessing the family ---------------------------------------------------------------------
-_HINT_SET = "set model.backbone.template to one of: " + ", ".join(["llama2", "mistral", "llama3", "chatml"])
+def _hint_set() -> str:
+    return "set model.backbone.template to one of: " + ", ".join(list_templates())
+
+
+# A string literal of the chat template that opens with "[/INST]" (v0.3: ``content + "[/INST]"``) or
+# holds " [/INST]" (v0.1/v0.2: ``content + ' [/INST]'``, also their 2024 revision ``' [INST] ' ... ' [/INST]'``).
+_INST_CLOSE_GLUED = re.compile(r"""["']\[/INST\]""")
+_INST_OPEN_SPACED = re.compile(r"""\[INST\] ["']""")
+
+
+def _guess_mistral(chat_template: str) -> str | None:
+    """``mistral`` (v0.1/v0.2) or ``mistral_v3``; None for a Mistral layout emollm does not register
+    (``[SYSTEM_PROMPT]`` of Mistral-Small-3, Nemo/tekken's ``"[INST]"`` glued to the content)."""
+    if "[SYSTEM_PROMPT]" in chat_template:
+        return None
+    if " [/INST]" in chat_template:
+        return "mistral"
+    if _INST_CLOSE_GLUED.search(chat_template) and _INST_OPEN_SPACED.search(chat_template):
+        return "mistral_v3"
+    return None
 
 
 def _guess_from_chat_template(chat_template: Any) -> str | None:
@@ -222,11 +266,11 @@ def _guess_from_chat_template(chat_template: Any) -> str | None:
     if "<|start_header_id|>" in chat_template:
         return "llama3"
     if "<|im_start|>" in chat_template:
-        return "chatml"
+        return "smollm2" if "named SmolLM" in chat_template else "chatml"
     if "<<SYS>>" in chat_template:
         return "llama2"
     if "[INST]" in chat_template:
-        return "mistral"
+        return _guess_mistral(chat_template)
     return None
 
 
@@ -248,8 +292,8 @@ def _guess_from_model_type(config: Any) -> str | None:
     text_config = get("text_config")
     if text_config is not None and model_type not in ("llama", "mistral", "qwen2"):
         return _guess_from_model_type(text_config)
-    if model_type in ("mistral", "mixtral"):
-        return "mistral"
+    if model_type in ("mistral", "mixtral"):  # v0.3 (and Mixtral-8x22B) grew the vocabulary to 32768
+        return "mistral_v3" if get("vocab_size") == 32768 else "mistral"
     if model_type in ("qwen2", "qwen2_moe", "qwen3"):
         return "chatml"
     if model_type == "llama":
@@ -268,17 +312,21 @@ def template_for(tokenizer_or_config: Any) -> Template:
     name = None
     what = type(obj).__name__
     if hasattr(obj, "convert_tokens_to_ids"):  # a tokenizer
-        name = _guess_from_chat_template(getattr(obj, "chat_template", None)) or _guess_from_vocab(obj)
-        if name is None:
+        chat_template = getattr(obj, "chat_template", None)
+        name = _guess_from_chat_template(chat_template) or _guess_from_vocab(obj)
+        if name is None and not (isinstance(chat_template, str) and "[INST]" in chat_template):
             path = str(getattr(obj, "name_or_path", "")).lower().replace("-", "").replace("_", "")
-            name = "mistral" if "mistral" in path else "llama2" if "llama2" in path else None
+            if "mistral" in path:
+                name = "mistral_v3" if re.search(r"v0\.?3", path) else "mistral"
+            elif "llama2" in path:
+                name = "llama2"
         what = f"tokenizer {getattr(obj, 'name_or_path', '') or what}"
     elif hasattr(obj, "model_type") or isinstance(obj, Mapping):
         name = _guess_from_model_type(obj)
         model_type = obj.get("model_type") if isinstance(obj, Mapping) else obj.model_type
         what = f"model config (model_type {model_type!r})"
     if name is None:
-        raise EmollmError(f"cannot tell which chat template fits the {what}", hint=_HINT_SET)
+        raise EmollmError(f"cannot tell which chat template fits the {what}", hint=_hint_set())
     log.debug("chat template guessed for %s: %s", what, name)
     return get_template(name)
 
@@ -290,7 +338,7 @@ def resolve_template(template: Template | str | None, tokenizer: Any = None) -> 
     if isinstance(template, str):
         return get_template(template)
     if tokenizer is None:
-        raise EmollmError("no chat template given and no tokenizer to guess it from", hint=_HINT_SET)
+        raise EmollmError("no chat template given and no tokenizer to guess it from", hint=_hint_set())
     return template_for(tokenizer)
 
 
@@ -351,10 +399,15 @@ def conversation_pieces(
     if system is not None and template.system_placement == "turn":
         text = system.strip() if template.strip_system else system
         pieces.append(Piece(template.format_system.replace(_CONTENT, text)))
+    system_turn = None  # index of the user turn that carries the system prompt
+    if system is not None and template.system_placement == "first_user":
+        system_turn = 0
+    elif system is not None and template.system_placement == "last_user":
+        system_turn = max(i for i, m in enumerate(turns) if m["role"] == "user")
     for i, message in enumerate(turns):
         content = message["content"]
         if message["role"] == "user":
-            if i == 0 and system is not None and template.system_placement == "first_user":
+            if i == system_turn:
                 content = template.format_system.replace(_CONTENT, system) + content
             if template.strip_content:
                 content = content.strip()
@@ -362,7 +415,7 @@ def conversation_pieces(
                 pieces.append(Piece(special="bos"))
             pieces.append(Piece(template.format_user.replace(_CONTENT, content)))
         else:
-            if template.strip_content:
+            if template.strip_content or template.strip_answer:
                 content = content.strip()
             if template.assistant_prefix:
                 pieces.append(Piece(template.assistant_prefix))

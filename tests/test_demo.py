@@ -97,7 +97,7 @@ def test_demo_on_the_real_models_trains_on_train_and_scores_the_held_out_clips(t
     stdout = capsys.readouterr().out
     assert "A REAL pretrained LLM (smollm2-135m-instruct" in stdout and "TINY" not in stdout
     facts = json.loads((out / "summary.json").read_text())["facts"]
-    assert facts["backbone"]["kind"] == "real:smollm2-135m-instruct" and facts["backbone"]["template"] == "chatml"
+    assert facts["backbone"]["kind"] == "real:smollm2-135m-instruct" and facts["backbone"]["template"] == "smollm2"
     assert facts["backbone"]["parameters"] > 130_000_000
     test_ids = sorted(k for k, s in LABELLED_SEGMENTS.items() if s.split == "test")
     assert facts["training"]["split"] == "train" and facts["training"]["steps"] == 4
