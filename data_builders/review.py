@@ -6,7 +6,7 @@
   cues voted for different labels (``cues_disagree``), or when its reasoning
   was filtered out (``reasoning_filtered:<reason>``). Already reviewed records are left out unless
   ``include_reviewed``. Written to ``OUT/review.csv`` and ``OUT/review.jsonl`` (same rows), and beside
-  them ``OUT/thumbs/<id>_peak.png`` (the peak frame, decoded with ``emollm.media.read_frames`` at the
+  them ``OUT/thumbs/<id>_peak.png`` (an id in a subfolder gets that subfolder under ``thumbs/``; the peak frame, decoded with ``emollm.media.read_frames`` at the
   record's peak index, longer side 320 px) and ``OUT/thumbs/<id>_aus.png`` (a bar chart of the AU
   intensities at the peak, in ``MERR_AUS`` order; present AUs in a darker colour). A clip whose peak
   frame cannot be decoded gets an empty ``thumbnail`` cell and a ``thumbnail_error``; the export goes on.
@@ -33,7 +33,7 @@ import json
 import os
 from collections.abc import Sequence
 from dataclasses import dataclass, field
-from pathlib import Path
+from pathlib import Path, PurePosixPath
 from typing import Any
 
 from data_builders.record import read_annotations
@@ -132,6 +132,22 @@ def _au_chart(rec: dict[str, Any], path: Path) -> None:
     plt.close(fig)
 
 
+def thumb_path(clip_id: str, suffix: str) -> str:
+    """``thumbs/<id><suffix>``, relative to the review folder, ``/``-separated: an id in a subfolder
+    (``sub/clip1``) gets the same subfolder under ``thumbs/``. Ids that would leave ``thumbs/`` (absolute,
+    ``..``) are refused (``ValueError``)."""
+    parts = PurePosixPath(clip_id).parts
+    if not clip_id or PurePosixPath(clip_id).is_absolute() or ".." in parts or "\\" in clip_id or "\x00" in clip_id:
+        raise ValueError(f"clip id {clip_id!r} cannot name a file under thumbs/")
+    return f"thumbs/{clip_id}{suffix}"
+
+
+def _prepared(out: Path, rel: str) -> Path:
+    path = out.joinpath(*PurePosixPath(rel).parts)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    return path
+
+
 @dataclass
 class ReviewExport:
     rows: list[dict[str, Any]]
@@ -160,13 +176,19 @@ def export_review(dataset_dir: str | os.PathLike[str], out_dir: str | os.PathLik
                "media": rec["media"]["path"], "thumbnail": "", "au_chart": "", "thumbnail_error": ""}  # fmt: skip
         if images:
             try:
-                _thumbnail(dataset_dir, rec, thumbs / f"{rec['id']}_peak.png")
-                row["thumbnail"] = f"thumbs/{rec['id']}_peak.png"
+                rel = thumb_path(rec["id"], "_peak.png")
+                _thumbnail(dataset_dir, rec, _prepared(out, rel))
+                row["thumbnail"] = rel
             except Exception as exc:  # noqa: BLE001 - a reviewer still gets the row; the reason is in the cell
                 row["thumbnail_error"] = f"{type(exc).__name__}: {getattr(exc, 'message', exc)}"
             if rec.get("aus_at_peak"):
-                _au_chart(rec, thumbs / f"{rec['id']}_aus.png")
-                row["au_chart"] = f"thumbs/{rec['id']}_aus.png"
+                try:
+                    rel = thumb_path(rec["id"], "_aus.png")
+                    _au_chart(rec, _prepared(out, rel))
+                    row["au_chart"] = rel
+                except Exception as exc:  # noqa: BLE001 - as above
+                    row["thumbnail_error"] = "; ".join(filter(None, [row["thumbnail_error"],
+                                                                     f"au_chart: {type(exc).__name__}: {exc}"]))  # fmt: skip
         rows.append(row)
     buf = io.StringIO()
     writer = csv.DictWriter(buf, fieldnames=CSV_COLUMNS)
@@ -272,7 +294,9 @@ def import_corrections(dataset_dir: str | os.PathLike[str], corrections: str | o
     rows = read_corrections(corrections)
     result.rows = len(rows)
     for n, row in enumerate(rows, 1):
-        cid = str(row.get("id") or "").strip()
+        cid = str(row.get("id") or "")
+        if cid not in by_id:  # ids may hold spaces: exact first, then without surrounding whitespace
+            cid = cid.strip()
         raw = str(row.get("label") or "").strip()
         err = None
         if "_invalid" in row:
@@ -315,4 +339,4 @@ def import_corrections(dataset_dir: str | os.PathLike[str], corrections: str | o
 
 
 __all__ = ["REVIEWS_FILE", "REVIEW_ERRORS_FILE", "ImportResult", "ReviewExport", "apply_reviews", "export_review",
-           "import_corrections", "read_corrections", "resplit", "review_reasons"]  # fmt: skip
+           "import_corrections", "read_corrections", "resplit", "review_reasons", "thumb_path"]  # fmt: skip

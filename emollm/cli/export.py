@@ -12,9 +12,10 @@ DESCRIPTION = """\
 Convert between an emollm dataset (DATASET_DIR/annotations.jsonl) and other formats (docs/builder.md, "Formats"),
 or export a trained run as one self-contained HF-format model directory (docs/model.md, "Export").
 
-  emollm export --to merr DATASET_DIR --out merr/          # merr/MERR.txt + merr/MERR.json
+  emollm export --to merr DATASET_DIR --out merr/          # merr/MERR_{coarse,fine}_grained.{txt,json}
   emollm export --to sharegpt DATASET_DIR --out lf/         # lf/emollm_emotion.json, emollm_reason.json, dataset_info.json
   emollm export --from merr MERR_DIR_OR_FILE --out DATASET_DIR [--media-dir video --media-ext .mp4]
+      [--peak-base 1]   MERR's peak_index is OpenFace's 1-based frame number (MER-Factory); 0 for 0-based files
   emollm export --model RUN_DIR --out DIR [--merge] [--no-encoders] [--metrics FILE] [--overwrite]
 
 --model copies the base model (or, with --merge, merges the LoRA adapter into it), the frozen
@@ -34,7 +35,11 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     group.add_argument("--model", metavar="RUN_DIR", default=None,
                        help="export this run dir (emollm train's output) as a self-contained model directory")
     parser.add_argument("--out", required=True, metavar="DIR", help="output folder")
-    parser.add_argument("--name", default="MERR", help="--to merr: base name of the .txt / .json files")
+    parser.add_argument("--name", default="MERR",
+                        help="--to merr: file prefix: NAME_coarse_grained.{txt,json} and NAME_fine_grained.{txt,json}")
+    parser.add_argument("--peak-base", type=int, choices=(0, 1), default=1,
+                        help="--to / --from merr: peak_index = emollm's 0-based frame index + this (1: OpenFace frame "
+                             "numbers, as MER-Factory writes them)")  # fmt: skip
     parser.add_argument("--relative-to", default=None, metavar="DIR",
                         help="--to sharegpt: write media paths relative to this folder (LLaMA-Factory media_dir); default absolute")  # fmt: skip
     parser.add_argument("--media-dir", default="video", help="--from merr: media path of a clip is MEDIA_DIR/<name><ext>")
@@ -64,8 +69,10 @@ def run(args: argparse.Namespace) -> int:
     if args.to == "merr":
         from data_builders.formats.merr import export_merr
 
-        res = export_merr(args.source, args.out, name=args.name)
-        print(f"wrote {res['txt']} ({res['lines']} lines) and {res['json']} ({res['entries']} entries)")
+        res = export_merr(args.source, args.out, name=args.name, peak_base=args.peak_base)
+        for kind in ("coarse", "fine"):
+            r = res[kind]
+            print(f"wrote {r['txt']} ({r['lines']} lines) and {r['json']} ({r['entries']} entries)")
     elif args.to == "sharegpt":
         from data_builders.formats.sharegpt import export_sharegpt
 
@@ -74,7 +81,8 @@ def run(args: argparse.Namespace) -> int:
     else:
         from data_builders.formats.merr import import_merr
 
-        res = import_merr(args.source, args.out, media_dir=args.media_dir, media_ext=args.media_ext, label_set=args.label_set)
+        res = import_merr(args.source, args.out, media_dir=args.media_dir, media_ext=args.media_ext,
+                          label_set=args.label_set, peak_base=args.peak_base)  # fmt: skip
         print(f"wrote {args.out}/annotations.jsonl ({res['records']} records from {res['txt_lines']} txt lines, "
               f"{res['json_entries']} json entries)")  # fmt: skip
     return 0

@@ -10,6 +10,8 @@ HELP = "review loop: export low-confidence / disputed samples (CSV, JSONL, PNGs)
 DESCRIPTION = """\
   emollm review export DATASET_DIR --out review/ [--threshold 0.5] [--all]
       -> review/review.csv, review/review.jsonl, review/thumbs/<id>_peak.png and <id>_aus.png
+         (an id in a subfolder, e.g. sub/clip1, gets review/thumbs/sub/clip1_peak.png; paths in the CSV are
+         relative to review/, '/'-separated)
   emollm review import DATASET_DIR review/review.csv [--reviewer NAME]
       columns id,label[,note][,reviewer] (CSV or JSONL). Valid rows are applied; unknown ids and labels
       outside the label set are listed per row (DATASET_DIR/review_errors.jsonl; exit status 2).

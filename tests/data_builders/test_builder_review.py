@@ -143,3 +143,55 @@ def test_review_cli(built, tmp_path, capsys) -> None:
     bad.write_text("clip,emotion\na,happy\n", encoding="utf-8")
     assert main(["--quiet", "review", "import", str(out), str(bad)]) == 2
     assert "needs the columns id,label" in capsys.readouterr().err
+
+
+@pytest.fixture(scope="module")
+def built_odd_ids(sample_dir, tmp_path_factory) -> Path:
+    """Clips in a subfolder and with spaces / unicode in their names (ids the builder accepts)."""
+    root = tmp_path_factory.mktemp("review_ids")
+    clips = root / "clips"
+    (clips / "sub").mkdir(parents=True)
+    shutil.copy(sample_dir / "single_face.mp4", clips / "sub" / "clip1.mp4")
+    shutil.copy(sample_dir / "single_face.mp4", clips / "sub" / "été à Zürich 1.mp4")
+    out = root / "ds"
+    build(config.load(None, ["build.au_fps=1", "build.tone=none"]), clips, out)
+    return out
+
+
+def test_review_export_import_with_subfolder_and_unicode_ids(built_odd_ids, tmp_path) -> None:
+    src = built_odd_ids
+    out = tmp_path / "ds"
+    shutil.copytree(src, out)
+    recs = _records(out)
+    assert set(recs) == {"sub/clip1", "sub/été à Zürich 1"}
+    # export from the built dataset (its media paths are relative to it), import into the copy
+    assert main(["--quiet", "review", "export", str(src), "--out", str(tmp_path / "rv"), "--threshold", "1.01"]) == 0
+    rows = list(csv.DictReader((tmp_path / "rv" / "review.csv").open(encoding="utf-8", newline="")))
+    assert sorted(r["id"] for r in rows) == sorted(recs)
+    for row in rows:
+        assert row["thumbnail"] == f"thumbs/{row['id']}_peak.png" and not row["thumbnail_error"]
+        with Image.open(tmp_path / "rv" / row["thumbnail"]) as im:
+            assert max(im.size) == 320
+        assert row["au_chart"] == f"thumbs/{row['id']}_aus.png" and (tmp_path / "rv" / row["au_chart"]).is_file()
+    assert (tmp_path / "rv" / "thumbs" / "sub" / "été à Zürich 1_peak.png").is_file()
+    assert [r["id"] for r in _jsonl(tmp_path / "rv" / "review.jsonl")] == [r["id"] for r in rows]
+    # edit the exported CSV itself and import it: the ids (spaces, unicode, subfolder) match their records
+    for row in rows:
+        row["label"] = "surprise"
+    with (tmp_path / "edited.csv").open("w", encoding="utf-8", newline="") as fh:
+        w = csv.DictWriter(fh, fieldnames=list(rows[0]))
+        w.writeheader()
+        w.writerows(rows)
+    res = import_corrections(out, tmp_path / "edited.csv", reviewer="ann")
+    assert sorted(res.applied) == sorted(recs) and not res.errors
+    for rec in _records(out).values():
+        assert rec["label"] == "surprise" and rec["review"]["by"] == "ann"
+
+
+def test_thumb_path_refuses_ids_leaving_the_folder() -> None:
+    from data_builders.review import thumb_path
+
+    assert thumb_path("sub/a b", "_peak.png") == "thumbs/sub/a b_peak.png"
+    for bad in ("../x", "/abs", "a/../../x", ""):
+        with pytest.raises(ValueError):
+            thumb_path(bad, "_peak.png")
