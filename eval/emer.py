@@ -1,6 +1,7 @@
 """EMER reasoning scores: clue overlap and label overlap (1-10) with the two-step judge protocol.
 
-Step 1: for the ground-truth reasoning and for the prediction, the judge summarises the emotion clues
+Prompts exist in English (``prompts/judge/``) and Chinese (``prompts/judge/zh/``), chosen by
+``evaluate.language`` (``auto``: the texts' language). Step 1: for the ground-truth reasoning and for the prediction, the judge summarises the emotion clues
 (``prompts/judge/clue_summary.txt``) and extracts the emotion words (``emotion_words.txt``). Step 2: it
 rates the overlap of the two clue summaries (``clue_score.txt``) and of the two word lists
 (``label_score.txt``) from 1 to 10. A step-1 reply must be non-empty and a step-2 reply must hold a score
@@ -24,14 +25,16 @@ from emollm.resources import prompts_dir
 from eval.judges import Judge
 
 PROMPTS = ("clue_summary", "emotion_words", "clue_score", "label_score")
+LANGUAGES = {"en": ".", "zh": "zh"}  # the prompts' folder under prompts/judge/, per language
 SCORES = ("clue_overlap", "label_overlap")
 
-_SCORE = re.compile(r"score\s*(?:is|:|=)?\s*\**\s*(\d+(?:\.\d+)?)\s*(?:/\s*10)?", re.IGNORECASE)
+_SCORE = re.compile(r"(?:score|分数|得分|评分|分數|評分)\s*(?:is|:|：|=|为|是|為)?\s*\**\s*(\d+(?:\.\d+)?)\s*(?:/\s*10|分)?",
+                    re.IGNORECASE)
 _BARE = re.compile(r"^\W*(\d+(?:\.\d+)?)\s*(?:/\s*10)?\W*$")
 
 
 def parse_score(reply: str | None, low: float = 1.0, high: float = 10.0) -> float | None:
-    """The score in a reply (``Score: 7``, ``score is 7/10``, or a bare ``7``) if it lies in [low, high].
+    """The score in a reply (``Score: 7``, ``score is 7/10``, ``分数：7``, or a bare ``7``) if it lies in [low, high].
 
     Several different scores, no score, or a score out of range give None (never a guess).
     """
@@ -51,8 +54,12 @@ def _nonempty(reply: str) -> str | None:
     return reply.strip() or None
 
 
-def load_prompts(folder: str | Path | None = None) -> dict[str, str]:
-    folder = Path(folder) if folder else prompts_dir() / "judge"
+def load_prompts(folder: str | Path | None = None, language: str = "en") -> dict[str, str]:
+    """The judge prompts of ``language`` (``en``: ``prompts/judge/*.txt``, ``zh``: ``prompts/judge/zh/``),
+    or of ``folder``."""
+    if language not in LANGUAGES:
+        raise JudgeError(f"no judge prompts for language '{language}'", hint=f"one of {', '.join(LANGUAGES)}")
+    folder = Path(folder) if folder else prompts_dir() / "judge" / LANGUAGES[language]
     out = {}
     for name in PROMPTS:
         path = folder / f"{name}.txt"

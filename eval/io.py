@@ -8,10 +8,14 @@ holding ``annotations.jsonl``, or that file; ``split=`` keeps the records of one
 Emotion-LLaMA's files are read as-is: the EMER CSV its ``eval_emotion_EMER.py`` writes (columns
 ``names``, ``chi_reasons``) as predictions, and the result summary its ``eval_emotion.py`` prints
 (``Accuracy:`` / ``Precision:`` / ``Recall:`` / ``F1 Score:`` + the confusion matrix) as a run for
-``--compare`` (:func:`read_emotion_llama_result`). Other column aliases: ``name`` / ``video_name`` for
-the id, ``answer`` / ``pred`` / ``output`` for the text, ``gt`` / ``emotion`` for the reference label,
-``reason`` / ``gt_reason`` / ``english`` for the reference reasoning. A predictions file that also holds
-reference fields (``gt``...) serves as its own references when none are given.
+``--compare`` (:func:`read_emotion_llama_result`). AffectGPT's EMER files too: v1 ``gt-eng.csv`` /
+``gt-chi.csv`` (``names``, ``emotions``, ``subtitles``, ``reasons``) and v2 ``final-EMER-reason.csv``
+(``names`` or ``name``, ``chinese``, ``english``: the column of the scored language is taken,
+:func:`read_references` ``language``). Other column aliases: ``name`` / ``video_name`` for the id,
+``answer`` / ``pred`` / ``output`` / ``reasons`` for the text, ``gt`` / ``emotion`` / ``emotions`` for the
+reference label, ``reason`` / ``reasons`` / ``gt_reason`` for the reference reasoning. A predictions file
+that also holds reference fields (``gt``...) serves as its own references when none are given. A file
+none of whose columns is known fails naming the columns it has.
 
 A reference label says where it comes from in ``gt_source`` (``label``: a person's; ``pseudo_label``: the
 dataset builder's); without it, it is taken as a person's. A built dataset's record gives both its
@@ -32,14 +36,21 @@ from emollm.errors import EvaluationInputError
 from eval.references import source_of
 
 ID_KEYS = ("id", "clip_id", "sample_id", "name", "names", "video_name", "video", "clip")
-TEXT_KEYS = ("text", "answer", "prediction", "pred", "output", "response", "generated", "chi_reasons")
+TEXT_KEYS = ("text", "answer", "prediction", "pred", "output", "response", "generated", "chi_reasons", "reasons",
+             "eng_reasons")
 PRED_LABEL_KEYS = ("label", "pred_label", "predicted_label")
-REF_LABEL_KEYS = ("label", "gt", "gt_label", "ground_truth", "true_label", "emotion")
+REF_LABEL_KEYS = ("label", "gt", "gt_label", "ground_truth", "true_label", "emotion", "emotions")
 REF_LABEL_KEYS_IN_PREDICTIONS = ("gt", "gt_label", "ground_truth", "true_label")
 REF_SOURCE_KEYS = ("gt_source", "label_source", "reference_source")  # label | pseudo_label (none: a person's label)
-REASONING_KEYS = ("reasoning", "reason", "gt_reason", "description", "english")
+REASONING_KEYS = ("reasoning", "reason", "reasons", "gt_reason", "description")
+# reasoning columns per language (AffectGPT's final-EMER-reason.csv has both): the scored language's first
+REASONING_KEYS_BY_LANGUAGE = {"en": ("english", "eng_reasons", "chinese", "chi_reasons"),
+                              "zh": ("chinese", "chi_reasons", "english", "eng_reasons")}
 PRED_SCORE_KEYS = ("score", "pred_score", "predicted_score")  # regression (sentiment on [-3, 3], ...)
 REF_SCORE_KEYS = ("score", "gt_score", "sentiment", "sentiment_score")
+
+
+ALIASES_HINT = "the column names read are listed in docs/evaluate.md (Inputs); rename the columns to one of them"
 
 
 @dataclass
@@ -113,12 +124,19 @@ def _get(row: dict, keys: Iterable[str]) -> str | None:
     return None
 
 
+def columns(rows: list[dict]) -> str:
+    """The columns a file has, for error messages."""
+    seen = list(dict.fromkeys(str(k) for row in rows[:50] for k in row))
+    return ", ".join(seen[:20]) + (" ..." if len(seen) > 20 else "") if seen else "none"
+
+
 def _ids(rows: list[dict], path: str | Path) -> list[str]:
     ids = []
     for n, row in enumerate(rows, 1):
         value = _get(row, ID_KEYS)
         if value is None or not value.strip():
-            raise EvaluationInputError(f"{path}: record {n} has no id (one of: {', '.join(ID_KEYS)})")
+            raise EvaluationInputError(f"{path}: record {n} has no id (one of: {', '.join(ID_KEYS)}); "
+                                       f"columns seen: {columns(rows)}", hint=ALIASES_HINT)
         ids.append(value.strip())
     dup = sorted(i for i, c in Counter(ids).items() if c > 1)
     if dup:
@@ -148,17 +166,28 @@ def read_predictions(path: str | Path, fold: str | None = None) -> list[Predicti
         score = _score(row, PRED_SCORE_KEYS, path, id_)
         if (text is None and label is None and score is None
                 and not any(k in row for k in (*TEXT_KEYS, *PRED_LABEL_KEYS))):
-            raise EvaluationInputError(f"{path}: prediction '{id_}' has neither 'text' nor 'label' nor 'score'")
+            raise EvaluationInputError(
+                f"{path}: prediction '{id_}' has neither a text ({', '.join(TEXT_KEYS)}) nor a label "
+                f"({', '.join(PRED_LABEL_KEYS)}) nor a score; columns seen: {columns(rows)}", hint=ALIASES_HINT)
         row_fold = _get(row, ("fold",))
         out.append(Prediction(id_, text, label, fold if fold is not None else row_fold, score))
     return out
 
 
 def read_references(path: str | Path, *, from_predictions: bool = False, split: str | None = None,
-                    score_field: str | None = None) -> list[Reference]:
+                    score_field: str | None = None, language: str | None = None) -> list[Reference]:
     """References by id. ``split``: only rows whose ``split`` field is that (a built dataset's records);
-    ``score_field``: the field holding a regression reference (default: ``REF_SCORE_KEYS``)."""
+    ``score_field``: the field holding a regression reference (default: ``REF_SCORE_KEYS``); ``language``
+    (``en`` | ``zh``; None: English first): which of a file's per-language reasoning columns is read."""
     rows = read_records(path)
+    reasoning_keys = REASONING_KEYS + REASONING_KEYS_BY_LANGUAGE.get(language or "en", REASONING_KEYS_BY_LANGUAGE["en"])
+    if not from_predictions and rows:
+        known = {*REF_LABEL_KEYS, *reasoning_keys, *REF_SCORE_KEYS, *((score_field,) if score_field else ())}
+        if not any(k in row for row in rows for k in known):
+            raise EvaluationInputError(
+                f"{path}: no reference column: none of label ({', '.join(REF_LABEL_KEYS)}), reasoning "
+                f"({', '.join(reasoning_keys)}) or score ({', '.join(REF_SCORE_KEYS)}); columns seen: {columns(rows)}",
+                hint=ALIASES_HINT)
     if split is not None:
         kept = [row for row in rows if str(row.get("split")) == split]
         if not kept:
@@ -169,7 +198,7 @@ def read_references(path: str | Path, *, from_predictions: bool = False, split: 
     label_keys = REF_LABEL_KEYS_IN_PREDICTIONS if from_predictions else REF_LABEL_KEYS
     score_keys = (score_field,) if score_field else (("gt_score",) if from_predictions else REF_SCORE_KEYS)
     refs = [
-        Reference(id_, _get(row, label_keys), _get(row, REASONING_KEYS) if not from_predictions
+        Reference(id_, _get(row, label_keys), _get(row, reasoning_keys) if not from_predictions
                   else _get(row, ("gt_reason", "reference_reasoning")), _get(row, ("fold",)),
                   _score(row, score_keys, path, id_),
                   source_of(_get(row, REF_SOURCE_KEYS), f"{path}: '{id_}': "),

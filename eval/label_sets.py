@@ -30,7 +30,9 @@ import yaml
 from emollm.errors import ConfigError
 
 DATA_DIR = Path(__file__).resolve().parent / "label_sets"
-NOT_SETS = frozenset({"synonyms"})  # YAML files beside the sets that are no set
+NOT_SETS = frozenset({"synonyms", "synonyms_zh"})  # YAML files beside the sets that are no set
+# the emotion-word tables, one per language; every table maps onto the same canonical emotions
+SYNONYM_FILES = {"en": "synonyms.yaml", "zh": "synonyms_zh.yaml"}
 FILE_FORMAT = ("a label set file holds `labels: [a, b, ...]` (optional `name:`, `synonyms: {label: [words]}`, "
                "`outside: [words]`)")
 
@@ -49,9 +51,18 @@ def _tables() -> tuple[dict[str, str], dict[str, str]]:
     A plain entry ``happy: [joy, glad, ...]`` names a canonical emotion; a mapping entry
     ``excited: {within: happy, words: [...]}`` names a finer emotion whose words also mean the
     canonical one (``within``; none: the finer emotion is canonical itself)."""
-    data = yaml.safe_load((DATA_DIR / "synonyms.yaml").read_text(encoding="utf-8"))
     coarse: dict[str, str] = {}
     fine: dict[str, str] = {}
+    for language, file in SYNONYM_FILES.items():
+        _read_table(yaml.safe_load((DATA_DIR / file).read_text(encoding="utf-8")), coarse, fine, language)
+    return coarse, fine
+
+
+def _read_table(data: dict, coarse: dict[str, str], fine: dict[str, str], language: str) -> None:
+    if language != "en":
+        unknown = sorted(str(e) for e in data if str(e).strip().lower() not in coarse and str(e).strip().lower() not in fine)
+        if unknown:  # another language's table names the same emotions as the English one, never new ones
+            raise ValueError(f"{SYNONYM_FILES[language]}: emotion(s) {', '.join(unknown)} not in synonyms.yaml")
     for emotion, entry in data.items():
         emotion = str(emotion).strip().lower()
         if isinstance(entry, dict):
@@ -62,11 +73,11 @@ def _tables() -> tuple[dict[str, str], dict[str, str]]:
         else:
             for word in [emotion, *entry]:
                 _add(coarse, word, emotion)
-    return coarse, fine
 
 
 def synonyms() -> dict[str, str]:
-    """word -> canonical emotion (finer emotions read as the canonical one they sit under)."""
+    """word -> canonical emotion (finer emotions read as the canonical one they sit under), every
+    language's table (``synonyms.yaml``: English, ``synonyms_zh.yaml``: Chinese) together."""
     return _tables()[0]
 
 
@@ -103,6 +114,11 @@ class LabelSet:
         table |= dict(self.words)
         table |= {label: label for label in self.labels}
         return table
+
+    @property
+    def lookup(self) -> dict[str, str]:
+        """word (any language's table, the set's own synonyms, its labels) -> this set's label."""
+        return self._lookup
 
     @property
     def by_canonical(self) -> dict[str, str]:

@@ -3,35 +3,32 @@
 - :func:`emotion_word_set_metrics` (AffectGPT-style set metrics): the emotion words of the reference
   and the predicted reasoning, each mapped to its canonical emotion through ``synonyms.yaml``; per sample
   set precision / recall / F1, averaged; *hit rate* = share of samples whose predicted set meets the
-  reference set. Samples whose reference names no emotion word are skipped and counted.
+  reference set. Samples whose reference names no emotion word are skipped and counted. English and
+  Chinese are read alike (``synonyms_zh.yaml``; Chinese matched longest-entry-first, no word boundaries);
+  a negated emotion ("not happy", 没有生气, 并不开心) is not counted (eval/parsing.py).
 - :func:`embedding_similarity`: cosine similarity of mean-pooled hidden states of a local
   sentence-embedding model (transformers ``AutoModel`` by path), averaged.
 """
 
 from __future__ import annotations
 
-import re
 from collections.abc import Sequence
 from pathlib import Path
 
 import numpy as np
 
 from emollm.errors import EvaluationInputError
-from eval.label_sets import synonyms
+from eval.parsing import language_counts, mentions
 
-_WORD = re.compile(r"[a-z]+(?:[-'][a-z]+)*")
 PROXY_NOTE = "proxy metric (offline approximation), not an EMER judge score"
 
 
 def emotion_words(text: str | None) -> set[str]:
-    """Canonical emotions named in ``text`` (single words and two-word phrases of the synonym table)."""
+    """Canonical emotions ``text`` asserts (words and two-word phrases of the synonym tables, any
+    language; negated ones left out)."""
     if not text:
         return set()
-    table = synonyms()
-    words = _WORD.findall(text.lower())
-    found = {table[w] for w in words if w in table}
-    found |= {table[f"{a} {b}"] for a, b in zip(words, words[1:], strict=False) if f"{a} {b}" in table}
-    return found
+    return {m.value for m in mentions(text) if not m.negated}
 
 
 def emotion_word_set_metrics(references: Sequence[str | None], predictions: Sequence[str | None]) -> dict:
@@ -54,6 +51,7 @@ def emotion_word_set_metrics(references: Sequence[str | None], predictions: Sequ
         return float(np.mean(xs)) if xs else None
 
     return {"kind": "proxy", "note": PROXY_NOTE, "n": n, "skipped_no_reference_emotion": skipped,
+            "languages": {"references": language_counts(references), "predictions": language_counts(predictions)},
             "precision": mean(p_list), "recall": mean(r_list), "f1": mean(f_list),
             "hit_rate": hits / n if n else None}
 

@@ -13,6 +13,7 @@ from emollm import config as cfglib
 from eval import references
 from eval.classification import HEADLINE, fmt_pct
 
+LANGUAGE_NAMES = {"en": "English", "zh": "Chinese"}
 NAMES = {"war": "WAR (accuracy)", "uar": "UAR", "waf": "WAF (weighted F1)", "macro_f1": "macro F1"}
 REGRESSION_NAMES = {"acc2_nonzero": "Acc-2 (non-zero) %", "f1_nonzero": "F1 (non-zero) %", "acc2": "Acc-2 (>= 0) %",
                     "f1": "F1 (>= 0) %", "acc7": "Acc-7 %", "mae": "MAE", "corr": "Corr"}
@@ -97,6 +98,12 @@ def render_markdown(m: dict) -> str:
     if c["missing_predictions"] or c["extra_predictions"]:
         out += [f"**Missing ids** (--allow-missing): {c['missing_predictions']} reference id(s) without prediction, "
                 f"{c['extra_predictions']} prediction id(s) without reference; not scored.", ""]
+    lang = m.get("language")
+    if lang:
+        out += [f"Language scored: **{LANGUAGE_NAMES.get(lang['scored'], lang['scored'])}** (evaluate.language="
+                f"{lang['setting']}); predictions by language: {lang.get('predictions') or 'none'}"
+                + (f"; reference reasoning by language: {lang['reference_reasoning']}"
+                   if lang.get("reference_reasoning") else "") + ".", ""]
     refs = m.get("references")
     if refs:
         out += [f"**References: {refs['scored_against']}** (evaluate.reference_source={refs['policy']})"
@@ -123,8 +130,11 @@ def render_markdown(m: dict) -> str:
                                             for k in REGRESSION_NAMES]) + [""]
     r = m.get("reasoning")
     if r:
-        out += ["## Reasoning", "", f"{r['n']} sample(s) with reference reasoning; "
+        out += ["## Reasoning", "", f"{r['n']} sample(s) with reference reasoning, scored in "
+                f"{LANGUAGE_NAMES.get(r.get('language', 'en'), r.get('language'))}; "
                 f"{r['empty_predictions']} empty prediction(s).", ""]
+        if r.get("warning"):
+            out += [f"**Warning:** {r['warning']}.", ""]
         if "emer" in r:
             e = r["emer"]
             out += [f"### EMER (judge: {e['backend']} `{e['model']}`, scores 1-10)", ""] + _table(

@@ -54,12 +54,15 @@ def evaluate_run(cfg: cfglib.EmollmConfig, predictions: list[str | os.PathLike],
     names = _fold_names([str(p) for p in predictions])
     for path, name in zip(predictions, names, strict=True):
         preds += io.read_predictions(path, fold=name if len(predictions) > 1 else None)
+    # the language scored: as configured, else the predictions' (their texts), else decided by the references
+    pred_language = parsing.dominant_language(p.text for p in preds)
+    language = ecfg.language if ecfg.language != "auto" else pred_language
     if references_path is None:
         if len(predictions) > 1:
             raise EvaluationInputError("several prediction files need --references")
         refs = io.read_references(predictions[0], from_predictions=True, score_field=ecfg.score_field)
     else:
-        refs = io.read_references(references_path, split=ecfg.split, score_field=ecfg.score_field)
+        refs = io.read_references(references_path, split=ecfg.split, score_field=ecfg.score_field, language=language)
     paired = io.pair(preds, refs, allow_missing=ecfg.allow_missing)
     if paired.missing_predictions or paired.extra_predictions:
         log.warning("scoring %d common id(s); %d reference id(s) without prediction, %d prediction id(s) "
@@ -86,6 +89,7 @@ def evaluate_run(cfg: cfglib.EmollmConfig, predictions: list[str | os.PathLike],
             parsed = parsing.normalize_given_label(pred.label, label_set, fallback)
         else:
             parsed = parsing.parse_label(pred.text, label_set, ecfg.parse, fallback)
+            row["from_text"] = True
         row.update(predicted=parsed.label, valid=parsed.valid, invalid_reason=parsed.reason)
         samples.append(row)
     if bad_refs:
@@ -93,6 +97,15 @@ def evaluate_run(cfg: cfglib.EmollmConfig, predictions: list[str | os.PathLike],
             f"{len(bad_refs)} reference label(s) outside the '{label_set.name}' set: {', '.join(bad_refs[:5])}",
             hint=f"labels of the set: {', '.join(label_set.labels)}; choose the set with evaluate.label_set")
     scored = [s for s in samples if s.get("reference")]
+    parsed_texts = [s for s in scored if s.get("from_text")]
+    if parsed_texts and not any(s["valid"] for s in parsed_texts):
+        raise EvaluationInputError(
+            f"no label found in any of the {len(parsed_texts)} answer(s) with a reference label "
+            f"(evaluate.parse={ecfg.parse}, label set '{label_set.name}', answers' language: "
+            f"{pred_language or 'none detected'})",
+            hint="the answers must name an emotion of the set (English or Chinese, synonyms count with "
+                 "evaluate.parse=reasoning|synonym); last_word / first_mention / emotion_llama need the exact "
+                 f"label ({', '.join(label_set.labels)}); check evaluate.label_set and the predictions' text column")
     grouped = references.groups([s["reference_source"] for s in scored], ecfg.combine_sources)
     counts = {s: len(idx) for s, idx in grouped.items() if s != references.ALL}
     result: dict[str, Any] = {
@@ -104,6 +117,8 @@ def evaluate_run(cfg: cfglib.EmollmConfig, predictions: list[str | os.PathLike],
                    "extra_predictions": len(paired.extra_predictions),
                    "missing_prediction_ids": paired.missing_predictions[:20],
                    "extra_prediction_ids": paired.extra_predictions[:20]},
+        "language": {"setting": ecfg.language, "scored": language or "en",
+                     "predictions": parsing.language_counts(p.text for p in preds if p.text is not None)},
         "references": {"scored_against": references.describe(counts, combined=references.ALL in grouped),
                        "policy": policy, "counts": counts, "headline": references.headline(grouped),
                        "groups": list(grouped), "combined": references.ALL in grouped,
@@ -144,16 +159,38 @@ def evaluate_run(cfg: cfglib.EmollmConfig, predictions: list[str | os.PathLike],
     reasoning = [(p, r) for p, r in paired.pairs if has_text and r.reasoning and r.reasoning.strip()]
     if reasoning:
         empty = [p.id for p, _ in reasoning if not (p.text and p.text.strip())]
-        result["reasoning"] = {"n": len(reasoning), "empty_predictions": len(empty), "empty_prediction_ids": empty[:20]}
         refs_text = [r.reasoning for _, r in reasoning]
         pred_text = [p.text or "" for p, _ in reasoning]
+        if ecfg.language == "auto":  # the references' language when the predictions did not say
+            language = language or parsing.dominant_language(refs_text) or "en"
+            result["language"]["scored"] = language
+        result["language"]["reference_reasoning"] = parsing.language_counts(refs_text)
+        result["reasoning"] = {"n": len(reasoning), "language": language or "en", "empty_predictions": len(empty),
+                               "empty_prediction_ids": empty[:20]}
+        if len(empty) == len(reasoning):
+            raise EvaluationInputError(
+                f"no reasoning to score: all {len(reasoning)} prediction(s) paired with a reference reasoning "
+                "have an empty text", hint="the predictions' reasoning is read from one of the columns "
+                f"{', '.join(io.TEXT_KEYS)}; check the file has the model's answers in one of them")
         if ecfg.proxies:
             result["reasoning"]["proxy_emotion_word_set"] = proxies.emotion_word_set_metrics(refs_text, pred_text)
         if ecfg.embedding_model:
             result["reasoning"]["proxy_embedding_similarity"] = proxies.embedding_similarity(
                 refs_text, pred_text, ecfg.embedding_model)
         if ecfg.judge.backend != "none":
-            result["reasoning"]["emer"] = _run_judge(cfg, reasoning, Path(out_dir))
+            result["reasoning"]["emer"] = _run_judge(cfg, reasoning, Path(out_dir), language or "en")
+        ws = result["reasoning"].get("proxy_emotion_word_set")
+        if ws is not None and ws["n"] == 0 and ecfg.judge.backend == "none" and not ecfg.embedding_model:
+            msg = (f"no reasoning scored: none of the {len(reasoning)} reference reasoning text(s) names an emotion "
+                   f"word of the tables (languages {result['language']['reference_reasoning']}), and no judge "
+                   "or embedding model is set")
+            hint = ("emotion words are read in English and Chinese (eval/label_sets/synonyms.yaml, synonyms_zh.yaml); "
+                    "check the references' reasoning column (docs/evaluate.md, Inputs), or score with a judge: "
+                    "evaluate.judge.backend=openai|hf")
+            if not any(k in result for k in ("classification", "regression")):
+                raise EvaluationInputError(msg, hint=hint)
+            log.warning("%s (%s)", msg, hint)
+            result["reasoning"]["warning"] = msg
     if not any(k in result for k in ("classification", "regression", "reasoning")):
         raise EvaluationInputError(
             f"nothing to score: {len(paired.pairs)} paired prediction(s), none with a reference label "
@@ -194,7 +231,7 @@ def _score_labels(scored: list[dict[str, Any]], label_set: Any, ecfg: Any, fallb
     return out
 
 
-def _run_judge(cfg: cfglib.EmollmConfig, reasoning: list, out_dir: Path) -> dict:
+def _run_judge(cfg: cfglib.EmollmConfig, reasoning: list, out_dir: Path, language: str = "en") -> dict:
     from eval import emer, judges
 
     jcfg = cfg.evaluate.judge
@@ -205,7 +242,8 @@ def _run_judge(cfg: cfglib.EmollmConfig, reasoning: list, out_dir: Path) -> dict
     items = [(p.id, r.reasoning, p.text) for p, r in reasoning if p.text and p.text.strip()]
     empty = [p.id for p, r in reasoning if not (p.text and p.text.strip())]
     log.info("EMER judge: %d sample(s) with %s '%s'", len(items), backend.kind, backend.model)
-    out = emer.emer_scores(judge, items, concurrency=jcfg.concurrency)
+    out = emer.emer_scores(judge, items, concurrency=jcfg.concurrency, prompts=emer.load_prompts(language=language))
+    out["language"] = language
     for name in emer.SCORES:  # an empty prediction is an invalid score, not a guessed one
         out[name]["invalid"] += len(empty)
     out["n"] += len(empty)

@@ -41,6 +41,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--out", metavar="DIR", default=None, help="output folder (default: run.output_dir)")
     parser.add_argument("--label-set", default=None, metavar="NAME|FILE.yaml",
                         help="shortcut for evaluate.label_set: a shipped set or a label-set YAML file")
+    parser.add_argument("--language", choices=("auto", "en", "zh"), default=None,
+                        help="shortcut for evaluate.language: the texts' language (judge prompts, reasoning column; "
+                             "auto: detected)")
     parser.add_argument("--allow-missing", action="store_true",
                         help="score the common ids when some are on one side only (counted in the report)")
     parser.add_argument("--no-plots", action="store_true", help="skip the PNG plots")
@@ -63,6 +66,8 @@ def run(args: argparse.Namespace) -> int:
         overrides.append(f"evaluate.label_set={args.label_set}")
     if args.allow_missing:
         overrides.append("evaluate.allow_missing=true")
+    if getattr(args, "language", None):
+        overrides.append(f"evaluate.language={args.language}")
     cfg = cfglib.load(args.config, overrides)
     out = Path(args.out or cfg.run.output_dir)
     m = runner.evaluate_run(cfg, args.predictions, args.references, out, plots=not args.no_plots)

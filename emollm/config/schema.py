@@ -443,7 +443,12 @@ class JudgeConfig:
 @dataclass
 class EvaluateConfig:
     label_set: LabelSetName | None = None  # a shipped set's name or a YAML path; None: data.label_set
-    parse: Literal["last_word", "first_mention", "synonym", "emotion_llama"] = "last_word"
+    # free text -> label (eval/parsing.py): reasoning (negation-aware, the concluding clause preferred;
+    # English and Chinese) | last_word | first_mention | synonym | emotion_llama (their verbatim rule)
+    parse: Literal["reasoning", "last_word", "first_mention", "synonym", "emotion_llama"] = "reasoning"
+    # language of the texts scored: auto (detected from the texts) | en | zh; picks the judge prompts and,
+    # in a references file with both (AffectGPT's final-EMER-reason.csv), the reasoning column
+    language: Literal["auto", "en", "zh"] = "auto"
     fallback_label: str | None = "neutral"  # unparsable answers; null counts them as wrong
     folds: int = 1
     allow_missing: bool = False  # ids on one side only: counted in the report instead of an error
