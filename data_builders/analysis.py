@@ -99,6 +99,37 @@ def sample_indices(info, build) -> tuple[list[int], list[str]]:  # noqa: ANN001 
     return [i for i in indices if i < total] or [0], flags
 
 
+def _track_main_face(out: ClipAnalysis, cfg: Any, indices: list[int]) -> None:
+    """``out.track`` and ``out.landmarks``: the main face over the AU frames, then at the encoders'
+    extra frames (``encoder_frames=True``).
+
+    The track runs over the AU frames alone, exactly as a build without encoder frames sees the clip
+    (keyframe tracking depends on which frames it is given), so ``emollm build``, ``features`` and
+    ``infer`` of one clip measure the same landmarks, AUs and peak. An extra frame takes the main face
+    found near its box at the AU frame closest in time (none there: no face at that frame either)."""
+    from emollm.media.faces import find_near, track_faces
+
+    face = cfg.media.face
+    detector = _detector(cfg, out.still)
+    au = out.au_positions
+    extra = [p for p in range(len(out.frames.indices)) if p not in set(au)]
+    # a video's main face must be seen in 2 sampled frames: one stray detection is no speaker
+    out.track = track_faces(out.frames if not extra else out.frames.array[au], detector,
+                            iou_threshold=face.iou_threshold, max_gap=face.max_gap, bridge=face.bridge,
+                            min_frames=2 if len(indices) >= 5 else 1, keyframe_every=face.keyframe_every)  # fmt: skip
+    for k, lm in enumerate(out.track.landmarks):
+        if lm is not None:
+            out.landmarks[au[k]] = lm
+    times = np.asarray([out.frames.indices[p] for p in au])
+    for pos in extra:
+        box = out.track.boxes[int(np.argmin(np.abs(times - out.frames.indices[pos])))]
+        found = find_near(out.frames.array[pos], box, detector) if box is not None else None
+        if found is not None:
+            out.landmarks[pos] = found.landmarks
+    if out.track.num_tracks > 1 or any(len(d) > 1 for d in out.track.detections):
+        out.flags.append("multiple_faces")
+
+
 def _detector(cfg, still: bool):  # noqa: ANN001, ANN202
     import dataclasses
 
@@ -140,7 +171,7 @@ def analyse_clip(info, cfg, *, video: bool = True, faces: bool = True, audio: bo
     (``audio_unreadable``), never fatal; an undecodable video raises MediaError."""
     from data_builders import tone
     from data_builders.au.landmark_au import series_from_landmarks
-    from emollm.media import read_frames_from, track_faces
+    from emollm.media import read_frames_from
     from emollm.media.audio import load_audio_from
 
     b = cfg.build
@@ -171,17 +202,7 @@ def analyse_clip(info, cfg, *, video: bool = True, faces: bool = True, audio: bo
     n = len(out.frames.indices)
     out.landmarks = np.full((n, 68, 2), np.nan)
     if faces:
-        # a video's main face must be seen in 2 sampled frames: one stray detection is no speaker
-        min_frames = 2 if n >= 5 else 1
-        face = cfg.media.face
-        out.track = track_faces(out.frames, _detector(cfg, out.still), iou_threshold=face.iou_threshold,
-                                max_gap=face.max_gap, bridge=face.bridge, min_frames=min_frames,
-                                keyframe_every=face.keyframe_every)
-        for pos, lm in enumerate(out.track.landmarks):
-            if lm is not None:
-                out.landmarks[pos] = lm
-        if out.track.num_tracks > 1 or any(len(d) > 1 for d in out.track.detections):
-            out.flags.append("multiple_faces")
+        _track_main_face(out, cfg, indices)
     times = np.asarray(out.frames.timestamps_s, dtype=np.float64)
     if out.audio is not None and b.speech_aware_peak and not out.still:
         out.voiced = tone.voiced_at(out.audio, times, silence_dbfs=b.silence_dbfs)

@@ -466,6 +466,15 @@ BRIDGE_FACE_PX = 160.0  # ... on the crop resized so that a face the expected si
 BRIDGE_MIN_IOU = 0.3  # a face found there must overlap the expected box this much
 
 
+def find_near(frame: np.ndarray, box: Box, detector: FaceDetector) -> FaceDetection | None:
+    """The face at about ``box`` in ``frame``, looked for as a missed frame of a track is: in the box
+    enlarged :data:`BRIDGE_REGION` times, closer (:meth:`FaceDetector.detect_around`); the one
+    overlapping ``box`` most, if by IoU >= :data:`BRIDGE_MIN_IOU`, else None."""
+    found = detector.detect_around(frame, box, grow=BRIDGE_REGION, face_px=BRIDGE_FACE_PX)
+    best = max(found, key=lambda d: box_iou(d.box, box), default=None)
+    return best if best is not None and box_iou(best.box, box) >= BRIDGE_MIN_IOU else None
+
+
 def bridge_gaps(
     result: FaceTrackResult,
     frames: Frames | np.ndarray | Sequence[np.ndarray],
@@ -497,9 +506,8 @@ def bridge_gaps(
         for pos in range(a + 1, b):
             expected = _lerp_box(by_pos[a].box, by_pos[b].box, (pos - a) / (b - a))
             frame = _check_frame(frame_list[pos])
-            found = detector.detect_around(frame, expected, grow=BRIDGE_REGION, face_px=BRIDGE_FACE_PX)
-            best = max(found, key=lambda d: box_iou(d.box, expected), default=None)
-            if best is not None and box_iou(best.box, expected) >= BRIDGE_MIN_IOU:
+            best = find_near(frame, expected, detector)
+            if best is not None:
                 by_pos[pos] = best
                 result.redetected.append(pos)
             else:

@@ -101,3 +101,28 @@ def test_hard_inputs_are_flagged_and_never_confidently_labelled(sample_dir, tmp_
     assert crowd["face_track"]["rule"].startswith("main speaker") and crowd["confidence_penalties"]["multiple_faces"] < 1
     assert "face_partly_absent" in leaves["flags"] and leaves["face_track"]["main_frames"] < leaves["face_track"]["frames"]
     assert black["pseudo_label"] is None and "no_face" in black["flags"] and black["face_track"] is None
+
+
+def test_build_and_infer_of_a_clip_measure_the_same_face(sample_dir):
+    """`emollm infer` decodes the encoders' frames in the same pass (encoder_frames=True); the AU frames
+    still see exactly the track a build sees (keyframe tracking depends on the frames it is given), so
+    the landmarks, AUs and peak agree, and the encoders' extra frames get the same main face."""
+    import numpy as np
+
+    from data_builders.analysis import analyse_clip
+    from data_builders.peak import find_peak
+    from emollm.media import probe
+
+    cfg = cfglib.load("tiny_cpu")
+    assert cfg.media.face.keyframe_every > 1
+    info = probe(sample_dir / "single_face.mp4")
+    build_view = analyse_clip(info, cfg)
+    infer_view = analyse_clip(info, cfg, encoder_frames=True)
+    extra = set(infer_view.encoder_positions) - set(infer_view.au_positions)
+    assert extra  # the encoders read frames the AUs do not
+    a, b = build_view.landmarks[build_view.au_positions], infer_view.landmarks[infer_view.au_positions]
+    assert not np.isnan(a[:, 0, 0]).all() and np.array_equal(a, b, equal_nan=True)
+    assert np.array_equal(build_view.aus.intensity, infer_view.aus.intensity)
+    assert find_peak(build_view.aus) == find_peak(infer_view.aus) is not None
+    crops = infer_view.encoder_crops(cfg.media.face.crop_size)
+    assert crops is not None and len(crops.positions) == len(infer_view.encoder_positions)  # the face in every one
