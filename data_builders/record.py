@@ -61,6 +61,20 @@ def read_build_errors(dataset_dir) -> dict[str, str]:  # noqa: ANN001
     return {e["id"]: e.get("reason") or e.get("error") or "failed" for e in rows}
 
 
+def read_dataset(dataset_dir) -> list[dict[str, Any]]:  # noqa: ANN001
+    """Every record of a built dataset (``DATASET_DIR/annotations.jsonl``, checked); a folder without
+    one is an error that says how to build it."""
+    from pathlib import Path
+
+    from emollm.errors import EmollmError
+
+    annotations = Path(dataset_dir) / "annotations.jsonl"
+    if not annotations.is_file():
+        raise EmollmError(f"{dataset_dir} holds no annotations.jsonl: not a built dataset",
+                          hint="build it first: emollm build CLIPS_DIR --out DATASET_DIR")
+    return read_annotations(annotations)
+
+
 def read_annotations(path) -> list[dict[str, Any]]:  # noqa: ANN001
     """Every record of an ``annotations.jsonl``, checked."""
     import json

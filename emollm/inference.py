@@ -213,17 +213,13 @@ def predict_dataset(cfg: cfglib.EmollmConfig, model: Any, processor: Any, datase
     """Generate an answer for every record of ``split`` (None: all) of a built dataset into ``out``
     (JSONL: ``id``, ``task``, ``text`` and, when the record has them, ``gt`` / ``gt_source`` /
     ``gt_reason`` so ``emollm evaluate --predictions out`` needs no references). Resumable."""
-    from data_builders.record import read_annotations
+    from data_builders.record import read_dataset
     from emollm.training.data import EmotionCollator, EmotionDataset
 
     _check_task(task)
     t0 = time.perf_counter()
     dataset, out = Path(dataset_dir), Path(out)
-    annotations = dataset / "annotations.jsonl"
-    if not annotations.is_file():
-        raise EmollmError(f"{dataset} holds no annotations.jsonl: not a built dataset",
-                          hint="build it first: emollm build CLIPS_DIR --out DATASET_DIR")
-    records = [r for r in read_annotations(annotations) if split is None or r.get("split") == split]
+    records = [r for r in read_dataset(dataset) if split is None or r.get("split") == split]
     if not records:
         raise ConfigError(f"no record in split '{split}' of {dataset}", hint="choose the split with --split")
     cache, computed = _fill_cache(cfg, model, dataset, records)

@@ -175,13 +175,9 @@ def target_of(record: Mapping[str, Any], cfg: Any, label_set: Any, policy: str =
 
 def split_names(dataset_dir: str | os.PathLike) -> set[str]:
     """The ``split`` values of a built dataset's records."""
-    from data_builders.record import read_annotations
+    from data_builders.record import read_dataset
 
-    annotations = Path(dataset_dir) / "annotations.jsonl"
-    if not annotations.is_file():
-        raise EmollmError(f"{dataset_dir} holds no annotations.jsonl: not a built dataset",
-                          hint="build it first: emollm build CLIPS_DIR --out DATASET_DIR")
-    return {str(r.get("split")) for r in read_annotations(annotations)}
+    return {str(r.get("split")) for r in read_dataset(dataset_dir)}
 
 
 def load_split(cfg: Any, dataset_dir: str | os.PathLike, split: str | None, *, targets: bool = True,
@@ -196,24 +192,22 @@ def load_split(cfg: Any, dataset_dir: str | os.PathLike, split: str | None, *, t
     ``modalities`` (default: :func:`modality_infos` of ``cfg``) fixes which modalities and widths are
     read, e.g. those a trained baseline was saved with.
     """
-    from data_builders.record import read_annotations
+    from data_builders.record import read_dataset
     from eval.label_sets import load_label_set
     from eval.references import of_record
 
     root = Path(dataset_dir)
     annotations = root / "annotations.jsonl"
-    if not annotations.is_file():
-        raise EmollmError(f"{root} holds no annotations.jsonl: not a built dataset",
-                          hint="build it first: emollm build CLIPS_DIR --out DATASET_DIR")
+    all_records = read_dataset(root)
     # copies: the fingerprints bound below are set on them, not on the caller's
     infos = {name: dataclasses.replace(info) for name, info in (modalities or modality_infos(cfg)).items()}
     cache = bind_cache(cfg, root, infos) if any(i.kind != "au" for i in infos.values()) else None
     classification = cfg.baseline.task == "classification"
     label_set = load_label_set(cfg.eval_label_set) if classification else None
 
-    records = [r for r in read_annotations(annotations) if split is None or r.get("split") == split]
+    records = [r for r in all_records if split is None or r.get("split") == split]
     if not records:
-        splits = sorted({str(r.get("split")) for r in read_annotations(annotations)})
+        splits = sorted({str(r.get("split")) for r in all_records})
         raise EmollmError(f"{annotations}: no record in split '{split}' (splits: {', '.join(splits) or 'none'})",
                           hint="set data.train_split / data.eval_split to splits the dataset has")
     skipped: Counter[str] = Counter()

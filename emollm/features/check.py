@@ -16,7 +16,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from emollm.errors import EmollmError, FeatureCacheError
+from emollm.errors import FeatureCacheError
 from emollm.features.cache import ABSENT_SUFFIX, ENCODER_FILE, FeatureCache, clip_id_of
 
 
@@ -123,14 +123,10 @@ def _encoder_of(folder: Path) -> str:
 
 def check_cache(cfg: Any, dataset_dir: str | os.PathLike, *, prune: bool = False) -> CheckReport:
     """Check (and with ``prune`` clean) the feature cache of ``cfg`` for the dataset's records."""
-    from data_builders.record import read_annotations
+    from data_builders.record import read_dataset
 
     dataset = Path(dataset_dir)
-    annotations = dataset / "annotations.jsonl"
-    if not annotations.is_file():
-        raise EmollmError(f"{dataset} holds no annotations.jsonl: not a built dataset",
-                          hint="build it first: emollm build CLIPS_DIR --out DATASET_DIR")
-    records = read_annotations(annotations)
+    records = read_dataset(dataset)
     cache = FeatureCache.from_config(cfg, dataset, records=records)
     cache.warn = False  # the report says it
     report = CheckReport(str(cache.root), str(dataset), len(records))

@@ -164,17 +164,13 @@ def extract_features(cfg: Any, dataset_dir: str | os.PathLike, *, shard: tuple[i
     ``encoders`` ({modality: loaded encoder}) is for tests and callers that already hold them;
     by default every frozen encoder of ``cfg.model.encoders`` is built and moved to the device.
     """
-    from data_builders.record import read_annotations
+    from data_builders.record import read_dataset
     from emollm.config import save_resolved
     from emollm.modeling.encoders import build_encoder
 
     t0 = time.perf_counter()
     dataset = Path(dataset_dir)
-    annotations = dataset / "annotations.jsonl"
-    if not annotations.is_file():
-        raise EmollmError(f"{dataset} holds no annotations.jsonl: not a built dataset",
-                          hint="build it first: emollm build CLIPS_DIR --out DATASET_DIR")
-    records = read_annotations(annotations)
+    records = read_dataset(dataset)
     index, count = shard
     mine = [r for k, r in enumerate(records) if k % count == index]
     cache = FeatureCache.from_config(cfg, dataset, records=records)

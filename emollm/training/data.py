@@ -51,7 +51,7 @@ class EmotionDataset(torch.utils.data.Dataset):
                  modalities: Mapping[str, Mapping[str, Any]], *, split: str | None = None,
                  tasks: Sequence[str] = ("emotion",), instructions: Sequence[str | os.PathLike] | None = None,
                  seed: int = 0, check: bool = True, prompt_only: bool = False):
-        from data_builders.record import read_annotations
+        from data_builders.record import read_dataset
 
         self.root = Path(dataset_dir)
         self.processor = processor
@@ -63,10 +63,7 @@ class EmotionDataset(torch.utils.data.Dataset):
             if cache is None:
                 raise FeatureCacheError(f"modalities {self.frozen} read cached features, but no feature cache was given")
             cache.bind_specs(self.modalities)
-        annotations = self.root / "annotations.jsonl"
-        if not annotations.is_file():
-            raise EmollmError(f"{self.root} holds no annotations.jsonl: not a built dataset")
-        self.records = {r["id"]: r for r in read_annotations(annotations)}
+        self.records = {r["id"]: r for r in read_dataset(self.root)}
         self.skipped: Counter[str] = Counter()
         self.prompt_only = prompt_only
         self.samples = (self._from_instructions(instructions, split) if instructions
