@@ -112,7 +112,8 @@ def _track_main_face(out: ClipAnalysis, cfg: Any, indices: list[int]) -> None:
     face = cfg.media.face
     detector = _detector(cfg, out.still)
     au = out.au_positions
-    extra = [p for p in range(len(out.frames.indices)) if p not in set(au)]
+    measured = set(au)
+    extra = [p for p in range(len(out.frames.indices)) if p not in measured]
     # a video's main face must be seen in 2 sampled frames: one stray detection is no speaker
     out.track = track_faces(out.frames if not extra else out.frames.array[au], detector,
                             iou_threshold=face.iou_threshold, max_gap=face.max_gap, bridge=face.bridge,

@@ -27,7 +27,7 @@ from typing import Any
 
 from emollm.prompts import emotion_llama_sample
 from eval.label_sets import LabelSet
-from eval.parsing import WORD_PATTERN, find_label
+from eval.parsing import find_label, mentions
 
 TASKS = ("emotion", "reason")
 
@@ -41,26 +41,14 @@ def _norm(text: str) -> str:
     return " ".join(re.sub(r"[^\w\s]", " ", text.lower()).split())
 
 
-_NEGATIONS = frozenset({"not", "no", "never", "nor", "without", "isn't", "aren't", "wasn't", "doesn't", "don't",
-                        "didn't", "hardly", "nothing", "neither"})  # fmt: skip
 _SENTENCE_END = re.compile(r"[.!?。！？]+")
 _ENDS = (".", "!", "?", "。", "！", "？", '"', "'", "”", "’", ")")
 
 
 def asserted_emotions(text: str, label_set: LabelSet) -> list[str]:
-    """The label-set emotions ``text`` names (labels and synonyms, two-word phrases first), in order,
-    except those within three words after a negation ("not sad", "no sign of anger")."""
-    words = WORD_PATTERN.findall(text.lower())
-    found, i = [], 0
-    while i < len(words):
-        phrase = f"{words[i]} {words[i + 1]}" if i + 1 < len(words) else None
-        label, width = (label_set.normalize(phrase), 2) if phrase else (None, 1)
-        if label is None:
-            label, width = label_set.normalize(words[i]), 1
-        if label is not None and not _NEGATIONS.intersection(words[max(0, i - 3) : i]):
-            found.append(label)
-        i += width
-    return found
+    """The label-set emotions ``text`` names (labels and synonyms, English or Chinese), in order, except
+    those a negation reaches ("not sad", "no sign of anger", 没有生气): the evaluator's reading."""
+    return [m.value for m in mentions(text, label_set.lookup) if not m.negated]
 
 
 def check_reasoning(text: str, label: str, label_set: LabelSet) -> str | None:

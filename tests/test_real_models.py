@@ -10,12 +10,9 @@ cache, and are skipped otherwise.
 from __future__ import annotations
 
 import hashlib
-import shutil
 import struct
-import subprocess
 import threading
 import time
-import wave
 import zipfile
 from pathlib import Path
 
@@ -599,17 +596,15 @@ def test_real_smollm2_answers_a_chatml_prompt_in_english():
 
 
 @pytest.mark.real_models
-def test_real_whisper_base_transcribes_synthesised_speech(tmp_path):
+def test_real_whisper_base_transcribes_synthesised_speech():
     import whisper
 
+    from emollm.testing.speech import can_speak, speak
+
     _needs("whisper-base")
-    if shutil.which("espeak-ng") is None:
+    if not can_speak():
         pytest.skip("espeak-ng is not installed (apt-get install espeak-ng)")
-    wav = tmp_path / "speech.wav"
-    subprocess.run(["espeak-ng", "-w", str(wav), "I am so happy to see you today"], check=True)
-    with wave.open(str(wav)) as w:
-        rate = w.getframerate()
-        audio = np.frombuffer(w.readframes(w.getnframes()), dtype=np.int16).astype(np.float32) / 32768
+    audio, rate = speak("I am so happy to see you today")
     t16 = np.arange(0, len(audio) / rate, 1 / 16000)
     audio16 = np.interp(t16, np.arange(len(audio)) / rate, audio).astype(np.float32)
     model = whisper.load_model(str(real_models.model_file("whisper-base", fetch=False)), device="cpu")

@@ -33,3 +33,19 @@ def trained_run(tiny_dataset, tmp_path_factory):
     train(cfg)
     labels = {r["id"]: r.get("pseudo_label") for r in map(json.loads, (dataset / "annotations.jsonl").read_text().splitlines())}
     return out, labels
+
+
+@pytest.fixture
+def expand_sizes(monkeypatch):
+    """The beam / return-sequence factor of every generate call (EmoLLM expands the media by it)."""
+    from emollm.modeling import EmoLLMForConditionalGeneration
+
+    sizes = []
+    original = EmoLLMForConditionalGeneration._expand_inputs_for_generation
+
+    def spy(self, expand_size=1, **kwargs):
+        sizes.append(expand_size)
+        return original(self, expand_size=expand_size, **kwargs)
+
+    monkeypatch.setattr(EmoLLMForConditionalGeneration, "_expand_inputs_for_generation", spy)
+    return sizes

@@ -114,17 +114,8 @@ def test_feeding_a_subset_of_modalities(explainer, sample_dir, monkeypatch):
     assert all(bool(seen["present"][name].all()) and bool(seen["media"][name].any()) for name in ("audio", "au"))
 
 
-def test_infer_with_beam_search_and_seeded_sampling(trained_run, explainer, sample_dir, capsys, monkeypatch):
-    from emollm.modeling import EmoLLMForConditionalGeneration
-
-    sizes = []
-    original = EmoLLMForConditionalGeneration._expand_inputs_for_generation
-
-    def spy(self, expand_size=1, **kwargs):
-        sizes.append(expand_size)
-        return original(self, expand_size=expand_size, **kwargs)
-
-    monkeypatch.setattr(EmoLLMForConditionalGeneration, "_expand_inputs_for_generation", spy)
+def test_infer_with_beam_search_and_seeded_sampling(trained_run, explainer, sample_dir, capsys, expand_sizes):
+    sizes = expand_sizes
     run, _ = trained_run
     clip = str(sample_dir / "single_face.mp4")
     code = cli.main(["--quiet", "infer", "--model", str(run), clip, "--task", "emotion", "--json", "--num-beams", "2",

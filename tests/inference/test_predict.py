@@ -65,22 +65,6 @@ def _ours(caught) -> list[str]:
             if "/emollm/" in w.filename.replace("\\", "/") or "past_key_values" in str(w.message)]
 
 
-@pytest.fixture
-def expand_sizes(monkeypatch):
-    """The beam / return-sequence factor of every generate call (EmoLLM expands the media by it)."""
-    from emollm.modeling import EmoLLMForConditionalGeneration
-
-    sizes = []
-    original = EmoLLMForConditionalGeneration._expand_inputs_for_generation
-
-    def spy(self, expand_size=1, **kwargs):
-        sizes.append(expand_size)
-        return original(self, expand_size=expand_size, **kwargs)
-
-    monkeypatch.setattr(EmoLLMForConditionalGeneration, "_expand_inputs_for_generation", spy)
-    return sizes
-
-
 def test_predict_with_beam_search_from_the_config_or_the_command_line(trained_run, tiny_dataset, tmp_path, expand_sizes):
     run, labels = trained_run
     dataset, _ = tiny_dataset

@@ -71,24 +71,12 @@ def test_keyframe_mode_finds_every_face_with_fewer_full_frame_calls(talking, mon
         assert err < 0.03, (pos, err)
 
 
-class _MissesAt(FaceDetector):
-    """The default detector, whose full-frame pass misses the face on the given calls."""
-
-    def __init__(self, miss: set[int], **kwargs):
-        super().__init__(**kwargs)
-        self.miss, self.calls = miss, 0
-
-    def detect(self, frame):
-        self.calls += 1
-        return [] if self.calls - 1 in self.miss else super().detect(frame)
-
-
-def test_keyframe_every_1_is_the_old_path(sample_dir, monkeypatch):
+def test_keyframe_every_1_is_the_old_path(sample_dir, monkeypatch, misses_at):
     frames = read_frames(sample_dir / "single_face.mp4", indices=[0, 6, 12, 18, 24])
-    old_detector = _MissesAt({2}, detect_max_side=DETECT)  # a miss, so that bridging runs too
+    old_detector = misses_at({2}, detect_max_side=DETECT)  # a miss, so that bridging runs too
     old = associate_tracks(old_detector.detect_frames(frames), frame_indices=frames.indices)
     bridge_gaps(old, frames, old_detector)
-    detector = _MissesAt({2}, detect_max_side=DETECT)
+    detector = misses_at({2}, detect_max_side=DETECT)
     calls = spy_backend(monkeypatch, detector)
     new = track_faces(frames, detector, keyframe_every=1)
     assert calls.count("full") == 4 and new.redetected == old.redetected == [2] and new.roi_frames == []

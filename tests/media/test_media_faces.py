@@ -133,26 +133,13 @@ def test_multi_face_image(sample_dir):
     assert face_crops(frames, result).images.shape == (1, 224, 224, 3)
 
 
-class _MissesAt(FaceDetector):
-    """The default detector, except that its full-frame pass misses the face at some positions
-    (as a detector does on a blurred or half-turned face)."""
-
-    def __init__(self, miss: set[int], **kwargs):
-        super().__init__(**kwargs)
-        self.miss, self.calls = miss, 0
-
-    def detect(self, frame):
-        self.calls += 1
-        return [] if self.calls - 1 in self.miss else super().detect(frame)
-
-
 @pytest.fixture(scope="module")
 def five(sample_dir):
     return read_frames(sample_dir / "single_face.mp4", indices=[0, 6, 12, 18, 24])
 
 
-def test_missed_frames_are_found_again_closer(five):
-    result = track_faces(five, _MissesAt({1, 2}))
+def test_missed_frames_are_found_again_closer(five, misses_at):
+    result = track_faces(five, misses_at({1, 2}))
     assert result.redetected == [1, 2] and result.bridged == []
     assert result.no_face_frames == [] and result.main.positions == [0, 1, 2, 3, 4]
     for pos in (1, 2):
