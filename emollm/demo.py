@@ -86,17 +86,11 @@ def _stage(result: DemoResult, name: str, report: Callable[[str], None]):
 
 
 def _link_clips(clips: list[Path], folder: Path) -> None:
-    import shutil
+    from emollm.media.write import link_clip
 
     folder.mkdir(parents=True, exist_ok=True)
     for clip in clips:
-        target = folder / clip.name
-        if target.exists() or target.is_symlink():
-            continue
-        try:
-            target.symlink_to(clip.resolve())
-        except OSError:  # no symlinks here: copy
-            shutil.copy2(clip, target)
+        link_clip(clip, folder / clip.name)
 
 
 def _demo_clips(clip: str | os.PathLike | None, tiny: bool, out: Path) -> tuple[list[Path], Path, dict[str, Any]]:

@@ -394,6 +394,7 @@ class Explainer:
         records by id, and the reasons of the clips it could not use."""
         from data_builders.record import read_annotations, read_build_errors
         from data_builders.runner import build
+        from emollm.media.write import link_clip
 
         clips_dir, dataset = work / "clips", work / "dataset"
         clips_dir.mkdir(parents=True, exist_ok=True)
@@ -405,14 +406,7 @@ class Explainer:
             results.append(Explanation(clip=str(clip), id=stem, task=""))
             if not path.exists():
                 continue  # reported below, as the builder never sees it
-            link = clips_dir / f"{stem}{path.suffix.lower()}"
-            if not link.exists():
-                try:
-                    link.symlink_to(path.resolve())
-                except OSError:
-                    import shutil
-
-                    shutil.copy2(path, link)
+            link_clip(path, clips_dir / f"{stem}{path.suffix.lower()}")
         # The run's config, minus what belongs to its training data or costs calls: no labels, no
         # subtitles table but the one given here, the template writer, no visual describer.
         cfg = copy.deepcopy(self.cfg)

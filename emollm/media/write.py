@@ -18,6 +18,20 @@ import numpy as np
 from emollm.errors import MediaError
 
 
+def link_clip(src: str | os.PathLike, target: str | os.PathLike) -> Path:
+    """``target`` names the clip ``src`` (a symlink; a copy where links cannot be made); an existing
+    ``target`` is kept."""
+    import shutil
+
+    src, target = Path(src), Path(target)
+    if not (target.exists() or target.is_symlink()):
+        try:
+            target.symlink_to(src.resolve())
+        except OSError:  # no symlinks here: copy
+            shutil.copy2(src, target)
+    return target
+
+
 def cut_clip(
     src: str | os.PathLike,
     dst: str | os.PathLike,
@@ -90,4 +104,4 @@ def _encode_audio(out, stream, audio: tuple[np.ndarray, int], *, seconds: float)
         out.mux(packet)
 
 
-__all__ = ["cut_clip"]
+__all__ = ["cut_clip", "link_clip"]

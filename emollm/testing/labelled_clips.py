@@ -18,7 +18,6 @@ segments are made on the user's machine from the fetched files.
 from __future__ import annotations
 
 import csv
-import shutil
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -66,7 +65,7 @@ def make_labelled_clips(out_dir: Path, *, speech: bool = True, unlabelled: bool 
     """Cut the segments into ``out_dir/clips`` (anew each call) and write
     ``out_dir/labels.csv``. ``speech``: synthesise the segments' sentences (when espeak-ng is installed);
     ``unlabelled``: also link :data:`UNLABELLED_SAMPLES` into the clips folder."""
-    from emollm.media.write import cut_clip
+    from emollm.media.write import cut_clip, link_clip
     from emollm.testing.samples import sample_path
     from emollm.testing.speech import can_speak, speak
 
@@ -85,12 +84,7 @@ def make_labelled_clips(out_dir: Path, *, speech: bool = True, unlabelled: bool 
         cut_clip(sample_path(seg.source), target, start=seg.start, end=seg.end, audio=audio)
     if unlabelled:
         for name in UNLABELLED_SAMPLES:
-            target = clips / name
-            if not target.exists():
-                try:
-                    target.symlink_to(sample_path(name))
-                except OSError:
-                    shutil.copy2(sample_path(name), target)
+            link_clip(sample_path(name), clips / name)
     with open(made.labels_csv, "w", newline="", encoding="utf-8") as fh:
         writer = csv.writer(fh)
         writer.writerow(["id", "label", "split"])
