@@ -26,9 +26,14 @@ class EmollmError(Exception):
 
 
 class ConfigError(EmollmError):
-    """A config file or override is invalid: unknown key, wrong type, failed check."""
+    """A config file or override is invalid: unknown key, wrong type, failed check; or a command's
+    arguments do not fit together. No default hint: a hint says what helps with *this* error (the
+    config loader adds ``CONFIG_SHOW_HINT`` to a wrong value or type it finds in a file)."""
 
-    hint = "run `emollm config show --config FILE` to see the resolved config and its valid keys"
+    hint = None
+
+
+CONFIG_SHOW_HINT = "run `emollm config show --config FILE` to see the resolved config; `emollm config keys` lists the valid keys"
 
 
 class MissingDependencyError(EmollmError):
@@ -173,3 +178,51 @@ class FeatureMissingError(FeatureCacheError):
             f"clip '{clip_id}': {what}",
             hint=hint or "run `emollm features` on the dataset (it resumes), or set features.on_missing=skip",
         )
+
+
+class FeatureEntryError(FeatureCacheError):
+    """A cache entry cannot be trusted: its file is truncated or unreadable, holds another clip's or
+    encoder's features, its bytes changed since written (checksum) or its values are NaN / inf. Never
+    served; ``emollm features`` recomputes it. ``path`` names the file and ``cause`` what is wrong."""
+
+    hint = "rerun `emollm features` on the dataset (it recomputes damaged entries), or set features.on_missing=skip"
+
+    def __init__(self, path: str | Path, clip_id: str, modality: str, cause: str, *, hint: str | None = None):
+        self.path, self.clip_id, self.modality, self.cause = str(path), clip_id, modality, cause
+        super().__init__(f"{self.path}: clip '{clip_id}', modality '{modality}': {cause}", hint=hint)
+
+
+class CheckpointFileError(EmollmError):
+    """A checkpoint / run / export file cannot be used. ``path`` names the file and ``cause`` the reason."""
+
+    def __init__(self, path: str | Path, cause: str, *, hint: str | None = None):
+        self.path = str(path)
+        self.cause = cause
+        super().__init__(f"{self.path}: {cause}", hint=hint)
+
+
+class CorruptCheckpointError(CheckpointFileError):
+    """A checkpoint file is truncated, zeroed or unparsable (a killed save, a full disk, a bad copy)."""
+
+    hint = "resume from an earlier checkpoint-<step> (train.resume=latest skips corrupt ones), or retrain"
+
+
+class UnsafeCheckpointError(CheckpointFileError):
+    """A pickle file names a Python callable outside the allowlist of tensor / state types: loading it
+    could run code, so it is refused before any library unpickles it (docs/security.md)."""
+
+    hint = "only load checkpoints you made or trust; emollm never unpickles arbitrary objects (docs/security.md)"
+
+
+class UnsafePathError(EmollmError):
+    """An id or other outside text (a record's id, a CSV cell) would name a file outside the output
+    folder it is written under (``..``, an absolute path, NUL, an empty name, a symlink leading out).
+    ``name`` is the offending text, ``root`` the folder (emollm.paths)."""
+
+    hint = "ids name files under the output folder only: no '..', no leading '/', no empty parts (docs/builder.md)"
+
+    def __init__(self, name: str, root: str | Path, cause: str):
+        self.name = name
+        self.root = str(root)
+        self.cause = cause
+        super().__init__(f"id {name!r} cannot name a file under {self.root}: {cause}")

@@ -153,6 +153,20 @@ def _check_task(task: str) -> None:
         raise ConfigError(f"unknown task '{task}' (valid: {', '.join(TASKS)})")
 
 
+def infer_instruction(cfg: cfglib.EmollmConfig, task: str) -> str:
+    """The instruction ``infer`` asks every clip of ``task`` with: entry ``predict.instruction`` of the
+    task's pool. Chosen by config only (never by the clip's name or id), so the same clip under two
+    names gets the same prompt, and the same answer."""
+    from emollm.prompts import load_instruction_pool
+
+    pool = load_instruction_pool(task)
+    index = cfg.predict.instruction
+    if index >= len(pool):
+        raise ConfigError(f"predict.instruction={index}, but the '{task}' instruction pool holds {len(pool)} "
+                          f"entries", hint=f"choose 0..{len(pool) - 1} (prompts/instructions/{task}.txt, one per line)")
+    return pool[index]
+
+
 # ------------------------------------------------------------------------------------------ predict
 @dataclass
 class PredictSummary:
@@ -221,7 +235,7 @@ def predict_dataset(cfg: cfglib.EmollmConfig, model: Any, processor: Any, datase
     dataset, out = Path(dataset_dir), Path(out)
     records = [r for r in read_dataset(dataset) if split is None or r.get("split") == split]
     if not records:
-        raise ConfigError(f"no record in split '{split}' of {dataset}", hint="choose the split with --split")
+        raise EmollmError(f"no record in split '{split}' of {dataset}", hint="choose the split with --split")
     cache, computed = _fill_cache(cfg, model, dataset, records)
     ds = EmotionDataset(dataset, processor, cache, model.config.modalities, split=split, tasks=[task],
                         prompt_only=True)
@@ -338,9 +352,11 @@ class Explainer:
         ``workdir``: keep the scratch dataset (records, AU files) there instead of a temp dir.
         """
         _check_task(task)
+        infer_instruction(self.cfg, task)  # a bad predict.instruction fails once, not once per clip
         use = self._check_modalities(modalities)
         if subtitles is not None and len(subtitles) != len(clips):
             raise ConfigError(f"{len(subtitles)} subtitles for {len(clips)} clips: give one per clip")
+        self._temp_work = workdir is None  # a temp folder is never named in a message (it is gone after)
         if workdir is None:
             with tempfile.TemporaryDirectory(prefix="emollm-infer-") as tmp:
                 return self._explain(clips, task, subtitles, use, Path(tmp), batch_size, gen)
@@ -372,7 +388,7 @@ class Explainer:
             try:
                 items.append((i, self._item(records[result.id], work / "dataset", task, use, result)))
             except EmollmError as err:
-                result.error = err.message
+                result.error = self._user_message(err.message)
             result.timings_s["encoders"] = time.perf_counter() - t1
         collator = EmotionCollator(self.processor, self.modalities, padding_side="left")
         gen_kwargs = generation_kwargs(self.cfg.predict, **gen)
@@ -392,21 +408,24 @@ class Explainer:
                 subtitles: Sequence[str | None] | None = None) -> tuple[list[Explanation], dict[str, dict], dict[str, str]]:
         """The builder on the clips (a scratch dataset under ``work``): one result per clip, the
         records by id, and the reasons of the clips it could not use."""
+        from data_builders.inputs import CLIP_EXTENSIONS
         from data_builders.record import read_annotations, read_build_errors
         from data_builders.runner import build
         from emollm.media.write import link_clip
 
         clips_dir, dataset = work / "clips", work / "dataset"
         clips_dir.mkdir(parents=True, exist_ok=True)
+        self._work, self._links = work, {}  # scratch names -> the user's files, for messages (_user_message)
         results, taken = [], set()
         for n, clip in enumerate(clips):
             path = Path(clip)
             stem = path.stem if path.stem not in taken else f"{path.stem}_{n}"
             taken.add(stem)
             results.append(Explanation(clip=str(clip), id=stem, task=""))
-            if not path.exists():
+            if not path.exists() or path.suffix.lower() not in CLIP_EXTENSIONS:
                 continue  # reported below, as the builder never sees it
             link_clip(path, clips_dir / f"{stem}{path.suffix.lower()}")
+            self._links[str(clips_dir / f"{stem}{path.suffix.lower()}")] = str(clip)
         # The run's config, minus what belongs to its training data or costs calls: no labels, no
         # subtitles table but the one given here, the template writer, no visual describer.
         cfg = copy.deepcopy(self.cfg)
@@ -421,10 +440,19 @@ class Explainer:
                 writer.writerow(["id", "subtitle"])
                 writer.writerows([r.id, s] for r, s in zip(results, subtitles, strict=True) if s is not None)
         errors: dict[str, str] = {r.id: f"no such file: {r.clip}" for r in results if not Path(r.clip).exists()}
-        if any(Path(r.clip).exists() for r in results):
+        errors.update({r.id: f"{r.clip}: not a clip type emollm reads ({Path(r.clip).suffix or 'no extension'}; "
+                             f"supported: {' '.join(CLIP_EXTENSIONS)})"
+                       for r in results if r.id not in errors and Path(r.clip).suffix.lower() not in CLIP_EXTENSIONS})
+        if any(r.id not in errors for r in results):
             self._analyses = {}  # each clip's one decode, kept for its encoders (_item)
-            build(cfg, clips_dir, dataset, workers=1, analyses=self._analyses)
-            errors.update(read_build_errors(dataset))
+            try:
+                build(cfg, clips_dir, dataset, workers=1, analyses=self._analyses)
+            except EmollmError as err:  # about the scratch copies: name the user's files instead
+                err.args = (self._user_message(err.message), *err.args[1:])
+                if err.hint:
+                    err.hint = self._user_message(err.hint)
+                raise
+            errors.update({k: self._user_message(v) for k, v in read_build_errors(dataset).items()})
         records = {r["id"]: r for r in read_annotations(dataset / "annotations.jsonl")} if (dataset / "annotations.jsonl").is_file() else {}
         for r in results:
             if r.id not in records and r.id not in errors:
@@ -472,7 +500,7 @@ class Explainer:
             media[name], masks[name] = torch.from_numpy(au[0]), torch.from_numpy(au[1])
         present = set(media)
         sample = emotion_llama_sample(record["id"], task, record.get("subtitle"), modalities=tuple(self.modalities),
-                                      seed=self.cfg.run.seed)
+                                      pool=[infer_instruction(self.cfg, task)])
         encoded = self.processor.encode(sample, present=present)
         if encoded is None:
             raise EmollmError(f"the prompt is longer than max_length {self.processor.max_length}")
@@ -484,6 +512,19 @@ class Explainer:
             "prompt": self.processor.render(sample, present=present),
         }  # fmt: skip
         return {**encoded, "media": media, "media_masks": masks}
+
+    def _user_message(self, text: str) -> str:
+        """``text`` with the scratch folder's names replaced: a linked clip by the user's file, any other
+        scratch file by its name only (the temp folder is gone when the user reads the message)."""
+        import re
+
+        for linked, original in sorted(getattr(self, "_links", {}).items(), key=lambda kv: -len(kv[0])):
+            text = text.replace(linked, original)
+        work = getattr(self, "_work", None)
+        if work is not None and getattr(self, "_temp_work", False):
+            for root in {str(work), os.path.realpath(work)}:
+                text = re.sub(re.escape(root) + r"[^\s'\":,;)]*", lambda m: Path(m.group()).name or "?", text)
+        return text
 
     def _on_device(self, inputs: dict[str, Any]) -> dict[str, Any]:
         live = self.model.load_encoders(list(inputs))

@@ -15,7 +15,7 @@ from __future__ import annotations
 import re
 from collections.abc import Sequence
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
@@ -23,6 +23,7 @@ import numpy as np
 from emollm.errors import JudgeError
 from emollm.resources import prompts_dir
 from eval.judges import Judge
+from eval.parsing import excerpt
 
 PROMPTS = ("clue_summary", "emotion_words", "clue_score", "label_score")
 LANGUAGES = {"en": ".", "zh": "zh"}  # the prompts' folder under prompts/judge/, per language
@@ -81,10 +82,12 @@ class EmerResult:
     clue_overlap: float | None
     label_overlap: float | None
     errors: dict
+    invalid_replies: dict = field(default_factory=dict)  # step -> the raw reply the validator rejected
 
 
 def score_one(judge: Judge, prompts: dict[str, str], id_: str, reference: str, prediction: str) -> EmerResult:
     errors: dict = {}
+    replies: dict = {}
     step1 = {}
     for side, text in (("reference", reference), ("prediction", prediction)):
         for name in ("clue_summary", "emotion_words"):
@@ -92,6 +95,8 @@ def score_one(judge: Judge, prompts: dict[str, str], id_: str, reference: str, p
             step1[(side, name)] = ans.value
             if not ans.valid:
                 errors[f"{side}.{name}"] = ans.error
+                if ans.reply is not None:
+                    replies[f"{side}.{name}"] = ans.reply
     scores: dict[str, float | None] = {}
     for score, step1_name, prompt in (("clue_overlap", "clue_summary", "clue_score"),
                                       ("label_overlap", "emotion_words", "label_score")):
@@ -104,7 +109,9 @@ def score_one(judge: Judge, prompts: dict[str, str], id_: str, reference: str, p
         scores[score] = ans.value
         if not ans.valid:
             errors[score] = ans.error
-    return EmerResult(id_, scores["clue_overlap"], scores["label_overlap"], errors)
+            if ans.reply is not None:
+                replies[score] = ans.reply
+    return EmerResult(id_, scores["clue_overlap"], scores["label_overlap"], errors, replies)
 
 
 def emer_scores(judge: Judge, items: Sequence[tuple[str, str, str]], *, concurrency: int = 4,
@@ -120,5 +127,19 @@ def emer_scores(judge: Judge, items: Sequence[tuple[str, str, str]], *, concurre
                          "invalid": len(results) - len(values)}
     summary["judge_stats"] = judge.stats.as_dict()
     summary["per_sample"] = [{"id": r.id, "clue_overlap": r.clue_overlap, "label_overlap": r.label_overlap,
-                              **({"errors": r.errors} if r.errors else {})} for r in results]
+                              **({"errors": r.errors} if r.errors else {}),
+                              **({"invalid_replies": {k: excerpt(v, 300) for k, v in r.invalid_replies.items()}}
+                                 if r.invalid_replies else {})} for r in results]
+    summary["invalid_example"] = _invalid_example(results)
     return summary
+
+
+def _invalid_example(results: Sequence[EmerResult]) -> str | None:
+    """One invalid judge answer, for messages: ``id step: 'raw reply'`` (or its error when no reply came)."""
+    for r in results:
+        for step, reply in r.invalid_replies.items():
+            return f"{r.id} {step}: {excerpt(reply, 80)!r}"
+    for r in results:
+        for step, error in r.errors.items():
+            return f"{r.id} {step}: {error}"
+    return None

@@ -27,6 +27,7 @@ from pathlib import Path
 
 import yaml
 
+from emollm.config.loader import safe_load_unique  # a key written twice is an error, not a silent loss
 from emollm.errors import ConfigError
 
 DATA_DIR = Path(__file__).resolve().parent / "label_sets"
@@ -208,7 +209,7 @@ def load_label_set(name_or_path: str | os.PathLike) -> LabelSet:
 def _load(path_text: str, mtime: int) -> LabelSet:  # mtime: an edited file is read again
     path = Path(path_text)
     try:
-        data = yaml.safe_load(path.read_text(encoding="utf-8"))
+        data = safe_load_unique(path.read_text(encoding="utf-8"))
     except OSError as exc:
         raise ConfigError(f"cannot read label set file {path}: {exc.strerror or exc}", hint=_hint()) from None
     except UnicodeDecodeError:

@@ -247,6 +247,12 @@ def _candidates(text: str, label_set: LabelSet) -> list[str]:
     return [c for _, _, c in sorted(out)]
 
 
+def excerpt(text: str | None, limit: int = 80) -> str:
+    """A raw answer on one line, cut to ``limit`` characters (for error messages and reports)."""
+    flat = " ".join((text or "").split())
+    return flat if len(flat) <= limit else flat[: limit - 1] + "…"
+
+
 def check_fallback(label_set: LabelSet, fallback: str | None) -> str | None:
     if fallback is None:
         return None

@@ -71,12 +71,15 @@ def _classification_lines(group: dict, title: str, plot: str | None) -> list[str
     out = [title, "",
            f"Parsing: `{p['strategy']}`; **invalid rate {100 * p['invalid_rate']:.2f}%** ({p['invalid']}/{p['n']}, "
            f"{p['invalid_by_reason'] or 'none'}); invalid answers {p['invalid_handling']}.", ""]
-    out += _table(["metric", "%"], [[NAMES[k], fmt_pct(cl[k])] for k in HEADLINE]) + [""]
+    # every metric a fallback label can raise carries the invalid rate it was computed with
+    invalid = f"{fmt_pct(p['invalid_rate'])}% ({p['invalid']}/{p['n']}, {p['invalid_handling']})"
+    out += _table(["metric", "%", "invalid answers"], [[NAMES[k], fmt_pct(cl[k]), invalid] for k in HEADLINE]) + [""]
     if "folds" in group:
         pf, s = group["folds"]["per_fold"], group["folds"]["summary"]
-        out += ["### Folds", ""] + _table(["fold", "n", *[NAMES[k] for k in HEADLINE]], [
-            *[[f, pf[f]["n"], *[fmt_pct(pf[f][k]) for k in HEADLINE]] for f in pf],
-            ["**mean ± std**", "", *[f"{fmt_pct(s[k]['mean'])} ± {fmt_pct(s[k]['std'])}" for k in HEADLINE]],
+        out += ["### Folds", ""] + _table(["fold", "n", *[NAMES[k] for k in HEADLINE], "invalid %"], [
+            *[[f, pf[f]["n"], *[fmt_pct(pf[f][k]) for k in HEADLINE], fmt_pct(pf[f].get("invalid_rate"))] for f in pf],
+            ["**mean ± std**", "", *[f"{fmt_pct(s[k]['mean'])} ± {fmt_pct(s[k]['std'])}" for k in HEADLINE],
+             fmt_pct(p["invalid_rate"])],
         ]) + [""]
     out += ["### Per class", ""] + _table(["label", "precision", "recall", "F1", "support"], [
         [lab, fmt_pct(v["precision"]), fmt_pct(v["recall"]), fmt_pct(v["f1"]), v["support"]]
@@ -138,9 +141,12 @@ def render_markdown(m: dict) -> str:
         if "emer" in r:
             e = r["emer"]
             out += [f"### EMER (judge: {e['backend']} `{e['model']}`, scores 1-10)", ""] + _table(
-                ["score", "mean", "valid", "invalid"],
-                [[k, "n/a" if e[k]["mean"] is None else f"{e[k]['mean']:.2f}", e[k]["valid"], e[k]["invalid"]]
+                ["score", "mean", "valid", "invalid", "invalid %"],
+                [[k, "n/a" if e[k]["mean"] is None else f"{e[k]['mean']:.2f}", e[k]["valid"], e[k]["invalid"],
+                  fmt_pct(e[k].get("invalid_rate"))]
                  for k in ("clue_overlap", "label_overlap")]) + ["", f"Judge calls: {e['judge_stats']}", ""]
+            if e.get("all_invalid"):
+                out += [f"**Every judge answer was invalid: no EMER score.** E.g. {e.get('invalid_example')}.", ""]
         ws = r.get("proxy_emotion_word_set")
         if ws:
             out += ["### PROXY: emotion-word set metrics (offline proxy, not an EMER score)", ""] + _table(
@@ -194,7 +200,7 @@ def _headline(m: dict) -> dict[str, str]:
     r = m.get("reasoning") or {}
     for k in ("clue_overlap", "label_overlap"):
         if "emer" in r and r["emer"][k]["mean"] is not None:
-            row[f"EMER {k}"] = f"{r['emer'][k]['mean']:.2f} ({r['emer'][k]['invalid']} invalid)"
+            row[f"EMER {k}"] = f"{r['emer'][k]['mean']:.2f} ({r['emer'][k]['invalid']}/{r['emer']['n']} invalid)"
     if r.get("proxy_emotion_word_set", {}).get("f1") is not None:
         row["PROXY word-set F1 %"] = fmt_pct(r["proxy_emotion_word_set"]["f1"])
     if r.get("proxy_embedding_similarity"):

@@ -74,6 +74,7 @@ def evaluate_run(cfg: cfglib.EmollmConfig, predictions: list[str | os.PathLike],
     samples: list[dict[str, Any]] = []
     bad_refs = []
     present: Counter[str] = Counter()  # the sources the predicted clips have a reference label from
+    answers: dict[tuple[str, str | None], str] = {}  # the raw answer of each row, for an all-invalid error
     for pred, ref in paired.pairs:
         if pred.text is None and pred.label is None:
             continue  # a score-only (regression) prediction: scored below
@@ -91,6 +92,7 @@ def evaluate_run(cfg: cfglib.EmollmConfig, predictions: list[str | os.PathLike],
             parsed = parsing.parse_label(pred.text, label_set, ecfg.parse, fallback)
             row["from_text"] = True
         row.update(predicted=parsed.label, valid=parsed.valid, invalid_reason=parsed.reason)
+        answers[(row["id"], row["fold"])] = pred.label if pred.label is not None else pred.text or ""
         samples.append(row)
     if bad_refs:
         raise EvaluationInputError(
@@ -102,10 +104,17 @@ def evaluate_run(cfg: cfglib.EmollmConfig, predictions: list[str | os.PathLike],
         raise EvaluationInputError(
             f"no label found in any of the {len(parsed_texts)} answer(s) with a reference label "
             f"(evaluate.parse={ecfg.parse}, label set '{label_set.name}', answers' language: "
-            f"{pred_language or 'none detected'})",
+            f"{pred_language or 'none detected'}); e.g. {_example(parsed_texts[0], answers)}",
             hint="the answers must name an emotion of the set (English or Chinese, synonyms count with "
                  "evaluate.parse=reasoning|synonym); last_word / first_mention / emotion_llama need the exact "
                  f"label ({', '.join(label_set.labels)}); check evaluate.label_set and the predictions' text column")
+    if scored and not any(s["valid"] for s in scored):
+        # every predicted label is invalid: the scores would only measure the fallback label
+        raise EvaluationInputError(
+            f"all {len(scored)} predicted label(s) are invalid for the '{label_set.name}' set "
+            f"({dict(Counter(s['invalid_reason'] for s in scored))}); e.g. {_example(scored[0], answers)}",
+            hint=f"labels of the set: {', '.join(label_set.labels)}; check the predictions' label column "
+                 "and evaluate.label_set")
     grouped = references.groups([s["reference_source"] for s in scored], ecfg.combine_sources)
     counts = {s: len(idx) for s, idx in grouped.items() if s != references.ALL}
     result: dict[str, Any] = {
@@ -200,7 +209,22 @@ def evaluate_run(cfg: cfglib.EmollmConfig, predictions: list[str | os.PathLike],
     from eval import report
 
     report.write_run(result, samples, cfg, Path(out_dir), plots=plots)
+    emer_result = (result.get("reasoning") or {}).get("emer")
+    if emer_result and emer_result.get("all_invalid"):
+        # written first (metrics.json shows each judge error), then a failure: no score came from the judge
+        from emollm.errors import JudgeError
+
+        raise JudgeError(
+            f"every EMER judge answer was invalid ({emer_result['n']} sample(s), "
+            f"{emer_result['judge_stats']['invalid']} invalid answer(s)); e.g. {emer_result['invalid_example']} "
+            f"(details: {Path(out_dir) / 'metrics.json'})",
+            hint="check evaluate.judge.model answers the prompts in prompts/judge/ with 'Score: N' (1-10); "
+                 "after fixing it, rerun with evaluate.judge.retry_invalid=true (invalid replies are cached)")
     return result
+
+
+def _example(row: dict[str, Any], answers: dict[tuple[str, str | None], str]) -> str:
+    return f"{row['id']}: {parsing.excerpt(answers.get((row['id'], row['fold'])))!r}"
 
 
 def _score_labels(scored: list[dict[str, Any]], label_set: Any, ecfg: Any, fallback: str | None, *,
@@ -217,6 +241,8 @@ def _score_labels(scored: list[dict[str, Any]], label_set: Any, ecfg: Any, fallb
         "classification": classification.classification_metrics(
             [s["reference"] for s in scored], [s["predicted"] for s in scored], label_set.labels),
     }
+    # beside the metrics too: with a fallback label, invalid answers can raise UAR / WAR / WAF
+    out["classification"]["invalid_rate"] = out["parsing"]["invalid_rate"]
     folds = sorted({s["fold"] for s in scored if s["fold"] is not None})
     if check_folds and ecfg.folds > 1 and len(folds) != ecfg.folds:
         raise ConfigError(f"evaluate.folds={ecfg.folds} but the inputs hold {len(folds)} fold(s) {folds}",
@@ -227,6 +253,9 @@ def _score_labels(scored: list[dict[str, Any]], label_set: Any, ecfg: Any, fallb
         per_fold = {f: classification.classification_metrics(
             [s["reference"] for s in scored if s["fold"] == f], [s["predicted"] for s in scored if s["fold"] == f],
             label_set.labels) for f in folds}
+        for f, fm in per_fold.items():
+            in_fold = [s for s in scored if s["fold"] == f]
+            fm["invalid_rate"] = sum(not s["valid"] for s in in_fold) / len(in_fold)
         out["folds"] = {"per_fold": per_fold, "summary": classification.kfold_summary(per_fold)}
     return out
 
@@ -249,6 +278,10 @@ def _run_judge(cfg: cfglib.EmollmConfig, reasoning: list, out_dir: Path, languag
     out["n"] += len(empty)
     out["per_sample"] += [{"id": i, "clue_overlap": None, "label_overlap": None,
                            "errors": {"prediction": "empty prediction text"}} for i in empty]
+    for name in emer.SCORES:
+        out[name]["invalid_rate"] = out[name]["invalid"] / out["n"] if out["n"] else 0.0
+    # no valid score at all (and the judge was asked): the means are all n/a, the run must not pass
+    out["all_invalid"] = bool(items) and all(out[name]["valid"] == 0 for name in emer.SCORES)
     if out["judge_stats"]["invalid"]:
         log.warning("EMER judge: %d answer(s) invalid after retries (see metrics.json)", out["judge_stats"]["invalid"])
     return out

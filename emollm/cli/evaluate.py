@@ -81,11 +81,12 @@ def run(args: argparse.Namespace) -> int:
         c, p = group["classification"], group["parsing"]
         lines.append(f"{m['label_set']['name']} vs {references.NAMES[source]}: n={c['n']} WAR={100 * c['war']:.2f} "
                      f"UAR={100 * c['uar']:.2f} WAF={100 * c['waf']:.2f} macroF1={100 * c['macro_f1']:.2f} "
-                     f"invalid={100 * p['invalid_rate']:.2f}%")
+                     f"(invalid answers {100 * p['invalid_rate']:.2f}%, {p['invalid_handling']})")
         if "folds" in group:
             s = group["folds"]["summary"]
             lines.append(f"  {len(s['folds'])} folds: UAR={100 * s['uar']['mean']:.2f}±{100 * s['uar']['std']:.2f} "
-                         f"WAR={100 * s['war']['mean']:.2f}±{100 * s['war']['std']:.2f}")
+                         f"WAR={100 * s['war']['mean']:.2f}±{100 * s['war']['std']:.2f} "
+                         f"(invalid answers {100 * p['invalid_rate']:.2f}%)")
     if refs["headline"] == references.PSEUDO:
         lines.append("note: pseudo-labels are the dataset builder's, not human ground truth: these scores measure "
                      "agreement with the builder")
@@ -96,7 +97,8 @@ def run(args: argparse.Namespace) -> int:
     e = (m.get("reasoning") or {}).get("emer")
     if e:
         lines.append("EMER: " + ", ".join(
-            f"{k}={'n/a' if e[k]['mean'] is None else round(e[k]['mean'], 2)} ({e[k]['invalid']} invalid)"
+            f"{k}={'n/a' if e[k]['mean'] is None else round(e[k]['mean'], 2)} "
+            f"({e[k]['invalid']}/{e['n']} invalid, {100 * e[k].get('invalid_rate', 0):.2f}%)"
             for k in ("clue_overlap", "label_overlap")) + f"; judge calls {e['judge_stats']['calls']}")
     print("\n".join(lines))
     return 0

@@ -45,14 +45,17 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 def run(args: argparse.Namespace) -> int:
     from emollm.cli.main import split_overrides
     from emollm.cli.predict import generation_overrides
+    from emollm.config.paths import check_input_paths
     from emollm.errors import ConfigError
-    from emollm.inference import Explainer
+    from emollm.inference import Explainer, run_config
 
     args.clips, overrides = split_overrides(args.clips)
     if not args.clips:
         raise ConfigError("no clip given", hint="emollm infer --model RUN_DIR CLIP [CLIP ...]")
     if args.subtitle is not None and len(args.subtitle) != len(args.clips):
         raise ConfigError(f"{len(args.subtitle)} --subtitle for {len(args.clips)} clip(s): give one per clip")
+    check_input_paths(None, "infer", extra={"--model": args.model})
+    check_input_paths(run_config(args.model, overrides), "infer", run_dir=args.model)  # before the model loads
     explainer = Explainer.load(args.model, device=args.device, dtype=args.dtype, overrides=overrides)
     modalities = [m.strip() for m in args.modalities.split(",") if m.strip()] if args.modalities else None
     results = explainer.explain_many(args.clips, task=args.task, subtitles=args.subtitle, modalities=modalities,

@@ -60,9 +60,12 @@ def generation_overrides(args: argparse.Namespace) -> dict:
 
 
 def run(args: argparse.Namespace) -> int:
+    from emollm.config.paths import check_input_paths
     from emollm.inference import load_model, predict_dataset, run_config
 
+    check_input_paths(None, "predict", dataset_dir=args.dataset_dir, extra={"--model": args.model})
     cfg = run_config(args.model, args.overrides)
+    check_input_paths(cfg, "predict", dataset_dir=args.dataset_dir, run_dir=args.model)  # before the model loads
     model, processor = load_model(args.model, device=args.device, dtype=args.dtype)
     split = cfg.data.eval_split if args.split is None else None if args.split == "all" else args.split
     summary = predict_dataset(cfg, model, processor, args.dataset_dir, args.out, task=args.task, split=split,

@@ -6,6 +6,7 @@ import argparse
 import sys
 
 from emollm import config as cfglib
+from emollm.config.paths import check_input_paths
 
 NAME = "train"
 HELP = "train a model from a built dataset and its feature cache (LoRA, checkpoints, resume)"
@@ -36,6 +37,7 @@ def run(args: argparse.Namespace) -> int:
     if args.check:
         sys.stdout.write(cfglib.dump_yaml(cfg))
         return 0
+    check_input_paths(cfg, "train")  # a missing folder fails now, not after the backbone has loaded
     result = train(cfg)
     print(f"trained {result.global_step} steps; final loss {result.losses[-1]:.4f}; run dir {result.output_dir}"
           if result.losses else f"nothing to do: already at step {result.global_step}; run dir {result.output_dir}")

@@ -29,7 +29,7 @@ from typing import Any, Literal, TypeVar, Union
 
 import yaml
 
-from emollm.errors import ConfigError
+from emollm.errors import CONFIG_SHOW_HINT, ConfigError
 
 C = TypeVar("C")
 
@@ -86,6 +86,34 @@ def _plain(value: Any) -> Any:
     return value
 
 
+class UniqueKeyLoader(yaml.SafeLoader):
+    """PyYAML's safe loader (plain data only, no Python tags) that refuses a key written twice in one
+    mapping: plain PyYAML keeps the last value silently, so ``lr: 1e-4`` ... ``lr: 2e-5`` would train
+    with a value the author may not have meant. Keys a ``<<`` merge brings in may be overridden."""
+
+    def construct_mapping(self, node: yaml.MappingNode, deep: bool = False) -> dict[Any, Any]:
+        if isinstance(node, yaml.MappingNode):
+            seen: dict[Any, yaml.Node] = {}
+            for key_node, _ in node.value:
+                if key_node.tag == "tag:yaml.org,2002:merge":
+                    continue
+                key = self.construct_object(key_node, deep=True)
+                try:
+                    first = seen.setdefault(key, key_node)
+                except TypeError:  # an unhashable key: SafeLoader reports it below
+                    continue
+                if first is not key_node:
+                    raise yaml.constructor.ConstructorError(
+                        None, None, f"duplicate key '{key}' (first set at line {first.start_mark.line + 1})",
+                        key_node.start_mark)
+        return super().construct_mapping(node, deep=deep)
+
+
+def safe_load_unique(text: str) -> Any:
+    """``yaml.safe_load`` that refuses duplicate keys (:class:`UniqueKeyLoader`)."""
+    return yaml.load(text, Loader=UniqueKeyLoader)  # noqa: S506 - a SafeLoader subclass
+
+
 def _read_yaml(path: Path) -> dict[str, Any]:
     try:
         text = path.read_text(encoding="utf-8")
@@ -94,7 +122,7 @@ def _read_yaml(path: Path) -> dict[str, Any]:
     except OSError as exc:
         raise ConfigError(f"cannot read config file {path}: {exc.strerror or exc}") from None
     try:
-        data = yaml.safe_load(text)
+        data = safe_load_unique(text)
     except yaml.YAMLError as exc:
         mark = getattr(exc, "problem_mark", None)
         where = f" (line {mark.line + 1}, column {mark.column + 1})" if mark else ""
@@ -158,7 +186,9 @@ def parse_override(text: str) -> tuple[str, Any]:
             hint="for example: train.lr=2e-5 model.backbone.name_or_path=/ckpt",
         )
     try:
-        value = yaml.safe_load(raw) if raw.strip() else ""
+        value = safe_load_unique(raw) if raw.strip() else ""
+    except yaml.constructor.ConstructorError as exc:  # a duplicate key in an inline mapping
+        raise ConfigError(f"bad override '{text}': {exc.problem}") from None
     except yaml.YAMLError:
         value = raw
     return key, value
@@ -247,7 +277,8 @@ def _type_name(tp: Any) -> str:
 
 
 def _fail(sourced: _Sourced, dotted: str, message: str, hint: str | None = None) -> ConfigError:
-    return ConfigError(f"'{dotted}' (from {sourced.source_of(dotted.split('[')[0])}): {message}", hint=hint)
+    return ConfigError(f"'{dotted}' (from {sourced.source_of(dotted.split('[')[0])}): {message}",
+                       hint=hint or CONFIG_SHOW_HINT)
 
 
 def _coerce(value: Any, tp: Any, dotted: str, sourced: _Sourced, root: type | None = None) -> Any:
@@ -370,7 +401,7 @@ def build_dataclass(
     try:
         obj = cls(**kwargs)
     except TypeError as exc:  # a required field without default
-        raise ConfigError(f"{prefix.rstrip('.') or cls.__name__}: {exc}") from None
+        raise ConfigError(f"{prefix.rstrip('.') or cls.__name__}: {exc}", hint=CONFIG_SHOW_HINT) from None
     return obj
 
 
@@ -391,7 +422,8 @@ def validate_tree(obj: Any, sourced: _Sourced | None = None, prefix: str = "") -
             check()
         except ConfigCheck as exc:
             dotted = f"{prefix}{exc.key}"
-            raise ConfigError(f"'{dotted}' (from {sourced.source_of(dotted)}): {exc.message}", hint=exc.hint) from None
+            raise ConfigError(f"'{dotted}' (from {sourced.source_of(dotted)}): {exc.message}",
+                              hint=exc.hint or CONFIG_SHOW_HINT) from None
 
 
 class ConfigCheck(Exception):

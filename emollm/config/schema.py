@@ -407,9 +407,14 @@ class PredictConfig:
     top_p: float = 1.0
     num_beams: int = 1
     batch_size: int = 4
+    # `infer`: which entry of the task's instruction pool (prompts/instructions/<task>.txt) every clip is
+    # asked with, 0-based; a clip's file name never changes its prompt
+    instruction: int = 0
 
     def validate(self) -> None:
         _positive(self, "max_new_tokens", "num_beams", "batch_size")
+        if self.instruction < 0:
+            raise ConfigCheck("instruction", f"must be >= 0 (an index into the instruction pool), got {self.instruction}")
         if self.temperature < 0:
             raise ConfigCheck("temperature", f"must be >= 0, got {self.temperature}")
         if not 0.0 < self.top_p <= 1.0:

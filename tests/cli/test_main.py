@@ -95,3 +95,57 @@ def test_train_entry_checks_the_config():
     bad = subprocess.run([sys.executable, TRAIN_PY, "--config", "tiny_cpu", "train.lrr=1e-5"],
                          capture_output=True, text=True)
     assert bad.returncode == 2 and "did you mean 'train.lr'" in bad.stderr
+
+
+@pytest.fixture()
+def no_model_load(monkeypatch):
+    """Fail the test if a command gets as far as loading a model."""
+    import emollm.inference as inference
+    import emollm.modeling.factory as factory
+
+    def refuse(*args, **kwargs):
+        raise AssertionError("a model was loaded before the input paths were checked")
+
+    monkeypatch.setattr(factory, "build_model_and_processor", refuse)
+    monkeypatch.setattr(inference, "load_model", refuse)
+
+
+def test_train_names_a_missing_dataset_before_any_model_loads(tmp_path, capsys, no_model_load):
+    assert cli.main(["train", "--config", "tiny_cpu", f"run.output_dir={tmp_path}/r",
+                     f"data.dataset_dir={tmp_path}/nope"]) == 2
+    err = capsys.readouterr().err
+    assert err.splitlines()[0] == f"error: data.dataset_dir: no such folder: {tmp_path}/nope (a built dataset)"
+    assert "bug" not in err and not (tmp_path / "r").exists()
+    # the accelerate entry, train.py, goes through the same check
+    res = subprocess.run([sys.executable, TRAIN_PY, "--config", "tiny_cpu", f"data.dataset_dir={tmp_path}/nope",
+                          f"run.output_dir={tmp_path}/r"], capture_output=True, text=True)
+    assert res.returncode == 2 and f"no such folder: {tmp_path}/nope" in res.stderr
+
+
+def test_a_missing_local_backbone_is_named_as_a_folder(tmp_path, capsys, no_model_load):
+    ds = tmp_path / "ds"
+    (ds / "features").mkdir(parents=True)
+    (ds / "annotations.jsonl").write_text("")
+    assert cli.main(["train", "--config", "tiny_cpu", f"data.dataset_dir={ds}",
+                     "model.backbone.name_or_path=/data/llama"]) == 2
+    err = capsys.readouterr().err
+    assert "model.backbone.name_or_path: no such folder: /data/llama" in err
+    assert "Repo id" not in err and "valid model identifier" not in err
+
+
+def test_predict_and_infer_check_their_folders_first(tmp_path, capsys, no_model_load):
+    assert cli.main(["predict", "--model", str(tmp_path / "run"), str(tmp_path), "--out", str(tmp_path / "p")]) == 2
+    assert f"--model: no such folder: {tmp_path / 'run'}" in capsys.readouterr().err
+    assert cli.main(["infer", "--model", str(tmp_path / "run"), "clip.mp4"]) == 2
+    err = capsys.readouterr().err
+    assert f"--model: no such folder: {tmp_path / 'run'}" in err
+    assert "config show" not in err  # not a config problem: no config advice
+
+
+def test_a_duplicate_yaml_key_is_one_line_naming_file_and_line(tmp_path, capsys):
+    path = tmp_path / "run.yaml"
+    path.write_text("train:\n  lr: 1.0e-4\n  lr: 2.0e-5\n")
+    assert cli.main(["config", "show", "--config", str(path)]) == 2
+    err = capsys.readouterr().err.splitlines()
+    assert err[0] == f"error: {path} (line 3, column 3): invalid YAML: duplicate key 'lr' (first set at line 2)"
+    assert len(err) == 1  # no hint that would not help

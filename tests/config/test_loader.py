@@ -184,3 +184,49 @@ def test_resolved_config_round_trips(tmp_path):
     assert text.startswith("# Resolved emollm config")
     again = cfglib.load(saved)
     assert again == cfg
+
+
+def test_a_duplicate_key_names_the_key_the_file_and_both_lines(tmp_path):
+    path = write(tmp_path / "run.yaml", """\
+        train:
+          lr: 1.0e-4
+          epochs: 2
+          lr: 2.0e-5
+        """)
+    with pytest.raises(ConfigError) as err:
+        cfglib.load(path)
+    message = err.value.message
+    assert str(path) in message and "line 4" in message and "duplicate key 'lr'" in message
+    assert "first set at line 2" in message
+    # the same key in two sections, and a `<<` merge overridden on purpose, are not duplicates
+    ok = write(tmp_path / "ok.yaml", """\
+        x-defaults: &d {lr: 1.0e-4}
+        train: {<<: *d, lr: 3.0e-5, epochs: 2}
+        predict: {max_new_tokens: 8}
+        """)
+    assert cfglib.load_raw(ok).data["train"]["lr"] == 3.0e-5
+
+
+def test_a_duplicate_key_in_an_override_value_is_an_error():
+    with pytest.raises(ConfigError, match="bad override .*duplicate key 'x'"):
+        cfglib.load(None, ["model.encoders.audio.options={x: 1, x: 2}"])
+
+
+def test_yaml_loading_stays_safe(tmp_path):
+    """Python tags (which would build objects, or run code) are refused, as by yaml.safe_load."""
+    path = write(tmp_path / "evil.yaml", """\
+        run: !!python/object/apply:os.system ["echo pwned > evil_ran"]
+        """)
+    with pytest.raises(ConfigError, match="invalid YAML"):
+        cfglib.load(path)
+    assert not Path("evil_ran").exists()
+
+
+def test_the_config_hint_only_on_config_errors(tmp_path):
+    from emollm.errors import CONFIG_SHOW_HINT
+
+    with pytest.raises(ConfigError) as bad_value:
+        cfglib.load(None, ["train.lr=fast"])
+    assert bad_value.value.hint == CONFIG_SHOW_HINT
+    # a ConfigError raised for something else (a command's arguments) carries no config advice by default
+    assert ConfigError("no clip given").hint is None

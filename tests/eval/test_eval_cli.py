@@ -94,9 +94,10 @@ def test_bad_inputs(tmp_path, files, capsys) -> None:
     _write(bad_ref, [{"id": "a", "label": "bored"}])
     with pytest.raises(EvaluationInputError, match="outside the 'merr' set.*a='bored'"):
         evaluate_run(load_config(), [_write(tmp_path / "q.jsonl", [{"id": "a", "text": "x"}])], bad_ref, tmp_path / "x")
-    out_of_set = _write(tmp_path / "q2.jsonl", [{"id": "a", "label": "bored"}])
+    out_of_set = _write(tmp_path / "q2.jsonl", [{"id": "a", "label": "bored"}, {"id": "b", "label": "sad"}])
     m = evaluate_run(load_config(None, ["evaluate.fallback_label=null"]), [out_of_set],
-                     _write(tmp_path / "r2.jsonl", [{"id": "a", "label": "happy"}]), tmp_path / "y", plots=False)
+                     _write(tmp_path / "r2.jsonl", [{"id": "a", "label": "happy"}, {"id": "b", "label": "happy"}]),
+                     tmp_path / "y", plots=False)
     assert m["parsing"]["invalid_by_reason"] == {"out_of_set": 1} and m["classification"]["war"] == 0.0
     (tmp_path / "broken.jsonl").write_text('{"id": "a"\n')
     assert cli.main(["evaluate", "--predictions", str(tmp_path / "broken.jsonl"), "--out", str(tmp_path / "z")]) == 2
@@ -141,7 +142,7 @@ def test_judge_through_the_runner(tmp_path, files, monkeypatch) -> None:
                 "evaluate.judge.api_key_env=null", "evaluate.judge.backoff_s=0", "evaluate.judge.max_retries=1"]
         m = evaluate_run(load_config(None, over), [preds], refs, tmp_path / "o", plots=False)
         e = m["reasoning"]["emer"]
-        assert e["clue_overlap"] == {"mean": 8.0, "valid": 1, "invalid": 2}  # garbage judge + empty prediction
+        assert e["clue_overlap"] == {"mean": 8.0, "valid": 1, "invalid": 2, "invalid_rate": pytest.approx(2 / 3)}  # garbage judge + empty prediction
         calls = srv.total()
         evaluate_run(load_config(None, over), [preds], refs, tmp_path / "o", plots=False)
         assert srv.total() == calls  # cached under <out>/judge_cache

@@ -168,3 +168,12 @@ def test_config_rejects_an_invalid_label_set_file(tmp_path):
     with pytest.raises(ConfigError) as info:
         cfglib.load(config_file)
     assert f"'data.label_set' (from {config_file})" in info.value.message and "repeated label" in info.value.message
+
+
+def test_a_label_set_file_with_a_duplicate_key_is_refused(tmp_path):
+    from eval.label_sets import load_label_set
+
+    path = tmp_path / "dup.yaml"
+    path.write_text("name: mine\nlabels: [happy, sad]\nlabels: [angry]\n", encoding="utf-8")
+    with pytest.raises(ConfigError, match=r"dup.yaml \(line 3, column 1\): invalid YAML: duplicate key 'labels'"):
+        load_label_set(str(path))

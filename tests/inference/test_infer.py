@@ -69,8 +69,21 @@ def test_cli_batch_with_a_bad_clip_still_returns_the_others(trained_run, sample_
     good, bad, no_face = out
     assert good["error"] is None and good["label"] == "happy"
     assert bad["error"] and bad["text"] == "" and bad["clip"] == str(broken["random"])
+    assert "emollm-infer-" not in bad["error"], bad["error"]  # never the scratch copy in a temp folder
     assert no_face["error"] is None and set(no_face["cues"]["modalities_absent"]) == {"face", "temporal", "au"}
     assert "face" not in no_face["cues"]["modalities_fed"] and "audio" in no_face["cues"]["modalities_fed"]
+
+
+def test_errors_name_the_users_files_not_the_scratch_folder(trained_run, tmp_path, capsys):
+    run, _ = trained_run
+    notes = tmp_path / "notes.txt"
+    notes.write_text("not a clip")
+    code = cli.main(["--quiet", "infer", "--model", str(run), str(notes), "--task", "emotion", "--json"])
+    captured = capsys.readouterr()
+    shown = captured.out + captured.err
+    assert code == 2 and "bug" not in shown, shown
+    assert "emollm-infer-" not in shown, shown  # the temp folder is gone by the time the user reads this
+    assert "notes.txt" in shown
 
 
 def test_cli_prints_label_and_answer_and_takes_a_subtitle(trained_run, sample_dir, capsys):
@@ -154,3 +167,31 @@ def test_whisper_gives_the_subtitle_when_none_is_given(trained_run, sample_dir, 
                      "--subtitle", "Hello there", "--json", "--max-new-tokens", "2"])
     (row,) = [json.loads(line) for line in capsys.readouterr().out.splitlines() if line.startswith("{")]
     assert code == 0 and row["cues"]["subtitle"] == "Hello there" and row["cues"]["subtitle_source"].startswith("csv:")
+
+
+def test_the_same_clip_under_two_names_gets_the_same_prompt_and_answer(explainer, sample_dir, tmp_path):
+    """The instruction comes from the config (predict.instruction), not from a hash of the file name."""
+    import shutil
+
+    from emollm.prompts import choose_instruction, load_instruction_pool
+
+    pool = load_instruction_pool("emotion")
+    names = ("my_clip", "clip_copy")
+    # under a name hash these two would be asked different instructions: the test would fail
+    assert choose_instruction(pool, names[0], explainer.cfg.run.seed) != choose_instruction(pool, names[1],
+                                                                                           explainer.cfg.run.seed)
+    clips = [shutil.copy(sample_dir / "single_face.mp4", tmp_path / f"{n}.mp4") for n in names]
+    first, second = explainer.explain_many(clips, task="emotion", max_new_tokens=4)
+    assert first.ok and second.ok
+    assert first.cues["prompt"] == second.cues["prompt"] and pool[0] in first.cues["prompt"]
+    assert first.text == second.text
+
+    explainer.cfg.predict.instruction = 1
+    try:
+        (third,) = explainer.explain_many(clips[:1], task="emotion", max_new_tokens=4)
+        assert pool[1] in third.cues["prompt"] and pool[0] not in third.cues["prompt"]
+        explainer.cfg.predict.instruction = len(pool)
+        with pytest.raises(EmollmError, match=f"predict.instruction={len(pool)}.*holds {len(pool)} entries"):
+            explainer.explain_many(clips[:1], task="emotion")
+    finally:
+        explainer.cfg.predict.instruction = 0
