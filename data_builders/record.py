@@ -38,6 +38,8 @@ REVIEW_STATES = ("unreviewed", "accepted", "corrected", "rejected")
 
 def check_record(record: dict[str, Any], *, where: str = "record") -> dict[str, Any]:
     """Return ``record`` when this emollm can read it; raise RecordSchemaError otherwise."""
+    if not isinstance(record, dict):
+        raise RecordSchemaError(f"{where}: a clip record is a JSON object, not {type(record).__name__}")
     version = record.get("schema_version")
     if version not in SUPPORTED_VERSIONS:
         raise RecordSchemaError(
@@ -46,6 +48,13 @@ def check_record(record: dict[str, Any], *, where: str = "record") -> dict[str, 
     missing = [k for k in REQUIRED if k not in record]
     if missing:
         raise RecordSchemaError(f"{where}: clip record '{record.get('id')}' lacks {missing}")
+    # ids and media paths are used as text and joined to folders: they must be strings (emollm.paths
+    # decides, per writer, whether an id may name a file)
+    if not isinstance(record["id"], str) or not record["id"]:
+        raise RecordSchemaError(f"{where}: clip record id {record['id']!r} is not a non-empty string")
+    media = record["media"]
+    if not isinstance(media, dict) or not isinstance(media.get("path"), str) or "\x00" in media["path"]:
+        raise RecordSchemaError(f"{where}: clip record '{record['id']}' has no media.path string (got {media!r})")
     return record
 
 
@@ -80,8 +89,19 @@ def read_annotations(path) -> list[dict[str, Any]]:  # noqa: ANN001
     import json
 
     out = []
-    with open(path, encoding="utf-8") as fh:
-        for n, line in enumerate(fh, 1):
-            if line.strip():
-                out.append(check_record(json.loads(line), where=f"{path}:{n}"))
+    try:
+        with open(path, encoding="utf-8") as fh:
+            for n, line in enumerate(fh, 1):
+                if not line.strip():
+                    continue
+                try:
+                    record = json.loads(line)
+                except ValueError as exc:  # a torn last line, or not JSON at all
+                    raise RecordSchemaError(f"{path}:{n}: not a JSON line ({exc})") from None
+                out.append(check_record(record, where=f"{path}:{n}"))
+    except OSError as exc:
+        raise RecordSchemaError(f"{path}: cannot read it ({exc.strerror or exc})",
+                                hint="give a dataset folder built by `emollm build` (it holds annotations.jsonl)") from None  # fmt: skip
+    except UnicodeDecodeError as exc:
+        raise RecordSchemaError(f"{path}: not UTF-8 text ({exc.reason} at byte {exc.start})") from None
     return out

@@ -10,6 +10,9 @@
   record's peak index, longer side 320 px) and ``OUT/thumbs/<id>_aus.png`` (a bar chart of the AU
   intensities at the peak, in ``MERR_AUS`` order; present AUs in a darker colour). A clip whose peak
   frame cannot be decoded gets an empty ``thumbnail`` cell and a ``thumbnail_error``; the export goes on.
+  So does a record whose id cannot name a file under ``thumbs/`` (``..``, absolute, NUL: someone else's
+  ``annotations.jsonl``; :mod:`emollm.paths` decides): its row is kept, with the reason, and nothing is
+  written outside ``OUT``.
 - **Import** (:func:`import_corrections`): a CSV (header ``id,label[,note][,reviewer]``) or JSONL
   (objects with the same keys). Rows are checked one by one: an unknown id, a missing label or a label
   outside the dataset's label set is a **per-row error** (row number, id, reason) written to
@@ -33,12 +36,13 @@ import json
 import os
 from collections.abc import Sequence
 from dataclasses import dataclass, field
-from pathlib import Path, PurePosixPath
+from pathlib import Path
 from typing import Any
 
 from data_builders.record import read_annotations
-from emollm.errors import ConfigError
+from emollm.errors import ConfigError, UnsafePathError
 from emollm.log import get_logger
+from emollm.paths import ensure_folder, id_path, id_rel
 
 log = get_logger(__name__)
 
@@ -135,15 +139,14 @@ def _au_chart(rec: dict[str, Any], path: Path) -> None:
 def thumb_path(clip_id: str, suffix: str) -> str:
     """``thumbs/<id><suffix>``, relative to the review folder, ``/``-separated: an id in a subfolder
     (``sub/clip1``) gets the same subfolder under ``thumbs/``. Ids that would leave ``thumbs/`` (absolute,
-    ``..``) are refused (``ValueError``)."""
-    parts = PurePosixPath(clip_id).parts
-    if not clip_id or PurePosixPath(clip_id).is_absolute() or ".." in parts or "\\" in clip_id or "\x00" in clip_id:
-        raise ValueError(f"clip id {clip_id!r} cannot name a file under thumbs/")
-    return f"thumbs/{clip_id}{suffix}"
+    ``..``, NUL, empty) are refused (:class:`~emollm.errors.UnsafePathError`, via :mod:`emollm.paths`)."""
+    return id_rel(clip_id, suffix, folder="thumbs")
 
 
-def _prepared(out: Path, rel: str) -> Path:
-    path = out.joinpath(*PurePosixPath(rel).parts)
+def _prepared(out: Path, clip_id: str, suffix: str) -> Path:
+    """The thumbnail file for ``clip_id`` under ``out/thumbs`` (checked to stay there, symlinks
+    resolved), its folder created."""
+    path = id_path(out / "thumbs", clip_id, suffix)
     path.parent.mkdir(parents=True, exist_ok=True)
     return path
 
@@ -160,8 +163,8 @@ def export_review(dataset_dir: str | os.PathLike[str], out_dir: str | os.PathLik
     """Write the samples that need review to ``out_dir`` (CSV + JSONL + PNGs); see the module docstring."""
     dataset_dir, out = Path(dataset_dir), Path(out_dir)
     records = read_annotations(dataset_dir / "annotations.jsonl")
-    thumbs = out / "thumbs"
-    thumbs.mkdir(parents=True, exist_ok=True)
+    ensure_folder(out, "review --out")
+    ensure_folder(out / "thumbs", "review --out")
     rows = []
     for rec in records:
         reasons = review_reasons(rec, threshold)
@@ -176,15 +179,22 @@ def export_review(dataset_dir: str | os.PathLike[str], out_dir: str | os.PathLik
                "media": rec["media"]["path"], "thumbnail": "", "au_chart": "", "thumbnail_error": ""}  # fmt: skip
         if images:
             try:
+                thumb_path(rec["id"], "")
+            except UnsafePathError as exc:  # someone else's annotations.jsonl: no file for it, the row says why
+                log.warning("review: record %r gets no thumbnails: %s", rec["id"], exc.message)
+                row["thumbnail_error"] = f"UnsafePathError: {exc.message}"
+                rows.append(row)
+                continue
+            try:
                 rel = thumb_path(rec["id"], "_peak.png")
-                _thumbnail(dataset_dir, rec, _prepared(out, rel))
+                _thumbnail(dataset_dir, rec, _prepared(out, rec["id"], "_peak.png"))
                 row["thumbnail"] = rel
             except Exception as exc:  # noqa: BLE001 - a reviewer still gets the row; the reason is in the cell
                 row["thumbnail_error"] = f"{type(exc).__name__}: {getattr(exc, 'message', exc)}"
             if rec.get("aus_at_peak"):
                 try:
                     rel = thumb_path(rec["id"], "_aus.png")
-                    _au_chart(rec, _prepared(out, rel))
+                    _au_chart(rec, _prepared(out, rec["id"], "_aus.png"))
                     row["au_chart"] = rel
                 except Exception as exc:  # noqa: BLE001 - as above
                     row["thumbnail_error"] = "; ".join(filter(None, [row["thumbnail_error"],
@@ -216,7 +226,13 @@ def read_corrections(path: str | os.PathLike[str]) -> list[dict[str, Any]]:
     path = Path(path)
     if not path.is_file():
         raise ConfigError(f"corrections file {path} does not exist")
-    text = path.read_text(encoding="utf-8-sig")
+    try:
+        text = path.read_text(encoding="utf-8-sig")
+    except UnicodeDecodeError as exc:
+        raise ConfigError(f"corrections file {path}: not UTF-8 text ({exc.reason} at byte {exc.start})",
+                          hint="save it as UTF-8 (spreadsheet apps: 'CSV UTF-8')") from None  # fmt: skip
+    except OSError as exc:
+        raise ConfigError(f"corrections file {path}: cannot read it ({exc.strerror or exc})") from None
     if path.suffix.lower() in (".jsonl", ".json"):
         rows = []
         for n, line in enumerate(text.splitlines(), 1):
@@ -232,7 +248,10 @@ def read_corrections(path: str | os.PathLike[str]) -> list[dict[str, Any]]:
     if not reader.fieldnames or "id" not in reader.fieldnames or "label" not in reader.fieldnames:
         raise ConfigError(f"corrections CSV {path} needs the columns id,label (got {reader.fieldnames})",
                           hint="header: id,label,note,reviewer (note and reviewer optional)")  # fmt: skip
-    return list(reader)
+    try:
+        return list(reader)
+    except csv.Error as exc:  # a NUL byte, a broken quote at the end
+        raise ConfigError(f"corrections CSV {path}: not a readable CSV ({exc})") from None
 
 
 def _load_reviews(dataset_dir: Path) -> dict[str, dict[str, Any]]:

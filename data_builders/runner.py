@@ -40,15 +40,17 @@ from pathlib import Path
 from typing import Any
 
 from data_builders import inputs as inputs_mod
+from data_builders import pool as pool_mod
 from data_builders.au import AUSeries, load_aus, save_aus
 from data_builders.peak import find_peak
 from data_builders.record import RECORD_VERSION
 from data_builders.rules import load_rules, pseudo_label
 from emollm import __version__
 from emollm.config import EmollmConfig, save_resolved
-from emollm.errors import AUExtractionError, ConfigError, EmollmError, MediaError
+from emollm.errors import AUExtractionError, ConfigError, EmollmError, MediaError, UnsafePathError
 from emollm.log import get_logger, progress
 from emollm.modeling.au_encoder import MERR_AUS
+from emollm.paths import ensure_folder, id_path, id_rel, inside
 from eval.label_sets import load_label_set
 
 log = get_logger(__name__)
@@ -75,6 +77,7 @@ class BuildSummary:
     wall_s: float = 0.0
     out_dir: str = ""
     text: dict[str, Any] = field(default_factory=dict)  # the text stage's counts (manifest "text")
+    missing: list[str] = field(default_factory=list)  # clip ids without a finished part (merge waits for them)
 
     @property
     def clips_per_s(self) -> float:
@@ -125,11 +128,19 @@ def _atomic_write(path: Path, text: str) -> None:
 
 
 def part_path(out_dir: Path, clip_id: str) -> Path:
-    return out_dir / PARTS_DIR / (hashlib.sha1(clip_id.encode()).hexdigest()[:20] + ".json")
+    # a hash names the part, so any id fits; inside() still refuses a .parts symlink that leads out
+    return inside(out_dir / PARTS_DIR, hashlib.sha1(clip_id.encode("utf-8", "surrogatepass")).hexdigest()[:20] + ".json",
+                  name=clip_id)  # fmt: skip
 
 
 def aus_rel(clip_id: str) -> str:
-    return f"{AUS_DIR}/{clip_id}.npz"
+    """``aus/<clip_id>.npz`` (nested like the id; refused when the id would leave ``aus/``)."""
+    return id_rel(clip_id, ".npz", folder=AUS_DIR)
+
+
+def aus_path(out_dir: Path, clip_id: str) -> Path:
+    """The AU side file of ``clip_id`` under ``out_dir/aus`` (checked, symlinks resolved)."""
+    return id_path(out_dir / AUS_DIR, clip_id, ".npz")
 
 
 def _stat(path: Path) -> str:
@@ -377,6 +388,9 @@ def text_stage(cfg: EmollmConfig, out: Path, records: list[dict[str, Any]], *, w
         stats["writer_failed"] = failed
         if failed:
             log.warning("writer: %d of %d clip(s) got no usable reasoning (flag writer_failed)", failed, len(todo))
+        if failed == len(todo):  # a writer that never answered usefully is a broken setup, not bad luck: the CLI exits 2
+            first = next(r for r in todo if r.get("writer_error"))
+            stats["writer_all_failed"] = {"count": failed, "example_id": first["id"], "example": str(first["writer_error"])[:200]}
     label_set = load_label_set(cfg.data.label_set)
     filter_reasoning(records, label_set)
     for rec in records:
@@ -616,7 +630,7 @@ def process_clip(clip: inputs_mod.ClipInput, out_dir: Path, cfg: EmollmConfig, a
             part["face_track"] = old.get("face_track")
         if info.has_video and reuse_aus:
             stage = "au"
-            series = load_aus(out_dir / aus_rel(clip.id))
+            series = load_aus(aus_path(out_dir, clip.id))
             flags = list(old["record"]["flags"])
         elif not reuse_aus or old_cues is None:
             from data_builders.analysis import analyse_clip
@@ -632,7 +646,8 @@ def process_clip(clip: inputs_mod.ClipInput, out_dir: Path, cfg: EmollmConfig, a
             stage = "au"
             series = _extract(clip, info, cfg, analysis)
             flags = sorted(set(series.flags) | set(analysis.flags))
-            save_aus(series, out_dir / aus_rel(clip.id))
+            pool_mod.stop_if_orphaned()
+            save_aus(series, aus_path(out_dir, clip.id))
             stage = "expression"
             part["expression"] = _expression(analysis, cfg)
             part["face_track"] = _face_track(analysis)
@@ -644,13 +659,14 @@ def process_clip(clip: inputs_mod.ClipInput, out_dir: Path, cfg: EmollmConfig, a
         part["status"] = "ok"
         part["record"] = _make_record(clip.id, clip.path, out_dir, info, series, flags, cfg)
         part["clip_seconds"] = 0.0 if reuse_aus else float(info.duration_s or 0.0)
-    except (MediaError, AUExtractionError) as exc:
+    except (MediaError, AUExtractionError, UnsafePathError) as exc:
         part["status"] = "error"
         part["error"] = {"id": clip.id, "path": str(clip.path), "stage": stage, "error_type": type(exc).__name__,
                          "reason": getattr(exc, "cause", None) or exc.message}  # fmt: skip
         part["clip_seconds"] = 0.0
     part["elapsed_s"] = round(time.perf_counter() - start, 4)
     part["relabelled"] = reuse_aus
+    pool_mod.stop_if_orphaned()  # a part written after the build died would race a rerun
     _atomic_write(part_path(out_dir, clip.id), json.dumps(part, ensure_ascii=False))
     return part
 
@@ -662,14 +678,6 @@ def _read_part(out_dir: Path, clip_id: str) -> dict[str, Any] | None:
     except (OSError, ValueError):
         return None
     return part if part.get("id") == clip_id else None
-
-
-def _worker_init(torch_threads: int) -> None:
-    """Worker start: torch (whisper) shares the cores with the other workers instead of each taking all."""
-    if torch_threads:
-        import torch
-
-        torch.set_num_threads(torch_threads)
 
 
 def _work(args: tuple) -> dict[str, Any]:
@@ -708,9 +716,8 @@ def build(
     """Build (or resume) a dataset from ``clips_dir`` into ``out_dir``; see the module docstring.
     ``analyses``: a dict that receives each analysed clip's ClipAnalysis (in-process, one worker)."""
     t0 = time.perf_counter()
-    out = Path(out_dir).resolve()
-    out.mkdir(parents=True, exist_ok=True)
-    (out / PARTS_DIR).mkdir(exist_ok=True)
+    out = ensure_folder(out_dir, "build --out").resolve()  # a file or a loop there: one line, not a traceback
+    ensure_folder(out / PARTS_DIR, "build --out")
     workers = workers or cfg.build.workers
     if cfg.build.au_source == "openface_bin":
         from data_builders.au.openface_bin import find_binary
@@ -719,7 +726,8 @@ def build(
     load_label_set(cfg.data.label_set)
     labels = inputs_mod.read_labels(cfg.data.labels_csv)
     subtitles = inputs_mod.read_subtitles(cfg.data.subtitles_csv)
-    clips = inputs_mod.discover_clips(clips_dir)
+    problems: list[dict[str, Any]] = []  # unreadable folders, broken links, unusable names: errors.jsonl
+    clips = inputs_mod.discover_clips(clips_dir, problems)
     if not clips:
         raise ConfigError(f"no clips found under {clips_dir}", hint=f"supported: {' '.join(inputs_mod.CLIP_EXTENSIONS)}")
     index, count = shard
@@ -744,7 +752,7 @@ def build(
         if same_aus and part["label_fingerprint"] == label_fp and same_cues:
             summary.reused += 1
             continue
-        reuse = same_aus and (not part["record"].get("aus_file") or (out / aus_rel(clip.id)).is_file())
+        reuse = same_aus and (not part["record"].get("aus_file") or aus_path(out, clip.id).is_file())
         todo.append((clip, out, cfg, au_fp, label_fp, reuse, cue_fp, same_cues))
     log.info("build: %d clip(s) in shard %d/%d, %d already done, %d to process with %d worker(s)",
              len(mine), index, count, summary.reused, len(todo), workers)  # fmt: skip
@@ -767,7 +775,8 @@ def build(
         # hangs in a forked child once the parent used it: spawn, always (each worker imports once).
         ctx = multiprocessing.get_context("spawn")
         threads = max(1, (os.cpu_count() or 1) // workers)
-        with cf.ProcessPoolExecutor(max_workers=workers, mp_context=ctx, initializer=_worker_init, initargs=(threads,)) as pool:
+        with cf.ProcessPoolExecutor(max_workers=workers, mp_context=ctx, initializer=pool_mod.worker_init,
+                                    initargs=(threads, os.getpid())) as pool:
             futures = [pool.submit(_work, args) for args in todo]
             for fut in progress(cf.as_completed(futures), desc="build", total=len(futures), unit="clip"):
                 account(fut.result())
@@ -775,11 +784,12 @@ def build(
     # failures already on disk from a previous run count too
     if merge:
         parts = [_read_part(out, c.id) for c in clips]
-        complete = all(p and (p["status"] == "error" or (p["label_fingerprint"] == label_fp
-                                                          and p.get("cue_fingerprint") == cue_fps[c.id]))
-                       for c, p in zip(clips, parts, strict=True))  # fmt: skip
-        if complete:
-            merge_outputs(cfg, out, clips, parts, labels, subtitles, summary, writer=writer, describer=describer)  # type: ignore[arg-type]
+        summary.missing = [c.id for c, p in zip(clips, parts, strict=True)
+                           if not (p and (p["status"] == "error" or (p["label_fingerprint"] == label_fp
+                                                                     and p.get("cue_fingerprint") == cue_fps[c.id])))]  # fmt: skip
+        if not summary.missing:
+            merge_outputs(cfg, out, clips, parts, labels, subtitles, summary, writer=writer, describer=describer,  # type: ignore[arg-type]
+                          problems=problems)
         else:
             log.info("shard %d/%d done; the merge runs once every shard has finished (rerun any shard, or --merge)", index, count)
     summary.wall_s = time.perf_counter() - t0
@@ -788,10 +798,14 @@ def build(
     return summary
 
 
-def merge_outputs(cfg: EmollmConfig, out: Path, clips, parts, labels, subtitles, summary: BuildSummary, *, writer=None, describer=None) -> None:  # noqa: ANN001
+def merge_outputs(cfg: EmollmConfig, out: Path, clips, parts, labels, subtitles, summary: BuildSummary, *, writer=None,  # noqa: ANN001
+                  describer=None, problems: list[dict[str, Any]] | None = None) -> None:  # noqa: ANN001
     """Write annotations.jsonl, errors.jsonl, manifest.json and config.yaml from the part files
-    (and, from the records, the text stage: descriptions, reasoning, filter, instructions/)."""
+    (and, from the records, the text stage: descriptions, reasoning, filter, instructions/).
+    ``problems``: what clip discovery could not use (unreadable folders...), one errors.jsonl line each."""
     records, errors = [], []
+    for prob in problems or []:
+        errors.append(prob | {"path": os.path.relpath(prob["path"], out).replace(os.sep, "/")})
     for clip, part in zip(clips, parts, strict=True):
         if part["status"] == "error":
             errors.append(part["error"] | {"path": os.path.relpath(clip.path, out).replace(os.sep, "/")})

@@ -85,12 +85,17 @@ def _stage(result: DemoResult, name: str, report: Callable[[str], None]):
     result.stages[name] = time.perf_counter() - start
 
 
-def _link_clips(clips: list[Path], folder: Path) -> None:
+def _link_clips(clips: list[Path], folder: Path, names: list[str] | None = None) -> None:
+    """Link each clip into ``folder``, as ``names`` (relative, ``/``-separated; default: the file name).
+    Every name goes through emollm.paths, so no link lands outside ``folder``."""
     from emollm.media.write import link_clip
+    from emollm.paths import ensure_folder, id_path
 
-    folder.mkdir(parents=True, exist_ok=True)
-    for clip in clips:
-        link_clip(clip, folder / clip.name)
+    ensure_folder(folder, "demo clips folder")
+    for clip, name in zip(clips, names or [c.name for c in clips], strict=True):
+        target = id_path(folder, name)
+        target.parent.mkdir(parents=True, exist_ok=True)
+        link_clip(clip, target)
 
 
 def _demo_clips(clip: str | os.PathLike | None, tiny: bool, out: Path) -> tuple[list[Path], Path, dict[str, Any]]:
@@ -117,14 +122,18 @@ def _demo_clips(clip: str | os.PathLike | None, tiny: bool, out: Path) -> tuple[
     if path.is_dir():
         from data_builders.inputs import discover_clips
 
-        clips = [c.path for c in discover_clips(path)]
+        found = discover_clips(path)  # unreadable folders / broken links: a warning each
+        clips = [c.path for c in found]
         if not clips:
             raise EmollmError(f"no clips found under {path}")
-    else:
-        from emollm.media import probe
+        # nested like the ids, so speaker1/clip.mp4 and speaker2/clip.mp4 stay two clips
+        names = [c.id if c.id.lower().endswith(c.path.suffix.lower()) else c.id + c.path.suffix for c in found]
+        _link_clips(clips, out / "clips", names)
+        return clips, clips[0], {}
+    from emollm.media import probe
 
-        probe(path)  # a file that cannot be read fails here, with its reason
-        clips = [path]
+    probe(path)  # a file that cannot be read fails here, with its reason
+    clips = [path]
     _link_clips(clips, out / "clips")
     return clips, clips[0], {}
 
@@ -143,8 +152,9 @@ def run_demo(
     random backbone and the five whole sample videos (seconds, no model download); ``config``: None
     for the mode's own (``smollm2_cpu`` / ``tiny_cpu``); ``train_steps``: None for the config's
     ``train.max_steps`` (``--tiny``: 120)."""
-    out = Path(out_dir).resolve()
-    out.mkdir(parents=True, exist_ok=True)
+    from emollm.paths import ensure_folder
+
+    out = ensure_folder(out_dir, "demo --out").resolve()  # a file or a link loop there: one line, not a traceback
     result = DemoResult(out_dir=out)
     labelled = clip is None and not tiny  # the labelled, split segments
     labels_csv = out / "labels.csv"

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 
 import pytest
 from safetensors.torch import load_file
@@ -35,8 +36,17 @@ def test_tiny_demo_runs_end_to_end(tmp_path, capsys):
     summary = json.loads((out / "summary.json").read_text())
     for name in ("config", "dataset", "run", "predictions", "report", "frames", "faces", "summary"):
         assert os.path.exists(summary["artefacts"][name]), name
-    assert list(summary["stages_s"]) == ["config", "models", "clips", "build", "features", "train", "predict",
-                                         "evaluate", "infer"]
+    assert list(summary["stages_s"]) == [
+        "config",
+        "models",
+        "clips",
+        "build",
+        "features",
+        "train",
+        "predict",
+        "evaluate",
+        "infer",
+    ]
     # The resolved config next to the outputs loads back to the config the demo ran with.
     assert cfglib.load(out / "config.yaml") == cfglib.load("tiny_cpu")
 
@@ -66,7 +76,12 @@ def test_tiny_demo_runs_end_to_end(tmp_path, capsys):
 
 def test_demo_on_an_audio_only_clip_skips_what_it_cannot_see(broken, tmp_path):
     out = tmp_path / "audio"
-    assert cli.main(["--quiet", "demo", "--tiny", "--clip", str(broken["audio_only_wav"]), "--out", str(out), "--steps", "2"]) == 0
+    assert (
+        cli.main(
+            ["--quiet", "demo", "--tiny", "--clip", str(broken["audio_only_wav"]), "--out", str(out), "--steps", "2"]
+        )
+        == 0
+    )
     summary = json.loads((out / "summary.json").read_text())
     facts = summary["facts"]
     assert list(facts["dataset"]["pseudo_labels"].values()) == [None]
@@ -110,3 +125,33 @@ def test_demo_on_the_real_models_trains_on_train_and_scores_the_held_out_clips(t
     infer = facts["infer"]
     assert infer["error"] is None and infer["clip"].endswith("wl_happy_17.mp4")
     assert len(infer["text"].split()) >= 5 and infer["text"].isascii()
+
+
+def test_demo_over_symlink_loops_is_one_clear_error(tmp_path, capsys):
+    os.symlink(tmp_path / "b", tmp_path / "a")
+    os.symlink(tmp_path / "a", tmp_path / "b")
+    clips = tmp_path / "clips"
+    clips.mkdir()
+    os.symlink(clips / "x.mp4", clips / "x.mp4")  # a "clip" that is a link to itself
+    os.symlink(clips, clips / "again")  # and a folder link back to its own folder
+    for args in (["--clip", str(tmp_path / "a")], ["--clip", str(clips)], ["--clip", str(clips / "again" / "again")],
+                 ["--out", str(tmp_path / "a")]):  # fmt: skip
+        out = [] if "--out" in args else ["--out", str(tmp_path / "out")]
+        assert cli.main(["demo", "--tiny", *args, *out, "--steps", "1"]) == 2, args
+        err = capsys.readouterr().err
+        assert "this is a bug" not in err and "error: " in err and ("loop" in err or "symbolic links" in err), err
+
+
+def test_demo_clip_folder_keeps_same_named_clips_in_subfolders(sample_dir, tmp_path):
+    from emollm.demo import _demo_clips
+
+    for speaker in ("speaker1", "speaker2"):
+        (tmp_path / "in" / speaker).mkdir(parents=True)
+        shutil.copy(sample_dir / "single_face.jpg", tmp_path / "in" / speaker / "clip.jpg")
+    clips, _, _ = _demo_clips(tmp_path / "in", True, tmp_path / "out")
+    assert len(clips) == 2  # linked flat by file name, the second would have been silently the first
+    linked = sorted(
+        p.relative_to(tmp_path / "out" / "clips").as_posix() for p in (tmp_path / "out" / "clips").rglob("*.jpg")
+    )
+    assert linked == ["speaker1/clip.jpg", "speaker2/clip.jpg"]
+    assert {os.path.realpath(tmp_path / "out" / "clips" / p) for p in linked} == {str(c.resolve()) for c in clips}

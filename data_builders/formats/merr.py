@@ -50,6 +50,7 @@ import json
 import math
 import os
 import re
+import zipfile
 from pathlib import Path
 from typing import Any
 
@@ -57,8 +58,9 @@ import numpy as np
 
 from data_builders.instructions import record_label
 from data_builders.record import RECORD_VERSION, read_annotations
-from emollm.errors import RecordSchemaError
+from emollm.errors import RecordSchemaError, UnsafePathError
 from emollm.log import get_logger
+from emollm.paths import ensure_folder, id_parts, inside
 
 log = get_logger(__name__)
 
@@ -99,12 +101,17 @@ def unsafe_id_reason(cid: str) -> str | None:
 def _aus_over_frames(rec: dict[str, Any], dataset_dir: Path | None) -> list[str]:
     if rec.get("aus_present_over_frames") is not None:
         return list(rec["aus_present_over_frames"])
-    if dataset_dir is not None and rec.get("aus_file") and (dataset_dir / rec["aus_file"]).is_file():
-        with np.load(dataset_dir / rec["aus_file"], allow_pickle=False) as z:
-            names = [str(n) for n in z["au_names"]]
-            face = z["face"].astype(bool)
-            present = z["presence"][face].any(axis=0) if face.any() else np.zeros(len(names), bool)
-        return [n for n, p in zip(names, present, strict=True) if p]
+    aus_file = rec.get("aus_file")
+    if dataset_dir is not None and isinstance(aus_file, str) and (dataset_dir / aus_file).is_file():
+        try:
+            with np.load(dataset_dir / aus_file, allow_pickle=False) as z:
+                names = [str(n) for n in z["au_names"]]
+                face = z["face"].astype(bool)
+                present = z["presence"][face].any(axis=0) if face.any() else np.zeros(len(names), bool)
+            return [n for n, p in zip(names, present, strict=True) if p]
+        except (OSError, ValueError, KeyError, EOFError, zipfile.BadZipFile) as exc:  # not a side file (someone else's record): say so, use the peak's
+            log.warning("%s: aus_file %s is not a readable AU side file (%s); using the AUs at the peak",
+                        rec.get("id"), aus_file, exc)  # fmt: skip
     return list(rec.get("aus_present_at_peak") or [])
 
 
@@ -207,7 +214,7 @@ def export_merr(dataset_dir: str | os.PathLike[str], out_dir: str | os.PathLike[
             origin = files.get(kind) or {}
             rows[kind].append(((origin.get("txt_pos"), origin.get("json_pos"), n), line, rec["id"], entry))
     res: dict[str, Any] = {}
-    out.mkdir(parents=True, exist_ok=True)
+    ensure_folder(out, "MERR export folder")
     for kind in KINDS:
         base = f"{name}_{kind}_grained"
         txt_fmt = layout.get(f"{kind}_txt") or {}
@@ -219,9 +226,10 @@ def export_merr(dataset_dir: str | os.PathLike[str], out_dir: str | os.PathLike[
         txt = "\n".join(lines) + ("\n" if lines and txt_fmt.get("trailing_newline") else "")
         indent = json_fmt.get("indent", 4)
         body = json.dumps(entries, indent=indent, ensure_ascii=json_fmt.get("ensure_ascii", False))
-        _atomic_write(out / f"{base}.txt", txt)
-        _atomic_write(out / f"{base}.json", body + ("\n" if json_fmt.get("trailing_newline") else ""))
-        res[kind] = {"txt": str(out / f"{base}.txt"), "json": str(out / f"{base}.json"), "lines": len(lines),
+        txt_path, json_path = inside(out, f"{base}.txt", name=name), inside(out, f"{base}.json", name=name)  # --name is text too
+        _atomic_write(txt_path, txt)
+        _atomic_write(json_path, body + ("\n" if json_fmt.get("trailing_newline") else ""))
+        res[kind] = {"txt": str(txt_path), "json": str(json_path), "lines": len(lines),
                      "entries": len(entries)}  # fmt: skip
     log.info("merr: coarse %d line(s) / %d entr(ies), fine %d / %d -> %s", res["coarse"]["lines"],
              res["coarse"]["entries"], res["fine"]["lines"], res["fine"]["entries"], out)  # fmt: skip
@@ -422,9 +430,18 @@ def import_merr(src: str | os.PathLike[str], out_dir: str | os.PathLike[str], *,
             p = piece(name, kind)
             p["json"], p["json_pos"] = entry, pos
         n_entries += len(data)
+    bad = []
+    for n in order:  # someone else's names become our ids, and ids become file names later (emollm.paths)
+        try:
+            id_parts(n)
+        except UnsafePathError as exc:
+            bad.append(f"{n!r}: {exc.cause}")
+    if bad:
+        raise RecordSchemaError(f"{src}: {len(bad)} MERR name(s) cannot be clip ids: {'; '.join(bad[:10])}",
+                                hint="names must be relative file names (no '..', no leading '/'); fix the files")  # fmt: skip
     records = [from_merr(n, parts[n], media_dir=media_dir, media_ext=media_ext, source=src.name, peak_base=peak_base)
                for n in order]  # fmt: skip
-    out.mkdir(parents=True, exist_ok=True)
+    ensure_folder(out, "MERR import folder")
     _atomic_write(out / "manifest.json", json.dumps({"schema_version": RECORD_VERSION, "records": len(records), "label_set": label_set,
                                                      "source": f"merr:{src}", "merr_files": layout}, indent=2) + "\n")  # fmt: skip
     from data_builders.review import resplit

@@ -21,6 +21,7 @@ from typing import Any
 
 from data_builders.instructions import TASKS, record_label
 from data_builders.record import read_annotations
+from emollm.paths import ensure_folder
 from emollm.prompts import build_emotion_llama_prompt, choose_instruction, load_instruction_pool
 
 
@@ -71,7 +72,7 @@ def export_sharegpt(dataset_dir: str | os.PathLike[str], out_dir: str | os.PathL
             rows["emotion"].append(sharegpt_sample(rec, "emotion", label, path, seed))
         if "reason" in rows and rec.get("granularity") == "fine" and rec.get("reasoning"):
             rows["reason"].append(sharegpt_sample(rec, "reason", rec["reasoning"], path, seed))
-    out.mkdir(parents=True, exist_ok=True)
+    ensure_folder(out, "ShareGPT export folder")
     info = {}
     for task, samples in rows.items():
         _atomic_write(out / f"emollm_{task}.json", json.dumps(samples, indent=2, ensure_ascii=False) + "\n")

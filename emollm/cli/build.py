@@ -58,10 +58,20 @@ def run(args: argparse.Namespace) -> int:
     summary = build(cfg, clips_dir, out, workers=args.workers, shard=parse_shard(args.shard), merge_only=args.merge)
     print(summary.table())
     if args.merge and not summary.merged:
-        raise ConfigError(f"cannot merge {out}: some clips have no finished part yet", hint="run the missing shards first")
+        shown = ", ".join(repr(m) for m in summary.missing[:5])
+        more = f" and {len(summary.missing) - 5} more" if len(summary.missing) > 5 else ""
+        raise ConfigError(f"cannot merge {out}: {len(summary.missing)} clip(s) have no finished part yet: {shown}{more}",
+                          hint="run the missing shards (or the build without --shard) first")  # fmt: skip
     if summary.merged:
         print(f"wrote {summary.out_dir}/annotations.jsonl ({summary.records} records), errors.jsonl ({summary.errors}), manifest.json")
+    status = 0
     if summary.failed:
         print(f"{summary.failed} clip(s) failed: see errors.jsonl", file=sys.stderr)
-        return 2
+        status = 2
+    all_failed = (summary.text or {}).get("writer_all_failed")
+    if all_failed:  # the records are written (reasoning empty, flag writer_failed); the run still says it failed
+        print(f"every writer answer was unusable ({all_failed['count']} of {all_failed['count']}); e.g. "
+              f"{all_failed['example_id']}: {all_failed['example']} (see writer_failures.jsonl)", file=sys.stderr)
+        status = 2
+    return status
     return 0

@@ -15,7 +15,7 @@ from pathlib import Path
 
 import numpy as np
 
-from emollm.errors import MediaError
+from emollm.errors import MediaError, MediaNotFoundError
 
 
 def link_clip(src: str | os.PathLike, target: str | os.PathLike) -> Path:
@@ -26,7 +26,11 @@ def link_clip(src: str | os.PathLike, target: str | os.PathLike) -> Path:
     src, target = Path(src), Path(target)
     if not (target.exists() or target.is_symlink()):
         try:
-            target.symlink_to(src.resolve())
+            real = src.resolve(strict=True)
+        except (OSError, RuntimeError) as exc:  # missing, or a symlink loop (RuntimeError before Python 3.13)
+            raise MediaNotFoundError(src, f"cannot follow the path ({getattr(exc, 'strerror', None) or exc})") from None
+        try:
+            target.symlink_to(real)
         except OSError:  # no symlinks here: copy
             shutil.copy2(src, target)
     return target

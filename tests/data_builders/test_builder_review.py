@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import csv
 import json
+import os
 import shutil
 from pathlib import Path
 
@@ -14,6 +15,7 @@ from data_builders.review import export_review, import_corrections, review_reaso
 from data_builders.runner import build
 from emollm import config
 from emollm.cli.main import main
+from emollm.errors import UnsafePathError
 
 
 def _records(out: Path) -> dict[str, dict]:
@@ -192,6 +194,32 @@ def test_thumb_path_refuses_ids_leaving_the_folder() -> None:
     from data_builders.review import thumb_path
 
     assert thumb_path("sub/a b", "_peak.png") == "thumbs/sub/a b_peak.png"
-    for bad in ("../x", "/abs", "a/../../x", ""):
-        with pytest.raises(ValueError):
+    for bad in ("../x", "/abs", "a/../../x", "", ".", "a/\x00"):
+        with pytest.raises(UnsafePathError):
             thumb_path(bad, "_peak.png")
+
+
+def test_review_export_of_a_traversal_id_writes_nothing_outside(built, tmp_path, capsys) -> None:
+    # someone else's annotations.jsonl: a record id that walks out of --out (and one absolute)
+    _, src, _ = built
+    ds = tmp_path / "data" / "ds"
+    shutil.copytree(src, ds, ignore=shutil.ignore_patterns("review*"))
+    recs = [json.loads(line) for line in (ds / "annotations.jsonl").open(encoding="utf-8")]
+    for rec in recs:  # the copy reads the same clips
+        rec["media"] = {**rec["media"], "path": os.path.relpath(src / rec["media"]["path"], ds)}
+    evil = [dict(recs[0], id="../../../../outside/x"), dict(recs[0], id="/tmp/abs_evil")]
+    (ds / "annotations.jsonl").write_text("".join(json.dumps(r, ensure_ascii=False) + "\n" for r in recs + evil),
+                                          encoding="utf-8")  # fmt: skip
+    out = tmp_path / "data" / "ds" / "rv" / "a" / "b"
+    before = {p for p in tmp_path.rglob("*")}
+    assert main(["--quiet", "review", "export", str(ds), "--out", str(out), "--threshold", "1.01"]) == 0
+    written = {p for p in tmp_path.rglob("*")} - before
+    assert written and all(p == out or out in p.parents or p in out.parents for p in written), \
+        sorted(str(p) for p in written if out not in p.parents)  # fmt: skip
+    assert not list(tmp_path.rglob("x_peak.png")) and not os.path.exists("/tmp/abs_evil_peak.png")
+    rows = {r["id"]: r for r in csv.DictReader((out / "review.csv").open(encoding="utf-8", newline=""))}
+    for rec in evil:  # reported, not dropped: the row is there and says why it has no picture
+        row = rows[rec["id"]]
+        assert row["thumbnail"] == "" and row["au_chart"] == "" and "UnsafePathError" in row["thumbnail_error"]
+        assert repr(rec["id"]) in row["thumbnail_error"]
+    assert any(r["thumbnail"] for r in rows.values())  # the honest records still get theirs
