@@ -11,14 +11,17 @@ explaining "why the person feels {label}":
 - ``openai``: any OpenAI-compatible endpoint, ``hf``: a local causal LM by path — both through
   :mod:`emollm.llm` (retries with backoff, timeouts, bounded concurrency, content-hashed reply cache so a
   re-run makes no new call), with the MERR prompt ``prompts/writers/merr_reason.yaml``.
-A reply that is empty or not prose after the retries leaves the reasoning ``None`` with a reason (the
-record gets the flag ``writer_failed``); nothing is guessed.
+A reply that is empty, not prose or longer than ``MAX_REASONING_CHARS`` after the retries, or a call that
+keeps failing (HTTP status, timeout, not JSON), leaves the reasoning ``None`` with its cause (the record
+gets the flag ``writer_failed`` and ``writer_error``); each such clip is logged as one warning line and
+written to ``<out>/writer_failures.jsonl``; nothing is guessed.
 """
 
 from __future__ import annotations
 
 import functools
 import hashlib
+import json
 import re
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -33,6 +36,9 @@ from emollm.log import get_logger
 from emollm.resources import prompts_dir
 
 log = get_logger(__name__)
+
+#: Per-clip writer failures of a build, one JSON line each ({"id", "cause", ...}), in the build output.
+WRITER_FAILURES = "writer_failures.jsonl"
 
 
 @functools.lru_cache(maxsize=16)
@@ -112,16 +118,30 @@ def reply_text(reply: str | None) -> str:
     return _THINK.sub("", reply or "").strip().strip('"').strip()
 
 
-def validate_reasoning(reply: str) -> str | None:
-    """The reply as a reasoning paragraph, or None when it is empty, too short or not prose."""
+#: Longest reasoning paragraph accepted from an LLM writer (MERR's are 300-800 characters); a longer
+#: reply is a failure ("reply too long (N chars)"), never stored as a clip's reasoning.
+MAX_REASONING_CHARS = 4000
+
+
+def reasoning_rejection(reply: str | None) -> str | None:
+    """Why the reply is not a usable reasoning paragraph (None: it is)."""
     text = reply_text(reply)
+    if len(text) > MAX_REASONING_CHARS:
+        return f"reply too long ({len(text)} chars, at most {MAX_REASONING_CHARS})"
     words = re.findall(r"[A-Za-z][A-Za-z'-]*", text)
     if len(words) < 8:
-        return None
+        return f"refused by the reasoning filter: {len(words)} word(s), at least 8 needed"
     letters = sum(c.isalpha() or c.isspace() for c in text)
     if letters / max(1, len(text)) < 0.7 or text.lstrip().startswith(("{", "[", "<")):
+        return "refused by the reasoning filter: not prose"
+    return None
+
+
+def validate_reasoning(reply: str) -> str | None:
+    """The reply as a reasoning paragraph, or None when it is empty, too short, too long or not prose."""
+    if reasoning_rejection(reply) is not None:
         return None
-    return " ".join(text.split())
+    return " ".join(reply_text(reply).split())
 
 
 class TemplateWriter:
@@ -147,8 +167,11 @@ class TemplateWriter:
 class LLMWriter:
     """The MERR reasoning prompt through an :class:`emollm.llm.Asker` (cache, retries, timeouts)."""
 
-    def __init__(self, asker: llm.Asker, prompt: str = "merr_reason", concurrency: int = 4):
+    def __init__(self, asker: llm.Asker, prompt: str = "merr_reason", concurrency: int = 4,
+                 failures_path: str | Path | None = None):
         self.asker = asker
+        self.failures_path = Path(failures_path) if failures_path is not None else None
+        self.failures: list[dict[str, Any]] = []  # {"id", "cause"} of every failed clip, this writer's lifetime
         self.kind = asker.backend.kind
         self.model = asker.backend.model
         self.prompt = load_writer_prompt(prompt)
@@ -165,7 +188,37 @@ class LLMWriter:
     def write(self, items: Sequence[WriterItem]) -> list[WriterResult]:
         answers = llm.ask_many(self.asker, [self.messages(it) for it in items], validate_reasoning,
                                concurrency=self.concurrency)
-        return [WriterResult(a.value, None if a.valid else (a.error or "invalid reply"), a.cached) for a in answers]
+        results = []
+        for it, a in zip(items, answers, strict=True):
+            cause = None if a.valid else failure_cause(a)
+            if cause is not None:  # one line per failed clip, and a line in writer_failures.jsonl
+                log.warning("writer: clip %s: %s", it.id, cause)
+                self.failures.append({"id": it.id, "stage": "writer", "backend": self.kind, "model": self.model,
+                                      "cause": cause, "cached": a.cached})
+            results.append(WriterResult(a.value, cause, a.cached))
+        if self.failures_path is not None:
+            self._write_failures()
+        return results
+
+    def _write_failures(self) -> None:
+        from emollm.features.cache import atomic_write_bytes
+
+        path = self.failures_path
+        if not self.failures:  # this run had none: a previous run's file would now be wrong
+            path.unlink(missing_ok=True)
+            return
+        path.parent.mkdir(parents=True, exist_ok=True)
+        lines = "".join(json.dumps(f, ensure_ascii=False) + "\n" for f in self.failures)
+        atomic_write_bytes(path, lines.encode("utf-8"))
+
+
+def failure_cause(answer: llm.Answer) -> str:
+    """Why an LLM writer produced no reasoning: the transport error (HTTP status and body excerpt,
+    timeout, not JSON) or what was wrong with the last reply (too long, refused by the filter)."""
+    error = answer.error or "invalid reply"
+    if answer.reply is not None and error.startswith("no valid answer"):
+        return f"{reasoning_rejection(answer.reply) or 'invalid reply'}; {error}"
+    return error
 
 
 def make_writer(cfg: Any, out_dir: str | Path) -> TemplateWriter | LLMWriter | None:
@@ -183,8 +236,8 @@ def make_writer(cfg: Any, out_dir: str | Path) -> TemplateWriter | LLMWriter | N
     cache = llm.ResponseCache(cfg.cache_dir or Path(out_dir) / "writer_cache")
     asker = llm.Asker(backend, cache, max_retries=cfg.max_retries, backoff_s=cfg.backoff_s,
                       retry_invalid=cfg.retry_invalid)
-    return LLMWriter(asker, cfg.prompt, cfg.concurrency)
+    return LLMWriter(asker, cfg.prompt, cfg.concurrency, failures_path=Path(out_dir) / WRITER_FAILURES)
 
 
-__all__ = ["LLMWriter", "TemplateWriter", "WriterItem", "WriterResult", "coarse_description", "load_writer_prompt",
-           "make_writer", "prompt_version", "validate_reasoning"]
+__all__ = ["MAX_REASONING_CHARS", "WRITER_FAILURES", "LLMWriter", "TemplateWriter", "WriterItem", "WriterResult", "coarse_description", "load_writer_prompt",
+           "failure_cause", "make_writer", "prompt_version", "reasoning_rejection", "validate_reasoning"]

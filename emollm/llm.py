@@ -43,6 +43,23 @@ class TransportError(Exception):
     """One call failed (timeout, connection, HTTP status): retried, never shown as a user error."""
 
 
+#: Largest HTTP reply body read from an OpenAI-compatible server (a chat reply is a few KiB).
+MAX_REPLY_BYTES = 8 * 1024 * 1024
+
+
+def _read_quietly(exc: urllib.error.HTTPError) -> bytes:
+    try:
+        return exc.read(1000)
+    except Exception:  # noqa: BLE001 - the status alone still says what happened
+        return b""
+
+
+def _excerpt(raw: bytes, limit: int = 120) -> str:
+    """The start of a reply body on one line, for an error message."""
+    text = " ".join(raw[: limit * 4].decode("utf-8", "replace").split())
+    return repr(text[:limit] + ("…" if len(text) > limit else "")) if text else "(empty body)"
+
+
 class Backend(Protocol):
     kind: str
     model: str
@@ -83,15 +100,22 @@ class OpenAIBackend:
         if self.api_key:
             headers["Authorization"] = f"Bearer {self.api_key}"
         req = urllib.request.Request(self.url, data=body, headers=headers, method="POST")
+        raw = b""
         try:
             with urllib.request.urlopen(req, timeout=self.timeout_s) as resp:
-                data = json.loads(resp.read().decode("utf-8"))
+                raw = resp.read(MAX_REPLY_BYTES + 1)  # bounded: a runaway server cannot fill memory
+            if len(raw) > MAX_REPLY_BYTES:
+                raise TransportError(f"a reply from {self.url} is larger than {MAX_REPLY_BYTES} bytes")
+            data = json.loads(raw.decode("utf-8"))
         except urllib.error.HTTPError as exc:
-            raise TransportError(f"HTTP {exc.code} from {self.url}") from None
-        except (urllib.error.URLError, TimeoutError, OSError) as exc:
-            raise TransportError(f"{type(exc).__name__}: {getattr(exc, 'reason', exc)}") from None
+            raise TransportError(f"HTTP {exc.code} from {self.url}: {_excerpt(_read_quietly(exc))}") from None
+        except (TimeoutError, urllib.error.URLError, OSError) as exc:
+            reason = getattr(exc, "reason", exc)
+            if isinstance(exc, TimeoutError) or isinstance(reason, TimeoutError):
+                raise TransportError(f"timeout after {self.timeout_s:g}s waiting for {self.url}") from None
+            raise TransportError(f"{type(exc).__name__}: {reason}") from None
         except (json.JSONDecodeError, UnicodeDecodeError):
-            raise TransportError(f"a reply from {self.url} is not JSON") from None
+            raise TransportError(f"a reply from {self.url} is not JSON: {_excerpt(raw)}") from None
         try:
             return str(data["choices"][0]["message"]["content"] or "")
         except (KeyError, IndexError, TypeError):

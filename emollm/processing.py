@@ -3,7 +3,9 @@
 An **instruction sample** is ``{"id", "task", "messages": [{"role", "content"}...], "target"?,
 "label"?}``. Each modality placeholder ``<name>`` in the message text becomes, before tokenization,
 ``span.prefix + N × "<|emo_{name}|>" + span.suffix`` (``docs/model.md``); the media tokens are
-special tokens this processor adds to the tokenizer, one id each. The conversation is then encoded
+special tokens this processor adds to the tokenizer, one id each; only these expansions are tokens (a
+literal ``<|emo_video|>`` or ``</s>`` in the text stays text, and ``\\<video>`` is the escaped, literal
+``<video>``: docs/templates.md). The conversation is then encoded
 turn by turn by :func:`emollm.templates.encode_conversation`, so the labels cover exactly the
 answer and its end token.
 
@@ -24,14 +26,37 @@ from typing import Any, Literal
 
 from emollm.errors import EmollmError
 from emollm.log import get_logger
-from emollm.templates import IGNORE_INDEX, Template, encode_conversation, render_conversation, resolve_template
+from emollm.templates import (
+    IGNORE_INDEX,
+    Template,
+    TokenText,
+    encode_conversation,
+    render_conversation,
+    resolve_template,
+)
 
 log = get_logger(__name__)
 
 PROCESSOR_CONFIG = "emollm_processor.json"
 PLACEHOLDER = re.compile(r"<([A-Za-z_][A-Za-z0-9_]*)>")
-_DROPPED = "\x00"
-_DROPPED_RUN = re.compile(r"(\s*)\x00(?:\s*\x00)*(\s*)")
+# A placeholder, or one escaped with a backslash (``\<audio>``: the literal text ``<audio>``, no media).
+_PLACEHOLDER_OR_ESCAPED = re.compile(r"(\\?)<([A-Za-z_][A-Za-z0-9_]*)>")
+
+
+def escape_placeholders(text: str) -> str:
+    r"""``text`` with every ``<word>`` written ``\<word>``: clip content (subtitles, reasoning) put into
+    a sample stays text and never becomes a media slot; the processor writes it back as ``<word>``."""
+    return PLACEHOLDER.sub(r"\\<\1>", text)
+
+
+def unescape_placeholders(text: str) -> str:
+    r"""``\<word>`` -> ``<word>`` (what the model sees for escaped text)."""
+    return _PLACEHOLDER_OR_ESCAPED.sub(lambda m: f"<{m.group(2)}>", text)
+
+
+def _free_char(text: str, start: int) -> str:
+    """A private-use character absent from ``text`` (a marker that cannot collide with the text)."""
+    return next(chr(c) for c in range(start, 0xF8FF) if chr(c) not in text)
 
 
 def media_token(name: str) -> str:
@@ -88,6 +113,46 @@ def _join_dropped(match: re.Match, text: str) -> str:
     return lead or trail
 
 
+def expand_placeholder_parts(
+    text: str,
+    spans: Mapping[str, ModalitySpan],
+    present: set[str],
+    missing_modality: str = "drop",
+    seen: dict[str, int] | None = None,
+) -> list[str | TokenText]:
+    r"""Like :func:`expand_placeholders`, as parts: each expansion is a :class:`TokenText` (its media
+    tokens are tokens), the text between is ``str`` (a control-token string in it, such as a literal
+    ``<|emo_video|>``, stays text). ``\<word>`` is written as the literal ``<word>``."""
+    expanded = _free_char(text, 0xE000)
+    dropped = _free_char(text + expanded, 0xE000)
+    expansions: list[str] = []
+
+    def replace(match: re.Match) -> str:
+        escaped, name = match.group(1), match.group(2)
+        span = spans.get(name)
+        if escaped:
+            return f"<{name}>"
+        if span is None:
+            log.debug("%r is not a configured modality; left as text", match.group(0))
+            return match.group(0)
+        if seen is not None:
+            seen[name] = seen.get(name, 0) + 1
+        if name in present or missing_modality == "zero":
+            expansions.append(span.expand())
+            return expanded
+        return dropped
+
+    out = _PLACEHOLDER_OR_ESCAPED.sub(replace, text)
+    if dropped in out:
+        run = re.compile(rf"(\s*){re.escape(dropped)}(?:\s*{re.escape(dropped)})*(\s*)")
+        out = run.sub(lambda m: _join_dropped(m, out), out)
+    pieces = out.split(expanded)
+    parts: list[str | TokenText] = [pieces[0]]
+    for expansion, piece in zip(expansions, pieces[1:], strict=True):
+        parts += [TokenText(expansion), piece]
+    return [part for part in parts if part != ""]
+
+
 def expand_placeholders(
     text: str,
     spans: Mapping[str, ModalitySpan],
@@ -95,26 +160,11 @@ def expand_placeholders(
     missing_modality: str = "drop",
     seen: dict[str, int] | None = None,
 ) -> str:
-    """Replace configured placeholders: expanded when present (or under ``zero``), removed (with
-    the whitespace around them) when missing under ``drop``; other ``<word>`` are left as text.
-    ``seen`` counts the configured placeholders met."""
-
-    def replace(match: re.Match) -> str:
-        name = match.group(1)
-        span = spans.get(name)
-        if span is None:
-            log.debug("%r is not a configured modality; left as text", match.group(0))
-            return match.group(0)
-        if seen is not None:
-            seen[name] = seen.get(name, 0) + 1
-        if name in present or missing_modality == "zero":
-            return span.expand()
-        return _DROPPED
-
-    out = PLACEHOLDER.sub(replace, text)
-    if _DROPPED in out:
-        out = _DROPPED_RUN.sub(lambda m: _join_dropped(m, out), out)
-    return out
+    r"""Replace configured placeholders: expanded when present (or under ``zero``), removed (with
+    the whitespace around them) when missing under ``drop``; other ``<word>`` are left as text;
+    ``\<word>`` (escaped) becomes the text ``<word>``. ``seen`` counts the configured placeholders met."""
+    parts = expand_placeholder_parts(text, spans, present, missing_modality, seen)
+    return "".join(part.text if isinstance(part, TokenText) else part for part in parts)
 
 
 def prepare_messages(
@@ -124,7 +174,9 @@ def prepare_messages(
     missing_modality: str = "drop",
 ) -> tuple[list[dict], set[str]]:
     """The sample's messages with ``target`` as the answer (when the last message is not the
-    assistant's) and placeholders expanded; and the configured modalities that occur in them."""
+    assistant's) and placeholders expanded; and the configured modalities that occur in them.
+    User/system content becomes parts (:func:`expand_placeholder_parts`): only the expansions'
+    media tokens are tokens; ``\\<word>`` is written as the text ``<word>`` (also in answers)."""
     sample_id = sample.get("id", "?")
     messages = sample.get("messages")
     if not isinstance(messages, Sequence) or isinstance(messages, str) or not messages:
@@ -140,12 +192,15 @@ def prepare_messages(
             continue  # encode_conversation reports it
         content = message["content"]
         if message.get("role") == "assistant":
-            used = [m.group(0) for m in PLACEHOLDER.finditer(content) if m.group(1) in spans]
+            used = [m.group(0) for m in _PLACEHOLDER_OR_ESCAPED.finditer(content)
+                    if m.group(2) in spans and not m.group(1)]
             if used:
                 raise EmollmError(f"sample {sample_id}: media placeholder {used[0]} in an assistant message; "
-                                  "media belong in the user (or system) text")
+                                  "media belong in the user (or system) text",
+                                  hint=r"write \<name> for the literal text (escape_placeholders does it)")
+            message["content"] = unescape_placeholders(content)
             continue
-        message["content"] = expand_placeholders(content, spans, present, missing_modality, seen)
+        message["content"] = expand_placeholder_parts(content, spans, present, missing_modality, seen)
     repeated = [name for name, count in seen.items() if count > 1]
     if repeated:
         raise EmollmError(f"sample {sample_id}: placeholder <{repeated[0]}> occurs {seen[repeated[0]]} times; "

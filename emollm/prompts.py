@@ -22,7 +22,7 @@ from collections.abc import Mapping, Sequence
 from pathlib import Path
 
 from emollm.errors import EmollmError
-from emollm.processing import ModalitySpan
+from emollm.processing import ModalitySpan, escape_placeholders
 from emollm.resources import prompts_dir
 
 EMOTION_LLAMA_MODALITIES = ("video", "face", "temporal", "audio")
@@ -110,16 +110,20 @@ def emotion_llama_sample(
     seed: int = 0,
 ) -> dict:
     """An instruction sample in the preset's form; the instruction comes from the pool named like
-    the task (``emotion``, ``reason``) unless ``pool`` names or holds another."""
+    the task (``emotion``, ``reason``) unless ``pool`` names or holds another. ``<word>`` in the
+    subtitle and the target is escaped (``\\<word>``): clip text never adds a media slot."""
     instructions = load_instruction_pool(pool or task) if pool is None or isinstance(pool, str) else list(pool)
     instruction = choose_instruction(instructions, sample_id, seed)
+    # the subtitle and the target are clip content: a "<video>" in them is text, never a media slot
+    # (the pool's instruction is the user's own prompt text and keeps its placeholders)
+    subtitle = escape_placeholders(subtitle) if subtitle else subtitle
     sample = {
         "id": sample_id,
         "task": task,
         "messages": [{"role": "user", "content": build_emotion_llama_prompt(subtitle, task, instruction, modalities)}],
     }
     if target is not None:
-        sample["target"] = target
+        sample["target"] = escape_placeholders(str(target))
     if label is not None:
         sample["label"] = label
     return sample

@@ -6,7 +6,9 @@ where BOS goes, which token ends an answer, the default system prompt and the st
 :func:`encode_conversation` turns role/content messages into ``(input_ids, labels)``: every piece
 is tokenized on its own (``add_special_tokens=False``) and BOS / the end token are added as ids, so
 the labels cover exactly each assistant answer plus the token that ends it; nothing is inferred by
-counting lengths (LLaVA's "tokenization mismatch").
+counting lengths (LLaVA's "tokenization mismatch"). Only the template puts control tokens in: a
+control-token string (``</s>``, ``<|eot_id|>``, ``<|im_start|>``...) in message text is encoded as its
+characters (docs/templates.md "Only the template writes control tokens").
 
 Registered: ``llama2`` (LLaMA-2-chat), ``mistral`` (Mistral-7B-Instruct v0.1/v0.2), ``mistral_v3``
 (Mistral-7B-Instruct v0.3 and later ``[INST]`` layouts), ``llama3`` (LLaMA-3-Instruct), ``chatml``
@@ -17,6 +19,7 @@ from __future__ import annotations
 
 import dataclasses
 import re
+import weakref
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any, Literal
@@ -344,18 +347,66 @@ def resolve_template(template: Template | str | None, tokenizer: Any = None) -> 
 
 # -- conversation → pieces -------------------------------------------------------------------
 @dataclass(frozen=True)
+class TokenText:
+    """Text in a message whose special tokens are meant as tokens: what emollm itself inserts (the
+    processor's media tokens). Message content is a ``str`` or a list of ``str`` / ``TokenText``;
+    every ``str`` is content, whose special-token strings are tokenized as plain text."""
+
+    text: str
+
+
+@dataclass(frozen=True)
 class Piece:
-    """A text piece or a special id (``special`` names which: ``"bos"`` or ``"end"``)."""
+    """A text piece or a special id (``special`` names which: ``"bos"`` or ``"end"``). ``content``:
+    the text came from a message (not from the template), so a control-token string in it is text."""
 
     text: str = ""
     special: str | None = None
     loss: bool = False
+    content: bool = False
+
+
+Parts = list[tuple[str, bool]]  # (text, is_content)
+
+
+def _content_parts(content: str | Sequence[str | TokenText]) -> Parts:
+    if isinstance(content, str):
+        return [(content, True)]
+    return [(part.text, False) if isinstance(part, TokenText) else (part, True) for part in content]
+
+
+def _content_text(content: Any) -> str | None:
+    """The text of a message's content (str, or a list of str / TokenText), None when malformed."""
+    if isinstance(content, str):
+        return content
+    if isinstance(content, Sequence) and all(isinstance(p, (str, TokenText)) for p in content):
+        return "".join(p.text if isinstance(p, TokenText) else p for p in content)
+    return None
+
+
+def _strip_parts(parts: Parts) -> Parts:
+    """``str.strip`` across parts: the text is stripped as a whole, wherever its parts begin and end."""
+    parts = [p for p in parts if p[0]]
+    while parts and not parts[0][0].strip():
+        parts.pop(0)
+    while parts and not parts[-1][0].strip():
+        parts.pop()
+    if parts:
+        parts[0] = (parts[0][0].lstrip(), parts[0][1])
+        parts[-1] = (parts[-1][0].rstrip(), parts[-1][1])
+    return parts
+
+
+def _format(fmt: str, parts: Parts) -> Parts:
+    """``fmt`` with ``{content}`` replaced by the parts; the format's own text is template text."""
+    head, _, tail = fmt.partition(_CONTENT)
+    return [(head, False), *parts, (tail, False)]
 
 
 def _check_messages(messages: Sequence[Mapping[str, Any]], system: str | None) -> tuple[str | None, list[dict]]:
     messages = [dict(m) for m in messages]
     for i, message in enumerate(messages):
-        if not isinstance(message.get("content"), str) or message.get("role") not in ("system", "user", "assistant"):
+        if _content_text(message.get("content")) is None or message.get("role") not in ("system", "user", "assistant"):
             raise EmollmError(
                 f"message {i} must be {{'role': 'system'|'user'|'assistant', 'content': str}}, got {message!r}"[:300]
             )
@@ -378,7 +429,7 @@ def _check_messages(messages: Sequence[Mapping[str, Any]], system: str | None) -
 def conversation_pieces(
     template: Template,
     messages: Sequence[Mapping[str, Any]],
-    system: str | None = None,
+    system: str | Sequence[str | TokenText] | None = None,
     add_generation_prompt: bool | None = None,
 ) -> list[Piece]:
     """The conversation as pieces, each marked in or out of the loss.
@@ -394,32 +445,36 @@ def conversation_pieces(
     if add_generation_prompt is None:
         add_generation_prompt = ends_with_user
     pieces: list[Piece] = []
+
+    def add(parts: Parts, loss: bool = False) -> None:
+        pieces.extend(Piece(text, loss=loss, content=is_content) for text, is_content in parts)
+
     if template.bos == "once":
         pieces.append(Piece(special="bos"))
+    system_parts = _content_parts(system) if system is not None else []
     if system is not None and template.system_placement == "turn":
-        text = system.strip() if template.strip_system else system
-        pieces.append(Piece(template.format_system.replace(_CONTENT, text)))
+        add(_format(template.format_system, _strip_parts(system_parts) if template.strip_system else system_parts))
     system_turn = None  # index of the user turn that carries the system prompt
     if system is not None and template.system_placement == "first_user":
         system_turn = 0
     elif system is not None and template.system_placement == "last_user":
         system_turn = max(i for i, m in enumerate(turns) if m["role"] == "user")
     for i, message in enumerate(turns):
-        content = message["content"]
+        parts = _content_parts(message["content"])
         if message["role"] == "user":
             if i == system_turn:
-                content = template.format_system.replace(_CONTENT, system) + content
+                parts = _format(template.format_system, system_parts) + parts
             if template.strip_content:
-                content = content.strip()
+                parts = _strip_parts(parts)
             if template.bos == "every_user_turn":
                 pieces.append(Piece(special="bos"))
-            pieces.append(Piece(template.format_user.replace(_CONTENT, content)))
+            add(_format(template.format_user, parts))
         else:
             if template.strip_content or template.strip_answer:
-                content = content.strip()
+                parts = _strip_parts(parts)
             if template.assistant_prefix:
                 pieces.append(Piece(template.assistant_prefix))
-            pieces.append(Piece(template.format_assistant.replace(_CONTENT, content), loss=True))
+            add(_format(template.format_assistant, parts), loss=True)
             pieces.append(Piece(special="end", loss=True))
             if template.separator:
                 pieces.append(Piece(template.separator))
@@ -457,11 +512,61 @@ def _ids(tokenizer: Any, text: str) -> list[int]:
     return list(tokenizer(text, add_special_tokens=False).input_ids)
 
 
+def _plain_ids(tokenizer: Any, text: str) -> list[int]:
+    return list(tokenizer(text, add_special_tokens=False, split_special_tokens=True).input_ids)
+
+
+_CONTROLS: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
+
+
+def control_tokens(tokenizer: Any) -> list[str]:
+    """The tokenizer's special-token strings (BOS/EOS, added special tokens such as ``<|eot_id|>``,
+    ``<|im_start|>``, Mistral v0.3's ``[INST]``, the media tokens): only a template puts them in."""
+    tokens = set(getattr(tokenizer, "all_special_tokens", None) or ())
+    decoder = getattr(tokenizer, "added_tokens_decoder", None) or {}
+    tokens |= {str(t) for t in decoder.values() if getattr(t, "special", False)}
+    return sorted((t for t in tokens if t), key=lambda t: (-len(t), t))
+
+
+def _controls(tokenizer: Any) -> tuple[re.Pattern | None, frozenset[int]]:
+    """(regex of the control-token strings, longest first as the tokenizer matches them; their ids
+    except UNK, which ordinary text may also give). Cached per tokenizer and vocabulary size."""
+    size = len(tokenizer)
+    try:
+        cached = _CONTROLS.get(tokenizer)
+    except TypeError:  # not weak-referenceable: no cache
+        cached = None
+    if cached is not None and cached[0] == size:
+        return cached[1], cached[2]
+    tokens = control_tokens(tokenizer)
+    pattern = re.compile("|".join(re.escape(t) for t in tokens)) if tokens else None
+    ids = {tokenizer.convert_tokens_to_ids(t) for t in tokens} - {tokenizer.unk_token_id, None}
+    result = (pattern, frozenset(i for i in ids if isinstance(i, int)))
+    try:
+        _CONTROLS[tokenizer] = (size, *result)
+    except TypeError:
+        pass
+    return result
+
+
+def _literal_ids(tokenizer: Any, text: str, control_ids: frozenset[int], template: str) -> list[int]:
+    """The ids of a control-token string written in a message: its characters as plain text
+    (``split_special_tokens``), tokenized after a letter so no start-of-text space marker is added."""
+    base, full = _plain_ids(tokenizer, "a"), _plain_ids(tokenizer, "a" + text)
+    ids = full[len(base):] if full[: len(base)] == base else _plain_ids(tokenizer, text)
+    if any(i in control_ids for i in ids):  # a tokenizer that ignores split_special_tokens: char by char
+        ids = [i for ch in text for i in _plain_ids(tokenizer, "a" + ch)[len(base):]]
+    if not ids or any(i in control_ids for i in ids):
+        raise EmollmError(f"template {template!r}: this tokenizer cannot write {text!r} as plain text",
+                          hint="remove that control-token string from the message text")
+    return ids
+
+
 def encode_conversation(
     template: Template,
     tokenizer: Any,
     messages: Sequence[Mapping[str, Any]],
-    system: str | None = None,
+    system: str | Sequence[str | TokenText] | None = None,
     add_generation_prompt: bool | None = None,
 ) -> tuple[list[int], list[int]]:
     """``(input_ids, labels)`` of a conversation; labels are ``-100`` except the assistant answers
@@ -473,35 +578,78 @@ def encode_conversation(
     continues a line, like Mistral's answer right after ``[/INST]``, must not gain a leading
     ``▁``). The ids of the context must be a prefix of the ids of context + piece; if a merge
     crosses the boundary, an EmollmError is raised rather than a silently shifted mask.
+
+    Only the template inserts control tokens: in message text (``str`` content: subtitles, answers,
+    system prompts, instructions) a control-token string of the tokenizer (:func:`control_tokens`,
+    e.g. ``</s>``, ``<|eot_id|>``, ``<|im_start|>``) is encoded as its characters
+    (``split_special_tokens``); the text around it is tokenized as it would be around the real token.
+    Text without such a string is encoded exactly as before. The count of control ids is checked
+    against what the template (and :class:`TokenText` parts) put in.
     """
+    pattern, control_ids = _controls(tokenizer)
+    items: list[tuple[str, str, bool]] = []  # (kind: "text" | "bos" | "end" | "literal", text, loss)
+    expected = 0  # control tokens the template (and TokenText) put in: the only ones the ids may hold
+    for piece in conversation_pieces(template, messages, system, add_generation_prompt):
+        if piece.special is not None:
+            items.append((piece.special, "", piece.loss))
+            continue
+        pos = 0
+        if pattern is not None and piece.content:  # a control-token string in message text is text
+            for match in pattern.finditer(piece.text):
+                items.append(("text", piece.text[pos:match.start()], piece.loss))
+                items.append(("literal", match.group(0), piece.loss))
+                pos = match.end()
+        elif pattern is not None:
+            expected += len(pattern.findall(piece.text))
+        items.append(("text", piece.text[pos:], piece.loss))
+    merged: list[tuple[str, str, bool]] = []  # adjacent text of one side of the loss mask, as one run
+    for kind, text, loss in items:
+        if kind == "text" and merged and merged[-1][0] == "text" and merged[-1][2] == loss:
+            merged[-1] = ("text", merged[-1][1] + text, loss)
+        elif kind != "text" or text:
+            merged.append((kind, text, loss))
+
     input_ids: list[int] = []
     labels: list[int] = []
     anchor = ""  # token string of the last explicit id ("" at the very start)
     context = ""  # text since the last explicit id
     context_ids: list[int] = []
-    for piece in conversation_pieces(template, messages, system, add_generation_prompt):
-        if piece.special is not None:
-            token_id = template.bos_id(tokenizer) if piece.special == "bos" else template.end_id(tokenizer)
+    for kind, text, loss in merged:
+        if kind in ("bos", "end"):
+            token_id = template.bos_id(tokenizer) if kind == "bos" else template.end_id(tokenizer)
             new = [token_id]
+            expected += token_id in control_ids
             anchor, context, context_ids = tokenizer.convert_ids_to_tokens(token_id), "", []
+        elif kind == "literal":
+            # its characters, as plain text; what follows is tokenized as after the real token, so
+            # only these ids differ from the tokenization of the string
+            new = _literal_ids(tokenizer, text, control_ids, template.name)
+            anchor, context, context_ids = text, "", []
         else:
-            full = _ids(tokenizer, anchor + context + piece.text)
+            full = _ids(tokenizer, anchor + context + text)
             head = _ids(tokenizer, anchor) if anchor else []
             if full[: len(head)] != head:
                 raise EmollmError(
-                    f"template {template.name!r}: {anchor!r} does not tokenize as one token before {piece.text[:40]!r}"
+                    f"template {template.name!r}: {anchor!r} does not tokenize as one token before {text[:40]!r}"
                 )
             full = full[len(head):]
             if full[: len(context_ids)] != context_ids:
                 raise EmollmError(
                     f"template {template.name!r}: the tokenizer merges across the boundary before "
-                    f"{piece.text[:40]!r}, so the loss mask cannot be placed exactly",
+                    f"{text[:40]!r}, so the loss mask cannot be placed exactly",
                     hint="check the template's formats against the checkpoint's chat_template",
                 )
             new = full[len(context_ids):]
-            context, context_ids = context + piece.text, full
+            context, context_ids = context + text, full
         input_ids.extend(new)
-        labels.extend(new if piece.loss else [IGNORE_INDEX] * len(new))
+        labels.extend(new if loss else [IGNORE_INDEX] * len(new))
+    found = sum(token_id in control_ids for token_id in input_ids)
+    if found != expected:  # message text glued to the template's text formed (or broke) a control token
+        raise EmollmError(
+            f"template {template.name!r}: {found} control token(s) in the ids where the template puts {expected}; "
+            "a message's text joins the template's text into a control token",
+            hint="remove the partial control-token string (e.g. '<|eot_id' or '[/INST') from the message text",
+        )
     return input_ids, labels
 
 

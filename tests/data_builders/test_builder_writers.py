@@ -189,11 +189,35 @@ def test_build_with_openai_writer_second_run_makes_no_calls(server, sample_dir, 
     assert [r["id"] for r in reason] == ["ok"] and len(emotion) == 3
     manifest = json.loads((out / "manifest.json").read_text(encoding="utf-8"))
     assert manifest["text"]["filtered_out"] == {"contradicts_label": 1} and manifest["text"]["writer_failed"] == 1
+    failures = [json.loads(line) for line in (out / "writer_failures.jsonl").open(encoding="utf-8")]
+    assert [(f["id"], f["cause"]) for f in failures] == [("bad", bad["writer_error"])]
+    assert bad["writer_error"].startswith("refused by the reasoning filter")
 
     before = server.total()
     s2 = build(config.load(None, over), clips, out)
     assert server.total() == before and s2.reused == 3 and s2.text["writer_stats"]["calls"] == 0
     assert s2.text["writer_stats"]["cache_hits"] == 3
+
+
+def test_a_build_where_every_writer_answer_fails_exits_2(server, sample_dir, tmp_path, monkeypatch, capsys) -> None:
+    from emollm.cli.main import main
+
+    monkeypatch.setenv("TEST_WRITER_KEY", "sk-test")
+    clips = tmp_path / "clips"
+    clips.mkdir()
+    shutil.copy(sample_dir / "single_face.mp4", clips / "bad.mp4")
+    subs = tmp_path / "subs.csv"
+    subs.write_text("id,subtitle\nbad,This is MARK_bad.\n", encoding="utf-8")
+    labels = tmp_path / "labels.csv"
+    labels.write_text("id,label\nbad,happy\n", encoding="utf-8")
+    out = tmp_path / "ds"
+    status = main(["build", str(clips), "--out", str(out), "--labels", str(labels), "--subtitles", str(subs),
+                   "build.au_fps=1", "build.tone=none", "build.writer.backend=openai", "build.writer.model=scripted",
+                   f"build.writer.base_url={server.url}", "build.writer.api_key_env=TEST_WRITER_KEY",
+                   "build.writer.backoff_s=0.01", "build.writer.max_retries=0"])  # fmt: skip
+    err = capsys.readouterr().err
+    assert status == 2 and "every writer answer was unusable (1 of 1); e.g. bad: refused by the reasoning filter" in err
+    assert json.loads((out / "annotations.jsonl").read_text(encoding="utf-8"))["id"] == "bad"  # the record is kept
 
 
 def test_hf_writer_local_tiny_lm(tmp_path) -> None:
@@ -213,3 +237,61 @@ def test_hf_writer_local_tiny_lm(tmp_path) -> None:
     with pytest.raises(WriterError, match="does not exist"):
         make_writer(config.load(None, ["build.writer.backend=hf", f"build.writer.model={tmp_path / 'nope'}"]).build.writer,
                     tmp_path)
+
+
+class FailingServer(ScriptedChatServer):
+    """One failure mode per clip marker: ``http500`` (with a body), ``garbage`` (not JSON), ``huge``
+    (a 1.3 MB reply), ``slow`` (past the timeout), ``short`` (a reply the filter refuses), ``ok``."""
+
+    def respond(self, body, headers):  # noqa: ANN001, ANN201
+        marker = re.search(r"MARK_(\w+)", body["messages"][-1]["content"]).group(1)
+        with self.lock:
+            self.calls[marker] += 1
+        if marker == "http500":
+            return 500, b'{"error": "model overloaded"}'
+        if marker == "garbage":
+            return b"<html>upstream exploded</html>"
+        if marker == "huge":
+            return "The person smiles, so the person feels happy. " * 29_000  # about 1.3 MB
+        if marker == "slow":
+            time.sleep(1.0)
+        if marker == "short":
+            return "happy"
+        return "The person smiles and the voice is bright; these clues show why the person feels happy."
+
+
+def test_every_writer_failure_is_logged_and_written_with_its_cause(tmp_path, monkeypatch) -> None:
+    import logging
+
+    from data_builders.writers import MAX_REASONING_CHARS, WRITER_FAILURES
+
+    markers = ("ok", "http500", "garbage", "huge", "slow", "short")
+    items = [WriterItem(f"clip_{m}", "happy", f"Description MARK_{m}.", "Hi") for m in markers]
+    lines: list[str] = []
+    handler = logging.Handler(logging.WARNING)
+    handler.emit = lambda record: lines.append(record.getMessage())  # type: ignore[method-assign]
+    logger = logging.getLogger("emollm")  # its own handler: the CLI's setup_logging stops propagation
+    logger.addHandler(handler)
+    try:
+        with FailingServer().running() as server:
+            monkeypatch.setenv("TEST_WRITER_KEY", "sk-test")
+            backend = llm.OpenAIBackend(server.url, "scripted", api_key_env="TEST_WRITER_KEY", timeout_s=TIMEOUT_S)
+            asker = llm.Asker(backend, llm.ResponseCache(tmp_path / "cache"), max_retries=1, backoff_s=0.01)
+            w = LLMWriter(asker, "merr_reason", concurrency=3, failures_path=tmp_path / "out" / WRITER_FAILURES)
+            res = dict(zip(markers, w.write(items), strict=True))
+    finally:
+        logger.removeHandler(handler)
+    assert res["ok"].text and res["ok"].error is None
+    assert all(res[m].text is None for m in markers[1:])  # a 1.3 MB reply is never taken as reasoning
+    assert res["http500"].error.startswith("HTTP 500 from ") and "model overloaded" in res["http500"].error
+    assert "not JSON" in res["garbage"].error and "upstream exploded" in res["garbage"].error
+    assert res["huge"].error.startswith("reply too long (") and f"at most {MAX_REASONING_CHARS}" in res["huge"].error
+    assert int(re.search(r"\((\d+) chars", res["huge"].error).group(1)) > 1_000_000
+    assert res["slow"].error.startswith("timeout after 0.3s")
+    assert res["short"].error.startswith("refused by the reasoning filter")
+    lines = [line for line in lines if line.startswith("writer: clip ")]
+    assert len(lines) == 5 and all("\n" not in line for line in lines)
+    for m in markers[1:]:
+        assert sum(f"clip_{m}:" in line and res[m].error in line for line in lines) == 1
+    rows = [json.loads(line) for line in (tmp_path / "out" / WRITER_FAILURES).read_text(encoding="utf-8").splitlines()]
+    assert {r["id"]: r["cause"] for r in rows} == {f"clip_{m}": res[m].error for m in markers[1:]}
