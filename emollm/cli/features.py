@@ -16,11 +16,14 @@ per clip and write safetensors under features.cache_dir (default DATASET_DIR/fea
 per encoder fingerprint. Each entry records the inputs it was computed from (media and face settings,
 the clip file's identity, the peak frame, the subtitle, features.dtype): an entry made from other
 inputs is stale and recomputed, never served. Rerun the same command after an interruption: entries
-already cached are kept. Failed clips go to <cache>/errors.jsonl (exit 2).
+already cached are kept once read back and checked (header, clip id, encoder, checksum, finite values);
+a damaged one is recomputed. Failed clips (and NaN / inf features, never stored) go to
+<cache>/errors.jsonl (exit 2).
 
---check reports, per encoder, how many entries are fresh, stale (and which input changed), orphaned
-(no record / no clip file) and missing; exit 0 when all are fresh, else 1. --prune also deletes the
-stale and orphaned entries.
+--check reports, per encoder, how many entries are fresh, stale (and which input changed), corrupt
+(unreadable, another clip's or encoder's file, checksum mismatch, NaN / inf), orphaned (no record / no
+clip file) and missing, and lists unverified ones (no checksum: an older emollm wrote them); exit 0
+when all are fresh, else 1. --prune also deletes the stale, corrupt and orphaned entries.
 
   emollm features --config train_configs/tiny_cpu.yaml data/merr
   emollm features --config run.yaml data/merr --shard 1/4       # one of 4 processes / nodes
@@ -36,9 +39,10 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--shard", default=None, metavar="i/N",
                         help="every N-th clip starting at i (0-based); default: all, or RANK/WORLD_SIZE under accelerate launch")  # fmt: skip
     parser.add_argument("--check", action="store_true",
-                        help="extract nothing: report fresh / stale / orphaned / missing entries per encoder "
+                        help="extract nothing: report fresh / stale / corrupt / orphaned / missing entries per encoder "
                              "(exit 1 unless all fresh)")
-    parser.add_argument("--prune", action="store_true", help="with --check: delete the stale and orphaned entries")
+    parser.add_argument("--prune", action="store_true",
+                        help="with --check: delete the stale, corrupt and orphaned entries")
     add_config_arguments(parser)
 
 
@@ -54,6 +58,9 @@ def run(args: argparse.Namespace) -> int:
         raise ConfigError("no dataset folder given", hint="emollm features --config FILE DATASET_DIR")
     if args.prune and not args.check:
         raise ConfigError("--prune goes with --check", hint="emollm features --check --prune --config FILE DATASET_DIR")
+    from emollm.config.paths import check_input_paths
+
+    check_input_paths(cfg, "features", dataset_dir=paths[0] if paths else None)  # before any encoder loads
     if args.check:
         from emollm.features.check import check_cache
 

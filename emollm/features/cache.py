@@ -16,6 +16,12 @@ settings, the clip file's identity, the peak index, the subtitle, the dtype: :mo
 is recorded in the entry and compared on lookup by a cache made from a config
 (:meth:`FeatureCache.from_config`): an entry whose inputs differ is stale, a miss. Files are written
 under a temporary name and renamed into place; safetensors only, no pickle.
+
+Each features file also records what it is (clip id, modality, encoder fingerprint, shape, dtype) and
+a checksum of its tensor bytes; NaN / inf features are refused when stored. A lookup checks the
+header (intact, this clip, this modality and encoder); loading (:meth:`FeatureCache.get`) also checks
+the checksum and the values. A file that fails is ``corrupt``: never served (an error naming the
+file, or a logged miss with ``on_missing="skip"``), recomputed by ``emollm features``.
 """
 
 from __future__ import annotations
@@ -23,6 +29,7 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import zlib
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal
@@ -31,7 +38,7 @@ from urllib.parse import quote, unquote
 import torch
 
 from emollm import __version__
-from emollm.errors import FeatureCacheError, FeatureMissingError
+from emollm.errors import FeatureCacheError, FeatureEntryError, FeatureMissingError
 from emollm.features.key import NO_KEY, InputContext, describe_diff, same_clip
 from emollm.log import get_logger
 
@@ -42,6 +49,23 @@ ENCODER_FILE = "encoder.json"
 ABSENT_SUFFIX = ".absent"
 _MAX_NAME = 180
 _DTYPES = {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16}
+_ST_DTYPES = {"float32": "F32", "float16": "F16", "bfloat16": "BF16"}  # safetensors' names of _DTYPES
+FORMAT = "2"  # metadata "format" of entries written with a "checksum" (entries without one: unverified)
+CHECKSUM = "crc32"
+
+
+def tensor_checksum(tensor: torch.Tensor) -> str:
+    """``crc32:<hex>`` of a tensor's bytes as stored (its dtype, C order): catches bytes that changed
+    after the write (disk, copy, a bad sync) at a few GB/s; not a signature (anyone can recompute it)."""
+    data = tensor.detach().cpu().contiguous().reshape(-1).view(torch.uint8).numpy()
+    return f"{CHECKSUM}:{zlib.crc32(data):08x}"
+
+
+def nonfinite_count(tensor: torch.Tensor) -> int:
+    x = tensor.float()  # isfinite is slow on CPU half tensors
+    if bool(torch.isfinite(x.sum())):  # any NaN / inf makes the sum non-finite: the cheap common case
+        return 0
+    return int((~torch.isfinite(x)).sum())
 
 
 def safe_name(clip_id: str) -> str:
@@ -89,14 +113,28 @@ class EntryCheck:
     """One entry judged against the inputs of this cache's config (:meth:`FeatureCache.check`).
 
     ``state``: ``present`` (features, inputs as now), ``absent`` (an absent mark, inputs as now),
-    ``stale`` (an entry whose inputs differ: ``reason`` says which; a lookup is a miss) or
+    ``stale`` (an entry whose inputs differ: ``reason`` says which; a lookup is a miss), ``corrupt``
+    (a file that cannot be trusted: ``reason`` says why, ``file`` names it; never served) or
     ``missing``. ``orphaned``: why a present / absent entry could not be checked against its clip
     (``no record`` in annotations.jsonl, ``no clip file``): it is served, ``emollm features --check``
-    reports it."""
+    reports it. ``unverified``: a features file without a checksum (written by an older emollm):
+    served after the header and finite-value checks, ``--check`` lists it."""
 
-    state: Literal["present", "absent", "stale", "missing"]
+    state: Literal["present", "absent", "stale", "corrupt", "missing"]
     reason: str = ""
     orphaned: str = ""
+    file: str = ""
+    unverified: bool = False
+
+
+@dataclass
+class _Read:
+    """A features file as read by :meth:`FeatureCache._read_entry`."""
+
+    metadata: dict[str, str]
+    tensor: torch.Tensor | None = None  # read only when asked (``load``) and the header is sound
+    problem: str | None = None  # why the entry cannot be trusted; None: it can
+    unverified: bool = False  # no checksum in its metadata
 
 
 class FeatureCache:
@@ -104,7 +142,8 @@ class FeatureCache:
     with a loaded encoder, or :meth:`bind` from the config alone), then :meth:`get` / :meth:`put`.
 
     ``on_missing``: ``"error"`` (a missing entry raises :class:`FeatureMissingError` naming the clip,
-    modality and encoder) or ``"skip"`` (:meth:`get` returns None and counts it in ``missing``).
+    modality and encoder; a corrupt one :class:`FeatureEntryError` naming the file) or ``"skip"``
+    (:meth:`get` returns None and counts it in ``missing``; a corrupt file is logged once).
 
     ``context`` (:class:`~emollm.features.key.InputContext`, set by :meth:`from_config`): the media
     settings and dataset records every entry is keyed by. With it, :meth:`put` records each entry's
@@ -129,6 +168,7 @@ class FeatureCache:
         self.kinds: dict[str, str] = {}  # modality -> encoder kind (visual, face, video, audio, text)
         self.options: dict[str, dict[str, Any]] = {}  # modality -> encoder options
         self._logged: set[tuple[str, str]] = set()
+        self._reported: set[str] = set()  # corrupt files already logged
         self.warn = True  # log the first stale entry of each modality (off for `emollm features --check`)
 
     @classmethod
@@ -213,30 +253,118 @@ class FeatureCache:
 
     # -- entries ---------------------------------------------------------------------------
     def path(self, clip_id: str, modality: str) -> Path:
-        return self.folder(modality) / (safe_name(clip_id) + ".safetensors")
+        from emollm.paths import inside  # flat safe_name, and no symlink in the cache leading out
+
+        return inside(self.folder(modality), safe_name(clip_id) + ".safetensors", name=clip_id)
 
     def _absent_path(self, clip_id: str, modality: str) -> Path:
-        return self.folder(modality) / (safe_name(clip_id) + ABSENT_SUFFIX)
+        from emollm.paths import inside
+
+        return inside(self.folder(modality), safe_name(clip_id) + ABSENT_SUFFIX, name=clip_id)
 
     def status(self, clip_id: str, modality: str) -> Literal["present", "absent", "missing"]:
-        """``present`` / ``absent`` (an entry whose inputs are this config's), else ``missing`` (none, or stale)."""
-        state = self.check(clip_id, modality).state
-        return "missing" if state == "stale" else state
+        """``present`` / ``absent`` (an entry whose inputs are this config's and whose header is sound),
+        else ``missing`` (none, stale, or corrupt: logged once per file)."""
+        entry = self.check(clip_id, modality)
+        if entry.state == "corrupt":
+            self._report(entry.file, entry.reason)
+        return "missing" if entry.state in ("stale", "corrupt") else entry.state  # type: ignore[return-value]
 
-    def check(self, clip_id: str, modality: str) -> EntryCheck:
-        """The entry of ``clip_id`` judged against this cache's inputs (file header only)."""
-        if self.path(clip_id, modality).is_file():
+    def check(self, clip_id: str, modality: str, *, verify: bool = False) -> EntryCheck:
+        """The entry of ``clip_id`` judged: its file's header (intact, this clip's id, this modality and
+        encoder fingerprint, shape and dtype as recorded), then its inputs against this cache's.
+        ``verify`` also reads the tensor: checksum and finite values (what :meth:`get` checks anyway)."""
+        path = self.path(clip_id, modality)
+        if path.is_file():
             try:
-                metadata = self.info(clip_id, modality)
-            except FeatureMissingError:  # removed meanwhile
+                entry = self._read_entry(clip_id, modality, load=verify)
+            except FileNotFoundError:  # removed meanwhile
                 return EntryCheck("missing")
-            except FeatureCacheError as err:  # truncated / foreign: made again by `emollm features`
-                return EntryCheck("stale", err.message)
-            return self._judge(clip_id, modality, "present", self._stored_inputs(metadata))
-        data = self._read_json(self._absent_path(clip_id, modality))
-        if data is None:
+            if entry.problem is not None:
+                return EntryCheck("corrupt", entry.problem, file=str(path))
+            judged = self._judge(clip_id, modality, "present", self._stored_inputs(entry.metadata))
+            judged.unverified = entry.unverified
+            return judged
+        absent = self._absent_path(clip_id, modality)
+        if not absent.is_file():
             return EntryCheck("missing")
+        data = self._read_json(absent)
+        if not isinstance(data, dict):
+            if not absent.exists():  # removed meanwhile
+                return EntryCheck("missing")
+            return EntryCheck("corrupt", "unreadable absent mark (not JSON)", file=str(absent))
+        if data.get("clip_id") != clip_id or data.get("modality") != modality:
+            return EntryCheck("corrupt", f"absent mark of clip {data.get('clip_id')!r}, modality "
+                              f"{data.get('modality')!r} (copied or renamed from another entry)", file=str(absent))
         return self._judge(clip_id, modality, "absent", data.get("inputs"))
+
+    def _read_entry(self, clip_id: str, modality: str, *, load: bool) -> _Read:
+        """The features file of ``clip_id`` checked (raises FileNotFoundError when there is none).
+        Always its header: safetensors refuses a file its header does not cover exactly (truncated,
+        appended to); then the one ``features`` tensor, the clip id, modality, encoder fingerprint,
+        shape and dtype its metadata names. With ``load`` the tensor is read and checked: checksum
+        (when it has one) and finite values. Header only costs one small read per entry; the
+        checksum is a hash of bytes the loader reads anyway."""
+        from safetensors import safe_open
+
+        path = self.path(clip_id, modality)
+        tensor = None
+        try:
+            with safe_open(str(path), framework="pt") as fh:
+                metadata = dict(fh.metadata() or {})
+                problem = self._header_problem(fh, metadata, clip_id, modality)
+                if load and problem is None:
+                    tensor = fh.get_tensor(TENSOR_KEY)
+        except FileNotFoundError:
+            raise
+        except Exception as err:  # safetensors boundary: truncated, empty, not safetensors
+            why = (str(err).splitlines() or [type(err).__name__])[0]
+            return _Read({}, problem=f"unreadable feature file ({why})")
+        entry = _Read(metadata, None, problem, unverified="checksum" not in metadata)
+        if entry.unverified and problem is None:
+            self._log_once(modality, "unverified", "feature cache: '%s' entries without a checksum (written by an "
+                           "older emollm) are served unverified (header and values checked); `emollm features "
+                           "--check` lists them", modality)
+        if tensor is not None:
+            checksum = metadata.get("checksum")
+            if checksum is not None and checksum != tensor_checksum(tensor):
+                entry.problem = f"checksum mismatch ({checksum} recorded): the bytes changed after it was written"
+            else:
+                entry.tensor = tensor.float()
+                if bad := nonfinite_count(entry.tensor):
+                    entry.problem = f"{bad} of {tensor.numel()} stored values are NaN / inf"
+        return entry
+
+    def _header_problem(self, fh: Any, metadata: dict[str, str], clip_id: str, modality: str) -> str | None:
+        keys = list(fh.keys())
+        if keys != [TENSOR_KEY]:
+            return f"holds tensors {keys}, not one '{TENSOR_KEY}' tensor (not an emollm feature file)"
+        if metadata.get("clip_id") != clip_id:
+            return (f"holds the features of clip {metadata.get('clip_id')!r} (another clip's file copied or "
+                    f"renamed over this one)")
+        if metadata.get("modality") != modality:
+            return f"holds '{metadata.get('modality')}' features, not '{modality}'"
+        fp = self.fingerprints.get(modality)
+        if metadata.get("fingerprint") != fp:
+            return (f"made by another encoder (fingerprint {str(metadata.get('fingerprint'))[:16]}, this folder's "
+                    f"is {str(fp)[:16]})")
+        info = fh.get_slice(TENSOR_KEY)
+        shape, dtype = list(info.get_shape()), info.get_dtype()
+        try:
+            recorded = json.loads(metadata.get("shape", "null"))
+        except ValueError:
+            recorded = None
+        if recorded != shape or len(shape) != 2:
+            return f"stored tensor has shape {shape}, its metadata says {metadata.get('shape')}"
+        if _ST_DTYPES.get(metadata.get("dtype", "")) != dtype:
+            return f"stored tensor has dtype {dtype}, its metadata says {metadata.get('dtype')}"
+        return None
+
+    def _report(self, file: str, problem: str) -> None:
+        """Log a corrupt entry once per file (it is not served: a miss, or an error)."""
+        if self.warn and file not in self._reported:
+            self._reported.add(file)
+            log.warning("feature cache: %s: %s: not served; `emollm features` recomputes it", file, problem)
 
     @staticmethod
     def _stored_inputs(metadata: dict[str, str]) -> Any:
@@ -293,20 +421,28 @@ class FeatureCache:
     def put(self, clip_id: str, modality: str, features: torch.Tensor, *,
             record: dict[str, Any] | None = None) -> Path:
         """Store ``(T, D)`` features (in ``dtype``) atomically, with their input key (``record``: the
-        clip's record, when the context's dataset does not hold it yet); removes an ``absent`` mark."""
+        clip's record, when the context's dataset does not hold it yet) and a checksum of the stored
+        bytes; removes an ``absent`` mark. NaN / inf values (also float16 overflow) are refused:
+        FeatureCacheError, nothing written."""
         from safetensors.torch import save
 
         if features.dim() != 2:
             raise FeatureCacheError(f"clip '{clip_id}', modality '{modality}': features must be (T, D), "
                                     f"got shape {tuple(features.shape)}")
         fp = self._fingerprint(modality)
+        tensor = features.detach().to("cpu", _DTYPES[self.dtype]).contiguous()
+        if bad := nonfinite_count(tensor):
+            overflow = nonfinite_count(features.detach()) == 0
+            raise FeatureCacheError(
+                f"clip '{clip_id}', modality '{modality}': {bad} of {tensor.numel()} feature values are NaN / inf"
+                + (f" once stored as {self.dtype} (overflow)" if overflow else "") + ": not cached",
+                hint="set features.dtype=float32" if overflow else "check the encoder's weights and this clip")
         metadata = {"clip_id": clip_id, "modality": modality, "encoder": self.encoders.get(modality, ""),
                     "fingerprint": fp, "shape": json.dumps(list(features.shape)), "dtype": self.dtype,
-                    "emollm_version": __version__}  # fmt: skip
+                    "format": FORMAT, "checksum": tensor_checksum(tensor), "emollm_version": __version__}  # fmt: skip
         inputs = self._inputs(clip_id, modality, record)
         if inputs is not None:
             metadata["inputs"] = json.dumps(inputs, sort_keys=True)
-        tensor = features.detach().to("cpu", _DTYPES[self.dtype]).contiguous()
         path = self.path(clip_id, modality)
         atomic_write_bytes(path, save({TENSOR_KEY: tensor}, metadata=metadata))
         self._absent_path(clip_id, modality).unlink(missing_ok=True)
@@ -333,54 +469,62 @@ class FeatureCache:
         except FileNotFoundError:
             raise self._missing(clip_id, modality) from None
         except Exception as err:  # safetensors boundary: a truncated / foreign file
-            raise FeatureCacheError(f"{path}: unreadable feature file ({err})",
-                                    hint="delete it and rerun `emollm features`") from None
+            raise FeatureEntryError(path, clip_id, modality, f"unreadable feature file ({err})") from None
 
     def shape(self, clip_id: str, modality: str) -> tuple[int, ...]:
-        return tuple(json.loads(self.info(clip_id, modality)["shape"]))
+        """The stored ``(T, D)`` (header only, checked as :meth:`check` does)."""
+        try:
+            read = self._read_entry(clip_id, modality, load=False)
+        except FileNotFoundError:
+            raise self._missing(clip_id, modality) from None
+        if read.problem is not None:
+            raise FeatureEntryError(self.path(clip_id, modality), clip_id, modality, read.problem)
+        return tuple(json.loads(read.metadata["shape"]))
 
     def get(self, clip_id: str, modality: str) -> torch.Tensor | None:
         """``(T, D)`` float32 features; None when the clip has no input for it (absent) or, with
-        ``on_missing="skip"``, no entry (or a stale one). A missing or stale entry otherwise raises
-        FeatureMissingError (naming the input that changed)."""
-        from safetensors import safe_open
-
-        path = self.path(clip_id, modality)
+        ``on_missing="skip"``, no usable entry (missing, stale, or corrupt: logged). Otherwise a missing
+        or stale entry raises FeatureMissingError (naming the input that changed), a corrupt one
+        FeatureEntryError (naming the file and what is wrong: header, clip id, encoder, checksum, NaN)."""
         try:
-            with safe_open(str(path), framework="pt") as fh:
-                metadata = dict(fh.metadata() or {})
-                if TENSOR_KEY not in fh.keys():
-                    raise FeatureCacheError(f"{path}: no '{TENSOR_KEY}' tensor (not an emollm feature file)")
-                tensor = fh.get_tensor(TENSOR_KEY)
+            read = self._read_entry(clip_id, modality, load=True)
         except FileNotFoundError:
             entry = self.check(clip_id, modality)
             if entry.state == "absent":
                 return None
+            if entry.state == "corrupt":
+                return self._miss(clip_id, modality, entry.reason, file=entry.file)
             return self._miss(clip_id, modality, entry.reason)
-        except FeatureCacheError:
-            raise
-        except Exception as err:  # safetensors boundary
-            raise FeatureCacheError(f"{path}: unreadable feature file ({err})",
-                                    hint="delete it and rerun `emollm features`") from None
-        entry = self._judge(clip_id, modality, "present", self._stored_inputs(metadata))
+        if read.problem is not None:
+            return self._miss(clip_id, modality, read.problem, file=str(self.path(clip_id, modality)))
+        entry = self._judge(clip_id, modality, "present", self._stored_inputs(read.metadata))
         if entry.state == "stale":
             return self._miss(clip_id, modality, entry.reason)
-        return tensor.float()
+        return read.tensor
 
-    def _miss(self, clip_id: str, modality: str, reason: str = "") -> None:
+    def _miss(self, clip_id: str, modality: str, reason: str = "", *, file: str = "") -> None:
+        """No usable entry: None (counted; a corrupt ``file`` logged) with on_missing=skip, else the error."""
         if self.on_missing == "skip":
+            if file:
+                self._report(file, reason)
             self.missing[modality] = self.missing.get(modality, 0) + 1
             return None
+        if file:
+            raise FeatureEntryError(file, clip_id, modality, reason)
         raise self._missing(clip_id, modality, reason)
 
-    def _missing(self, clip_id: str, modality: str, reason: str | None = None) -> FeatureMissingError:
-        """The error for a clip without a usable entry (``reason`` None: looked up, stale or missing)."""
+    def _missing(self, clip_id: str, modality: str, reason: str | None = None) -> FeatureCacheError:
+        """The error for a clip without a usable entry (``reason`` None: looked up, stale, corrupt or
+        missing): FeatureEntryError for a corrupt one, else FeatureMissingError."""
         fp = self.fingerprints.get(modality)
         if reason is None and fp is not None:
             try:
-                reason = self.check(clip_id, modality).reason
+                entry = self.check(clip_id, modality)
             except FeatureCacheError:
-                reason = ""
+                entry = EntryCheck("missing")
+            if entry.state == "corrupt":
+                return FeatureEntryError(entry.file, clip_id, modality, entry.reason)
+            reason = entry.reason
         return FeatureMissingError(clip_id, modality, self.encoders.get(modality, "?"),
                                    None if fp is None or fp.startswith("uncached-") else fp, reason=reason or None)
 
@@ -392,4 +536,5 @@ class FeatureCache:
             return None
 
 
-__all__ = ["EntryCheck", "FeatureCache", "atomic_write_bytes", "clip_id_of", "safe_name", "weights_key"]
+__all__ = ["EntryCheck", "FeatureCache", "atomic_write_bytes", "clip_id_of", "nonfinite_count", "safe_name",
+           "tensor_checksum", "weights_key"]

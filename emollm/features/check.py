@@ -2,10 +2,13 @@
 
 Per frozen encoder of ``cfg.model.encoders``, every record of the dataset is looked up as training
 would look it up (:meth:`FeatureCache.check`): ``fresh`` (features or an absent mark whose inputs are
-this config's), ``stale`` (made from other inputs: which one changed), ``orphaned`` (an entry whose
-clip has no record in annotations.jsonl, or whose clip file is gone: it cannot be checked) and
-``missing`` (no entry). Folders of other encoders (another fingerprint) are listed, never counted
-or pruned: another config may use them. ``prune=True`` deletes the stale and orphaned entries.
+this config's), ``stale`` (made from other inputs: which one changed), ``corrupt`` (a file that
+cannot be trusted: unreadable or truncated, another clip's or encoder's, checksum mismatch, NaN / inf
+values; every features file is read in full), ``orphaned`` (an entry whose clip has no record in
+annotations.jsonl, or whose clip file is gone: it cannot be checked) and ``missing`` (no entry).
+``unverified`` entries (no checksum: written by an older emollm) are listed, not failed. Folders of
+other encoders (another fingerprint) are listed, never counted or pruned: another config may use
+them. ``prune=True`` deletes the stale, corrupt and orphaned entries.
 """
 
 from __future__ import annotations
@@ -29,13 +32,15 @@ class EncoderReport:
     fresh: int = 0
     absent: int = 0  # of fresh: absent marks (the clip has no input for it)
     stale: list[tuple[str, str]] = field(default_factory=list)  # (clip id, what changed)
+    corrupt: list[tuple[str, str]] = field(default_factory=list)  # (clip id, "file: what is wrong")
+    unverified: list[str] = field(default_factory=list)  # fresh entries without a checksum (older format)
     orphaned: list[tuple[str, str]] = field(default_factory=list)  # (clip id, why)
     missing: list[str] = field(default_factory=list)
     other_folders: list[tuple[str, int, str]] = field(default_factory=list)  # (folder, entries, encoder)
 
     @property
     def ok(self) -> bool:
-        return not (self.stale or self.orphaned or self.missing)
+        return not (self.stale or self.corrupt or self.orphaned or self.missing)
 
 
 @dataclass
@@ -52,17 +57,22 @@ class CheckReport:
 
     def text(self, limit: int = 10) -> str:
         lines = [f"feature cache {self.cache_dir} (dataset {self.dataset}, {self.records} records)"]
-        head = ("encoder", "kind", "folder", "fresh", "absent", "stale", "orphaned", "missing")
+        head = ("encoder", "kind", "folder", "fresh", "absent", "stale", "corrupt", "orphaned", "missing")
         rows = [head] + [(e.modality, e.kind, e.folder.split("/")[-1] if e.folder else "(none)", str(e.fresh),
-                          str(e.absent), str(len(e.stale)), str(len(e.orphaned)), str(len(e.missing)))
+                          str(e.absent), str(len(e.stale)), str(len(e.corrupt)), str(len(e.orphaned)),
+                          str(len(e.missing)))
                          for e in self.encoders]  # fmt: skip
         widths = [max(len(r[k]) for r in rows) for k in range(len(head))]
         lines += ["  ".join(c.ljust(w) if k < 3 else c.rjust(w) for k, (c, w) in enumerate(zip(r, widths, strict=True)))
                   for r in rows]  # fmt: skip
         for e in self.encoders:
             for what, items in (("stale", [f"{c}: {why}" for c, why in e.stale]),
+                                ("corrupt", [f"{c}: {why}" for c, why in e.corrupt]),
                                 ("orphaned", [f"{c}: {why}" for c, why in e.orphaned]),
-                                ("missing", e.missing)):  # fmt: skip
+                                ("missing", e.missing),
+                                ("unverified (no checksum: written by an older emollm; served after the header "
+                                 "and NaN checks; delete them and rerun `emollm features` to rewrite them)",
+                                 e.unverified)):  # fmt: skip
                 if items:
                     lines.append(f"{e.modality}: {len(items)} {what}")
                     lines += [f"  {item}" for item in items[:limit]]
@@ -75,12 +85,12 @@ class CheckReport:
                 lines.append(f"{e.modality}: other encoder's folder {folder} ({n} entries, {encoder}): not this "
                              f"config's, kept")
         if self.pruned:
-            lines.append(f"pruned: {self.pruned} stale / orphaned file(s) deleted")
+            lines.append(f"pruned: {self.pruned} stale / corrupt / orphaned file(s) deleted")
         if self.ok:
             lines.append("all entries fresh")
         else:
-            lines.append("not all fresh: `emollm features` with this config recomputes stale and missing entries"
-                         + ("" if self.pruned else "; --prune deletes stale and orphaned ones"))
+            lines.append("not all fresh: `emollm features` with this config recomputes stale, corrupt and missing "
+                         "entries" + ("" if self.pruned else "; --prune deletes stale, corrupt and orphaned ones"))
         return "\n".join(lines)
 
 
@@ -142,8 +152,8 @@ def check_cache(cfg: Any, dataset_dir: str | os.PathLike, *, prune: bool = False
         for record in records:
             clip_id = record["id"]
             try:
-                entry = cache.check(clip_id, name)
-            except FeatureCacheError as err:  # an unreadable file: stale
+                entry = cache.check(clip_id, name, verify=True)  # an audit: every file read in full
+            except FeatureCacheError as err:  # e.g. no record to key it by
                 rep.stale.append((clip_id, err.message))
                 doomed.append(cache.path(clip_id, name))
                 continue
@@ -151,12 +161,16 @@ def check_cache(cfg: Any, dataset_dir: str | os.PathLike, *, prune: bool = False
                 rep.missing.append(clip_id)
             elif entry.state == "stale":
                 rep.stale.append((clip_id, entry.reason))
+            elif entry.state == "corrupt":
+                rep.corrupt.append((clip_id, f"{Path(entry.file).name}: {entry.reason}"))
             elif entry.orphaned:
                 rep.orphaned.append((clip_id, entry.orphaned))
             else:
                 rep.fresh += 1
                 rep.absent += entry.state == "absent"
-            if entry.state == "stale" or entry.orphaned:
+                if entry.unverified:
+                    rep.unverified.append(clip_id)
+            if entry.state in ("stale", "corrupt") or entry.orphaned:
                 doomed += [cache.path(clip_id, name), cache._absent_path(clip_id, name)]
         if not fp.startswith("uncached-"):
             for clip_id, files in _entry_files(folder).items():

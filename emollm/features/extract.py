@@ -99,6 +99,7 @@ class FeaturesSummary:
     entries_absent: int = 0  # (clip, modality) recorded as absent (no face / no audio)
     entries_reused: int = 0  # already in the cache
     entries_stale: int = 0  # in the cache but made from other inputs: recomputed (counted in computed / absent)
+    entries_corrupt: int = 0  # in the cache but damaged (unreadable, another clip's, checksum, NaN): recomputed
     clips_decoded: int = 0
     failed: int = 0
     wall_s: float = 0.0
@@ -110,9 +111,9 @@ class FeaturesSummary:
         rows = [("cache", self.cache_dir), ("shard", self.shard), ("clips", self.clips),
                 ("decoded", self.clips_decoded), ("features written", self.entries_computed),
                 ("absent (no input)", self.entries_absent), ("reused", self.entries_reused),
-                ("stale (recomputed)", self.entries_stale),
+                ("stale (recomputed)", self.entries_stale), ("corrupt (recomputed)", self.entries_corrupt),
                 ("failed clips", self.failed), ("wall s", f"{self.wall_s:.1f} ({rate:.2f} clips/s)")]  # fmt: skip
-        return "\n".join(f"{k:<18} {v}" for k, v in rows)
+        return "\n".join(f"{k:<20} {v}" for k, v in rows)
 
 
 def _device(cfg: Any) -> str:
@@ -126,7 +127,9 @@ def _device(cfg: Any) -> str:
 
 
 def _error_path(cache: FeatureCache, clip_id: str) -> Path:
-    return cache.root / ERRORS_DIR / (safe_name(clip_id) + ".json")
+    from emollm.paths import inside  # flat safe_name, and no symlink in the cache leading out
+
+    return inside(cache.root / ERRORS_DIR, safe_name(clip_id) + ".json", name=clip_id)
 
 
 def _record_error(cache: FeatureCache, clip_id: str, stage: str, err: Exception) -> None:
@@ -192,10 +195,16 @@ def extract_features(cfg: Any, dataset_dir: str | os.PathLike, *, shard: tuple[i
 
     todo = []
     for record in mine:
-        states = {n: cache.check(record["id"], n).state for n in frozen}
-        needed = [n for n, state in states.items() if state in ("missing", "stale")]
+        # verify: each reused entry passes what a reader checks (header, clip id, encoder, checksum,
+        # finite values); one read of the cache, the price of never reusing a damaged file
+        entries = {n: cache.check(record["id"], n, verify=True) for n in frozen}
+        needed = [n for n, entry in entries.items() if entry.state in ("missing", "stale", "corrupt")]
         summary.entries_reused += len(frozen) - len(needed)
-        summary.entries_stale += sum(state == "stale" for state in states.values())
+        summary.entries_stale += sum(entry.state == "stale" for entry in entries.values())
+        for entry in entries.values():
+            if entry.state == "corrupt":
+                summary.entries_corrupt += 1
+                log.warning("%s: %s: recomputed", entry.file, entry.reason)
         if needed:
             todo.append((record, needed))
 
@@ -256,7 +265,12 @@ def extract_features(cfg: Any, dataset_dir: str | os.PathLike, *, shard: tuple[i
                         _record_error(cache, clip_id, f"encoder {name}", err)
             for clip_id, tensor in results:
                 if clip_id not in failed:
-                    cache.put(clip_id, name, tensor)
+                    try:
+                        cache.put(clip_id, name, tensor)
+                    except EmollmError as err:  # NaN / inf features: refused, the clip is an error
+                        failed.add(clip_id)
+                        _record_error(cache, clip_id, f"encoder {name}", err)
+                        continue
                     summary.entries_computed += 1
         summary.failed += len(failed)
         for record, _ in decoded:
@@ -266,9 +280,9 @@ def extract_features(cfg: Any, dataset_dir: str | os.PathLike, *, shard: tuple[i
         pass
     _merge_errors(cache)
     summary.wall_s = time.perf_counter() - t0
-    log.info("features: %d written, %d absent, %d reused (%d stale recomputed), %d clip(s) failed in %.1f s",
-             summary.entries_computed, summary.entries_absent, summary.entries_reused, summary.entries_stale,
-             summary.failed, summary.wall_s)
+    log.info("features: %d written, %d absent, %d reused (%d stale, %d corrupt recomputed), %d clip(s) failed "
+             "in %.1f s", summary.entries_computed, summary.entries_absent, summary.entries_reused,
+             summary.entries_stale, summary.entries_corrupt, summary.failed, summary.wall_s)
     return summary
 
 

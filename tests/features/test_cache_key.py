@@ -242,8 +242,9 @@ def test_check_on_a_fresh_and_a_stale_cache(full_cache, dataset, capsys):
     out = capsys.readouterr().out
     assert "all entries fresh" in out
     rows = {line.split()[0]: line.split()[3:] for line in out.splitlines()[2:6]}
-    assert rows == {"video": ["3", "0", "0", "0", "0"], "face": ["3", "1", "0", "0", "0"],
-                    "temporal": ["3", "1", "0", "0", "0"], "audio": ["3", "1", "0", "0", "0"]}  # fmt: skip
+    # fresh, absent, stale, corrupt, orphaned, missing
+    assert rows == {"video": ["3", "0", "0", "0", "0", "0"], "face": ["3", "1", "0", "0", "0", "0"],
+                    "temporal": ["3", "1", "0", "0", "0", "0"], "audio": ["3", "1", "0", "0", "0", "0"]}  # fmt: skip
 
     assert _check(dataset, full_cache, "media.face.crop_size=112") == 1
     out = capsys.readouterr().out
