@@ -550,8 +550,13 @@ def export_model(run_dir: str | os.PathLike, out_dir: str | os.PathLike, *, merg
     Returns a summary: ``out_dir``, ``kind`` (``lora`` | ``merged`` | ``full``), ``encoders``
     (modality -> path inside the export or None), ``files``, ``bytes``, ``seconds``, ``notes``.
     """
+    from emollm import safe_load
+
     started = time.perf_counter()
     run = inspect_run(run_dir)
+    # What the export copies or loads must be whole and carry no pickled code (docs/security.md): a
+    # planted pickle would otherwise travel on to whoever loads the export.
+    safe_load.vet(run.path, skip=("checkpoint-*", "logs"))
     out = Path(out_dir)
     _check_target(out, run.path, overwrite)
     notes: list[str] = []
@@ -647,6 +652,10 @@ def export_model(run_dir: str | os.PathLike, out_dir: str | os.PathLike, *, merg
         shutil.rmtree(tmp, ignore_errors=True)
         raise EmollmError(f"writing the export to {out} failed: {exc.strerror or exc}",
                           hint="check free disk space and write permission") from exc
+    except EmollmError as exc:  # name the user's export folder, not the staging folder beside it
+        shutil.rmtree(tmp, ignore_errors=True)
+        exc.args = (str(exc.args[0]).replace(str(tmp), str(out)), *exc.args[1:]) if exc.args else exc.args
+        raise
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise

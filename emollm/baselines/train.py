@@ -52,7 +52,7 @@ from emollm.training.loop import (
     TRAINER_STATE,
     list_checkpoints,
     prune_checkpoints,
-    resolve_checkpoint,
+    resume_checkpoint,
 )
 
 log = get_logger(__name__)
@@ -199,8 +199,11 @@ def split_metrics(model: BaselineModel, data: BaselineSplit, batch_size: int, de
 
 
 # ------------------------------------------------------------------------------------------ training
-def _resume_dir(cfg: cfglib.EmollmConfig) -> Path | None:
-    return resolve_checkpoint(cfg.baseline.resume, cfg.run.output_dir, key="baseline.resume", unit="epoch")
+def _resume_dir(cfg: cfglib.EmollmConfig) -> tuple[Path | None, dict[str, Any] | None]:
+    """The checkpoint to resume and its state, vetted as the LLM loop's are (complete files, no pickle
+    global outside the allowlist; ``latest`` skips a corrupt newest one)."""
+    return resume_checkpoint(cfg.baseline.resume, cfg.run.output_dir, key="baseline.resume", unit="epoch",
+                             step_key="epoch")
 
 
 def _truncate_log(path: Path, lines: int) -> None:
@@ -315,10 +318,9 @@ def train_baseline(cfg: cfglib.EmollmConfig, dataset_dir: str | os.PathLike | No
 
     out.mkdir(parents=True, exist_ok=True)
     log_file = out / LOG_FILE
-    resume = _resume_dir(cfg)
-    done_epochs, resume_state = 0, None
-    if resume is not None:
-        resume_state = json.loads((resume / TRAINER_STATE).read_text(encoding="utf-8"))
+    resume, resume_state = _resume_dir(cfg)
+    done_epochs = 0
+    if resume is not None and resume_state is not None:
         if resume_state.get("method") != model.name:
             raise ConfigError(f"baseline.resume: {resume} is a '{resume_state.get('method')}' checkpoint, "
                               f"this run trains '{model.name}'")

@@ -111,9 +111,14 @@ def save_run(model: EmoLLMForConditionalGeneration, processor: EmoProcessor, run
 
 def load_run(run_dir: str | os.PathLike, **kwargs: Any) -> tuple[EmoLLMForConditionalGeneration, EmoProcessor]:
     """What :func:`save_run` wrote: the model (backbone + adapter + media modules) and its processor."""
+    from emollm import safe_load
+
     path = Path(run_dir)
     if not (path / "config.json").is_file():
         raise EmollmError(f"{path} is not an emollm run dir (no config.json)")
+    # A run dir or export may come from anyone: whole files, and no pickle naming code, before loading.
+    # (transformers / peft read .bin weights with weights_only=True; this also names a damaged file.)
+    safe_load.vet(path, skip=("checkpoint-*", "logs"))
     processor = EmoProcessor.from_pretrained(path)
     model = EmoLLMForConditionalGeneration.from_pretrained(path, **kwargs)
     if model.config.media_token_ids != processor.media_token_ids:

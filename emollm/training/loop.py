@@ -27,14 +27,17 @@ from typing import Any
 import torch
 
 from emollm import config as cfglib
+from emollm import safe_load
 from emollm.config import EmollmConfig
-from emollm.errors import ConfigError, EmollmError
+from emollm.errors import ConfigError, CorruptCheckpointError, EmollmError
 from emollm.log import get_logger
 
 log = get_logger(__name__)
 
 CHECKPOINT_PREFIX = "checkpoint-"
 TRAINER_STATE = "trainer_state.json"
+SCHEDULER_STATE = "scheduler.json"  # the LR scheduler's state_dict as JSON (never a pickle: docs/security.md)
+RNG_STATE = re.compile(r"random_states_\d+\.pkl")  # accelerate's per-rank RNG files
 LOG_FILE = "train_log.jsonl"
 
 
@@ -81,8 +84,57 @@ def resolve_checkpoint(ref: str | None, output_dir: str | os.PathLike, *, key: s
     return path
 
 
-def resolve_resume(cfg: EmollmConfig) -> Path | None:
-    return resolve_checkpoint(cfg.train.resume, cfg.run.output_dir)
+def vet_checkpoint(path: Path, *, step_key: str = "global_step") -> dict[str, Any]:
+    """The checkpoint's trainer state, once every file in it is whole (the sizes recorded at save time,
+    safetensors / JSON / zip structure) and every pickle in it names only allowed globals
+    (:func:`emollm.safe_load.vet`): nothing in it is unpickled before that.
+    Raises :class:`CorruptCheckpointError` / :class:`UnsafeCheckpointError` naming the file."""
+    state_file = path / TRAINER_STATE
+    state = safe_load.check_json(state_file)
+    if not isinstance(state, dict) or not isinstance(state.get(step_key), int):
+        raise CorruptCheckpointError(state_file, f"not a trainer state (no integer {step_key})")
+    recorded = state.get("files") if isinstance(state.get("files"), dict) else {}
+    sizes = {rel: n for rel, n in recorded.items()  # files inside the checkpoint only
+             if isinstance(rel, str) and isinstance(n, int) and ".." not in Path(rel).parts and not Path(rel).is_absolute()
+             # a missing RNG file is no corruption: train() warns that the random draws will differ
+             and not (RNG_STATE.fullmatch(Path(rel).name) and not (path / rel).exists())}
+    safe_load.vet(path, sizes=sizes)
+    return state
+
+
+def resume_checkpoint(ref: str | None, output_dir: str | os.PathLike, *, key: str = "train.resume",
+                      unit: str = "step", step_key: str = "global_step") -> tuple[Path | None, dict[str, Any] | None]:
+    """``(checkpoint dir, its trainer state)`` to resume from, vetted (:func:`vet_checkpoint`).
+
+    ``latest``: the newest *complete* checkpoint; a corrupt newer one is skipped with a warning naming
+    its file and the cause, and when none is complete the run stops (an error naming the newest's
+    fault). An explicit dir is the user's choice: a corrupt one stops the run, naming the file.
+    A refused pickle (:class:`UnsafeCheckpointError`) always stops the run: it is no accident."""
+    if ref == "latest":
+        skipped: list[CorruptCheckpointError] = []
+        for path in reversed(list_checkpoints(output_dir)):
+            try:
+                state = vet_checkpoint(path, step_key=step_key)
+            except CorruptCheckpointError as exc:
+                log.warning("%s=latest: skipping %s, it is incomplete: %s", key, path.name, exc.message)
+                skipped.append(exc)
+                continue
+            if skipped:
+                log.warning("%s=latest: resuming from the previous complete checkpoint %s", key, path.name)
+            return path, state
+        if skipped:
+            raise EmollmError(f"{key}=latest: no complete checkpoint under {output_dir}; the newest is corrupt: "
+                              f"{skipped[0].message}", hint=f"start afresh (no {key}), or repair the file")
+    path = resolve_checkpoint(ref, output_dir, key=key, unit=unit)
+    if path is None:
+        return None, None
+    try:
+        return path, vet_checkpoint(path, step_key=step_key)
+    except CorruptCheckpointError as exc:
+        earlier = [p.name for p in list_checkpoints(path.parent) if p != path]
+        raise CorruptCheckpointError(exc.path, exc.cause, hint=(
+            f"resume from an earlier checkpoint ({', '.join(earlier[-3:])}) or {key}=latest, which skips corrupt ones"
+            if earlier else "this checkpoint cannot be resumed; start afresh")) from None
 
 
 def prune_checkpoints(output_dir: str | os.PathLike, limit: int | None) -> list[Path]:
@@ -267,28 +319,69 @@ def token_losses(logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
 
 # ------------------------------------------------------------------------------------------ resume
 LAYOUT_KEYS = ("world_size", "per_device_batch_size", "gradient_accumulation_steps")
+# Settings that change what a resumed run computes (the model's shape, the data, the optimisation),
+# recorded in each checkpoint's trainer state and compared on resume (run length is not: extending
+# train.max_steps / epochs is what a resume is for; nor are checkpoint paths, "*name_or_path", which
+# differ when a run moves to another machine: a different model there fails to load, named).
+RESULT_KEYS = ("model", "train.stage", "train.tasks", "train.lr", "train.projector_lr",
+               "train.weight_decay", "train.lr_scheduler", "train.warmup_ratio", "train.max_grad_norm",
+               "train.max_length", "train.full_finetune", "train.quantization", "train.bnb_4bit_quant_type",
+               "train.bnb_4bit_compute_dtype", "train.bnb_4bit_use_double_quant", "train.lora", "run.seed",
+               "data.train_split")
 
 
-def check_resume_layout(saved: dict[str, Any], now: dict[str, int], checkpoint: Path, *, allow: bool) -> bool:
-    """Compare the checkpoint's batch layout (world size, per-device batch, accumulation) with this
-    run's. A change is refused (:class:`ConfigError` naming it) unless ``allow``
-    (``train.allow_resume_change``); returns True when the layout changed (and was allowed)."""
+def result_config(cfg: EmollmConfig) -> dict[str, Any]:
+    """``{dotted key: value}`` of :data:`RESULT_KEYS`, flattened to leaves, as JSON gives it back."""
+    flat: dict[str, Any] = {}
+
+    def walk(prefix: str, value: Any) -> None:
+        if isinstance(value, dict) and value:
+            for k, v in value.items():
+                walk(f"{prefix}.{k}", v)
+        else:
+            flat[prefix] = value
+
+    tree = cfglib.to_dict(cfg)
+    for key in RESULT_KEYS:
+        node: Any = tree
+        for part in key.split("."):
+            node = node.get(part) if isinstance(node, dict) else None
+        walk(key, node)
+    return json.loads(json.dumps({k: v for k, v in flat.items() if not k.endswith("name_or_path")}, default=str))
+
+
+def check_resume_layout(saved: dict[str, Any], now: dict[str, int], checkpoint: Path, *, allow: bool,
+                        config: dict[str, Any] | None = None) -> bool:
+    """Compare the checkpoint's batch layout (world size, per-device batch, accumulation) and, given
+    ``config`` (this run's :func:`result_config`), the recorded settings that change the result (LoRA
+    shape, modalities, lr ...) with this run's. A change is refused (:class:`ConfigError` naming the
+    keys) unless ``allow`` (``train.allow_resume_change``); returns True when the batch layout changed
+    (and was allowed)."""
     changed = [f"{key} {saved[key]} -> {now[key]}" for key in LAYOUT_KEYS
                if saved.get(key) is not None and saved[key] != now[key]]
     missing = [key for key in LAYOUT_KEYS if saved.get(key) is None]
+    settings: list[str] = []
+    if config is not None:
+        before = saved.get("config")
+        if not isinstance(before, dict):
+            missing.append("config")
+        else:
+            settings = [f"{key} {before.get(key)!r} -> {config.get(key)!r}" for key in sorted({*before, *config})
+                        if before.get(key) != config.get(key)]
     if missing:
         log.warning("resume: %s records no %s (an older emollm): not compared", checkpoint, ", ".join(missing))
-    if not changed:
+    if not changed and not settings:
         return False
-    what = ", ".join(changed)
+    what = "; ".join(part for part in (f"the batch layout changed ({', '.join(changed)})" if changed else "",
+                                       f"the config changed ({', '.join(settings)})" if settings else "") if part)
     if not allow:
-        raise ConfigError(f"cannot resume from {checkpoint}: the batch layout changed ({what})",
-                          hint="resume with the checkpoint's world size and batch settings, or set "
-                               "train.allow_resume_change=true to continue anyway (the data order then differs "
-                               "from an uninterrupted run)")
-    log.warning("resume from %s with another batch layout (%s), allowed by train.allow_resume_change: the "
-                "data order differs from an uninterrupted run", checkpoint, what)
-    return True
+        raise ConfigError(f"cannot resume from {checkpoint}: {what}",
+                          hint="resume with the checkpoint's settings, or set train.allow_resume_change=true to "
+                               "continue anyway (the result then differs from an uninterrupted run; a changed "
+                               "model shape cannot load)")
+    log.warning("resume from %s: %s, allowed by train.allow_resume_change: the result differs from an "
+                "uninterrupted run", checkpoint, what)
+    return bool(changed)
 
 
 def _replace_lines(path: Path, lines: list[str]) -> None:
@@ -564,11 +657,14 @@ def train(cfg: EmollmConfig, *, stop_after_step: int | None = None) -> TrainResu
     from emollm.modeling.factory import save_run
     from emollm.training.data import EmotionCollator, LengthGroupedBatchSampler
 
+    from emollm.config.paths import check_input_paths
+
+    check_input_paths(cfg, "train")  # the Python API too: a missing folder is named before any model loads
     t = cfg.train
     out = Path(cfg.run.output_dir)
     trackers = _check_trackers(t.report_to)
     check_eval_split(cfg)
-    resume_dir = resolve_resume(cfg)
+    resume_dir, saved_state = resume_checkpoint(t.resume, out)  # vetted: complete, no refused pickle
     ds_plugin = None
     if t.deepspeed:
         if not Path(t.deepspeed).is_file():
@@ -593,9 +689,9 @@ def train(cfg: EmollmConfig, *, stop_after_step: int | None = None) -> TrainResu
                                           * accelerator.num_processes)
     layout = {"world_size": accelerator.num_processes, "per_device_batch_size": t.per_device_batch_size,
               "gradient_accumulation_steps": t.gradient_accumulation_steps}
-    saved_state = json.loads((resume_dir / TRAINER_STATE).read_text()) if resume_dir is not None else None
+    run_config = result_config(cfg)
     layout_changed = saved_state is not None and check_resume_layout(saved_state, layout, resume_dir,
-                                                                     allow=t.allow_resume_change)
+                                                                     allow=t.allow_resume_change, config=run_config)
     set_seed(cfg.run.seed)
 
     zero3 = ds_plugin is not None and accelerator.state.deepspeed_plugin.zero_stage == 3
@@ -628,7 +724,12 @@ def train(cfg: EmollmConfig, *, stop_after_step: int | None = None) -> TrainResu
     scheduler = get_scheduler(t.lr_scheduler if t.lr_scheduler != "constant" else "constant_with_warmup", optimizer,
                               num_warmup_steps=math.ceil(t.warmup_ratio * total_steps), num_training_steps=total_steps)
     model, optimizer = accelerator.prepare(model, optimizer)
-    accelerator.register_for_checkpointing(scheduler)  # stepped once per optimizer step, on every rank
+    # The scheduler is not registered with accelerate (which would pickle it and unpickle it with
+    # weights_only=False): its state_dict goes to scheduler.json in each checkpoint.
+    legacy = sorted(resume_dir.glob("custom_checkpoint_*.pkl")) if resume_dir is not None else []
+    holders = [_StateHolder() for _ in legacy]  # an older emollm's pickled scheduler: vetted, read as data
+    if holders:
+        accelerator.register_for_checkpointing(*holders)
 
     trainable = {n for n, p in accelerator.unwrap_model(model).named_parameters() if p.requires_grad}
 
@@ -644,10 +745,21 @@ def train(cfg: EmollmConfig, *, stop_after_step: int | None = None) -> TrainResu
 
     step, epoch, offset, losses = 0, 0, 0, []
     if resume_dir is not None:
-        accelerator.load_state(str(resume_dir), **load_kwargs)
+        rng_file = resume_dir / f"random_states_{accelerator.process_index}.pkl"
+        if not rng_file.is_file():
+            log.warning("resume: %s is missing: random draws (dropout) start from run.seed, so losses differ from "
+                        "an uninterrupted run", rng_file)
+        try:
+            accelerator.load_state(str(resume_dir), **load_kwargs)
+        except (RuntimeError, KeyError, ValueError) as exc:  # vetted files that do not fit this model
+            first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+            raise EmollmError(f"cannot load checkpoint {resume_dir} into this model: {first}",
+                              hint="resume with the config the checkpoint was trained with (its model / LoRA "
+                                   "shape), or start afresh") from None
         accelerator.step = 0  # checkpoints are taken on accumulation boundaries
         state = saved_state
         step, epoch, offset, losses = state["global_step"], state["epoch"], state["batch_offset"], state["losses"]
+        _restore_scheduler(scheduler, resume_dir, holders, step)
         if layout_changed:  # same epoch, about the same number of samples consumed
             before = state.get("per_device_batch_size", t.per_device_batch_size) * state.get("world_size", 1)
             offset = min(len(sampler), round(offset * before / (t.per_device_batch_size * accelerator.num_processes)))
@@ -668,10 +780,20 @@ def train(cfg: EmollmConfig, *, stop_after_step: int | None = None) -> TrainResu
 
     def checkpoint(at_step: int) -> None:
         path = out / f"{CHECKPOINT_PREFIX}{at_step}"
+        if accelerator.is_main_process and path.exists():
+            # a checkpoint of this step left by a run that was resumed from an earlier one (e.g. skipped as
+            # corrupt): none of its files may linger into the new one
+            shutil.rmtree(path)
+        accelerator.wait_for_everyone()
         accelerator.save_state(str(path), **save_kwargs)
         if accelerator.is_main_process:
+            (path / SCHEDULER_STATE).write_text(json.dumps(scheduler.state_dict()))
+        accelerator.wait_for_everyone()  # every rank's files are written: their sizes go in the trainer state
+        if accelerator.is_main_process:
             state = {"global_step": at_step, "epoch": epoch, "batch_offset": offset, "losses": losses,
-                     "total_steps": total_steps, **layout}
+                     "total_steps": total_steps, **layout, "config": run_config,
+                     "files": {rel: n for rel, n in safe_load.file_sizes(path).items()
+                               if not rel.startswith(TRAINER_STATE)}}
             tmp = path / (TRAINER_STATE + ".tmp")
             tmp.write_text(json.dumps(state, indent=1))
             os.replace(tmp, path / TRAINER_STATE)  # written last: a checkpoint without it is incomplete
@@ -780,6 +902,36 @@ def train(cfg: EmollmConfig, *, stop_after_step: int | None = None) -> TrainResu
     return result
 
 
+class _StateHolder:
+    """Receives a ``custom_checkpoint_<i>.pkl`` of an older emollm (the pickled scheduler state) as data."""
+
+    state: dict[str, Any] | None = None
+
+    def state_dict(self) -> dict[str, Any]:
+        return self.state or {}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        self.state = state
+
+
+def _restore_scheduler(scheduler, resume_dir: Path, holders: list[_StateHolder], step: int) -> None:
+    """The LR scheduler as it was at the checkpoint: ``scheduler.json``, an older emollm's pickled state
+    (vetted), or else stepped ``step`` times (the schedule is a function of the step alone)."""
+    import warnings
+
+    path = resume_dir / SCHEDULER_STATE
+    if path.is_file():
+        scheduler.load_state_dict(safe_load.check_json(path))
+    elif holders and holders[0].state:
+        scheduler.load_state_dict(holders[0].state)
+    else:
+        log.warning("resume: %s has no %s: the LR schedule is replayed to step %d", resume_dir, SCHEDULER_STATE, step)
+        with warnings.catch_warnings():  # "scheduler.step() before optimizer.step()": intended here
+            warnings.simplefilter("ignore")
+            for _ in range(step):
+                scheduler.step()
+
+
 def _sum_across(values: torch.Tensor, device: torch.device) -> torch.Tensor:
     """``values`` summed over all processes, back on the CPU (reduced on ``device``: gloo or NCCL)."""
     import torch.distributed as dist
@@ -851,4 +1003,5 @@ def _save_final(accelerator, model, processor, out: Path, save_run) -> None:
 
 
 __all__ = ["LAYOUT_KEYS", "Evaluator", "TrainResult", "build_model", "check_eval_split", "check_resume_layout",
-           "list_checkpoints", "param_groups", "prepare_log", "prune_checkpoints", "target_tokens", "token_losses", "train"]
+           "list_checkpoints", "param_groups", "prepare_log", "prune_checkpoints", "result_config", "resume_checkpoint",
+           "target_tokens", "token_losses", "train", "vet_checkpoint"]

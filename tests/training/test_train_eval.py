@@ -41,8 +41,21 @@ def dataset(sample_dir, tmp_path_factory):
                            + "".join(json.dumps({**r, "id": new, "split": EVAL_SPLIT}) + "\n" for new, r in copies.items()))
     for new, r in copies.items():
         for entry in [*root.glob(f"features/*/*/{r['id']}.safetensors"), *root.glob(f"features/*/*/{r['id']}.absent")]:
-            shutil.copy(entry, entry.with_name(new + entry.suffix))
+            _copy_entry(entry, entry.with_name(new + entry.suffix), new)
     return root, split
+
+
+def _copy_entry(src, dst, clip_id):
+    """A cache entry copied to another clip id: an entry records its clip, so the copy is re-labelled."""
+    if src.suffix == ".absent":
+        dst.write_text(json.dumps({**json.loads(src.read_text()), "clip_id": clip_id}))
+        return
+    from safetensors import safe_open
+    from safetensors.torch import save_file
+
+    with safe_open(str(src), "pt") as fh:
+        tensors, metadata = {k: fh.get_tensor(k) for k in fh.keys()}, dict(fh.metadata() or {})
+    save_file(tensors, str(dst), metadata={**metadata, "clip_id": clip_id})
 
 
 def _cfg(dataset, out_dir, *overrides):
