@@ -45,6 +45,9 @@ class TransportError(Exception):
 
 #: Largest HTTP reply body read from an OpenAI-compatible server (a chat reply is a few KiB).
 MAX_REPLY_BYTES = 8 * 1024 * 1024
+#: An invalid reply is cached (so a rerun makes no new call) cut to this many characters: a runaway
+#: server's megabytes are not kept on disk; the cached error says how long the reply was.
+MAX_CACHED_INVALID_CHARS = 16_384
 
 
 def _read_quietly(exc: urllib.error.HTTPError) -> bytes:
@@ -264,8 +267,10 @@ class Asker:
             self.stats.add(rejected_replies=1)
         self.stats.add(invalid=1)
         if reply is not None and self.cache is not None and error and error.startswith("no valid"):
+            kept = reply[:MAX_CACHED_INVALID_CHARS]
+            cut = f" (a reply of {len(reply)} chars; the cache keeps the first {len(kept)})" if len(kept) < len(reply) else ""
             self.cache.put(key, {"backend": self.backend.kind, "model": self.backend.model, "prompt": prompt,
-                                 "reply": reply, "valid": False, "error": error})
+                                 "reply": kept, "valid": False, "error": error + cut})
         return Answer(reply, None, False, error)
 
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 import importlib.util
 import json
 import math
+import sys
 from pathlib import Path
 
 import pytest
@@ -20,6 +21,7 @@ def _load(name: str):
     # benchmarks/ is a folder of scripts, not a package: load the file as a module
     spec = importlib.util.spec_from_file_location(f"_bench_{name}", BENCHMARKS / f"{name}.py")
     module = importlib.util.module_from_spec(spec)
+    sys.modules[spec.name] = module  # dataclasses look their module up there
     spec.loader.exec_module(module)
     return module
 
@@ -76,3 +78,31 @@ def test_au_agreement_on_openface_landmarks(tmp_path, capsys):
     assert bench.main(["--sample", "--json", str(out)]) == 0
     res = json.loads(out.read_text())["OpenFace_Test.csv"]
     assert res["frames"] == 100 and set(res["per_au"]) >= {"AU01", "AU45"}
+
+
+def test_faults_prints_one_row_per_case_and_the_totals(tmp_path, capsys):
+    # the judge's report, and its verdicts on three cases the project handles (a regression shows here)
+    bench = _load("faults")
+    out = tmp_path / "faults.json"
+    cases = ["config_duplicate_key", "out_is_file", "build_unreadable_folder"]
+    assert bench.main(["--cases", ",".join(cases), "--json", str(out), "--work", str(tmp_path / "work")]) == 0
+    printed = capsys.readouterr().out
+    report = json.loads(out.read_text())
+    assert [r["name"] for r in report["rows"]] == cases
+    for row in report["rows"]:
+        assert isinstance(row["handled"], bool) and row["lost"] >= 0 and row["detail"]
+        assert not row["detail"].startswith("could not run"), row
+        assert row["name"] in printed
+    tried = [r for r in report["rows"] if not r["skipped"]]
+    assert report["tried"] == len(tried) >= 2
+    assert report["handled"] == sum(r["handled"] for r in tried) and report["lost"] == sum(r["lost"] for r in tried)
+    assert f"cases tried {report['tried']} / handled {report['handled']} / data lost {report['lost']}" in printed
+    assert report["handled"] == report["tried"] and report["lost"] == 0, report["rows"]
+
+
+def test_faults_planted_pickle_runs_code_when_unpickled(tmp_path):
+    # the pickle cases are only meaningful if loading the planted file the usual ways creates the marker
+    bench = _load("faults")
+    ctx = bench.Ctx(tmp_path, seed=0, quick=True)
+    ok, how = bench.verify_plant(ctx)
+    assert ok, how

@@ -295,3 +295,8 @@ def test_every_writer_failure_is_logged_and_written_with_its_cause(tmp_path, mon
         assert sum(f"clip_{m}:" in line and res[m].error in line for line in lines) == 1
     rows = [json.loads(line) for line in (tmp_path / "out" / WRITER_FAILURES).read_text(encoding="utf-8").splitlines()]
     assert {r["id"]: r["cause"] for r in rows} == {f"clip_{m}": res[m].error for m in markers[1:]}
+    # the runaway reply is not kept on disk: the cache holds its first characters and says how long it was
+    assert max(p.stat().st_size for p in (tmp_path / "cache").rglob("*.json")) < 64_000
+    again = LLMWriter(llm.Asker(backend, llm.ResponseCache(tmp_path / "cache"), max_retries=0), "merr_reason")
+    cached = again.write(items[3:4])[0]
+    assert cached.cached and cached.text is None and re.search(r"a reply of 1\d{6} chars", cached.error)
