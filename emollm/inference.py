@@ -154,17 +154,11 @@ def _check_task(task: str) -> None:
 
 
 def infer_instruction(cfg: cfglib.EmollmConfig, task: str) -> str:
-    """The instruction ``infer`` asks every clip of ``task`` with: entry ``predict.instruction`` of the
-    task's pool. Chosen by config only (never by the clip's name or id), so the same clip under two
-    names gets the same prompt, and the same answer."""
-    from emollm.prompts import load_instruction_pool
+    """The instruction every clip of ``task`` is asked with (:func:`emollm.prompts.configured_instruction`):
+    the same clip under two names gets the same prompt, and the same answer."""
+    from emollm.prompts import configured_instruction
 
-    pool = load_instruction_pool(task)
-    index = cfg.predict.instruction
-    if index >= len(pool):
-        raise ConfigError(f"predict.instruction={index}, but the '{task}' instruction pool holds {len(pool)} "
-                          f"entries", hint=f"choose 0..{len(pool) - 1} (prompts/instructions/{task}.txt, one per line)")
-    return pool[index]
+    return configured_instruction(task, cfg.predict.instruction)
 
 
 # ------------------------------------------------------------------------------------------ predict
@@ -238,6 +232,7 @@ def predict_dataset(cfg: cfglib.EmollmConfig, model: Any, processor: Any, datase
         raise EmollmError(f"no record in split '{split}' of {dataset}", hint="choose the split with --split")
     cache, computed = _fill_cache(cfg, model, dataset, records)
     ds = EmotionDataset(dataset, processor, cache, model.config.modalities, split=split, tasks=[task],
+                        instruction=cfg.predict.instruction,
                         prompt_only=True)
     summary = PredictSummary(out=str(out), samples=len(ds), features_computed=computed)
     done = _done_ids(out)

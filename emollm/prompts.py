@@ -55,6 +55,19 @@ def load_instruction_pool(name_or_path: str | Path) -> list[str]:
     return pool
 
 
+def configured_instruction(task: str, index: int) -> str:
+    """Entry ``index`` (``predict.instruction``) of the task's pool: the one prompt every clip is asked
+    with at prediction time (``infer``, ``predict``, evaluation during training), chosen by the config,
+    never by a clip's name or id."""
+    from emollm.errors import ConfigError
+
+    pool = load_instruction_pool(task)
+    if not 0 <= index < len(pool):
+        raise ConfigError(f"predict.instruction={index}, but the '{task}' instruction pool holds {len(pool)} entries",
+                          hint=f"choose 0..{len(pool) - 1} (prompts/instructions/{task}.txt, one per line)")
+    return pool[index]
+
+
 def choose_instruction(pool: Sequence[str], sample_id: str, seed: int = 0) -> str:
     """One instruction of the pool for this sample: deterministic in (seed, sample id)."""
     if not pool:

@@ -42,6 +42,9 @@ class EmotionDataset(torch.utils.data.Dataset):
         check: verify every cached entry's shape against ``modalities`` now (before any batch).
         prompt_only: samples without their answer, for generation (``emollm predict``, evaluation
             during training): every record of the split becomes a sample, with or without a target.
+        instruction: ask every sample with this entry of the task's pool (``predict.instruction``)
+            instead of one drawn per record id and seed (training's variety): a prediction's prompt
+            never depends on a clip's name.
 
     An item is ``processor.encode(...)`` plus ``task``, ``media`` ({name: (T, D) float32}) and ``media_masks``
     ({au name: (T,) bool}). ``skipped`` counts records left out and why.
@@ -50,7 +53,7 @@ class EmotionDataset(torch.utils.data.Dataset):
     def __init__(self, dataset_dir: str | os.PathLike, processor: Any, cache: FeatureCache | None,
                  modalities: Mapping[str, Mapping[str, Any]], *, split: str | None = None,
                  tasks: Sequence[str] = ("emotion",), instructions: Sequence[str | os.PathLike] | None = None,
-                 seed: int = 0, check: bool = True, prompt_only: bool = False):
+                 seed: int = 0, check: bool = True, prompt_only: bool = False, instruction: int | None = None):
         from data_builders.record import read_dataset
 
         self.root = Path(dataset_dir)
@@ -66,6 +69,7 @@ class EmotionDataset(torch.utils.data.Dataset):
         self.records = {r["id"]: r for r in read_dataset(self.root)}
         self.skipped: Counter[str] = Counter()
         self.prompt_only = prompt_only
+        self.instruction = instruction
         self.samples = (self._from_instructions(instructions, split) if instructions
                         else self._from_records(tasks, split, seed))  # fmt: skip
         if self.skipped:
@@ -77,8 +81,9 @@ class EmotionDataset(torch.utils.data.Dataset):
 
     # -- samples ---------------------------------------------------------------------------
     def _from_records(self, tasks: Sequence[str], split: str | None, seed: int) -> list[dict[str, Any]]:
-        from emollm.prompts import emotion_llama_sample
+        from emollm.prompts import configured_instruction, emotion_llama_sample
 
+        pools = {t: [configured_instruction(t, self.instruction)] for t in tasks} if self.instruction is not None else {}
         out = []
         for record in self.records.values():
             if split is not None and record.get("split") != split:
@@ -98,7 +103,7 @@ class EmotionDataset(torch.utils.data.Dataset):
                     continue
                 sample = emotion_llama_sample(record["id"], task, record.get("subtitle"), target=target,
                                               label=record.get("label") or record.get("pseudo_label"),
-                                              modalities=tuple(self.modalities), seed=seed)
+                                              modalities=tuple(self.modalities), seed=seed, pool=pools.get(task))
                 sample["clip_id"] = record["id"]
                 out.append(sample)
         return out

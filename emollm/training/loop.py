@@ -506,7 +506,7 @@ class Evaluator:
         modalities = model.config.modalities
         split, root = cfg.data.eval_split, cfg.data.dataset_dir
         self.prompts = EmotionDataset(root, processor, cache, modalities, split=split, tasks=["emotion"],
-                                      seed=cfg.run.seed, prompt_only=True)
+                                      seed=cfg.run.seed, prompt_only=True, instruction=cfg.predict.instruction)
         clips = sorted({s["clip_id"] for s in self.prompts.samples})
         if t.eval_max_samples and len(clips) > t.eval_max_samples:
             # Seeded by run.seed alone: the same clips at every evaluation and in a resumed run.

@@ -88,6 +88,16 @@ def test_label_wins_over_pseudo_label_and_instruction_files(setup, tmp_path):
     assert len(ds2) == 1 and ds2[0]["media_present"] == ["au", "face"]
 
 
+def test_prediction_prompts_come_from_the_config_not_the_clip_ids(setup):
+    from emollm.prompts import load_instruction_pool
+
+    pool = load_instruction_pool("emotion")
+    for index in (0, 1):
+        asked = _dataset(setup, prompt_only=True, instruction=index).samples
+        assert len(asked) == 3 and all(pool[index] in s["messages"][0]["content"] for s in asked)
+        assert not any(pool[1 - index] in s["messages"][0]["content"] for s in asked)
+
+
 def test_missing_cache_entry_names_clip_and_modality(setup, tmp_path):
     cfg, out, model, processor = setup
     cache_dir = tmp_path / "cache"
