@@ -16,6 +16,7 @@ from pathlib import Path
 
 import yaml
 
+from emollm.config.loader import safe_load_unique, yaml_problem
 from emollm.errors import CueError
 from emollm.modeling.au_encoder import MERR_AUS
 
@@ -38,11 +39,11 @@ class PhraseTable:
 def _load(path: str, _stat: str) -> PhraseTable:
     try:
         text = Path(path).read_text(encoding="utf-8")
-        data = yaml.safe_load(text)
+        data = safe_load_unique(text)
     except OSError as exc:
         raise CueError(f"AU phrase table {path}: cannot be read ({exc.strerror})") from None
     except yaml.YAMLError as exc:
-        raise CueError(f"AU phrase table {path}: not valid YAML ({exc})") from None
+        raise CueError(f"AU phrase table {path}{yaml_problem(exc)}") from None
     table = data.get("phrases") if isinstance(data, dict) else None
     if not isinstance(table, dict):
         raise CueError(f"AU phrase table {path}: needs a 'phrases' mapping AUxx -> [phrase, ...]")

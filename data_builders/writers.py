@@ -31,6 +31,7 @@ from typing import Any
 import yaml
 
 from emollm import llm
+from emollm.config.loader import safe_load_unique, yaml_problem
 from emollm.errors import WriterError
 from emollm.log import get_logger
 from emollm.resources import prompts_dir
@@ -49,12 +50,12 @@ def load_writer_prompt(name_or_path: str) -> dict[str, Any]:
         path = prompts_dir() / "writers" / f"{name_or_path}.yaml"
     try:
         text = path.read_text(encoding="utf-8")
-        data = yaml.safe_load(text)
+        data = safe_load_unique(text)
     except OSError:
         raise WriterError(f"writer prompt '{name_or_path}' not found ({path})",
                           hint="prompts live in prompts/writers/<name>.yaml; or give a YAML path") from None
     except yaml.YAMLError as exc:
-        raise WriterError(f"writer prompt {path}: not valid YAML ({exc})") from None
+        raise WriterError(f"writer prompt {path}{yaml_problem(exc)}") from None
     if not isinstance(data, dict):
         raise WriterError(f"writer prompt {path}: expected a mapping")
     data = dict(data)

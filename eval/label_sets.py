@@ -27,7 +27,7 @@ from pathlib import Path
 
 import yaml
 
-from emollm.config.loader import safe_load_unique  # a key written twice is an error, not a silent loss
+from emollm.config.loader import safe_load_unique, yaml_problem  # a key written twice is an error, not a silent loss
 from emollm.errors import ConfigError
 
 DATA_DIR = Path(__file__).resolve().parent / "label_sets"
@@ -215,10 +215,7 @@ def _load(path_text: str, mtime: int) -> LabelSet:  # mtime: an edited file is r
     except UnicodeDecodeError:
         raise ConfigError(f"label set file {path} is not UTF-8 text", hint=_hint()) from None
     except yaml.YAMLError as exc:
-        mark = getattr(exc, "problem_mark", None)
-        where = f" (line {mark.line + 1}, column {mark.column + 1})" if mark else ""
-        problem = getattr(exc, "problem", None) or str(exc).splitlines()[0]
-        raise ConfigError(f"label set file {path}{where}: invalid YAML: {problem}", hint=_hint()) from None
+        raise ConfigError(f"label set file {path}{yaml_problem(exc)}", hint=_hint()) from None
     if not isinstance(data, dict):
         raise ConfigError(f"label set file {path}: expected a mapping with 'labels', found "
                           f"{type(data).__name__ if data is not None else 'an empty file'}", hint=_hint())

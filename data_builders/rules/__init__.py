@@ -32,6 +32,7 @@ from pathlib import Path
 
 import yaml
 
+from emollm.config.loader import safe_load_unique, yaml_problem
 from emollm.errors import ConfigError
 from emollm.modeling.au_encoder import AU_INTENSITY_MAX, MERR_AUS
 from eval.label_sets import LabelSet
@@ -71,9 +72,11 @@ def load_rules(path: str | os.PathLike[str] | None = None) -> RuleTable:
     path = Path(path) if path else DEFAULT_RULES
     try:
         text = path.read_text(encoding="utf-8")
-        data = yaml.safe_load(text) or {}
-    except (OSError, yaml.YAMLError) as e:
-        raise ConfigError(f"cannot read the AU rules table {path}: {e}") from None
+        data = safe_load_unique(text) or {}
+    except OSError as e:
+        raise ConfigError(f"cannot read the AU rules table {path}: {e.strerror or e}") from None
+    except yaml.YAMLError as e:
+        raise ConfigError(f"AU rules table {path}{yaml_problem(e)}") from None
     rules = []
     for emotion, spec in (data.get("rules") or {}).items():
         spec = spec if isinstance(spec, dict) else {"aus": spec}

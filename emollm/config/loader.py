@@ -109,6 +109,14 @@ class UniqueKeyLoader(yaml.SafeLoader):
         return super().construct_mapping(node, deep=deep)
 
 
+def yaml_problem(exc: yaml.YAMLError) -> str:
+    """`` (line L, column C): invalid YAML: <problem>`` on one line, to follow a file's name."""
+    mark = getattr(exc, "problem_mark", None)
+    where = f" (line {mark.line + 1}, column {mark.column + 1})" if mark else ""
+    problem = getattr(exc, "problem", None) or str(exc).splitlines()[0]
+    return f"{where}: invalid YAML: {problem}"
+
+
 def safe_load_unique(text: str) -> Any:
     """``yaml.safe_load`` that refuses duplicate keys (:class:`UniqueKeyLoader`)."""
     return yaml.load(text, Loader=UniqueKeyLoader)  # noqa: S506 - a SafeLoader subclass
@@ -124,10 +132,7 @@ def _read_yaml(path: Path) -> dict[str, Any]:
     try:
         data = safe_load_unique(text)
     except yaml.YAMLError as exc:
-        mark = getattr(exc, "problem_mark", None)
-        where = f" (line {mark.line + 1}, column {mark.column + 1})" if mark else ""
-        problem = getattr(exc, "problem", None) or str(exc).splitlines()[0]
-        raise ConfigError(f"{path}{where}: invalid YAML: {problem}") from None
+        raise ConfigError(f"{path}{yaml_problem(exc)}") from None
     if data is None:
         return {}
     if not isinstance(data, dict):

@@ -254,3 +254,20 @@ def test_csvs_that_are_not_utf8_are_one_line_errors(tmp_path, capsys) -> None:
         read_labels(bad)
     with pytest.raises(ConfigError, match="not UTF-8"):
         read_corrections(bad)
+
+
+@pytest.mark.parametrize("loader", ["rules", "phrases", "writer_prompt"])
+def test_a_users_yaml_table_with_a_duplicate_key_is_one_line(loader, tmp_path):
+    # a lab's own AU rules / phrase table / writer prompt: a key written twice must not silently win
+    from data_builders.phrases import load_phrases
+    from data_builders.rules import load_rules
+    from data_builders.writers import load_writer_prompt
+    from emollm.errors import EmollmError
+
+    path = tmp_path / "table.yaml"
+    path.write_text("rules:\n  happy: {}\n  happy: {}\n", encoding="utf-8")
+    load = {"rules": load_rules, "phrases": load_phrases, "writer_prompt": load_writer_prompt}[loader]
+    with pytest.raises(EmollmError) as err:
+        load(str(path))
+    assert "\n" not in err.value.message
+    assert f"{path} (line 3, column 3): invalid YAML: duplicate key 'happy' (first set at line 2)" in err.value.message
