@@ -243,89 +243,30 @@ def _hint_set() -> str:
     return "set model.backbone.template to one of: " + ", ".join(list_templates())
 
 
-# A string literal of the chat template that opens with "[/INST]" (v0.3: ``content + "[/INST]"``) or
-# holds " [/INST]" (v0.1/v0.2: ``content + ' [/INST]'``, also their 2024 revision ``' [INST] ' ... ' [/INST]'``).
-_INST_CLOSE_GLUED = re.compile(r"""["']\[/INST\]""")
-_INST_OPEN_SPACED = re.compile(r"""\[INST\] ["']""")
-
-
-def _guess_mistral(chat_template: str) -> str | None:
-    """``mistral`` (v0.1/v0.2) or ``mistral_v3``; None for a Mistral layout emollm does not register
-    (``[SYSTEM_PROMPT]`` of Mistral-Small-3, Nemo/tekken's ``"[INST]"`` glued to the content)."""
-    if "[SYSTEM_PROMPT]" in chat_template:
-        return None
-    if " [/INST]" in chat_template:
-        return "mistral"
-    if _INST_CLOSE_GLUED.search(chat_template) and _INST_OPEN_SPACED.search(chat_template):
-        return "mistral_v3"
-    return None
-
-
-def _guess_from_chat_template(chat_template: Any) -> str | None:
-    if isinstance(chat_template, Mapping):  # named templates: the default one
-        chat_template = chat_template.get("default") or next(iter(chat_template.values()), None)
-    if not isinstance(chat_template, str):
-        return None
-    if "<|start_header_id|>" in chat_template:
-        return "llama3"
-    if "<|im_start|>" in chat_template:
-        return "smollm2" if "named SmolLM" in chat_template else "chatml"
-    if "<<SYS>>" in chat_template:
-        return "llama2"
-    if "[INST]" in chat_template:
-        return _guess_mistral(chat_template)
-    return None
-
-
-def _guess_from_vocab(tokenizer: Any) -> str | None:
-    try:
-        vocab = tokenizer.get_vocab()
-    except Exception:  # noqa: BLE001 - a tokenizer without a vocabulary view: nothing to guess from
-        return None
-    if "<|start_header_id|>" in vocab and "<|eot_id|>" in vocab:
-        return "llama3"
-    if "<|im_start|>" in vocab and "<|im_end|>" in vocab:
-        return "chatml"
-    return None
-
-
-def _guess_from_model_type(config: Any) -> str | None:
-    get = config.get if isinstance(config, Mapping) else lambda key, default=None: getattr(config, key, default)
-    model_type = get("model_type")
-    text_config = get("text_config")
-    if text_config is not None and model_type not in ("llama", "mistral", "qwen2"):
-        return _guess_from_model_type(text_config)
-    if model_type in ("mistral", "mixtral"):  # v0.3 (and Mixtral-8x22B) grew the vocabulary to 32768
-        return "mistral_v3" if get("vocab_size") == 32768 else "mistral"
-    if model_type in ("qwen2", "qwen2_moe", "qwen3"):
-        return "chatml"
-    if model_type == "llama":
-        vocab_size = get("vocab_size")
-        if vocab_size == 32000:
-            return "llama2"
-        if isinstance(vocab_size, int) and vocab_size >= 128000:
-            return "llama3"
-    return None
+def _family_template(family: Any) -> str | None:
+    return family.template if family is not None else None
 
 
 def template_for(tokenizer_or_config: Any) -> Template:
     """Guess the template from a tokenizer (its chat_template, then its special tokens, then its
-    name) or from a model config (``model_type``, and the vocabulary size for ``llama``)."""
+    name) or from a model config (``model_type``, and the vocabulary size for ``llama``): the
+    backbone-family registry (:mod:`emollm.modeling.backbones`) decides, this only asks it."""
+    # emollm.modeling's package init loads torch: imported here so this module stays light
+    from emollm.modeling import backbones
+
     obj = tokenizer_or_config
     name = None
     what = type(obj).__name__
     if hasattr(obj, "convert_tokens_to_ids"):  # a tokenizer
-        chat_template = getattr(obj, "chat_template", None)
-        name = _guess_from_chat_template(chat_template) or _guess_from_vocab(obj)
-        if name is None and not (isinstance(chat_template, str) and "[INST]" in chat_template):
-            path = str(getattr(obj, "name_or_path", "")).lower().replace("-", "").replace("_", "")
-            if "mistral" in path:
-                name = "mistral_v3" if re.search(r"v0\.?3", path) else "mistral"
-            elif "llama2" in path:
-                name = "llama2"
+        family, claimed = backbones.family_from_chat_template(getattr(obj, "chat_template", None))
+        if family is None:
+            family = backbones.family_from_vocab(obj)
+        if family is None and not claimed:  # a known family's unregistered layout: never a name guess
+            family = backbones.family_from_name(getattr(obj, "name_or_path", ""))
+        name = _family_template(family)
         what = f"tokenizer {getattr(obj, 'name_or_path', '') or what}"
     elif hasattr(obj, "model_type") or isinstance(obj, Mapping):
-        name = _guess_from_model_type(obj)
+        name = _family_template(backbones.family_from_config(obj))
         model_type = obj.get("model_type") if isinstance(obj, Mapping) else obj.model_type
         what = f"model config (model_type {model_type!r})"
     if name is None:

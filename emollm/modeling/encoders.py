@@ -74,9 +74,10 @@ from typing import Any, ClassVar
 import numpy as np
 import torch
 
+from emollm.dataset.aus import MERR_AUS
 from emollm.errors import ConfigError, EmollmError
 from emollm.log import get_logger
-from emollm.modeling.au_encoder import MERR_AUS, AUEncoder
+from emollm.modeling.au_encoder import AU_ENCODER_DEFAULTS, AUEncoder
 
 log = get_logger(__name__)
 
@@ -873,12 +874,9 @@ class LearnedAU(Encoder):
     learned = True
     OPTIONS = {
         "num_aus": Option(len(MERR_AUS), types=(int,)),
-        "num_tokens": Option(1, types=(int,), affects_features=False),
-        "hidden_size": Option(256, types=(int,), affects_features=False),
-        "depth": Option(1, types=(int,), affects_features=False),
-        "num_heads": Option(4, types=(int,), affects_features=False),
-        "max_frames": Option(128, types=(int,), affects_features=False),
-        "dropout": Option(0.0, types=(float, int), affects_features=False),
+        # the module's sizes, with AUEncoder's own defaults (declared once: AU_ENCODER_DEFAULTS)
+        **{name: Option(default, types=(float, int) if name == "dropout" else (int,), affects_features=False)
+           for name, default in AU_ENCODER_DEFAULTS.items()},
     }
 
     def __init__(self, name_or_path: str | os.PathLike | None = None, **options: Any):

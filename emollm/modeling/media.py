@@ -10,11 +10,13 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from emollm.modeling.au_encoder import MERR_AUS, AUEncoder
+from emollm.dataset.aus import MERR_AUS
+from emollm.modeling.au_encoder import AU_ENCODER_DEFAULTS, MODEL_AU_NUM_TOKENS, AUEncoder
 from emollm.modeling.configuration import EmoLLMConfig
 from emollm.modeling.projectors import MediaProjector
 
-AU_DEFAULTS = {"num_tokens": 4, "hidden_size": 256, "depth": 1, "num_heads": 4, "max_frames": 128}
+# AUEncoder's defaults, but a model's AU modality gets MODEL_AU_NUM_TOKENS tokens unless told otherwise
+AU_DEFAULTS = {**AU_ENCODER_DEFAULTS, "num_tokens": MODEL_AU_NUM_TOKENS}
 
 
 def _au_options(spec: dict) -> dict:

@@ -25,6 +25,7 @@ from transformers import AutoModelForCausalLM, GenerationMixin, PreTrainedModel
 from transformers.modeling_outputs import CausalLMOutputWithPast
 
 from emollm.errors import EmollmError, MediaTokenMismatchError
+from emollm.modeling.backbones import lora_targets
 from emollm.modeling.configuration import EmoLLMConfig
 
 MEDIA_WEIGHTS_NAME = "media_modules.safetensors"
@@ -424,10 +425,5 @@ def _load_backbone(name_or_path: str | None, quantization: dict | None, kwargs: 
 
 
 def default_lora_targets(text_config) -> list[str]:
-    """LoRA target modules per backbone family: all attention and MLP projections (QLoRA-paper style)."""
-    model_type = getattr(text_config, "model_type", "")
-    if model_type in ("llama", "mistral", "qwen2", "qwen3", "gemma", "gemma2", "mixtral"):
-        return ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"]
-    if model_type in ("gpt2",):
-        return ["c_attn", "c_proj", "c_fc"]
-    return ["q_proj", "k_proj", "v_proj", "o_proj"]
+    """LoRA target modules of the backbone's family (:mod:`emollm.modeling.backbones`)."""
+    return lora_targets(text_config)
