@@ -4,7 +4,7 @@ MERR's MiniGPT-v2 step. The reply fills the coarse description's first clause ("
 is {visual}"); it describes what the person looks like and does, never an emotion
 (``prompts/writers/visual_description.yaml``).
 
-Backends (registry :data:`DESCRIBERS`, ``build.describer.backend``):
+Backends (``build.describer.backend``; the vision backends of :func:`emollm.llm.make_backend`, ``images=True``):
 
 - ``none`` (default): no visual description — ``visual_description`` stays null and the clause is absent;
 - ``openai``: any OpenAI-compatible ``/chat/completions`` endpoint with vision: the user message's content
@@ -24,8 +24,7 @@ from __future__ import annotations
 import base64
 import io
 import re
-import threading
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
@@ -34,6 +33,7 @@ import numpy as np
 from data_builders.writers import WriterResult, load_writer_prompt, prompt_version, reply_text
 from emollm import llm
 from emollm.errors import WriterError
+from emollm.llm import HFVisionBackend  # noqa: F401 - its home is emollm.llm; kept importable from here
 from emollm.log import get_logger
 
 log = get_logger(__name__)
@@ -74,68 +74,6 @@ def encode_png(image: np.ndarray, max_side: int | None = None) -> bytes:
     return buf.getvalue()
 
 
-def _image_from_messages(messages: list[dict[str, Any]]) -> tuple[Any, list[dict[str, Any]]]:
-    """(PIL image, messages in the HF processor's content-part form) from an OpenAI vision prompt."""
-    from PIL import Image
-
-    image = None
-    out = []
-    for m in messages:
-        content = m["content"]
-        if isinstance(content, str):
-            out.append({"role": m["role"], "content": [{"type": "text", "text": content}]})
-            continue
-        parts = []
-        for p in content:
-            if p.get("type") == "image_url":
-                url = p["image_url"]["url"]
-                image = Image.open(io.BytesIO(base64.b64decode(url.split(",", 1)[1]))).convert("RGB")
-                parts.append({"type": "image"})
-            else:
-                parts.append({"type": "text", "text": p.get("text", "")})
-        out.append({"role": m["role"], "content": parts})
-    return image, out
-
-
-class HFVisionBackend:
-    """A local image-text-to-text model by path; greedy decoding. Calls are serialised (one model, one lock)."""
-
-    kind = "hf"
-
-    def __init__(self, path: str, *, max_new_tokens: int = 120, trust_remote_code: bool = False):
-        if not Path(path).exists():
-            raise WriterError(f"describer model path '{path}' does not exist",
-                              hint="the hf describer loads a local image-text-to-text model by path (no hub access)")
-        from transformers import AutoModelForImageTextToText, AutoProcessor
-
-        self.model = str(path)
-        self.max_new_tokens = max_new_tokens
-        try:
-            self.processor = AutoProcessor.from_pretrained(path, trust_remote_code=trust_remote_code)
-            self.lm = AutoModelForImageTextToText.from_pretrained(path, trust_remote_code=trust_remote_code).eval()
-        except (OSError, ValueError, KeyError) as exc:
-            raise WriterError(f"describer model '{path}' cannot be loaded as an image-text-to-text model "
-                              f"({type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''})",
-                              hint="give a folder with a processor (image processor + tokenizer with a chat "
-                              "template) and an AutoModelForImageTextToText checkpoint") from None
-        if not getattr(self.processor, "chat_template", None):
-            raise WriterError(f"describer model '{path}': the processor has no chat template",
-                              hint="save the processor with a chat_template that places the image")
-        self._lock = threading.Lock()
-
-    def complete(self, prompt: llm.Prompt) -> str:
-        import torch
-
-        image, messages = _image_from_messages(llm.as_messages(prompt))
-        text = self.processor.apply_chat_template(messages, add_generation_prompt=True, tokenize=False)
-        inputs = self.processor(images=image, text=text, return_tensors="pt")
-        tok = getattr(self.processor, "tokenizer", self.processor)
-        pad = tok.pad_token_id if tok.pad_token_id is not None else tok.eos_token_id
-        with self._lock, torch.no_grad():
-            out = self.lm.generate(**inputs, do_sample=False, max_new_tokens=self.max_new_tokens, pad_token_id=pad)
-        return tok.decode(out[0, inputs["input_ids"].shape[1]:], skip_special_tokens=True)
-
-
 class VisualDescriber:
     """The visual-description prompt with one image through an :class:`emollm.llm.Asker`."""
 
@@ -165,28 +103,18 @@ class VisualDescriber:
         return [DescriberResult(a.value, None if a.valid else (a.error or "invalid reply"), a.cached) for a in answers]
 
 
-def _openai(cfg: Any) -> llm.Backend:
-    return llm.OpenAIBackend(cfg.base_url, cfg.model, api_key_env=cfg.api_key_env, timeout_s=cfg.timeout_s,
-                             max_tokens=cfg.max_new_tokens, error_cls=WriterError, what="describer",
-                             config_key="build.describer")
-
-
-def _hf(cfg: Any) -> llm.Backend:
-    return HFVisionBackend(cfg.model, max_new_tokens=cfg.max_new_tokens, trust_remote_code=cfg.trust_remote_code)
-
-
-DESCRIBERS: dict[str, Callable[[Any], llm.Backend]] = {"openai": _openai, "hf": _hf}
-
-
 def make_describer(cfg: Any, out_dir: str | Path) -> VisualDescriber | None:
     """A describer from a ``build.describer`` config section (None for ``backend: none``)."""
     if cfg.backend == "none":
         return None
-    if cfg.backend not in DESCRIBERS:
-        raise WriterError(f"unknown describer backend '{cfg.backend}'", hint=f"one of none, {', '.join(DESCRIBERS)}")
+    if cfg.backend not in llm.backend_kinds(images=True):  # before any model is loaded or prompt read
+        raise WriterError(f"unknown describer backend '{cfg.backend}'",
+                          hint=f"one of none, {', '.join(llm.backend_kinds(images=True))}")
     load_writer_prompt(cfg.prompt)  # a missing prompt stops the run before any call
     cache = llm.ResponseCache(cfg.cache_dir or Path(out_dir) / "describer_cache")
-    asker = llm.Asker(DESCRIBERS[cfg.backend](cfg), cache, max_retries=cfg.max_retries, backoff_s=cfg.backoff_s,
+    backend = llm.make_backend_from(cfg, images=True, error_cls=WriterError, what="describer",
+                                    config_key="build.describer")
+    asker = llm.Asker(backend, cache, max_retries=cfg.max_retries, backoff_s=cfg.backoff_s,
                       retry_invalid=cfg.retry_invalid)
     return VisualDescriber(asker, cfg.prompt, cfg.concurrency, cfg.image_max_side)
 
@@ -233,5 +161,5 @@ def describe_records(describer: VisualDescriber, records: list[dict[str, Any]], 
             "visual_descriptions": sum(1 for r in todo if r.get("visual_description"))}
 
 
-__all__ = ["DESCRIBERS", "DescriberResult", "HFVisionBackend", "VisualDescriber", "describe_records", "encode_png",
+__all__ = ["DescriberResult", "HFVisionBackend", "VisualDescriber", "describe_records", "encode_png",
            "make_describer", "peak_frame", "validate_description"]

@@ -39,13 +39,10 @@ class HFBackend(llm.HFBackend):
 
 
 def make_backend(cfg: Any) -> Backend:
-    """A backend from an ``evaluate.judge`` config section."""
-    if cfg.backend == "openai":
-        return OpenAIBackend(cfg.base_url, cfg.model, api_key_env=cfg.api_key_env, timeout_s=cfg.timeout_s,
-                             max_tokens=cfg.max_new_tokens)
-    if cfg.backend == "hf":
-        return HFBackend(cfg.model, max_new_tokens=cfg.max_new_tokens)
-    raise JudgeError(f"no judge backend configured (evaluate.judge.backend={cfg.backend!r})")
+    """A backend from an ``evaluate.judge`` config section (any kind in :func:`emollm.llm.make_backend`)."""
+    if cfg.backend == "none":
+        raise JudgeError(f"no judge backend configured (evaluate.judge.backend={cfg.backend!r})")
+    return llm.make_backend_from(cfg, error_cls=JudgeError, what="judge", config_key="evaluate.judge")
 
 
 __all__ = ["Answer", "Backend", "HFBackend", "Judge", "JudgeCache", "JudgeStats", "OpenAIBackend",

@@ -22,7 +22,8 @@ from typing import Any
 class ScriptedChatServer:
     """Serves ``POST …/chat/completions`` on 127.0.0.1 (a free port) from :meth:`respond`, which returns
     the reply text (wrapped as a chat completion), raw ``bytes`` (sent as the body), an ``int`` (an
-    HTTP error status) or ``(status, bytes)`` (an error status with that body). Counts requests in flight (``max_in_flight`` shows the client's concurrency);
+    HTTP error status), ``(status, bytes)`` (an error status with that body) or ``(status, bytes, headers)``
+    (with extra response headers, e.g. ``{"Retry-After": "2"}``). Counts requests in flight (``max_in_flight`` shows the client's concurrency);
     ``calls`` and ``lock`` are for the subclass's own bookkeeping."""
 
     def __init__(self) -> None:
@@ -46,9 +47,11 @@ class ScriptedChatServer:
                 finally:
                     with server.lock:
                         server.in_flight -= 1
-                if isinstance(result, tuple):  # (status, body): an error with a body, as real servers send
-                    status, payload = result
+                if isinstance(result, tuple):  # (status, body[, headers]): an error with a body, as real servers send
+                    status, payload, *extra = result
                     self.send_response(status)
+                    for name, value in (extra[0] if extra else {}).items():
+                        self.send_header(name, str(value))
                     self.send_header("Content-Length", str(len(payload)))
                     self.end_headers()
                     self.wfile.write(payload)
@@ -72,7 +75,7 @@ class ScriptedChatServer:
         self.httpd.daemon_threads = True
         self.url = f"http://127.0.0.1:{self.httpd.server_address[1]}/v1"
 
-    def respond(self, body: dict[str, Any], headers: Mapping[str, str]) -> str | bytes | int | tuple[int, bytes]:
+    def respond(self, body: dict[str, Any], headers: Mapping[str, str]) -> str | bytes | int | tuple:
         raise NotImplementedError
 
     def total(self) -> int:
