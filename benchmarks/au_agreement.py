@@ -61,7 +61,7 @@ def clips_mode(clips: Path, openface_dir: Path, overrides: list[str]) -> dict:
 
 
 def _print(results: dict) -> None:
-    from emollm.modeling.au_encoder import MERR_AUS
+    from emollm.dataset.aus import MERR_AUS
 
     for name, res in results.items():
         if "error" in res:

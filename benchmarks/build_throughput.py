@@ -98,6 +98,7 @@ STAGES = ("decode", "faces/AUs", "ASR", "tone", "writer", "other")
 
 def run_full(clips: Path, au_fps: float, detect: int, whisper_path: Path | None) -> dict:
     """One full offline build (1 worker, in-process) with per-stage timing."""
+    import data_builders.clip as clip
     import data_builders.runner as runner
     import data_builders.subtitles as subtitles
     import data_builders.tone as tone
@@ -106,7 +107,7 @@ def run_full(clips: Path, au_fps: float, detect: int, whisper_path: Path | None)
 
     timer = StageTimer()
     patches = [(media, "read_frames_from", "decode"), (media_audio, "load_audio_from", "decode"),
-               (runner, "_extract", "faces/AUs"), (subtitles, "transcribe", "ASR"), (runner, "text_stage", "writer")]  # fmt: skip
+               (clip, "_extract", "faces/AUs"), (subtitles, "transcribe", "ASR"), (runner, "text_stage", "writer")]  # fmt: skip
     saved = [(mod, name, getattr(mod, name)) for mod, name, _ in patches]
     saved_tone = tone.DESCRIBERS["prosody"]
     for mod, name, stage in patches:

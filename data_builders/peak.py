@@ -19,7 +19,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from data_builders.au import AUSeries
-from emollm.modeling.au_encoder import MERR_AUS
+from emollm.dataset.aus import MERR_AUS
 
 METHODS = ("frequent_aus", "intensity_sum")
 # Lip and jaw movements that speaking makes by itself (visemes): parted lips, jaw drop, upper-lip

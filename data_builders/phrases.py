@@ -17,8 +17,8 @@ from pathlib import Path
 import yaml
 
 from emollm.config.loader import safe_load_unique, yaml_problem
+from emollm.dataset.aus import MERR_AUS
 from emollm.errors import CueError
-from emollm.modeling.au_encoder import MERR_AUS
 
 DEFAULT_TABLE = Path(__file__).parent / "phrases" / "au_phrases.yaml"
 

@@ -39,7 +39,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from data_builders.record import read_annotations
+from emollm.dataset.io import atomic_write_text, parse_jsonl, read_jsonl, write_jsonl
+from emollm.dataset.record import read_annotations
 from emollm.errors import ConfigError, UnsafePathError
 from emollm.log import get_logger
 from emollm.paths import ensure_folder, id_path, id_rel
@@ -53,14 +54,8 @@ CSV_COLUMNS = ("id", "label", "note", "reviewer", "pseudo_label", "pseudo_label_
                "thumbnail_error")  # fmt: skip
 
 
-def _atomic_write(path: Path, text: str) -> None:
-    from data_builders.runner import _atomic_write as write
-
-    write(Path(path), text)
-
-
 def _dataset_label_set(dataset_dir: Path):  # noqa: ANN202
-    from eval.label_sets import load_label_set
+    from emollm.dataset.label_sets import load_label_set
 
     name = None
     manifest = dataset_dir / "manifest.json"
@@ -120,7 +115,7 @@ def _au_chart(rec: dict[str, Any], path: Path) -> None:
     matplotlib.use("Agg", force=True)
     import matplotlib.pyplot as plt
 
-    from emollm.modeling.au_encoder import AU_INTENSITY_MAX, MERR_AUS
+    from emollm.dataset.aus import AU_INTENSITY_MAX, MERR_AUS
 
     at_peak = rec.get("aus_at_peak") or {}
     present = set(rec.get("aus_present_at_peak") or [])
@@ -205,8 +200,8 @@ def export_review(dataset_dir: str | os.PathLike[str], out_dir: str | os.PathLik
     writer.writeheader()
     for row in rows:
         writer.writerow({k: "" if v is None else v for k, v in row.items()})
-    _atomic_write(out / "review.csv", buf.getvalue())
-    _atomic_write(out / "review.jsonl", "".join(json.dumps(r, ensure_ascii=False) + "\n" for r in rows))
+    atomic_write_text(out / "review.csv", buf.getvalue())
+    write_jsonl(out / "review.jsonl", rows)
     log.info("review: %d of %d record(s) exported to %s", len(rows), len(records), out)
     return ReviewExport(rows, out / "review.csv", out / "review.jsonl")
 
@@ -234,16 +229,8 @@ def read_corrections(path: str | os.PathLike[str]) -> list[dict[str, Any]]:
     except OSError as exc:
         raise ConfigError(f"corrections file {path}: cannot read it ({exc.strerror or exc})") from None
     if path.suffix.lower() in (".jsonl", ".json"):
-        rows = []
-        for n, line in enumerate(text.splitlines(), 1):
-            if not line.strip():
-                continue
-            try:
-                obj = json.loads(line)
-            except ValueError as exc:
-                raise ConfigError(f"{path}:{n}: not a JSON line ({exc})") from None
-            rows.append(obj if isinstance(obj, dict) else {"_invalid": obj})
-        return rows
+        objs = parse_jsonl(text.splitlines(), where=path, error=ConfigError)
+        return [obj if isinstance(obj, dict) else {"_invalid": obj} for obj in objs]
     reader = csv.DictReader(io.StringIO(text))
     if not reader.fieldnames or "id" not in reader.fieldnames or "label" not in reader.fieldnames:
         raise ConfigError(f"corrections CSV {path} needs the columns id,label (got {reader.fieldnames})",
@@ -256,13 +243,7 @@ def read_corrections(path: str | os.PathLike[str]) -> list[dict[str, Any]]:
 
 def _load_reviews(dataset_dir: Path) -> dict[str, dict[str, Any]]:
     path = dataset_dir / REVIEWS_FILE
-    out: dict[str, dict[str, Any]] = {}
-    if path.is_file():
-        for line in path.read_text(encoding="utf-8").splitlines():
-            if line.strip():
-                entry = json.loads(line)
-                out[entry["id"]] = entry
-    return out
+    return {entry["id"]: entry for entry in read_jsonl(path)} if path.is_file() else {}
 
 
 def apply_reviews(dataset_dir: str | os.PathLike[str], records: Sequence[dict[str, Any]]) -> int:
@@ -296,7 +277,7 @@ def resplit(dataset_dir: Path, records: list[dict[str, Any]]) -> dict[str, int]:
     for rec in records:
         if rec.get("split") in ("coarse", "fine"):
             rec["split"] = rec["granularity"]
-    return write_instructions(records, dataset_dir, seed, _atomic_write)
+    return write_instructions(records, dataset_dir, seed, atomic_write_text)
 
 
 def import_corrections(dataset_dir: str | os.PathLike[str], corrections: str | os.PathLike[str], *,
@@ -345,14 +326,14 @@ def import_corrections(dataset_dir: str | os.PathLike[str], corrections: str | o
         reviews[cid] = {"id": cid, "label": label, "state": state, "by": by, "at": when, "note": note,
                         "previous_label": first_previous, "history": history}  # fmt: skip
         result.applied.append(cid)
-    _atomic_write(dataset_dir / REVIEWS_FILE, "".join(json.dumps(reviews[k], ensure_ascii=False) + "\n" for k in sorted(reviews)))
+    atomic_write_text(dataset_dir / REVIEWS_FILE, "".join(json.dumps(reviews[k], ensure_ascii=False) + "\n" for k in sorted(reviews)))
     errors_path = dataset_dir / REVIEW_ERRORS_FILE
-    _atomic_write(errors_path, "".join(json.dumps(e, ensure_ascii=False) + "\n" for e in result.errors))
+    write_jsonl(errors_path, result.errors)
     for e in result.errors:
         log.warning("corrections row %d (%s): %s", e["row"], e["id"], e["error"])
     apply_reviews(dataset_dir, records)
     resplit(dataset_dir, records)
-    _atomic_write(dataset_dir / "annotations.jsonl", "".join(json.dumps(r, ensure_ascii=False) + "\n" for r in records))
+    write_jsonl(dataset_dir / "annotations.jsonl", records)
     log.info("review: %d row(s) applied, %d error(s) (see %s)", len(result.applied), len(result.errors), errors_path)
     return result
 

@@ -193,7 +193,8 @@ class LLMWriter:
         for it, a in zip(items, answers, strict=True):
             cause = None if a.valid else failure_cause(a)
             if cause is not None:  # one line per failed clip, and a line in writer_failures.jsonl
-                log.warning("writer: clip %s: %s", it.id, cause)
+                if cause != self.asker.fatal:  # a key / endpoint error was said once already, by the asker
+                    log.warning("writer: clip %s: %s", it.id, cause)
                 self.failures.append({"id": it.id, "stage": "writer", "backend": self.kind, "model": self.model,
                                       "cause": cause, "cached": a.cached})
             results.append(WriterResult(a.value, cause, a.cached))
@@ -202,7 +203,7 @@ class LLMWriter:
         return results
 
     def _write_failures(self) -> None:
-        from emollm.features.cache import atomic_write_bytes
+        from emollm.dataset.io import atomic_write_bytes
 
         path = self.failures_path
         if not self.failures:  # this run had none: a previous run's file would now be wrong
@@ -228,12 +229,8 @@ def make_writer(cfg: Any, out_dir: str | Path) -> TemplateWriter | LLMWriter | N
         return None
     if cfg.backend == "template":
         return TemplateWriter()
-    if cfg.backend == "openai":
-        backend: llm.Backend = llm.OpenAIBackend(cfg.base_url, cfg.model, api_key_env=cfg.api_key_env,
-                                                 timeout_s=cfg.timeout_s, max_tokens=cfg.max_new_tokens,
-                                                 error_cls=WriterError, what="writer", config_key="build.writer")
-    else:
-        backend = llm.HFBackend(cfg.model, max_new_tokens=cfg.max_new_tokens, error_cls=WriterError, what="writer")
+    # every other kind is an LLM backend of emollm.llm's registry (openai, hf, ...)
+    backend = llm.make_backend_from(cfg, error_cls=WriterError, what="writer", config_key="build.writer")
     cache = llm.ResponseCache(cfg.cache_dir or Path(out_dir) / "writer_cache")
     asker = llm.Asker(backend, cache, max_retries=cfg.max_retries, backoff_s=cfg.backoff_s,
                       retry_invalid=cfg.retry_invalid)

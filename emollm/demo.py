@@ -37,6 +37,7 @@ from typing import Any
 import numpy as np
 
 from emollm import config as cfglib
+from emollm.dataset.io import read_jsonl
 from emollm.errors import EmollmError
 from emollm.log import get_logger
 
@@ -185,8 +186,8 @@ def run_demo(
 
     dataset = out / "dataset"
     with _stage(result, "build", report):
-        from data_builders.record import read_annotations, read_build_errors
         from data_builders.runner import build
+        from emollm.dataset.record import read_annotations, read_build_errors
 
         summary = build(cfg, out / "clips", dataset, workers=1)
         records = read_annotations(dataset / "annotations.jsonl") if (dataset / "annotations.jsonl").is_file() else []
@@ -251,7 +252,7 @@ def run_demo(
 
 
 def _jsonl(path: Path) -> list[dict]:
-    return [json.loads(line) for line in path.read_text(encoding="utf-8").splitlines() if line.strip()] if path.is_file() else []
+    return read_jsonl(path) if path.is_file() else []
 
 
 def _train(cfg_file: Path, records: list[dict], dataset: Path, run_dir: Path, steps: int, *, tiny: bool,

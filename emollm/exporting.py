@@ -42,7 +42,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from emollm import __version__
+from emollm.version import __version__
+from emollm.dataset.io import read_jsonl
 from emollm.errors import EmollmError
 from emollm.log import get_logger
 from emollm.modeling.modeling_emollm import ADAPTER_DIR, MEDIA_WEIGHTS_NAME
@@ -271,13 +272,7 @@ def _train_log(run: Path) -> list[dict[str, Any]]:
     path = run / "logs" / "train_log.jsonl"
     if not path.is_file():
         return []
-    rows = []
-    for line in path.read_text(encoding="utf-8").splitlines():
-        try:
-            rows.append(json.loads(line))
-        except json.JSONDecodeError:  # a line cut by a killed run: the others still tell the story
-            continue
-    return rows
+    return read_jsonl(path, skip_bad=True)  # a line cut by a killed run: the others still tell the story
 
 
 def _split_counts(dataset_dir: str | None) -> dict[str, int] | None:
@@ -298,7 +293,7 @@ def _split_counts(dataset_dir: str | None) -> dict[str, int] | None:
 def find_metrics(run: Path, given: str | os.PathLike | None) -> tuple[dict[str, Any] | None, str | None]:
     """The emollm evaluate ``metrics.json`` to put in the card: ``given``, else one in the run dir or a
     folder directly under it. Returns (metrics, where it came from) or (None, None)."""
-    from eval.runner import load_metrics
+    from eval.io import load_metrics
 
     if given is not None:
         return load_metrics(given), Path(given).name

@@ -11,11 +11,12 @@ the template's stop tokens):
   from the feature cache (entries the cache lacks are computed first with the run's encoders),
   length-sorted batches, one JSON line per sample appended as soon as its batch is done, so a killed
   run resumes where it stopped; the file feeds ``emollm evaluate`` directly.
-- :class:`Explainer` (``emollm infer`` and the Python API): raw clips are analysed by the dataset
-  builder (decode, face track, AUs, peak frame, pseudo-label, whisper subtitle, tone) into a scratch
-  dataset, every modality the model was trained with is encoded live from the clip (the visual
-  encoder on the peak frame where the model's config says ``frames: peak``), then generated in
-  batches. A clip that fails anywhere gets an error result; the others go on.
+- :class:`Explainer` (``emollm infer`` and the Python API): each raw clip is analysed in memory by the
+  builder's per-clip stages (:func:`data_builders.clip.clip_record`: one decode, face track, AUs, peak
+  frame, pseudo-label, whisper subtitle, tone; no dataset, no file written), every modality the model
+  was trained with is encoded live from that same decode (the visual encoder on the peak frame where
+  the model's config says ``frames: peak``), then generated in batches. A clip that fails anywhere gets
+  an error result; the others go on.
 - :func:`generate` for callers holding a collated batch (evaluation during training).
 """
 
@@ -24,7 +25,6 @@ from __future__ import annotations
 import copy
 import json
 import os
-import tempfile
 import time
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import asdict, dataclass, field, replace
@@ -344,18 +344,15 @@ class Explainer:
 
         ``subtitles``: one per clip (None: whisper when ``build.asr`` is set, else no subtitle);
         ``modalities``: feed only these (each must be one the model was trained with);
-        ``workdir``: keep the scratch dataset (records, AU files) there instead of a temp dir.
+        ``workdir``: also write the clips' analysis there, for a look afterwards (``annotations.jsonl``
+        with each record, ``aus/<id>.npz``); nothing is read back from it.
         """
         _check_task(task)
         infer_instruction(self.cfg, task)  # a bad predict.instruction fails once, not once per clip
         use = self._check_modalities(modalities)
         if subtitles is not None and len(subtitles) != len(clips):
             raise ConfigError(f"{len(subtitles)} subtitles for {len(clips)} clips: give one per clip")
-        self._temp_work = workdir is None  # a temp folder is never named in a message (it is gone after)
-        if workdir is None:
-            with tempfile.TemporaryDirectory(prefix="emollm-infer-") as tmp:
-                return self._explain(clips, task, subtitles, use, Path(tmp), batch_size, gen)
-        return self._explain(clips, task, subtitles, use, Path(workdir), batch_size, gen)
+        return self._explain(clips, task, subtitles, use, None if workdir is None else Path(workdir), batch_size, gen)
 
     # -- stages ----------------------------------------------------------------------------
     def _check_modalities(self, modalities: Sequence[str] | None) -> list[str]:
@@ -367,12 +364,14 @@ class Explainer:
                               f"(it has: {', '.join(self.modalities)})", hint="choose among the model's modalities")
         return list(modalities)
 
-    def _explain(self, clips, task, subtitles, use, work: Path, batch_size, gen) -> list[Explanation]:
+    def _explain(self, clips, task, subtitles, use, workdir: Path | None, batch_size, gen) -> list[Explanation]:
         from emollm.training.data import EmotionCollator
 
         t0 = time.perf_counter()
-        results, records, errors = self.analyse(clips, work, subtitles)
+        results, analysed, errors = self.analyse(clips, subtitles)
         per_clip_build = (time.perf_counter() - t0) / max(len(clips), 1)
+        if workdir is not None:
+            _dump_analysis(workdir, analysed.values())
         items: list[tuple[int, dict[str, Any]]] = []
         for i, result in enumerate(results):
             result.timings_s["analyse"] = per_clip_build
@@ -381,9 +380,9 @@ class Explainer:
                 continue
             t1 = time.perf_counter()
             try:
-                items.append((i, self._item(records[result.id], work / "dataset", task, use, result)))
+                items.append((i, self._item(analysed.pop(result.id), Path(result.clip), task, use, result)))
             except EmollmError as err:
-                result.error = self._user_message(err.message)
+                result.error = err.message
             result.timings_s["encoders"] = time.perf_counter() - t1
         collator = EmotionCollator(self.processor, self.modalities, padding_side="left")
         gen_kwargs = generation_kwargs(self.cfg.predict, **gen)
@@ -399,65 +398,52 @@ class Explainer:
                 results[i].timings_s["generate"] = spent
         return results
 
-    def analyse(self, clips: Sequence[str | os.PathLike], work: Path,
-                subtitles: Sequence[str | None] | None = None) -> tuple[list[Explanation], dict[str, dict], dict[str, str]]:
-        """The builder on the clips (a scratch dataset under ``work``): one result per clip, the
-        records by id, and the reasons of the clips it could not use."""
+    def analyse(self, clips: Sequence[str | os.PathLike], subtitles: Sequence[str | None] | None = None
+                ) -> tuple[list[Explanation], dict[str, Any], dict[str, str]]:
+        """The builder's per-clip stages on each clip, in memory (:func:`data_builders.clip.clip_record`):
+        one result per clip, each analysed clip's :class:`~data_builders.clip.ClipRecord` (record, AU
+        series, the decode the encoders read next) by id, and the reasons of the clips it could not use."""
+        from data_builders.clip import check_setup, clip_record
         from data_builders.inputs import CLIP_EXTENSIONS
-        from data_builders.record import read_annotations, read_build_errors
-        from data_builders.runner import build
-        from emollm.media.write import link_clip
 
-        clips_dir, dataset = work / "clips", work / "dataset"
-        clips_dir.mkdir(parents=True, exist_ok=True)
-        self._work, self._links = work, {}  # scratch names -> the user's files, for messages (_user_message)
         results, taken = [], set()
         for n, clip in enumerate(clips):
             path = Path(clip)
             stem = path.stem if path.stem not in taken else f"{path.stem}_{n}"
             taken.add(stem)
             results.append(Explanation(clip=str(clip), id=stem, task=""))
-            if not path.exists() or path.suffix.lower() not in CLIP_EXTENSIONS:
-                continue  # reported below, as the builder never sees it
-            link_clip(path, clips_dir / f"{stem}{path.suffix.lower()}")
-            self._links[str(clips_dir / f"{stem}{path.suffix.lower()}")] = str(clip)
-        # The run's config, minus what belongs to its training data or costs calls: no labels, no
-        # subtitles table but the one given here, the template writer, no visual describer.
-        cfg = copy.deepcopy(self.cfg)
-        cfg.data.labels_csv, cfg.data.subtitles_csv = None, None
-        cfg.build.writer.backend, cfg.build.describer.backend, cfg.build.instructions = "template", "none", False
-        if subtitles is not None:
-            import csv
-
-            cfg.data.subtitles_csv = str(work / "subtitles.csv")
-            with open(cfg.data.subtitles_csv, "w", newline="", encoding="utf-8") as fh:
-                writer = csv.writer(fh)
-                writer.writerow(["id", "subtitle"])
-                writer.writerows([r.id, s] for r, s in zip(results, subtitles, strict=True) if s is not None)
         errors: dict[str, str] = {r.id: f"no such file: {r.clip}" for r in results if not Path(r.clip).exists()}
         errors.update({r.id: f"{r.clip}: not a clip type emollm reads ({Path(r.clip).suffix or 'no extension'}; "
                              f"supported: {' '.join(CLIP_EXTENSIONS)})"
                        for r in results if r.id not in errors and Path(r.clip).suffix.lower() not in CLIP_EXTENSIONS})
-        if any(r.id not in errors for r in results):
-            self._analyses = {}  # each clip's one decode, kept for its encoders (_item)
-            try:
-                build(cfg, clips_dir, dataset, workers=1, analyses=self._analyses)
-            except EmollmError as err:  # about the scratch copies: name the user's files instead
-                err.args = (self._user_message(err.message), *err.args[1:])
-                if err.hint:
-                    err.hint = self._user_message(err.hint)
-                raise
-            errors.update({k: self._user_message(v) for k, v in read_build_errors(dataset).items()})
-        records = {r["id"]: r for r in read_annotations(dataset / "annotations.jsonl")} if (dataset / "annotations.jsonl").is_file() else {}
-        for r in results:
-            if r.id not in records and r.id not in errors:
-                errors[r.id] = "the builder produced no record for this clip"
-        return results, records, errors
+        analysed: dict[str, Any] = {}
+        if all(r.id in errors for r in results):
+            return results, analysed, errors
+        # The run's config, minus what belongs to its training data or costs calls: no labels, no
+        # subtitles table (a given subtitle wins, as such a table's would), no describer, no writer.
+        cfg = copy.deepcopy(self.cfg)
+        cfg.data.labels_csv, cfg.data.subtitles_csv = None, None
+        cfg.build.writer.backend, cfg.build.describer.backend, cfg.build.instructions = "template", "none", False
+        if cfg.build.au_source == "openface_bin":
+            from data_builders.au.openface_bin import find_binary
 
-    def _item(self, record: dict, dataset: Path, task: str, use: list[str], result: Explanation) -> dict[str, Any]:
-        """Prompt ids + live media features of one analysed clip (the EmotionDataset item layout)."""
-        analysis = getattr(self, "_analyses", {}).pop(record["id"], None)
-        from data_builders.au import load_aus
+            find_binary(cfg.build.openface_bin)  # once, before any clip
+        check_setup(cfg)  # whisper model, phrase table: one error for all clips, not one per clip
+        for k, r in enumerate(results):
+            if r.id in errors:
+                continue
+            given = subtitles[k] if subtitles is not None else None
+            done = clip_record(r.clip, cfg, clip_id=r.id, subtitle=given, encoder_frames=True)
+            if done.error is not None:
+                errors[r.id] = done.error
+            else:
+                analysed[r.id] = done
+        return results, analysed, errors
+
+    def _item(self, analysed: Any, path: Path, task: str, use: list[str], result: Explanation) -> dict[str, Any]:
+        """Prompt ids + live media features of one analysed clip (the EmotionDataset item layout):
+        ``analysed`` is its :class:`~data_builders.clip.ClipRecord`, whose decode the encoders read."""
+        record, analysis = analysed.record, analysed.analysis
         from emollm.features.extract import decode_for_encoders, encoder_inputs, encoder_view, peak_frame_input
         from emollm.prompts import emotion_llama_sample
 
@@ -474,7 +460,7 @@ class Explainer:
             if analysis is not None:  # the builder's own decode and face track: nothing decoded twice
                 clip, crops = encoder_view(self.cfg, analysis, faces=wants_faces)
             else:
-                clip, crops = decode_for_encoders(self.cfg, dataset / record["media"]["path"],
+                clip, crops = decode_for_encoders(self.cfg, path,
                                                   audio="audio" in kinds and record.get("has_audio", True),
                                                   faces=wants_faces)  # fmt: skip
             inputs, absent = encoder_inputs(frozen, clip, crops, subtitle=record.get("subtitle"))
@@ -484,11 +470,11 @@ class Explainer:
                 if frozen[name].options.get("frames") == "peak":
                     peak = (record.get("peak_frame") or {}).get("index")
                     decoded = analysis.frame_at(int(peak)) if analysis is not None and peak is not None else None
-                    inputs[name] = decoded if decoded is not None else peak_frame_input(self.cfg, dataset, record, clip)
+                    inputs[name] = decoded if decoded is not None else peak_frame_input(self.cfg, path.parent, record, clip)
             for name, feats in self.model.encode_media(self._on_device(inputs)).items():
                 media[name] = feats[0].float().cpu()
         for name in (n for n in use if self.modalities[n]["kind"] == "au"):
-            au = load_aus(dataset / record["aus_file"]).model_input() if record.get("aus_file") else None
+            au = analysed.series.model_input() if analysed.series is not None else None
             if au is None or not au[1].any():
                 absent[name] = "no face frames for AUs"
                 continue
@@ -508,19 +494,6 @@ class Explainer:
         }  # fmt: skip
         return {**encoded, "media": media, "media_masks": masks}
 
-    def _user_message(self, text: str) -> str:
-        """``text`` with the scratch folder's names replaced: a linked clip by the user's file, any other
-        scratch file by its name only (the temp folder is gone when the user reads the message)."""
-        import re
-
-        for linked, original in sorted(getattr(self, "_links", {}).items(), key=lambda kv: -len(kv[0])):
-            text = text.replace(linked, original)
-        work = getattr(self, "_work", None)
-        if work is not None and getattr(self, "_temp_work", False):
-            for root in {str(work), os.path.realpath(work)}:
-                text = re.sub(re.escape(root) + r"[^\s'\":,;)]*", lambda m: Path(m.group()).name or "?", text)
-        return text
-
     def _on_device(self, inputs: dict[str, Any]) -> dict[str, Any]:
         live = self.model.load_encoders(list(inputs))
         for encoder in live.values():
@@ -529,9 +502,23 @@ class Explainer:
         return inputs
 
     def _parse(self, text: str) -> str | None:
-        from eval.parsing import parse_label
+        from emollm.dataset.label_parsing import parse_label
 
         return parse_label(text, self.label_set, self.cfg.evaluate.parse, None).label
+
+
+def _dump_analysis(workdir: Path, analysed: Iterable[Any]) -> None:
+    """``explain_many(workdir=...)``: the clips' records and AU series, for a look (never read back)."""
+    from data_builders.au import save_aus
+    from emollm.paths import ensure_folder, id_path
+
+    ensure_folder(workdir, "infer --workdir")
+    lines = []
+    for done in analysed:
+        lines.append(json.dumps(done.record, ensure_ascii=False) + "\n")
+        if done.series is not None and done.record.get("aus_file"):
+            save_aus(done.series, id_path(workdir / "aus", done.record["id"], ".npz"))
+    (workdir / "annotations.jsonl").write_text("".join(lines), encoding="utf-8")
 
 
 def load(run_dir: str | os.PathLike, **kwargs: Any) -> Explainer:

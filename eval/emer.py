@@ -23,7 +23,7 @@ import numpy as np
 from emollm.errors import JudgeError
 from emollm.resources import prompts_dir
 from eval.judges import Judge
-from eval.parsing import excerpt
+from emollm.dataset.label_parsing import excerpt
 
 PROMPTS = ("clue_summary", "emotion_words", "clue_score", "label_score")
 LANGUAGES = {"en": ".", "zh": "zh"}  # the prompts' folder under prompts/judge/, per language

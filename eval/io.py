@@ -26,6 +26,7 @@ from __future__ import annotations
 
 import csv
 import json
+import os
 import re
 from collections import Counter
 from collections.abc import Iterable
@@ -277,3 +278,21 @@ def read_emotion_llama_result(path: str | Path) -> dict:
         "classification": classification,
         "parsing": {"invalid_rate": None, "strategy": "emotion_llama"},
     }
+
+
+def load_metrics(path: str | os.PathLike) -> dict:
+    """A run's metrics.json (or its folder), or an Emotion-LLaMA result .txt (read as-is)."""
+    p = Path(path)
+    if p.is_dir():
+        p = p / "metrics.json"
+    if p.suffix.lower() == ".txt":
+        return read_emotion_llama_result(p)
+    try:
+        data = json.loads(p.read_text(encoding="utf-8"))
+    except FileNotFoundError:
+        raise EvaluationInputError(f"{p}: no such file") from None
+    except json.JSONDecodeError as exc:
+        raise EvaluationInputError(f"{p}: not valid JSON ({exc.msg})") from None
+    if not isinstance(data, dict) or data.get("kind") != "emollm-evaluate":
+        raise EvaluationInputError(f"{p}: not an emollm evaluate metrics.json")
+    return data

@@ -5,7 +5,7 @@
   set precision / recall / F1, averaged; *hit rate* = share of samples whose predicted set meets the
   reference set. Samples whose reference names no emotion word are skipped and counted. English and
   Chinese are read alike (``synonyms_zh.yaml``; Chinese matched longest-entry-first, no word boundaries);
-  a negated emotion ("not happy", 没有生气, 并不开心) is not counted (eval/parsing.py).
+  a negated emotion ("not happy", 没有生气, 并不开心) is not counted (emollm/dataset/label_parsing.py).
 - :func:`embedding_similarity`: cosine similarity of mean-pooled hidden states of a local
   sentence-embedding model (transformers ``AutoModel`` by path), averaged.
 """
@@ -18,7 +18,7 @@ from pathlib import Path
 import numpy as np
 
 from emollm.errors import EvaluationInputError
-from eval.parsing import language_counts, mentions
+from emollm.dataset.label_parsing import language_counts, mentions
 
 PROXY_NOTE = "proxy metric (offline approximation), not an EMER judge score"
 

@@ -6,10 +6,12 @@ from __future__ import annotations
 import json
 import os
 from collections.abc import Sequence
+from io import BytesIO
 from pathlib import Path
 from typing import Any
 
 from emollm import config as cfglib
+from emollm.dataset.io import atomic_write_bytes, atomic_write_text
 from eval import references
 from eval.classification import HEADLINE, fmt_pct
 
@@ -26,9 +28,7 @@ def _regression_value(key: str, value: float | None) -> str:
 
 
 def _write(path: Path, text: str) -> None:
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text(text, encoding="utf-8")
-    os.replace(tmp, path)
+    atomic_write_text(path, text, fsync=False)  # a report is rewritten from metrics.json any time: no fsync
 
 
 def plot_confusion(confusion: dict, path: Path, title: str = "") -> Path:
@@ -53,10 +53,10 @@ def plot_confusion(confusion: dict, path: Path, title: str = "") -> Path:
         for (i, j), v in np.ndenumerate(data):
             ax.text(j, i, format(int(v) if fmt == "d" else v, fmt), ha="center", va="center", fontsize=7,
                     color="white" if v > 0.6 * top else "black")  # readable on dark cells
-    tmp = path.with_name(path.stem + ".tmp.png")
-    fig.savefig(tmp, dpi=100)
+    buf = BytesIO()
+    fig.savefig(buf, format="png", dpi=100)
     plt.close(fig)
-    os.replace(tmp, path)
+    atomic_write_bytes(path, buf.getvalue(), fsync=False)
     return path
 
 
@@ -210,7 +210,7 @@ def _headline(m: dict) -> dict[str, str]:
 
 def compare_runs(paths: Sequence[str | os.PathLike], out: Path | None = None, names: Sequence[str] | None = None) -> str:
     """Several runs' metrics.json side by side; a markdown table (written to ``out/compare.md`` when given)."""
-    from eval.runner import load_metrics
+    from eval.io import load_metrics
 
     runs = [load_metrics(p) for p in paths]
     names = list(names) if names else [

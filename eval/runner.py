@@ -2,17 +2,17 @@
 
 from __future__ import annotations
 
-import json
 import os
 from collections import Counter
 from pathlib import Path
 from typing import Any
 
 from emollm import config as cfglib
+from emollm.dataset.label_sets import load_label_set
 from emollm.errors import ConfigError, EvaluationInputError
 from emollm.log import get_logger
 from eval import classification, io, parsing, proxies, references
-from eval.label_sets import load_label_set
+from eval.io import load_metrics  # noqa: F401 - its old home; compare and export read runs through it
 
 log = get_logger(__name__)
 
@@ -193,7 +193,7 @@ def evaluate_run(cfg: cfglib.EmollmConfig, predictions: list[str | os.PathLike],
             msg = (f"no reasoning scored: none of the {len(reasoning)} reference reasoning text(s) names an emotion "
                    f"word of the tables (languages {result['language']['reference_reasoning']}), and no judge "
                    "or embedding model is set")
-            hint = ("emotion words are read in English and Chinese (eval/label_sets/synonyms.yaml, synonyms_zh.yaml); "
+            hint = ("emotion words are read in English and Chinese (emollm/dataset/label_sets/synonyms.yaml, synonyms_zh.yaml); "
                     "check the references' reasoning column (docs/evaluate.md, Inputs), or score with a judge: "
                     "evaluate.judge.backend=openai|hf")
             if not any(k in result for k in ("classification", "regression")):
@@ -285,21 +285,3 @@ def _run_judge(cfg: cfglib.EmollmConfig, reasoning: list, out_dir: Path, languag
     if out["judge_stats"]["invalid"]:
         log.warning("EMER judge: %d answer(s) invalid after retries (see metrics.json)", out["judge_stats"]["invalid"])
     return out
-
-
-def load_metrics(path: str | os.PathLike) -> dict:
-    """A run's metrics.json (or its folder), or an Emotion-LLaMA result .txt (read as-is)."""
-    p = Path(path)
-    if p.is_dir():
-        p = p / "metrics.json"
-    if p.suffix.lower() == ".txt":
-        return io.read_emotion_llama_result(p)
-    try:
-        data = json.loads(p.read_text(encoding="utf-8"))
-    except FileNotFoundError:
-        raise EvaluationInputError(f"{p}: no such file") from None
-    except json.JSONDecodeError as exc:
-        raise EvaluationInputError(f"{p}: not valid JSON ({exc.msg})") from None
-    if not isinstance(data, dict) or data.get("kind") != "emollm-evaluate":
-        raise EvaluationInputError(f"{p}: not an emollm evaluate metrics.json")
-    return data

@@ -29,7 +29,7 @@ def test_wheel_holds_the_packages_and_data(wheel):
         assert module in names
     assert "emollm/_data/train_configs/tiny_cpu.yaml" in names
     assert "emollm/_data/prompts/README.md" in names
-    assert "eval/label_sets/merr.yaml" in names and "eval/label_sets/synonyms.yaml" in names
+    assert "emollm/dataset/label_sets/merr.yaml" in names and "emollm/dataset/label_sets/synonyms.yaml" in names
     shipped = {p.name for p in (REPO / "train_configs").glob("*.yaml")}
     assert shipped <= {Path(n).name for n in names if n.startswith("emollm/_data/train_configs/")}
 

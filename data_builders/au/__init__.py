@@ -8,13 +8,14 @@ write and read the per-frame side file (``.npz``, no pickle).
 
 from __future__ import annotations
 
+import io
 import os
 from dataclasses import dataclass, field
-from pathlib import Path
 
 import numpy as np
 
-from emollm.modeling.au_encoder import AU_INTENSITY_MAX, MERR_AUS
+from emollm.dataset.aus import AU_INTENSITY_MAX, MERR_AUS
+from emollm.dataset.io import atomic_write_bytes
 
 __all__ = ["AUSeries", "MERR_AUS", "AU_INTENSITY_MAX", "save_aus", "load_aus"]
 
@@ -59,25 +60,20 @@ class AUSeries:
 
 def save_aus(series: AUSeries, path: str | os.PathLike[str]) -> None:
     """Write ``series`` to ``path`` (.npz) atomically: a temporary file renamed into place."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(path.name + f".{os.getpid()}.tmp")
-    with open(tmp, "wb") as fh:
-        np.savez(
-            fh,
-            au_names=np.array(MERR_AUS),
-            intensity=series.intensity.astype(np.float32),
-            presence=series.presence.astype(np.uint8),
-            frame_indices=series.frame_indices.astype(np.int64),
-            timestamps_s=series.timestamps_s.astype(np.float64),
-            face=series.face.astype(bool),
-            source=np.array(series.source),
-            voiced=(series.voiced if series.voiced is not None else np.zeros(series.num_frames)).astype(bool),
-            **{f"extra_{k}": np.asarray(v, dtype=np.float32) for k, v in series.extra.items()},
-        )
-        fh.flush()
-        os.fsync(fh.fileno())
-    os.replace(tmp, path)
+    buf = io.BytesIO()
+    np.savez(
+        buf,
+        au_names=np.array(MERR_AUS),
+        intensity=series.intensity.astype(np.float32),
+        presence=series.presence.astype(np.uint8),
+        frame_indices=series.frame_indices.astype(np.int64),
+        timestamps_s=series.timestamps_s.astype(np.float64),
+        face=series.face.astype(bool),
+        source=np.array(series.source),
+        voiced=(series.voiced if series.voiced is not None else np.zeros(series.num_frames)).astype(bool),
+        **{f"extra_{k}": np.asarray(v, dtype=np.float32) for k, v in series.extra.items()},
+    )
+    atomic_write_bytes(path, buf.getvalue())
 
 
 def load_aus(path: str | os.PathLike[str]) -> AUSeries:

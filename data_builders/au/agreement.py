@@ -18,8 +18,8 @@ from typing import Any
 import numpy as np
 
 from data_builders.au import AUSeries
+from emollm.dataset.aus import MERR_AUS
 from emollm.errors import AUExtractionError
-from emollm.modeling.au_encoder import MERR_AUS
 
 
 def _pearson(a: np.ndarray, b: np.ndarray) -> float | None:

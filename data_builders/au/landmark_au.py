@@ -30,7 +30,7 @@ from __future__ import annotations
 import numpy as np
 
 from data_builders.au import AUSeries
-from emollm.modeling.au_encoder import AU_INTENSITY_MAX, MERR_AUS
+from emollm.dataset.aus import AU_INTENSITY_MAX, MERR_AUS
 
 VERSION = "landmark_au/2"
 

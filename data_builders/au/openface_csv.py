@@ -17,8 +17,8 @@ from pathlib import Path
 import numpy as np
 
 from data_builders.au import AUSeries
+from emollm.dataset.aus import AU_INTENSITY_MAX, MERR_AUS
 from emollm.errors import AUExtractionError
-from emollm.modeling.au_encoder import AU_INTENSITY_MAX, MERR_AUS
 
 VERSION = "openface_csv/1"
 

@@ -57,7 +57,8 @@ from typing import Any
 import numpy as np
 
 from data_builders.instructions import record_label
-from data_builders.record import RECORD_VERSION, read_annotations
+from emollm.dataset.io import atomic_write_text, write_jsonl
+from emollm.dataset.record import RECORD_VERSION, read_annotations
 from emollm.errors import RecordSchemaError, UnsafePathError
 from emollm.log import get_logger
 from emollm.paths import ensure_folder, id_parts, inside
@@ -78,12 +79,6 @@ MER_FACTORY_RAW_KEYS = frozenset({"chronological_emotion_peaks", "overall_peak_f
 DEFAULT_PEAK_BASE = 1
 SOURCE = "merr"
 _HINT = "see docs/builder.md, 'MERR files': MERR_{coarse,fine}_grained.{txt,json} as Emotion-LLaMA / MER-Factory write them"
-
-
-def _atomic_write(path: Path, text: str) -> None:
-    from data_builders.runner import _atomic_write as write
-
-    write(Path(path), text)
 
 
 def unsafe_id_reason(cid: str) -> str | None:
@@ -227,8 +222,8 @@ def export_merr(dataset_dir: str | os.PathLike[str], out_dir: str | os.PathLike[
         indent = json_fmt.get("indent", 4)
         body = json.dumps(entries, indent=indent, ensure_ascii=json_fmt.get("ensure_ascii", False))
         txt_path, json_path = inside(out, f"{base}.txt", name=name), inside(out, f"{base}.json", name=name)  # --name is text too
-        _atomic_write(txt_path, txt)
-        _atomic_write(json_path, body + ("\n" if json_fmt.get("trailing_newline") else ""))
+        atomic_write_text(txt_path, txt)
+        atomic_write_text(json_path, body + ("\n" if json_fmt.get("trailing_newline") else ""))
         res[kind] = {"txt": str(txt_path), "json": str(json_path), "lines": len(lines),
                      "entries": len(entries)}  # fmt: skip
     log.info("merr: coarse %d line(s) / %d entr(ies), fine %d / %d -> %s", res["coarse"]["lines"],
@@ -442,12 +437,12 @@ def import_merr(src: str | os.PathLike[str], out_dir: str | os.PathLike[str], *,
     records = [from_merr(n, parts[n], media_dir=media_dir, media_ext=media_ext, source=src.name, peak_base=peak_base)
                for n in order]  # fmt: skip
     ensure_folder(out, "MERR import folder")
-    _atomic_write(out / "manifest.json", json.dumps({"schema_version": RECORD_VERSION, "records": len(records), "label_set": label_set,
+    atomic_write_text(out / "manifest.json", json.dumps({"schema_version": RECORD_VERSION, "records": len(records), "label_set": label_set,
                                                      "source": f"merr:{src}", "merr_files": layout}, indent=2) + "\n")  # fmt: skip
     from data_builders.review import resplit
 
     counts = resplit(out, records)
-    _atomic_write(out / "annotations.jsonl", "".join(json.dumps(r, ensure_ascii=False) + "\n" for r in records))
+    write_jsonl(out / "annotations.jsonl", records)
     log.info("merr: %d record(s) imported from %s -> %s", len(records), src, out)
     return {"records": len(records), "txt_lines": n_lines, "json_entries": n_entries, "instructions": counts}
 

@@ -20,15 +20,10 @@ from pathlib import Path
 from typing import Any
 
 from data_builders.instructions import TASKS, record_label
-from data_builders.record import read_annotations
+from emollm.dataset.io import atomic_write_text
+from emollm.dataset.record import read_annotations
 from emollm.paths import ensure_folder
 from emollm.prompts import build_emotion_llama_prompt, choose_instruction, load_instruction_pool
-
-
-def _atomic_write(path: Path, text: str) -> None:
-    from data_builders.runner import _atomic_write as write
-
-    write(Path(path), text)
 
 
 def _seed(dataset_dir: Path) -> int:
@@ -75,12 +70,12 @@ def export_sharegpt(dataset_dir: str | os.PathLike[str], out_dir: str | os.PathL
     ensure_folder(out, "ShareGPT export folder")
     info = {}
     for task, samples in rows.items():
-        _atomic_write(out / f"emollm_{task}.json", json.dumps(samples, indent=2, ensure_ascii=False) + "\n")
+        atomic_write_text(out / f"emollm_{task}.json", json.dumps(samples, indent=2, ensure_ascii=False) + "\n")
         info[f"emollm_{task}"] = {"file_name": f"emollm_{task}.json", "formatting": "sharegpt",
                                   "columns": {"messages": "conversations", "videos": "videos", "audios": "audios"},
                                   "tags": {"role_tag": "from", "content_tag": "value", "user_tag": "human",
                                            "assistant_tag": "gpt"}}  # fmt: skip
-    _atomic_write(out / "dataset_info.json", json.dumps(info, indent=2) + "\n")
+    atomic_write_text(out / "dataset_info.json", json.dumps(info, indent=2) + "\n")
     return {t: len(v) for t, v in rows.items()}
 
 

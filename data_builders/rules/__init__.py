@@ -14,7 +14,7 @@ the AUs active at the peak frame: the source's own presence flags where it has t
   present below intensity 1 counts as 1 (a trace, FACS "A").
 
 The label is the fired rule with the highest score whose emotion exists in the run's label set
-(``eval.label_sets``; rules for emotions outside the set are skipped, so the next best fired rule
+(``emollm.dataset.label_sets``; rules for emotions outside the set are skipped, so the next best fired rule
 inside it wins), ties to the table order; ``neutral`` when none fires. Confidence (0-1):
 ``score1 x (0.5 + 0.5 x (score1 - score2) / score1)`` with score2 the runner-up in the set: a
 clear winner keeps its score, a tie halves it. Neutral: ``1 - max intensity at the peak / 5``.
@@ -33,9 +33,9 @@ from pathlib import Path
 import yaml
 
 from emollm.config.loader import safe_load_unique, yaml_problem
+from emollm.dataset.aus import AU_INTENSITY_MAX, MERR_AUS
+from emollm.dataset.label_sets import LabelSet
 from emollm.errors import ConfigError
-from emollm.modeling.au_encoder import AU_INTENSITY_MAX, MERR_AUS
-from eval.label_sets import LabelSet
 
 DEFAULT_RULES = Path(__file__).resolve().parent / "merr_au_rules.yaml"
 

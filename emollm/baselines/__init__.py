@@ -3,25 +3,18 @@ and feature cache as the LLM, trained and scored by the same tools (``docs/basel
 
 from __future__ import annotations
 
-import importlib
-
+# the method registry lives in base.py (which loads the method modules on demand), so base never
+# has to import this package back
 from emollm.baselines.base import (
     BASELINES,
+    METHOD_MODULES,
     BaselineBatch,
     BaselineModel,
     BaselineOutput,
     build_baseline,
+    load_methods,
     register_baseline,
 )
 
-METHOD_MODULES = ("hlm12erc", "telme", "dmd")
-
-
-def load_methods() -> None:
-    """Import the method modules (each registers itself)."""
-    for module in METHOD_MODULES:
-        importlib.import_module(f"emollm.baselines.{module}")
-
-
-__all__ = ["BASELINES", "BaselineBatch", "BaselineModel", "BaselineOutput", "build_baseline", "load_methods",
+__all__ = ["BASELINES", "METHOD_MODULES", "BaselineBatch", "BaselineModel", "BaselineOutput", "build_baseline", "load_methods",
            "register_baseline"]

@@ -126,11 +126,20 @@ def register_baseline(name: str) -> Callable[[type[BaselineModel]], type[Baselin
     return wrap
 
 
+METHOD_MODULES = ("hlm12erc", "telme", "dmd")
+
+
+def load_methods() -> None:
+    """Import the method modules (each registers itself)."""
+    import importlib
+
+    for module in METHOD_MODULES:
+        importlib.import_module(f"emollm.baselines.{module}")
+
+
 def build_baseline(method: str, feature_dims: Mapping[str, int], num_classes: int, *,
                    task: Literal["classification", "regression"] = "classification", **options: Any) -> BaselineModel:
     import importlib
-
-    from emollm.baselines import METHOD_MODULES, load_methods
 
     if method in METHOD_MODULES:
         importlib.import_module(f"emollm.baselines.{method}")  # only the one asked for

@@ -99,7 +99,7 @@ def selected_modalities(cfg: Any) -> dict[str, Any]:
 def modality_infos(cfg: Any) -> dict[str, ModalityInfo]:
     """Kind, checkpoint and width of each selected modality, from the config and checkpoint configs
     (no weights loaded)."""
-    from emollm.modeling.au_encoder import MERR_AUS
+    from emollm.dataset.aus import MERR_AUS
     from emollm.modeling.encoders import feature_dim_of
 
     out = {}
@@ -175,7 +175,7 @@ def target_of(record: Mapping[str, Any], cfg: Any, label_set: Any, policy: str =
 
 def split_names(dataset_dir: str | os.PathLike) -> set[str]:
     """The ``split`` values of a built dataset's records."""
-    from data_builders.record import read_dataset
+    from emollm.dataset.record import read_dataset
 
     return {str(r.get("split")) for r in read_dataset(dataset_dir)}
 
@@ -192,8 +192,8 @@ def load_split(cfg: Any, dataset_dir: str | os.PathLike, split: str | None, *, t
     ``modalities`` (default: :func:`modality_infos` of ``cfg``) fixes which modalities and widths are
     read, e.g. those a trained baseline was saved with.
     """
-    from data_builders.record import read_dataset
-    from eval.label_sets import load_label_set
+    from emollm.dataset.label_sets import load_label_set
+    from emollm.dataset.record import read_dataset
     from eval.references import of_record
 
     root = Path(dataset_dir)

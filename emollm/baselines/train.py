@@ -22,6 +22,7 @@ so a resumed run ends with the same weights as one that never stopped.
 
 from __future__ import annotations
 
+import io
 import json
 import os
 import shutil
@@ -43,8 +44,8 @@ from emollm.baselines.data import (
     shuffled_batches,
     split_names,
 )
+from emollm.dataset.io import atomic_write_bytes
 from emollm.errors import ConfigError, EmollmError, FeatureCacheError
-from emollm.features.cache import atomic_write_bytes
 from emollm.log import get_logger
 from emollm.training.loop import (
     CHECKPOINT_PREFIX,
@@ -253,9 +254,9 @@ def _save_checkpoint(out: Path, epoch: int, model: BaselineModel, optimizer: tor
     path.mkdir(parents=True, exist_ok=True)
     (path / TRAINER_STATE).unlink(missing_ok=True)  # incomplete until the state is written back, last
     _save_weights(model, path / WEIGHTS_FILE)
-    tmp = path / (OPTIMIZER_FILE + ".tmp")
-    torch.save(optimizer.state_dict(), tmp)
-    os.replace(tmp, path / OPTIMIZER_FILE)
+    buf = io.BytesIO()
+    torch.save(optimizer.state_dict(), buf)
+    atomic_write_bytes(path / OPTIMIZER_FILE, buf.getvalue())
     atomic_write_bytes(path / RNG_FILE, save(_rng_state()))
     _write_json(path / TRAINER_STATE, state)
     prune_checkpoints(out, limit)
@@ -264,8 +265,8 @@ def _save_checkpoint(out: Path, epoch: int, model: BaselineModel, optimizer: tor
 
 def _run_info(cfg: cfglib.EmollmConfig, model: BaselineModel, train: BaselineSplit, evaluation: BaselineSplit | None,
               dataset_dir: Path) -> dict[str, Any]:
-    from emollm import __version__
-    from eval.label_sets import load_label_set
+    from emollm.version import __version__
+    from emollm.dataset.label_sets import load_label_set
 
     return {
         "kind": RUN_KIND, "version": 1, "emollm_version": __version__,
@@ -521,7 +522,7 @@ def predict(run_dir: str | os.PathLike, dataset_dir: str | os.PathLike, out: str
 
 
 def _records(dataset_dir: str | os.PathLike, split: str | None) -> list[dict[str, Any]]:
-    from data_builders.record import read_annotations
+    from emollm.dataset.record import read_annotations
 
     return [r for r in read_annotations(Path(dataset_dir) / "annotations.jsonl") if split is None or r.get("split") == split]
 

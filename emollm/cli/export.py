@@ -1,4 +1,4 @@
-"""``emollm export``: a dataset -> MERR / LLaMA-Factory ShareGPT (and MERR -> a dataset), or a run -> a model directory."""
+"""``emollm export``: a dataset -> MERR / LLaMA-Factory ShareGPT / HF datasets (and MERR -> a dataset), or a run -> a model directory."""
 
 from __future__ import annotations
 
@@ -7,13 +7,15 @@ import argparse
 from emollm.errors import ConfigError
 
 NAME = "export"
-HELP = "convert a dataset (MERR, ShareGPT) or export a trained run as a self-contained model directory"
+HELP = "convert a dataset (MERR, ShareGPT, HF datasets) or export a trained run as a self-contained model directory"
 DESCRIPTION = """\
 Convert between an emollm dataset (DATASET_DIR/annotations.jsonl) and other formats (docs/builder.md, "Formats"),
 or export a trained run as one self-contained HF-format model directory (docs/model.md, "Export").
 
   emollm export --to merr DATASET_DIR --out merr/          # merr/MERR_{coarse,fine}_grained.{txt,json}
   emollm export --to sharegpt DATASET_DIR --out lf/         # lf/emollm_emotion.json, emollm_reason.json, dataset_info.json
+  emollm export --to hf DATASET_DIR --out hf/ [--overwrite] # datasets.load_from_disk("hf/"): records per split;
+                                                            # hf/instructions/<task>/: instruction samples per split
   emollm export --from merr MERR_DIR_OR_FILE --out DATASET_DIR [--media-dir video --media-ext .mp4]
       [--peak-base 1]   MERR's peak_index is OpenFace's 1-based frame number (MER-Factory); 0 for 0-based files
   emollm export --model RUN_DIR --out DIR [--merge] [--no-encoders] [--metrics FILE] [--overwrite]
@@ -30,7 +32,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("source", metavar="SOURCE", nargs="?", default=None,
                         help="DATASET_DIR (with --to) or MERR folder / file (with --from); not used with --model")
     group = parser.add_mutually_exclusive_group(required=True)
-    group.add_argument("--to", choices=("merr", "sharegpt"), help="export DATASET_DIR to this format")
+    group.add_argument("--to", choices=("merr", "sharegpt", "hf"), help="export DATASET_DIR to this format")
     group.add_argument("--from", dest="from_", choices=("merr",), help="import SOURCE from this format into --out")
     group.add_argument("--model", metavar="RUN_DIR", default=None,
                        help="export this run dir (emollm train's output) as a self-contained model directory")
@@ -50,7 +52,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help="--model: leave the frozen encoders out (the model then reads cached features only)")
     parser.add_argument("--metrics", default=None, metavar="FILE",
                         help="--model: an `emollm evaluate` metrics.json for the model card (default: one in RUN_DIR)")
-    parser.add_argument("--overwrite", action="store_true", help="--model: replace a non-empty --out folder")
+    parser.add_argument("--overwrite", action="store_true", help="--model, --to hf: replace a non-empty --out folder")
 
 
 def run(args: argparse.Namespace) -> int:
@@ -58,7 +60,8 @@ def run(args: argparse.Namespace) -> int:
 
     if args.model:
         return _export_model(args)
-    given = [f"--{name.replace('_', '-')}" for name in _MODEL_ONLY if getattr(args, name)]
+    given = [f"--{name.replace('_', '-')}" for name in _MODEL_ONLY if getattr(args, name)
+             and not (name == "overwrite" and args.to == "hf")]
     if given:
         raise ConfigError(f"{', '.join(given)}: only for --model", hint="emollm export --model RUN_DIR --out DIR")
     if args.source is None:
@@ -78,6 +81,12 @@ def run(args: argparse.Namespace) -> int:
 
         counts = export_sharegpt(args.source, args.out, relative_to=args.relative_to)
         print(f"wrote {args.out}: " + ", ".join(f"emollm_{t}.json ({n})" for t, n in counts.items()) + ", dataset_info.json")
+    elif args.to == "hf":
+        from emollm.dataset.hf import export_hf
+
+        res = export_hf(args.source, args.out, overwrite=args.overwrite)
+        print(f"wrote {args.out}: records " + ", ".join(f"{s} ({n})" for s, n in res["records"].items())
+              + "".join(f", instructions/{t} ({n})" for t, n in res["instructions"].items()))
     else:
         from data_builders.formats.merr import import_merr
 

@@ -38,7 +38,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help="feed only these modalities (each must be one the model was trained with)")
     parser.add_argument("--json", action="store_true", help="one JSON object per clip (label, text, cues, timings)")
     parser.add_argument("--workdir", default=None, metavar="DIR",
-                        help="keep the clips' analysis (records, AU files) here instead of a temp dir")
+                        help="also write the clips' analysis (records, AU files) here, for a look")
     add_generation_arguments(parser)
 
 

@@ -21,7 +21,7 @@ import traceback
 import warnings
 from collections.abc import Sequence
 
-from emollm import __version__
+from emollm.version import __version__
 from emollm.errors import EmollmError
 from emollm.log import setup_logging
 

@@ -55,7 +55,7 @@ def save_resolved(cfg: EmollmConfig, out_dir: str | os.PathLike, *, command: str
     The file loads back with :func:`load` to an equal config (defaults are written out, so a later
     change of a default does not change what an old run meant).
     """
-    from emollm import __version__
+    from emollm.version import __version__
 
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
@@ -66,9 +66,9 @@ def save_resolved(cfg: EmollmConfig, out_dir: str | os.PathLike, *, command: str
         + (f" by `emollm {command}`" if command else ""),
         "# Load it back with: emollm <command> --config this-file",
     ]
-    tmp = path.with_suffix(".yaml.tmp")
-    tmp.write_text("\n".join(header) + "\n" + dump_yaml(cfg), encoding="utf-8")
-    os.replace(tmp, path)
+    from emollm.dataset.io import atomic_write_text
+
+    atomic_write_text(path, "\n".join(header) + "\n" + dump_yaml(cfg), fsync=False)
     return path
 
 

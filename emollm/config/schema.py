@@ -23,10 +23,10 @@ TorchDtype = Literal["auto", "float32", "float16", "bfloat16"]
 
 
 def _check_label_set(section: object, key: str) -> None:
-    """A shipped label set's name or a readable label-set YAML (eval/label_sets.py); a file path is made
+    """A shipped label set's name or a readable label-set YAML (emollm/dataset/label_sets.py); a file path is made
     absolute, so the resolved config saved beside a run reads the same file from anywhere."""
+    from emollm.dataset.label_sets import load_label_set, resolve
     from emollm.errors import ConfigError
-    from eval.label_sets import load_label_set, resolve
 
     value = getattr(section, key)
     if value is None:
@@ -448,7 +448,7 @@ class JudgeConfig:
 @dataclass
 class EvaluateConfig:
     label_set: LabelSetName | None = None  # a shipped set's name or a YAML path; None: data.label_set
-    # free text -> label (eval/parsing.py): reasoning (negation-aware, the concluding clause preferred;
+    # free text -> label (emollm/dataset/label_parsing.py): reasoning (negation-aware, the concluding clause preferred;
     # English and Chinese) | last_word | first_mention | synonym | emotion_llama (their verbatim rule)
     parse: Literal["reasoning", "last_word", "first_mention", "synonym", "emotion_llama"] = "reasoning"
     # language of the texts scored: auto (detected from the texts) | en | zh; picks the judge prompts and,

@@ -32,8 +32,8 @@ from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from typing import Literal
 
+from emollm.dataset.label_sets import LabelSet, synonyms
 from emollm.errors import ConfigError
-from eval.label_sets import LabelSet, synonyms
 
 Strategy = Literal["reasoning", "last_word", "first_mention", "synonym", "emotion_llama"]
 STRATEGIES: tuple[str, ...] = ("reasoning", "last_word", "first_mention", "synonym", "emotion_llama")

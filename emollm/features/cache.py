@@ -37,7 +37,8 @@ from urllib.parse import quote, unquote
 
 import torch
 
-from emollm import __version__
+from emollm.version import __version__
+from emollm.dataset.io import atomic_write_bytes  # noqa: F401 - also re-exported for old imports
 from emollm.errors import FeatureCacheError, FeatureEntryError, FeatureMissingError
 from emollm.features.key import NO_KEY, InputContext, describe_diff, same_clip
 from emollm.log import get_logger
@@ -81,16 +82,6 @@ def safe_name(clip_id: str) -> str:
 def clip_id_of(name: str) -> str:
     """The clip id of a :func:`safe_name` (hashed long names: read the file's metadata instead)."""
     return unquote(name)
-
-
-def atomic_write_bytes(path: Path, data: bytes) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    with open(tmp, "wb") as fh:
-        fh.write(data)
-        fh.flush()
-        os.fsync(fh.fileno())
-    os.replace(tmp, path)
 
 
 def weights_key(kind: str, name_or_path: str, options: dict[str, Any]) -> str | None:

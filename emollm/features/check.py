@@ -133,7 +133,7 @@ def _encoder_of(folder: Path) -> str:
 
 def check_cache(cfg: Any, dataset_dir: str | os.PathLike, *, prune: bool = False) -> CheckReport:
     """Check (and with ``prune`` clean) the feature cache of ``cfg`` for the dataset's records."""
-    from data_builders.record import read_dataset
+    from emollm.dataset.record import read_dataset
 
     dataset = Path(dataset_dir)
     records = read_dataset(dataset)

@@ -20,8 +20,9 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from emollm.dataset.io import atomic_write_bytes
 from emollm.errors import EmollmError
-from emollm.features.cache import FeatureCache, atomic_write_bytes, safe_name
+from emollm.features.cache import FeatureCache, safe_name
 from emollm.log import get_logger, progress
 
 log = get_logger(__name__)
@@ -167,8 +168,8 @@ def extract_features(cfg: Any, dataset_dir: str | os.PathLike, *, shard: tuple[i
     ``encoders`` ({modality: loaded encoder}) is for tests and callers that already hold them;
     by default every frozen encoder of ``cfg.model.encoders`` is built and moved to the device.
     """
-    from data_builders.record import read_dataset
     from emollm.config import save_resolved
+    from emollm.dataset.record import read_dataset
     from emollm.modeling.encoders import build_encoder
 
     t0 = time.perf_counter()

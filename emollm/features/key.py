@@ -187,7 +187,7 @@ class InputContext:
             self._loaded = True
             annotations = self.dataset / "annotations.jsonl" if self.dataset is not None else None
             if annotations is not None and annotations.is_file():
-                from data_builders.record import read_annotations
+                from emollm.dataset.record import read_annotations
 
                 self.records = {r["id"]: r for r in read_annotations(annotations)}
         return (self.records or {}).get(clip_id)

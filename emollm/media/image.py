@@ -17,7 +17,6 @@ from PIL import Image, ImageOps, UnidentifiedImageError
 
 from emollm.errors import CorruptMediaError, MediaError, MediaNotFoundError
 from emollm.media._io import check_readable
-from emollm.media.probe import MediaInfo
 
 
 @contextmanager
@@ -41,7 +40,8 @@ def _pil_errors(path: Path) -> Iterator[None]:
         raise CorruptMediaError(path, f"cannot decode the image: {e}") from e
 
 
-def _load_rgb(path: Path) -> tuple[np.ndarray, str]:
+def decode_image(path: Path) -> tuple[np.ndarray, str]:
+    """The image as uint8 (H, W, 3) RGB (EXIF orientation applied) and its format (``"jpeg"``, ...)."""
     with _pil_errors(path), Image.open(path) as im:
         fmt = (im.format or "unknown").lower()
         im.load()
@@ -50,25 +50,7 @@ def _load_rgb(path: Path) -> tuple[np.ndarray, str]:
         return np.asarray(rgb, dtype=np.uint8).copy(), fmt
 
 
-def probe_image(path: str | os.PathLike[str]) -> MediaInfo:
-    """Probe a still image. The image is fully decoded so that a truncated file fails here."""
-    p = check_readable(path)
-    array, fmt = _load_rgb(p)
-    return MediaInfo(
-        path=str(p),
-        kind="image",
-        duration_s=0.0,
-        has_video=True,
-        has_audio=False,
-        num_frames=1,
-        width=int(array.shape[1]),
-        height=int(array.shape[0]),
-        video_codec=fmt,
-        container=fmt,
-    )
-
-
 def read_image(path: str | os.PathLike[str]) -> np.ndarray:
     """A still image as uint8 (H, W, 3) RGB, EXIF orientation applied."""
     p = check_readable(path)
-    return _load_rgb(p)[0]
+    return decode_image(p)[0]

@@ -76,11 +76,29 @@ def probe(path: str | os.PathLike[str]) -> MediaInfo:
     """Inspect a media file. Raises a typed MediaError for any file the media layer cannot read."""
     p = check_readable(path)
     if p.suffix.lower() in IMAGE_EXTENSIONS:
-        from emollm.media.image import probe_image
-
         return probe_image(p)
     with open_container(p) as container:
         return _probe_container(p, container)
+
+
+def probe_image(path: str | os.PathLike[str]) -> MediaInfo:
+    """Probe a still image. The image is fully decoded so that a truncated file fails here."""
+    from emollm.media.image import decode_image  # Pillow loads only for images
+
+    p = check_readable(path)
+    array, fmt = decode_image(p)
+    return MediaInfo(
+        path=str(p),
+        kind="image",
+        duration_s=0.0,
+        has_video=True,
+        has_audio=False,
+        num_frames=1,
+        width=int(array.shape[1]),
+        height=int(array.shape[0]),
+        video_codec=fmt,
+        container=fmt,
+    )
 
 
 def _seconds(value: int | None, time_base: Fraction | None) -> float | None:

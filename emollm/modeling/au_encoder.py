@@ -1,7 +1,7 @@
 """The learned Action-Unit encoder: a per-frame AU sequence in, ``K`` tokens out.
 
-This module is the one home of the AU order (:data:`MERR_AUS`): the dataset builder writes the
-per-frame AU side files in this order and the model reads them in it.
+The AU order (:data:`MERR_AUS`) and scale live in the dataset core (:mod:`emollm.dataset.aus`): the
+dataset builder writes the per-frame AU side files in that order and the model reads them in it.
 
 Input per clip: ``(T, 2 * num_aus)`` float, first the ``num_aus`` intensities (0-5, OpenFace
 ``AUxx_r``), then the ``num_aus`` presences (0/1, OpenFace ``AUxx_c``), both in :data:`MERR_AUS`
@@ -30,15 +30,18 @@ import torch
 from torch import nn
 from torch.nn import functional as F
 
+# the AU order and scale are dataset facts: the core declares them (re-exported here for old imports)
+from emollm.dataset.aus import AU_INTENSITY_MAX, MERR_AUS  # noqa: F401
 from emollm.errors import ConfigError
 
-#: The 17 AUs of MERR (OpenFace 2 intensity set), in the order every AU tensor uses.
-MERR_AUS: tuple[str, ...] = (
-    "AU01", "AU02", "AU04", "AU05", "AU06", "AU07", "AU09", "AU10", "AU12",
-    "AU14", "AU15", "AU17", "AU20", "AU23", "AU25", "AU26", "AU45",
-)  # fmt: skip
-#: AU intensities run from 0 to this (FACS A-E mapped to 1-5 by OpenFace).
-AU_INTENSITY_MAX = 5.0
+#: The AU encoder's option defaults, declared once: :class:`AUEncoder`'s keyword defaults, the ``au``
+#: registry entry's (``build_encoder("au")``) and, but for the token count, a model's AU modality.
+AU_ENCODER_DEFAULTS: dict[str, int | float] = {
+    "num_tokens": 1, "hidden_size": 256, "depth": 1, "num_heads": 4, "max_frames": 128, "dropout": 0.0,
+}  # fmt: skip
+#: A model's AU modality (a config's ``encoders`` entry, ``EmoLLMConfig.modalities``) whose
+#: ``au_encoder`` options leave ``num_tokens`` unset gets this many tokens, not the module's 1.
+MODEL_AU_NUM_TOKENS = 4
 
 
 class AUEncoder(nn.Module):
@@ -47,12 +50,12 @@ class AUEncoder(nn.Module):
     def __init__(
         self,
         num_aus: int = len(MERR_AUS),
-        num_tokens: int = 1,
-        hidden_size: int = 256,
-        depth: int = 1,
-        num_heads: int = 4,
-        max_frames: int = 128,
-        dropout: float = 0.0,
+        num_tokens: int = AU_ENCODER_DEFAULTS["num_tokens"],
+        hidden_size: int = AU_ENCODER_DEFAULTS["hidden_size"],
+        depth: int = AU_ENCODER_DEFAULTS["depth"],
+        num_heads: int = AU_ENCODER_DEFAULTS["num_heads"],
+        max_frames: int = AU_ENCODER_DEFAULTS["max_frames"],
+        dropout: float = AU_ENCODER_DEFAULTS["dropout"],
     ):
         super().__init__()
         for name, value in (("num_aus", num_aus), ("num_tokens", num_tokens), ("hidden_size", hidden_size),

@@ -7,10 +7,10 @@ from pathlib import Path
 from typing import Any
 
 from emollm.config import EmollmConfig, ModelConfig
+from emollm.dataset.aus import MERR_AUS
 from emollm.errors import EmollmError
 from emollm.log import get_logger
 from emollm.modeling import quantization
-from emollm.modeling.au_encoder import MERR_AUS
 from emollm.modeling.modeling_emollm import EmoLLMForConditionalGeneration
 from emollm.processing import EmoProcessor, ModalitySpan
 

@@ -83,7 +83,7 @@ class MediaTask:
 # ------------------------------------------------------------------------------------------ the data
 def _draw_aus(rng: np.random.Generator, label: str, frames: int, noise: float) -> np.ndarray:
     """``(frames, len(MERR_AUS))`` intensities on 0-5 for one clip of class ``label``."""
-    from emollm.modeling.au_encoder import AU_INTENSITY_MAX, MERR_AUS
+    from emollm.dataset.aus import AU_INTENSITY_MAX, MERR_AUS
 
     index = {au: i for i, au in enumerate(MERR_AUS)}
     t = np.arange(frames, dtype=np.float64)
@@ -103,7 +103,7 @@ def _draw_aus(rng: np.random.Generator, label: str, frames: int, noise: float) -
 
 
 def _record(clip_id: str, label: str, split: str, intensity: np.ndarray, fps: float) -> dict[str, Any]:
-    from emollm.modeling.au_encoder import MERR_AUS
+    from emollm.dataset.aus import MERR_AUS
 
     frames = intensity.shape[0]
     peak = int(intensity.sum(axis=1).argmax())

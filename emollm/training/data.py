@@ -29,7 +29,8 @@ class EmotionDataset(torch.utils.data.Dataset):
     """Instruction samples of a built dataset, with their cached features and AU sequences.
 
     Args:
-        dataset_dir: a built dataset (``annotations.jsonl``, ``aus/``).
+        dataset_dir: a built dataset (``annotations.jsonl``, ``aus/``), or an ``emollm export --to hf``
+            folder of one (its records; AU side files from the dataset dir it was exported from).
         processor: the model's :class:`~emollm.processing.EmoProcessor`.
         cache: the :class:`FeatureCache` (bound here to ``modalities``' encoders); None when the model
             has no frozen modality.
@@ -54,7 +55,7 @@ class EmotionDataset(torch.utils.data.Dataset):
                  modalities: Mapping[str, Mapping[str, Any]], *, split: str | None = None,
                  tasks: Sequence[str] = ("emotion",), instructions: Sequence[str | os.PathLike] | None = None,
                  seed: int = 0, check: bool = True, prompt_only: bool = False, instruction: int | None = None):
-        from data_builders.record import read_dataset
+        from emollm.dataset.record import read_dataset
 
         self.root = Path(dataset_dir)
         self.processor = processor
@@ -66,7 +67,13 @@ class EmotionDataset(torch.utils.data.Dataset):
             if cache is None:
                 raise FeatureCacheError(f"modalities {self.frozen} read cached features, but no feature cache was given")
             cache.bind_specs(self.modalities)
-        self.records = {r["id"]: r for r in read_dataset(self.root)}
+        if (self.root / "dataset_dict.json").is_file():  # an `emollm export --to hf` folder: its records, as built;
+            from emollm.dataset.hf import read_hf_export  # AU side files stay in the dataset dir it came from
+
+            self.root, records = read_hf_export(self.root)
+        else:
+            records = read_dataset(self.root)
+        self.records = {r["id"]: r for r in records}
         self.skipped: Counter[str] = Counter()
         self.prompt_only = prompt_only
         self.instruction = instruction

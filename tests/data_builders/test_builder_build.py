@@ -9,12 +9,12 @@ import numpy as np
 import pytest
 
 from data_builders.au import load_aus
-from data_builders.record import check_record, read_annotations
 from data_builders.runner import build
 from emollm import config as cfglib
 from emollm.cli import main as cli
+from emollm.dataset.aus import MERR_AUS
+from emollm.dataset.record import check_record, read_annotations
 from emollm.errors import RecordSchemaError
-from emollm.modeling.au_encoder import MERR_AUS
 
 FAST = ["build.au_fps=3"]
 
@@ -189,7 +189,7 @@ def test_a_label_set_file_relabels_and_an_edit_of_it_relabels_again(built, clips
     assert (first.computed, first.relabelled) == (0, 6)
     recs = {r["id"]: r for r in read_annotations(out / "annotations.jsonl")}
     assert recs["sub dir/clip é 1"]["pseudo_label"] == recs["single_face"]["pseudo_label"] == "joyful"
-    from eval.label_sets import load_label_set
+    from emollm.dataset.label_sets import load_label_set
 
     assert recs["sub dir/clip é 1"]["label"] == "happy"  # the labels CSV's, kept as given: the set reads it as
     assert load_label_set(own).normalize("happy") == "joyful"  # ... its own 'joyful'

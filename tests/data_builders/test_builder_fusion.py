@@ -6,7 +6,7 @@ import pytest
 
 from data_builders import fusion
 from data_builders.review import review_reasons
-from eval.label_sets import load_label_set
+from emollm.dataset.label_sets import load_label_set
 
 
 @pytest.fixture(scope="module")

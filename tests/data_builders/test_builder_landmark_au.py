@@ -6,8 +6,8 @@ import numpy as np
 import pytest
 
 from data_builders.au.landmark_au import geometric_features, intensities
+from emollm.dataset.aus import MERR_AUS
 from emollm.media import FaceDetector, read_frames
-from emollm.modeling.au_encoder import MERR_AUS
 
 
 @pytest.fixture(scope="module")
@@ -90,7 +90,7 @@ def test_landmark_jitter_does_not_make_a_neutral_clip_emotional(face68):
     from data_builders.au.landmark_au import series_from_landmarks
     from data_builders.peak import find_peak
     from data_builders.rules import load_rules, pseudo_label
-    from eval.label_sets import load_label_set
+    from emollm.dataset.label_sets import load_label_set
 
     iod = np.linalg.norm(face68[42:48].mean(0) - face68[36:42].mean(0))
     table, merr = load_rules(None), load_label_set("merr")

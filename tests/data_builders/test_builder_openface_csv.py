@@ -6,8 +6,8 @@ import numpy as np
 import pytest
 
 from data_builders.au.openface_csv import find_csv, read_openface_csv
+from emollm.dataset.aus import MERR_AUS
 from emollm.errors import AUExtractionError
-from emollm.modeling.au_encoder import MERR_AUS
 
 
 def test_real_openface_csv_imports_in_merr_order(sample_dir):

@@ -11,9 +11,9 @@ import time
 
 import pytest
 
-from data_builders.record import read_annotations
 from data_builders.runner import PARTS_DIR, build
 from emollm import config as cfglib
+from emollm.dataset.record import read_annotations
 
 ARGS = ["build.au_fps=10"]
 

@@ -8,8 +8,8 @@ import pytest
 from data_builders.au import AUSeries
 from data_builders.peak import find_peak
 from data_builders.rules import load_rules, pseudo_label
-from emollm.modeling.au_encoder import MERR_AUS
-from eval.label_sets import load_label_set
+from emollm.dataset.aus import MERR_AUS
+from emollm.dataset.label_sets import load_label_set
 
 
 def _aus(**kw: float) -> dict[str, float]:

@@ -14,9 +14,9 @@ from data_builders.instructions import check_reasoning, filter_reasoning, instru
 from data_builders.runner import build
 from data_builders.writers import LLMWriter, TemplateWriter, WriterItem, coarse_description, validate_reasoning
 from emollm import config, llm
+from emollm.dataset.label_sets import load_label_set
 from emollm.errors import WriterError
 from emollm.testing.chat_server import ScriptedChatServer
-from eval.label_sets import load_label_set
 
 TIMEOUT_S = 0.3
 
@@ -300,3 +300,42 @@ def test_every_writer_failure_is_logged_and_written_with_its_cause(tmp_path, mon
     again = LLMWriter(llm.Asker(backend, llm.ResponseCache(tmp_path / "cache"), max_retries=0), "merr_reason")
     cached = again.write(items[3:4])[0]
     assert cached.cached and cached.text is None and re.search(r"a reply of 1\d{6} chars", cached.error)
+
+
+class RejectingServer(ScriptedChatServer):
+    """Every call: HTTP 401 (a wrong key), as a real endpoint answers it."""
+
+    def respond(self, body, headers):  # noqa: ANN001, ANN201
+        with self.lock:
+            self.calls["401"] += 1
+        return 401, b'{"error": {"message": "Incorrect API key provided"}}'
+
+
+def test_a_wrong_key_is_said_once_and_asked_once(sample_dir, tmp_path, monkeypatch, capsys) -> None:
+    """HTTP 401 is not retried, and the run stops calling: one error line, not one per clip and attempt."""
+    from emollm.cli.main import main
+
+    monkeypatch.setenv("TEST_WRITER_KEY", "sk-wrong")
+    clips = tmp_path / "clips"
+    clips.mkdir()
+    names = ("a", "b", "c")
+    for name in names:
+        shutil.copy(sample_dir / "single_face.mp4", clips / f"{name}.mp4")
+    subs = tmp_path / "subs.csv"
+    subs.write_text("id,subtitle\n" + "".join(f"{n},Hello there.\n" for n in names), encoding="utf-8")
+    labels = tmp_path / "labels.csv"
+    labels.write_text("id,label\n" + "".join(f"{n},happy\n" for n in names), encoding="utf-8")
+    out = tmp_path / "ds"
+    with RejectingServer().running() as server:
+        status = main(["build", str(clips), "--out", str(out), "--labels", str(labels), "--subtitles", str(subs),
+                       "build.au_fps=1", "build.tone=none", "build.writer.backend=openai",
+                       "build.writer.model=scripted", f"build.writer.base_url={server.url}",
+                       "build.writer.api_key_env=TEST_WRITER_KEY", "build.writer.backoff_s=0.01",
+                       "build.writer.max_retries=3", "build.writer.concurrency=1"])  # fmt: skip
+    err = capsys.readouterr().err
+    assert status == 2 and server.total() == 1  # no retry, and no call for the other clips
+    said = [line for line in err.splitlines() if "HTTP 401 from" in line]
+    assert len(said) == 2 and f"HTTP 401 from {server.url}/chat/completions" in said[0] and "API key" in said[0]
+    assert said[1].startswith("every writer answer was unusable (3 of 3)")  # the run's one-line summary
+    failures = [json.loads(line) for line in (out / "writer_failures.jsonl").open(encoding="utf-8")]
+    assert sorted(f["id"] for f in failures) == list(names) and all("HTTP 401" in f["cause"] for f in failures)

@@ -14,8 +14,8 @@ h5py = pytest.importorskip("h5py")
 torch = pytest.importorskip("torch")
 
 from data_builders import expression as ex  # noqa: E402
+from emollm.dataset.label_sets import load_label_set  # noqa: E402
 from emollm.errors import EmollmError  # noqa: E402
-from eval.label_sets import load_label_set  # noqa: E402
 
 # ------------------------------------------------------------------------------------------ a tiny Keras 2 file
 

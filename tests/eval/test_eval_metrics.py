@@ -8,8 +8,8 @@ import numpy as np
 import pytest
 from sklearn.metrics import accuracy_score, balanced_accuracy_score, f1_score, precision_recall_fscore_support
 
+from emollm.dataset.label_sets import load_label_set
 from eval.classification import INVALID, classification_metrics, kfold_summary
-from eval.label_sets import load_label_set
 from eval.trainer_metrics import make_compute_metrics
 
 METRICS_DIR = Path(__file__).resolve().parents[2] / "eval" / "metrics"

@@ -2,8 +2,8 @@
 
 import pytest
 
+from emollm.dataset.label_sets import available, load_label_set
 from emollm.errors import ConfigError
-from eval.label_sets import available, load_label_set
 
 
 def test_benchmark_sizes():
@@ -171,7 +171,7 @@ def test_config_rejects_an_invalid_label_set_file(tmp_path):
 
 
 def test_a_label_set_file_with_a_duplicate_key_is_refused(tmp_path):
-    from eval.label_sets import load_label_set
+    from emollm.dataset.label_sets import load_label_set
 
     path = tmp_path / "dup.yaml"
     path.write_text("name: mine\nlabels: [happy, sad]\nlabels: [angry]\n", encoding="utf-8")

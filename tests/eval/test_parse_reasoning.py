@@ -13,8 +13,8 @@ import pytest
 import yaml
 
 from data_builders.writers import TemplateWriter, WriterItem
-from eval.label_sets import available, load_label_set
-from eval.parsing import (
+from emollm.dataset.label_sets import available, load_label_set
+from emollm.dataset.label_parsing import (
     DEFAULT_STRATEGY,
     STRATEGIES,
     WORD_PATTERN,

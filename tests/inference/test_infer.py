@@ -69,7 +69,7 @@ def test_cli_batch_with_a_bad_clip_still_returns_the_others(trained_run, sample_
     good, bad, no_face = out
     assert good["error"] is None and good["label"] == "happy"
     assert bad["error"] and bad["text"] == "" and bad["clip"] == str(broken["random"])
-    assert "emollm-infer-" not in bad["error"], bad["error"]  # never the scratch copy in a temp folder
+    assert "emollm-infer-" not in bad["error"], bad["error"]  # never a scratch copy
     assert no_face["error"] is None and set(no_face["cues"]["modalities_absent"]) == {"face", "temporal", "au"}
     assert "face" not in no_face["cues"]["modalities_fed"] and "audio" in no_face["cues"]["modalities_fed"]
 
@@ -195,3 +195,35 @@ def test_the_same_clip_under_two_names_gets_the_same_prompt_and_answer(explainer
             explainer.explain_many(clips[:1], task="emotion")
     finally:
         explainer.cfg.predict.instruction = 0
+
+
+def test_infer_analyses_in_memory_never_through_the_builders_runner(explainer, sample_dir, tmp_path, monkeypatch):
+    """No scratch dataset: the runner's build is never called and no AU file is written, unless
+    ``workdir`` asks for a dump of the analysis (records + AU series, as they were used)."""
+    import ast
+    import inspect
+
+    import data_builders.au as au
+    import data_builders.runner as runner
+    import emollm.inference as inference
+    from data_builders.au import load_aus
+
+    imported = [n.module if isinstance(n, ast.ImportFrom) else a.name for n in ast.walk(ast.parse(inspect.getsource(inference)))
+                if isinstance(n, (ast.Import, ast.ImportFrom)) for a in n.names]  # fmt: skip
+    assert not [m for m in imported if m and m.startswith("data_builders.runner")], imported
+
+    def refuse(*a, **k):
+        raise AssertionError("infer wrote or built a dataset")
+
+    monkeypatch.setattr(runner, "build", refuse)
+    monkeypatch.setattr(au, "save_aus", refuse)
+    first = explainer.explain(sample_dir / "single_face.mp4", task="emotion", max_new_tokens=2)
+    assert first.ok and first.cues["peak_frame"] is not None
+    monkeypatch.undo()
+    (again,) = explainer.explain_many([sample_dir / "single_face.mp4"], task="emotion", max_new_tokens=2,
+                                      workdir=tmp_path / "dump")
+    assert again.cues == first.cues and again.text == first.text
+    (rec,) = [json.loads(line) for line in (tmp_path / "dump" / "annotations.jsonl").read_text().splitlines()]
+    assert rec["id"] == "single_face" and rec["peak_frame"]["index"] == first.cues["peak_frame"]
+    assert rec["aus_present_at_peak"] == first.cues["aus_present_at_peak"]
+    assert load_aus(tmp_path / "dump" / rec["aus_file"]).num_frames == rec["frames_analysed"] > 0

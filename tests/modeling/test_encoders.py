@@ -14,8 +14,9 @@ import numpy as np
 import pytest
 import torch
 
+from emollm.dataset.aus import MERR_AUS
 from emollm.errors import ConfigError, EmollmError
-from emollm.modeling.au_encoder import MERR_AUS, AUEncoder
+from emollm.modeling.au_encoder import AUEncoder
 from emollm.modeling.encoders import ENCODERS, FrozenEncoder, build_encoder, feature_dim_of, uniform_indices
 from emollm.testing.tiny import build_tiny_models
 
