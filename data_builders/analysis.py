@@ -172,13 +172,14 @@ def analyse_clip(info, cfg, *, video: bool = True, faces: bool = True, audio: bo
     (``audio_unreadable``), never fatal; an undecodable video raises MediaError."""
     from data_builders import tone
     from data_builders.au.landmark_au import series_from_landmarks
+    from data_builders.au.sources import get_au_source
     from emollm.media import read_frames_from
     from emollm.media.audio import load_audio_from
 
     b = cfg.build
     out = ClipAnalysis(info=info)
     audio = needs_audio(cfg) if audio is None else audio
-    aus = (b.au_source == "builtin") if aus is None else aus
+    aus = get_au_source(b.au_source).from_analysis if aus is None else aus
     if audio and info.has_audio:
         try:
             out.audio = load_audio_from(info, 16000)

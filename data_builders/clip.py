@@ -21,9 +21,9 @@ from typing import Any
 
 from data_builders import inputs as inputs_mod
 from data_builders.au import AUSeries
+from data_builders.au.sources import get_au_source
 from data_builders.peak import find_peak
 from data_builders.rules import load_rules, pseudo_label
-from emollm.version import __version__
 from emollm.config import EmollmConfig
 from emollm.dataset.aus import MERR_AUS
 from emollm.dataset.label_sets import load_label_set
@@ -31,6 +31,7 @@ from emollm.dataset.record import RECORD_VERSION
 from emollm.errors import AUExtractionError, ConfigError, EmollmError, MediaError, UnsafePathError
 from emollm.log import get_logger
 from emollm.paths import id_rel
+from emollm.version import __version__
 
 log = get_logger(__name__)
 
@@ -233,10 +234,13 @@ def _expression_version(name: str) -> str | None:
 
 
 def check_setup(cfg: EmollmConfig) -> None:
-    """Fail before any clip when a cue or writer source cannot be had (typed errors)."""
+    """Fail before any clip when an AU, cue or writer source cannot be had (typed errors)."""
     from data_builders.phrases import load_phrases
     from data_builders.writers import load_writer_prompt
 
+    source = get_au_source(cfg.build.au_source)
+    if source.check is not None:
+        source.check(cfg)  # a missing OpenFace binary
     load_phrases(cfg.build.phrases)
     if cfg.build.expression_model != "none":
         from data_builders.expression import EXPRESSION_MODELS
@@ -401,16 +405,6 @@ def fuse_record(rec: dict[str, Any], expression: dict[str, Any] | None, cfg: Emo
     rec["flags"] = sorted(flags)
 
 
-def _au_version(source: str) -> str:
-    if source == "builtin":
-        from data_builders.au.landmark_au import VERSION
-    elif source == "openface_csv":
-        from data_builders.au.openface_csv import VERSION
-    else:
-        from data_builders.au.openface_bin import VERSION
-    return VERSION
-
-
 def _make_record(clip_id: str, path: Path, out_dir: Path, info, series: AUSeries | None, flags: list[str], cfg: EmollmConfig) -> dict[str, Any]:  # noqa: ANN001
     fields = _label_fields(series, cfg)
     label_prov = fields.pop("_label_provenance")
@@ -434,7 +428,7 @@ def _make_record(clip_id: str, path: Path, out_dir: Path, info, series: AUSeries
         "split": "coarse",
         "flags": sorted(set(flags)),
         "provenance": {
-            "au": {"source": src, "version": _au_version(src)} if src else None,
+            "au": {"source": src, "version": get_au_source(src).version} if src else None,
             "peak_frame": {"source": f"peak:{cfg.build.peak_frame}", "version": BUILDER_VERSION},
             "pseudo_label": label_prov,
             "builder": {"source": "emollm build", "version": __version__},
@@ -444,20 +438,13 @@ def _make_record(clip_id: str, path: Path, out_dir: Path, info, series: AUSeries
 
 
 def _extract(clip: inputs_mod.ClipInput, info, cfg: EmollmConfig, analysis) -> AUSeries:  # noqa: ANN001
-    """The clip's AUs: the analysis' own (built-in source) or OpenFace's, aligned to its voiced frames."""
+    """The clip's AUs: the analysis' own (a source that measures them there) or the source's reader's,
+    aligned to the analysis' voiced frames."""
     b = cfg.build
-    if b.au_source == "builtin":
+    source = get_au_source(b.au_source)
+    if source.from_analysis:
         return analysis.aus
-    if b.au_source == "openface_csv":
-        from data_builders.au.openface_csv import find_csv, read_openface_csv
-
-        series = read_openface_csv(find_csv(b.openface_dir, clip.id), min_confidence=b.min_confidence,
-                                   presence_threshold=b.presence_threshold, fps=info.fps)  # fmt: skip
-    else:
-        from data_builders.au import openface_bin
-
-        series = openface_bin.extract(clip.path, binary=openface_bin.find_binary(b.openface_bin), min_confidence=b.min_confidence,
-                                      presence_threshold=b.presence_threshold, fps=info.fps)  # fmt: skip
+    series = source.read(clip, info, cfg)
     if info.kind != "image" and info.duration_s and info.duration_s > b.max_duration_s:
         keep = series.timestamps_s < b.max_duration_s
         for name in ("intensity", "presence", "frame_indices", "timestamps_s", "face"):

@@ -25,9 +25,9 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
+from emollm.dataset.label_parsing import find_label, mentions
 from emollm.dataset.label_sets import LabelSet
 from emollm.prompts import emotion_llama_sample
-from emollm.dataset.label_parsing import find_label, mentions
 
 TASKS = ("emotion", "reason")
 

@@ -41,10 +41,10 @@ from typing import Any
 from data_builders import inputs as inputs_mod
 from data_builders import pool as pool_mod
 from data_builders.au import AUSeries, load_aus, save_aus
+from data_builders.au.sources import get_au_source
 from data_builders.clip import (  # the per-clip stages (emollm infer runs them too, in memory)
     AUS_DIR,
     BUILDER_VERSION,
-    _au_version,
     _expression_version,
     check_setup,
     clip_stages,
@@ -52,15 +52,15 @@ from data_builders.clip import (  # the per-clip stages (emollm infer runs them 
     finish_record,
 )
 from data_builders.rules import load_rules
-from emollm.version import __version__
 from emollm.config import EmollmConfig, save_resolved
 from emollm.dataset.aus import MERR_AUS
-from emollm.dataset.io import atomic_write_text, write_jsonl
+from emollm.dataset.io import atomic_write_text, file_stamp, write_jsonl
 from emollm.dataset.label_sets import load_label_set
 from emollm.dataset.record import RECORD_VERSION
-from emollm.errors import AUExtractionError, ConfigError, EmollmError
+from emollm.errors import ConfigError, EmollmError
 from emollm.log import get_logger, progress
 from emollm.paths import ensure_folder, id_path, inside
+from emollm.version import __version__
 
 log = get_logger(__name__)
 
@@ -135,23 +135,10 @@ def aus_path(out_dir: Path, clip_id: str) -> Path:
     return id_path(out_dir / AUS_DIR, clip_id, ".npz")
 
 
-def _stat(path: Path) -> str:
-    try:
-        st = path.stat()
-        return f"{st.st_size}:{st.st_mtime_ns}"
-    except OSError:
-        return "missing"
-
-
 def au_fingerprint(cfg: EmollmConfig, clip: inputs_mod.ClipInput) -> str:
     b = cfg.build
-    settings: dict[str, Any] = {"source": b.au_source, "file": _stat(clip.path), "max_duration_s": b.max_duration_s}
-    if b.au_source == "builtin":
-        from data_builders.au.landmark_au import VERSION
-
-        settings.update(version=VERSION, baseline=b.baseline, percentile=b.baseline_percentile, presence=b.presence_threshold)
-    else:
-        settings.update(min_confidence=b.min_confidence, presence=b.presence_threshold, bin=b.openface_bin)
+    settings: dict[str, Any] = {"source": b.au_source, "file": file_stamp(clip.path), "max_duration_s": b.max_duration_s}
+    settings.update(get_au_source(b.au_source).settings(cfg, clip))  # the source's own (version, thresholds, its CSV)
     # the per-clip analysis (frames, face track, voiced frames, expression votes) is part of this stage
     from data_builders.analysis import VERSION as ANALYSIS_VERSION
 
@@ -159,13 +146,6 @@ def au_fingerprint(cfg: EmollmConfig, clip: inputs_mod.ClipInput) -> str:
                     detect_max_side=b.detect_max_side, face=dataclasses.asdict(cfg.media.face),
                     speech_aware_peak=b.speech_aware_peak, silence_dbfs=b.silence_dbfs,
                     expression=_expression_version(b.expression_model))  # fmt: skip
-    if b.au_source == "openface_csv":
-        try:
-            from data_builders.au.openface_csv import find_csv
-
-            settings["csv"] = _stat(find_csv(b.openface_dir, clip.id))
-        except AUExtractionError:
-            settings["csv"] = "missing"
     return _sha(settings)
 
 
@@ -174,7 +154,7 @@ def cue_fingerprint(cfg: EmollmConfig, clip: inputs_mod.ClipInput) -> str:
     b = cfg.build
     settings: dict[str, Any] = {"asr": b.asr, "tone": b.tone}
     if b.asr != "none" or b.tone != "none":
-        settings.update(file=_stat(clip.path), silence_dbfs=b.silence_dbfs, sample_rate=16000)
+        settings.update(file=file_stamp(clip.path), silence_dbfs=b.silence_dbfs, sample_rate=16000)
     if b.asr == "whisper":
         from data_builders.subtitles import model_version
 
@@ -355,10 +335,7 @@ def build(
     out = ensure_folder(out_dir, "build --out").resolve()  # a file or a loop there: one line, not a traceback
     ensure_folder(out / PARTS_DIR, "build --out")
     workers = workers or cfg.build.workers
-    if cfg.build.au_source == "openface_bin":
-        from data_builders.au.openface_bin import find_binary
-
-        find_binary(cfg.build.openface_bin)  # fail before any clip
+    check_setup(cfg)  # fail before any clip: AU source (OpenFace binary), whisper model, phrase table, writer prompt
     load_label_set(cfg.data.label_set)
     labels = inputs_mod.read_labels(cfg.data.labels_csv)
     subtitles = inputs_mod.read_subtitles(cfg.data.subtitles_csv)
@@ -370,7 +347,6 @@ def build(
     mine = [] if merge_only else [c for k, c in enumerate(clips) if k % count == index]
     summary = BuildSummary(total=len(mine), out_dir=str(out))
     label_fp = label_fingerprint(cfg)
-    check_setup(cfg)  # fail before any clip: whisper model, phrase table, writer prompt
     writer = make_writer_for(cfg, out) if merge else None
     describer = make_describer_for(cfg, out) if merge else None
     cue_fps = {c.id: cue_fingerprint(cfg, c) for c in clips}
@@ -477,7 +453,7 @@ def merge_outputs(cfg: EmollmConfig, out: Path, clips, parts, labels, subtitles,
         "text": text_stats,
         "config": "config.yaml",
         "versions": {"emollm": __version__, "builder": BUILDER_VERSION, "record": RECORD_VERSION,
-                     "au": _au_version(cfg.build.au_source), "rules": f"{table.name}/{table.version}+{table.digest}"},
+                     "au": get_au_source(cfg.build.au_source).version, "rules": f"{table.name}/{table.version}+{table.digest}"},
     }  # fmt: skip
     atomic_write_text(out / "manifest.json", json.dumps(manifest, indent=2, ensure_ascii=False) + "\n")
     save_resolved(cfg, out, command="build")

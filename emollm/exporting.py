@@ -42,12 +42,12 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from emollm.version import __version__
 from emollm.dataset.io import read_jsonl
 from emollm.errors import EmollmError
 from emollm.log import get_logger
 from emollm.modeling.modeling_emollm import ADAPTER_DIR, MEDIA_WEIGHTS_NAME
 from emollm.processing import PROCESSOR_CONFIG
+from emollm.version import __version__
 
 log = get_logger(__name__)
 

@@ -424,11 +424,7 @@ class Explainer:
         cfg = copy.deepcopy(self.cfg)
         cfg.data.labels_csv, cfg.data.subtitles_csv = None, None
         cfg.build.writer.backend, cfg.build.describer.backend, cfg.build.instructions = "template", "none", False
-        if cfg.build.au_source == "openface_bin":
-            from data_builders.au.openface_bin import find_binary
-
-            find_binary(cfg.build.openface_bin)  # once, before any clip
-        check_setup(cfg)  # whisper model, phrase table: one error for all clips, not one per clip
+        check_setup(cfg)  # AU source, whisper model, phrase table: one error for all clips, not one per clip
         for k, r in enumerate(results):
             if r.id in errors:
                 continue

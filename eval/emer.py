@@ -20,10 +20,10 @@ from pathlib import Path
 
 import numpy as np
 
+from emollm.dataset.label_parsing import excerpt
 from emollm.errors import JudgeError
 from emollm.resources import prompts_dir
 from eval.judges import Judge
-from emollm.dataset.label_parsing import excerpt
 
 PROMPTS = ("clue_summary", "emotion_words", "clue_score", "label_score")
 LANGUAGES = {"en": ".", "zh": "zh"}  # the prompts' folder under prompts/judge/, per language

@@ -17,8 +17,8 @@ from pathlib import Path
 
 import numpy as np
 
-from emollm.errors import EvaluationInputError
 from emollm.dataset.label_parsing import language_counts, mentions
+from emollm.errors import EvaluationInputError
 
 PROXY_NOTE = "proxy metric (offline approximation), not an EMER judge score"
 

@@ -18,9 +18,9 @@ from typing import Any
 
 import numpy as np
 
+from emollm.dataset.label_parsing import check_fallback, parse_label
 from emollm.dataset.label_sets import LabelSet, load_label_set
 from eval.classification import classification_metrics
-from emollm.dataset.label_parsing import check_fallback, parse_label
 
 
 def _decode(values: Any, tokenizer: Any) -> list[str]:

@@ -265,8 +265,8 @@ def _save_checkpoint(out: Path, epoch: int, model: BaselineModel, optimizer: tor
 
 def _run_info(cfg: cfglib.EmollmConfig, model: BaselineModel, train: BaselineSplit, evaluation: BaselineSplit | None,
               dataset_dir: Path) -> dict[str, Any]:
-    from emollm.version import __version__
     from emollm.dataset.label_sets import load_label_set
+    from emollm.version import __version__
 
     return {
         "kind": RUN_KIND, "version": 1, "emollm_version": __version__,

@@ -21,9 +21,9 @@ import traceback
 import warnings
 from collections.abc import Sequence
 
-from emollm.version import __version__
 from emollm.errors import EmollmError
 from emollm.log import setup_logging
+from emollm.version import __version__
 
 # Module names under emollm.cli, in --help order.
 COMMANDS = ("demo", "build", "review", "export", "features", "train", "predict", "infer", "render", "baseline", "evaluate", "probe", "models", "config")

@@ -74,4 +74,15 @@ def read_jsonl(path: str | os.PathLike[str], *, error: type[Exception] | None = 
         return list(parse_jsonl(fh, where=path, error=error, skip_bad=skip_bad))
 
 
-__all__ = ["atomic_write_bytes", "atomic_write_text", "jsonl_text", "parse_jsonl", "read_jsonl", "write_jsonl"]
+def file_stamp(path: str | os.PathLike[str]) -> str:
+    """``size:mtime_ns`` of a file ("missing" when it cannot be read): what a fingerprint records of an
+    input file, so a changed file is a cache miss without hashing its bytes."""
+    try:
+        st = os.stat(path)
+    except OSError:
+        return "missing"
+    return f"{st.st_size}:{st.st_mtime_ns}"
+
+
+__all__ = ["atomic_write_bytes", "atomic_write_text", "file_stamp", "jsonl_text", "parse_jsonl", "read_jsonl",
+           "write_jsonl"]

@@ -37,11 +37,11 @@ from urllib.parse import quote, unquote
 
 import torch
 
-from emollm.version import __version__
 from emollm.dataset.io import atomic_write_bytes  # noqa: F401 - also re-exported for old imports
 from emollm.errors import FeatureCacheError, FeatureEntryError, FeatureMissingError
 from emollm.features.key import NO_KEY, InputContext, describe_diff, same_clip
 from emollm.log import get_logger
+from emollm.version import __version__
 
 log = get_logger(__name__)
 

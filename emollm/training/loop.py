@@ -491,11 +491,11 @@ class Evaluator:
     """
 
     def __init__(self, cfg: EmollmConfig, accelerator: Any, model: Any, processor: Any, cache: Any):
+        from emollm.dataset.label_parsing import check_fallback
         from emollm.dataset.label_sets import load_label_set
         from emollm.inference import generation_kwargs
         from emollm.training.data import EmotionCollator, EmotionDataset
         from eval.classification import classification_metrics  # imported now (sklearn: seconds), not in the first eval
-        from emollm.dataset.label_parsing import check_fallback
 
         self.classification_metrics = classification_metrics
         t = cfg.train
@@ -570,8 +570,8 @@ class Evaluator:
         return total, count
 
     def _generate(self, model: Any) -> list[dict[str, Any]]:
-        from emollm.inference import generate
         from emollm.dataset.label_parsing import parse_label
+        from emollm.inference import generate
 
         rows = []
         for batch_items in self._batches(self.prompts, self.gen_shard, self.cfg.predict.batch_size):
@@ -651,10 +651,9 @@ def train(cfg: EmollmConfig, *, stop_after_step: int | None = None) -> TrainResu
     from accelerate.utils import DeepSpeedPlugin, ProjectConfiguration, set_seed
     from transformers import get_scheduler
 
+    from emollm.config.paths import check_input_paths
     from emollm.modeling.factory import save_run
     from emollm.training.data import EmotionCollator, LengthGroupedBatchSampler
-
-    from emollm.config.paths import check_input_paths
 
     check_input_paths(cfg, "train")  # the Python API too: a missing folder is named before any model loads
     t = cfg.train

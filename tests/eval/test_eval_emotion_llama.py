@@ -6,9 +6,9 @@ import numpy as np
 import pytest
 from sklearn.metrics import f1_score, recall_score
 
+from emollm.dataset.label_parsing import parse_label
 from emollm.dataset.label_sets import load_label_set
 from eval.io import read_emotion_llama_result, read_predictions
-from emollm.dataset.label_parsing import parse_label
 from eval.report import compare_runs
 
 

@@ -4,9 +4,9 @@ from __future__ import annotations
 
 import pytest
 
+from emollm.dataset.label_parsing import find_label, normalize_given_label, parse_label
 from emollm.dataset.label_sets import load_label_set
 from emollm.errors import ConfigError
-from emollm.dataset.label_parsing import find_label, normalize_given_label, parse_label
 
 MERR = load_label_set("merr")
 MELD = load_label_set("meld")

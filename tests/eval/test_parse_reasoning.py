@@ -13,7 +13,6 @@ import pytest
 import yaml
 
 from data_builders.writers import TemplateWriter, WriterItem
-from emollm.dataset.label_sets import available, load_label_set
 from emollm.dataset.label_parsing import (
     DEFAULT_STRATEGY,
     STRATEGIES,
@@ -24,6 +23,7 @@ from emollm.dataset.label_parsing import (
     parse_label,
     tokens,
 )
+from emollm.dataset.label_sets import available, load_label_set
 
 MERR = load_label_set("merr")
 CORPUS = yaml.safe_load((Path(__file__).with_name("data") / "reasoning_texts.yaml").read_text(encoding="utf-8"))
