@@ -81,12 +81,14 @@ def check_input_paths(cfg: Any, command: str, *, dataset_dir: str | os.PathLike 
         if not root.is_dir():
             raise _missing_folder(key, os.fspath(dataset), "a built dataset",
                                   hint="build it first: emollm build CLIPS_DIR --out DATASET_DIR")
-        if not (root / "annotations.jsonl").is_file():
+        if not (root / "annotations.jsonl").is_file() and not (root / "dataset_dict.json").is_file():
             raise ConfigError(f"{key}: {dataset} holds no annotations.jsonl: not a built dataset",
                               hint="build it first: emollm build CLIPS_DIR --out DATASET_DIR")
     frozen = {n: e for n, e in cfg.model.encoders.items() if e.modality != "au"}
     if command == "train" and frozen and cfg.features.on_missing == "error":
-        cache = cfg.features.cache_dir or (Path(dataset) / "features" if dataset else None)
+        # an `emollm export --to hf` folder's default cache is its source dataset's: training resolves it
+        hf_export = bool(dataset) and (Path(dataset) / "dataset_dict.json").is_file()
+        cache = cfg.features.cache_dir or (Path(dataset) / "features" if dataset and not hf_export else None)
         if cache is not None and not Path(cache).expanduser().is_dir():
             key = "features.cache_dir" if cfg.features.cache_dir else "the feature cache"
             raise FeatureCacheError(f"{key}: no such folder: {cache} (training reads cached encoder features)")

@@ -325,6 +325,12 @@ def samples_from_hf(data: Any) -> list[dict[str, Any]]:
     return [_from_row(row, record=False) for row in _rows(data)]
 
 
+def source_dataset_dir(path: str | os.PathLike) -> Path:
+    """The built dataset folder behind ``path``: ``path`` itself, or, for an export, the folder it was
+    exported from (its AU side files and default feature cache)."""
+    return read_hf_export(path)[0] if is_hf_export(path) else Path(path)
+
+
 def read_hf_export(path: str | os.PathLike) -> tuple[Path, list[dict[str, Any]]]:
     """(the dataset dir the export came from, its records as built): what training reads from an
     export folder; the AU side files (and the default feature cache) are that dataset dir's."""

@@ -259,6 +259,7 @@ def _process_group_kwargs(ds_plugin) -> list:
 
 
 def _dataset(cfg: EmollmConfig, model, processor):
+    from emollm.dataset.hf import source_dataset_dir
     from emollm.features.cache import FeatureCache
     from emollm.training.data import EmotionDataset
 
@@ -268,7 +269,8 @@ def _dataset(cfg: EmollmConfig, model, processor):
     if not Path(dataset_dir).is_dir():
         raise ConfigError(f"data.dataset_dir: {dataset_dir} is not a folder")
     frozen = any(s["kind"] != "au" for s in model.config.modalities.values())
-    cache = FeatureCache.from_config(cfg, dataset_dir) if frozen else None
+    # an `emollm export --to hf` folder trains on its records; its features are its source dataset's
+    cache = FeatureCache.from_config(cfg, source_dataset_dir(dataset_dir)) if frozen else None
     ds = EmotionDataset(dataset_dir, processor, cache, model.config.modalities, split=cfg.data.train_split,
                         tasks=cfg.train.tasks, seed=cfg.run.seed)
     if len(ds) == 0:

@@ -161,3 +161,15 @@ def test_training_reads_an_exported_dataset(built, tmp_path):
                  media=batch["media"], media_present=batch["media_present"], media_masks=batch["media_masks"]).loss
     assert torch.isfinite(loss) and loss > 0
     loss.backward()
+
+
+def test_emollm_train_on_an_export_folder(built, tmp_path):
+    # `emollm train data.dataset_dir=<export>`: the export's records, the source dataset's feature cache
+    out = tmp_path / "hf"
+    hf.export_hf(built, out)
+    assert hf.source_dataset_dir(out) == built.resolve() and hf.source_dataset_dir(built) == built
+    run = tmp_path / "run"
+    assert cli.main(["--quiet", "train", "--config", "tiny_cpu", *FAST, f"data.dataset_dir={out}", "data.train_split=fine",
+                     "train.max_steps=2", f"run.output_dir={run}"]) == 0
+    steps = [json.loads(line) for line in (run / "logs" / "train_log.jsonl").read_text().splitlines() if line.strip()]
+    assert steps and all(torch.isfinite(torch.tensor(s["loss"])) for s in steps if "loss" in s)
