@@ -186,10 +186,9 @@ def _done_ids(out: Path) -> set[str]:
         return set()
     data = out.read_bytes()
     keep = data if data.endswith(b"\n") or not data else data[: data.rfind(b"\n") + 1]
-    ids = set()
-    for line in keep.decode("utf-8").splitlines():
-        if line.strip():
-            ids.add(json.loads(line)["id"])
+    from emollm.dataset.io import parse_jsonl
+
+    ids = {row["id"] for row in parse_jsonl(keep.decode("utf-8").splitlines(), where=out)}
     if keep != data:
         log.warning("%s: dropped a partly written last line (the previous run was killed)", out)
         out.write_bytes(keep)

@@ -360,11 +360,11 @@ class ResponseCache:
             return None
 
     def put(self, key: str, entry: dict) -> None:
+        from emollm.dataset.io import atomic_write_text
+
         path = self._path(key)
         path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = path.with_suffix(f".{os.getpid()}.{threading.get_ident()}.tmp")
-        tmp.write_text(json.dumps(entry, ensure_ascii=False), encoding="utf-8")
-        os.replace(tmp, path)
+        atomic_write_text(path, json.dumps(entry, ensure_ascii=False), fsync=False)  # a cache: a lost reply is asked again
 
 
 @dataclass
