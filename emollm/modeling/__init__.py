@@ -5,6 +5,7 @@
 - :mod:`.media` — the media modules (learned AU encoders -> projectors -> prompts -> fusion)
 - :mod:`.projectors`, :mod:`.fusion` — projector registry, cross-modal fusion, modality prompt tokens
 - :mod:`.encoders`, :mod:`.au_encoder` — frozen encoder registry (feature extraction) and the AU encoder
+- :mod:`.backbones` — backbone family registry (detection, chat template, LoRA targets, recommended LR)
 """
 
 from transformers import AutoConfig, AutoModelForCausalLM
