@@ -1,12 +1,14 @@
 """One training step: emollm vs. a bare ``AutoModelForCausalLM`` + peft LoRA on identical token batches.
 
-    python benchmarks/train_step.py [--steps 10] [--sizes tiny,mid]
+    python benchmarks/train_step.py [--steps 25] [--sizes tiny,mid,large] [--threads N]
 
 Both sides get batches of the same shape: the emollm batch comes from the tiny built dataset (media
 placeholders included, i.e. media tokens count as tokens), the bare model gets random token ids of the
 same (batch, length) with the same attention mask. Both train the same LoRA (r, alpha, targets) with
 AdamW; emollm additionally trains its media modules (projectors, AU encoder) -- that is the overhead
-measured. Reported: median step time of each and their ratio (target <= 1.05), plus the real-token
+measured. Timed with the shared protocol (benchmarks/protocol.py): the two sides' steps interleaved in a
+rotating order, warm-ups discarded, ``--steps`` rounds; reported: median step time of each [min-max] and
+the median of the per-round ratios with its min, max and IQR (target <= 1.05), plus the real-token
 fraction of length-grouped batches (``LengthGroupedBatchSampler``) on a synthetic length mix (target
 >= 95 %). On CUDA also tokens/s and MFU of a 7B-shaped LLaMA backbone built from config with random
 weights (no download); on CPU MFU is not meaningful and is skipped.
@@ -17,37 +19,23 @@ from __future__ import annotations
 import argparse
 import json
 import shutil
-import statistics
 import sys
 import tempfile
-import time
 from pathlib import Path
 
 import torch
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
+sys.path.insert(0, str(ROOT / "benchmarks"))  # the shared protocol, also when loaded by path (tests)
+
+import protocol  # noqa: E402
 
 SIZES = {"tiny": None, "mid": {"hidden_size": 512, "num_hidden_layers": 4, "num_attention_heads": 8,
                                "num_key_value_heads": 8, "head_dim": 64, "intermediate_size": 1376},
          # the media modules' fixed cost shrinks against the backbone as it grows: the trend toward 7B
          "large": {"hidden_size": 1024, "num_hidden_layers": 8, "num_attention_heads": 16,
                    "num_key_value_heads": 16, "head_dim": 64, "intermediate_size": 2752}}
-
-
-def _timed_steps(step, n: int, warmup: int = 2) -> float:
-    for _ in range(warmup):
-        step()
-    times = []
-    for _ in range(n):
-        if torch.cuda.is_available():
-            torch.cuda.synchronize()
-        t0 = time.perf_counter()
-        step()
-        if torch.cuda.is_available():
-            torch.cuda.synchronize()
-        times.append(time.perf_counter() - t0)
-    return statistics.median(times)
 
 
 def _backbone_dir(size: str, work: Path) -> Path:
@@ -74,7 +62,8 @@ def _backbone_dir(size: str, work: Path) -> Path:
     return out
 
 
-def compare(size: str, dataset_dir: Path, split: str, work: Path, steps: int, batch_size: int = 2) -> dict:
+def compare(size: str, dataset_dir: Path, split: str, work: Path, steps: int, batch_size: int = 2,
+            warmup: int = protocol.WARMUP) -> dict:
     from peft import LoraConfig, get_peft_model
     from transformers import AutoModelForCausalLM
 
@@ -116,16 +105,15 @@ def compare(size: str, dataset_dir: Path, split: str, work: Path, steps: int, ba
         bare_opt.step()
         bare_opt.zero_grad(set_to_none=True)
 
-    # interleave to share any drift of the machine
-    t_emo, t_bare = [], []
-    for _ in range(3):
-        t_emo.append(_timed_steps(emollm_step, steps))
-        t_bare.append(_timed_steps(bare_step, steps))
-    e, b = min(t_emo), min(t_bare)
+    res = protocol.compare({"emollm": emollm_step, "bare": bare_step}, warmup=warmup, repeats=steps)
+    e, b, ratio = res["sides"]["emollm"], res["sides"]["bare"], res["ratios"]["emollm/bare"]
     groups = model.trainable_parameters_by_group()
     return {"size": size, "hidden": bare.config.hidden_size, "layers": bare.config.num_hidden_layers,
             "batch": list(ids.shape), "tokens": int(mask.sum()), "media_params": groups["media"],
-            "lora_params": groups["lora"], "emollm_step_s": e, "bare_step_s": b, "ratio": e / b}
+            "lora_params": groups["lora"], "emollm_step_s": e["median"], "bare_step_s": b["median"],
+            "ratio": ratio["median"], "ratio_min": ratio["min"], "ratio_max": ratio["max"], "ratio_iqr": ratio["iqr"],
+            "emollm_step_range_s": [e["min"], e["max"]], "bare_step_range_s": [b["min"], b["max"]],
+            "rounds": steps, "warmup": warmup}
 
 
 def real_token_fraction(batch_size: int = 8, n: int = 4000, seed: int = 0) -> dict:
@@ -170,7 +158,7 @@ def cuda_mfu(steps: int, batch: int = 4, seq: int = 2048) -> dict:
         opt.step()
         opt.zero_grad(set_to_none=True)
 
-    t = _timed_steps(step, steps)
+    t = protocol.time_one(step, repeats=steps)["median"]
     n_params = sum(p.numel() for p in model.parameters())
     tokens = batch * seq
     # frozen weights: forward 2N + input-grad backward 2N (no weight grads), + recompute 2N (checkpointing,
@@ -184,32 +172,40 @@ def cuda_mfu(steps: int, batch: int = 4, seq: int = 2048) -> dict:
 
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--steps", type=int, default=5)
+    ap.add_argument("--steps", type=int, default=25, help="timed rounds (one step of each side per round)")
+    ap.add_argument("--warmup", type=int, default=protocol.WARMUP, help="rounds run first and discarded")
     ap.add_argument("--sizes", default="tiny,mid")
+    ap.add_argument("--threads", type=int, default=None, help="torch / OpenMP threads (default: torch's)")
     ap.add_argument("--json", action="store_true", help="print one JSON object")
     args = ap.parse_args(argv)
-    torch.set_num_threads(max(1, torch.get_num_threads()))
+    info = protocol.setup_threads(args.threads)
     from emollm.testing.datasets import build_tiny_training_dataset
     from emollm.testing.samples import sample_media_dir
 
-    report: dict = {"device": "cuda" if torch.cuda.is_available() else "cpu", "threads": torch.get_num_threads()}
+    report: dict = {"device": "cuda" if torch.cuda.is_available() else "cpu", "threads": info["threads"],
+                    "protocol": info}
     with tempfile.TemporaryDirectory() as tmp:
         import contextlib
         import io
 
         with contextlib.redirect_stdout(io.StringIO()):
             dataset_dir, split = build_tiny_training_dataset(sample_media_dir(), Path(tmp))
-        report["step"] = [compare(s, dataset_dir, split, Path(tmp), args.steps) for s in args.sizes.split(",")]
+        report["step"] = [compare(s, dataset_dir, split, Path(tmp), args.steps, warmup=args.warmup)
+                          for s in args.sizes.split(",")]
     report["real_tokens"] = real_token_fraction()
     report["mfu"] = cuda_mfu(args.steps) if torch.cuda.is_available() else "needs CUDA (skipped on CPU)"
     if args.json:
         print(json.dumps(report, indent=1))
         return 0
     print(f"device {report['device']} ({report['threads']} threads)")
+    print(protocol.header(info))
     for r in report["step"]:
+        (e0, e1), (b0, b1) = r["emollm_step_range_s"], r["bare_step_range_s"]
         print(f"{r['size']:>5} (hidden {r['hidden']}, {r['layers']} layers, batch {r['batch']}, {r['tokens']} real tokens): "
-              f"emollm {r['emollm_step_s'] * 1e3:.1f} ms  bare+LoRA {r['bare_step_s'] * 1e3:.1f} ms  "
-              f"ratio {r['ratio']:.3f}  (media params {r['media_params']:,}, LoRA {r['lora_params']:,})")
+              f"emollm {r['emollm_step_s'] * 1e3:.1f} ms [{e0 * 1e3:.1f}-{e1 * 1e3:.1f}]  "
+              f"bare+LoRA {r['bare_step_s'] * 1e3:.1f} ms [{b0 * 1e3:.1f}-{b1 * 1e3:.1f}]  "
+              f"ratio {r['ratio']:.3f} [{r['ratio_min']:.3f}-{r['ratio_max']:.3f}, IQR {r['ratio_iqr']:.3f}, "
+              f"{r['rounds']} rounds]  (media params {r['media_params']:,}, LoRA {r['lora_params']:,})")
     rt = report["real_tokens"]
     print(f"real-token fraction, batch {rt['batch_size']}, {rt['samples']} samples: length-grouped "
           f"{100 * rt['grouped']:.1f}%  random {100 * rt['random']:.1f}%")

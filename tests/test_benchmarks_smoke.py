@@ -106,3 +106,25 @@ def test_faults_planted_pickle_runs_code_when_unpickled(tmp_path):
     ctx = bench.Ctx(tmp_path, seed=0, quick=True)
     ok, how = bench.verify_plant(ctx)
     assert ok, how
+
+
+def test_train_step_reports_the_ratio_with_its_spread(capsys, monkeypatch):
+    # the ratio comes from the shared protocol: per-round ratios of interleaved steps, median with min/max
+    import torch
+
+    for var in ("OMP_NUM_THREADS", "MKL_NUM_THREADS", "OMP_WAIT_POLICY"):
+        monkeypatch.delenv(var, raising=False)  # restored after the test: --threads sets them
+    threads = torch.get_num_threads()
+    bench = _load("train_step")
+    try:
+        assert bench.main(["--sizes", "tiny", "--steps", "3", "--warmup", "1", "--threads", "1", "--json"]) == 0
+    finally:
+        torch.set_num_threads(threads)
+    report = json.loads(capsys.readouterr().out)
+    assert report["protocol"]["threads"] == 1 and report["protocol"]["omp_wait_policy"]
+    (row,) = report["step"]
+    assert row["size"] == "tiny" and row["rounds"] == 3 and row["warmup"] == 1
+    for key in ("emollm_step_s", "bare_step_s", "ratio", "ratio_min", "ratio_max"):
+        assert _positive(row[key]), key
+    assert row["ratio_min"] <= row["ratio"] <= row["ratio_max"] and row["ratio_iqr"] >= 0
+    assert 0 < report["real_tokens"]["grouped"] <= 1

@@ -1,0 +1,118 @@
+"""The timing protocol every benchmark under benchmarks/ shares (one helper, one way to measure a ratio).
+
+    from protocol import setup_threads, compare, header, format_result   # in a script run as benchmarks/x.py
+
+- ``setup_threads(n)`` fixes torch's thread count, OMP/MKL_NUM_THREADS and OMP_WAIT_POLICY (PASSIVE unless
+  already set: spinning OpenMP workers steal the other side's cores on a shared machine) before timing.
+- ``compare(sides)`` runs the sides interleaved, one call of each per round, in an order that rotates every
+  round (A B, B A, A B, ... for two sides) so neither is always first; the first ``warmup`` rounds are
+  discarded. Each side gets its median, min, max and IQR; each ratio (the first side over each other one)
+  is computed per round, A_i / B_i, so the two timings of a ratio share the machine's state at that moment,
+  and reported as the median of those with its min, max and IQR. A noise burst that hits one side in one
+  round moves one per-round ratio, not the median.
+- ``header()`` / ``format_result()`` print the settings (threads, OMP_WAIT_POLICY, torch version, CPUs) and
+  the result, so every figure in benchmarks/README.md carries how it was measured.
+"""
+
+from __future__ import annotations
+
+import os
+import statistics
+import time
+from collections.abc import Callable
+
+WARMUP = 2
+REPEATS = 7
+
+
+def setup_threads(n: int | None = None) -> dict:
+    """Fix the thread settings for timing; returns them (``header`` prints the same)."""
+    import torch
+
+    os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
+    if n is not None and n > 0:
+        for var in ("OMP_NUM_THREADS", "MKL_NUM_THREADS"):
+            os.environ[var] = str(n)
+        torch.set_num_threads(n)
+    return settings()
+
+
+def settings() -> dict:
+    import torch
+
+    return {"threads": torch.get_num_threads(), "omp_wait_policy": os.environ.get("OMP_WAIT_POLICY", "(unset)"),
+            "omp_num_threads": os.environ.get("OMP_NUM_THREADS", "(unset)"), "torch": torch.__version__,
+            "cpus": os.cpu_count(), "cuda": torch.cuda.is_available()}
+
+
+def header(info: dict | None = None) -> str:
+    s = info or settings()
+    return (f"protocol: interleaved rounds, rotating order, warm-ups discarded, median [min-max]; "
+            f"threads {s['threads']}, OMP_WAIT_POLICY {s['omp_wait_policy']}, OMP_NUM_THREADS {s['omp_num_threads']}, "
+            f"torch {s['torch']}, {s['cpus']} CPUs{', CUDA' if s['cuda'] else ''}")
+
+
+def _sync() -> None:
+    import torch
+
+    if torch.cuda.is_available():
+        torch.cuda.synchronize()
+
+
+def _stats(xs: list[float]) -> dict:
+    xs = sorted(xs)
+    if len(xs) >= 2:
+        q1, _, q3 = statistics.quantiles(xs, n=4, method="inclusive")
+    else:
+        q1 = q3 = xs[0]
+    return {"median": statistics.median(xs), "min": xs[0], "max": xs[-1], "iqr": q3 - q1, "n": len(xs)}
+
+
+def order(names: list[str], round_index: int) -> list[str]:
+    """The order of the sides in one round: rotated by one each round."""
+    k = round_index % len(names)
+    return names[k:] + names[:k]
+
+
+def compare(sides: dict[str, Callable[[], object]], *, warmup: int = WARMUP, repeats: int = REPEATS,
+            clock: Callable[[], float] = time.perf_counter, sync: Callable[[], None] | None = _sync) -> dict:
+    """Time ``sides`` interleaved; the first side is the numerator of every ratio.
+
+    Returns ``{"sides": {name: stats}, "ratios": {"a/b": stats}, "times": {name: [kept seconds]},
+    "order": [names in call order, warm-ups included], "warmup", "repeats"}``.
+    """
+    names = list(sides)
+    if not names or repeats < 1 or warmup < 0:
+        raise ValueError("compare needs at least one side, repeats >= 1, warmup >= 0")
+    times: dict[str, list[float]] = {n: [] for n in names}
+    called: list[str] = []
+    for r in range(warmup + repeats):
+        for name in order(names, r):
+            if sync:
+                sync()
+            t0 = clock()
+            sides[name]()
+            if sync:
+                sync()
+            dt = clock() - t0
+            called.append(name)
+            if r >= warmup:
+                times[name].append(dt)
+    first = names[0]
+    ratios = {f"{first}/{other}": _stats([a / b for a, b in zip(times[first], times[other], strict=True)])
+              for other in names[1:]}
+    return {"sides": {n: _stats(times[n]) for n in names}, "ratios": ratios, "times": times,
+            "order": called, "warmup": warmup, "repeats": repeats}
+
+
+def time_one(fn: Callable[[], object], *, warmup: int = WARMUP, repeats: int = REPEATS, **kw) -> dict:
+    """One side alone (an absolute time, no ratio): the same protocol's stats."""
+    return compare({"x": fn}, warmup=warmup, repeats=repeats, **kw)["sides"]["x"]
+
+
+def format_result(result: dict, unit: float = 1e3, suffix: str = "ms") -> str:
+    parts = [f"{n} {s['median'] * unit:.1f} {suffix} [{s['min'] * unit:.1f}-{s['max'] * unit:.1f}]"
+             for n, s in result["sides"].items()]
+    parts += [f"ratio {k} {s['median']:.3f} [{s['min']:.3f}-{s['max']:.3f}, IQR {s['iqr']:.3f}]"
+              for k, s in result["ratios"].items()]
+    return "  ".join(parts) + f"  ({result['repeats']} rounds, {result['warmup']} warm-up)"

@@ -1,0 +1,119 @@
+"""benchmarks/protocol.py: the shared timing protocol, checked with a fake clock (no real timing)."""
+
+from __future__ import annotations
+
+import importlib.util
+import os
+import sys
+from pathlib import Path
+
+import pytest
+
+PATH = Path(__file__).resolve().parents[1] / "benchmarks" / "protocol.py"
+
+
+@pytest.fixture(scope="module")
+def protocol():
+    spec = importlib.util.spec_from_file_location("_bench_protocol", PATH)
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[spec.name] = module
+    spec.loader.exec_module(module)
+    return module
+
+
+class FakeClock:
+    """Each side's call advances the clock by the next duration scripted for that side."""
+
+    def __init__(self, durations: dict[str, list[float]]):
+        self.now = 0.0
+        self.durations = {k: list(v) for k, v in durations.items()}
+        self.calls: list[str] = []
+
+    def __call__(self) -> float:
+        return self.now
+
+    def side(self, name: str):
+        def run():
+            self.calls.append(name)
+            self.now += self.durations[name].pop(0)
+        return run
+
+
+def _run(protocol, durations, **kw):
+    clock = FakeClock(durations)
+    res = protocol.compare({n: clock.side(n) for n in durations}, clock=clock, sync=None, **kw)
+    return res, clock
+
+
+def test_sides_are_interleaved_in_a_rotating_order(protocol):
+    res, clock = _run(protocol, {"a": [1.0] * 5, "b": [1.0] * 5}, warmup=1, repeats=4)
+    assert clock.calls == res["order"] == ["a", "b", "b", "a", "a", "b", "b", "a", "a", "b"]
+    res, clock = _run(protocol, {"a": [1.0] * 3, "b": [1.0] * 3, "c": [1.0] * 3}, warmup=0, repeats=3)
+    assert clock.calls == ["a", "b", "c", "b", "c", "a", "c", "a", "b"]
+    assert set(res["ratios"]) == {"a/b", "a/c"}
+
+
+def test_warmups_are_discarded(protocol):
+    # the two warm-up rounds are slow (first call, allocation): none of them may reach the stats
+    res, _ = _run(protocol, {"a": [50.0, 40.0, 2.0, 2.0, 2.0], "b": [30.0, 20.0, 1.0, 1.0, 1.0]}, warmup=2, repeats=3)
+    assert res["times"] == {"a": [2.0, 2.0, 2.0], "b": [1.0, 1.0, 1.0]}
+    assert res["sides"]["a"] == {"median": 2.0, "min": 2.0, "max": 2.0, "iqr": 0.0, "n": 3}
+    assert res["ratios"]["a/b"]["median"] == 2.0
+
+
+def test_ratio_is_per_round_then_median(protocol):
+    # the machine drifts (both sides slow down together): per-round ratios stay 1.5, the pooled medians would not
+    a = [3.0, 6.0, 9.0, 12.0, 300.0]
+    b = [2.0, 4.0, 6.0, 8.0, 2.0]  # last round: a one-sided burst on a
+    res, _ = _run(protocol, {"a": a, "b": b}, warmup=0, repeats=5)
+    r = res["ratios"]["a/b"]
+    assert r["median"] == pytest.approx(1.5)
+    assert r["min"] == pytest.approx(1.5) and r["max"] == pytest.approx(150.0)
+    assert r["n"] == 5 and r["iqr"] == pytest.approx(0.0)
+
+
+def test_one_sided_burst_barely_moves_the_median_ratio(protocol):
+    base_a, base_b = [1.10, 1.12, 1.09, 1.11, 1.10, 1.11, 1.10], [1.0] * 7
+    calm, _ = _run(protocol, {"a": base_a, "b": base_b}, warmup=0, repeats=7)
+    burst_a = list(base_a)
+    burst_a[3] *= 1.5  # another job took the cores for one call of one side
+    noisy, _ = _run(protocol, {"a": burst_a, "b": base_b}, warmup=0, repeats=7)
+    assert abs(noisy["ratios"]["a/b"]["median"] - calm["ratios"]["a/b"]["median"]) <= 0.01
+    assert noisy["ratios"]["a/b"]["max"] == pytest.approx(1.665)
+
+
+def test_single_side_and_bad_arguments(protocol):
+    clock = FakeClock({"x": [1.0, 0.5, 0.5, 0.7]})
+    st = protocol.time_one(clock.side("x"), warmup=1, repeats=3, clock=clock, sync=None)
+    assert st["median"] == pytest.approx(0.5) and st["max"] == pytest.approx(0.7)
+    with pytest.raises(ValueError):
+        protocol.compare({}, repeats=3)
+    with pytest.raises(ValueError):
+        protocol.compare({"x": lambda: None}, repeats=0)
+
+
+def test_setup_threads_fixes_and_reports_the_settings(protocol, monkeypatch):
+    import torch
+
+    before = torch.get_num_threads()
+    monkeypatch.delenv("OMP_WAIT_POLICY", raising=False)
+    monkeypatch.setenv("OMP_NUM_THREADS", "7")
+    monkeypatch.setenv("MKL_NUM_THREADS", "7")
+    try:
+        info = protocol.setup_threads(1)
+        assert info["threads"] == 1 == torch.get_num_threads()
+        assert os.environ["OMP_WAIT_POLICY"] == "PASSIVE" and os.environ["OMP_NUM_THREADS"] == "1"
+        monkeypatch.setenv("OMP_WAIT_POLICY", "ACTIVE")
+        assert protocol.setup_threads(1)["omp_wait_policy"] == "ACTIVE"  # an explicit choice is kept
+        line = protocol.header(info)
+        for piece in ("threads 1", "OMP_WAIT_POLICY PASSIVE", f"torch {torch.__version__}", f"{os.cpu_count()} CPUs"):
+            assert piece in line
+    finally:
+        torch.set_num_threads(before)
+
+
+def test_format_result_prints_median_and_spread(protocol):
+    res, _ = _run(protocol, {"emollm": [0.011, 0.012, 0.013], "bare": [0.010] * 3}, warmup=0, repeats=3)
+    text = protocol.format_result(res)
+    assert "emollm 12.0 ms [11.0-13.0]" in text and "bare 10.0 ms [10.0-10.0]" in text
+    assert "ratio emollm/bare 1.200 [1.100-1.300" in text and "3 rounds, 0 warm-up" in text
