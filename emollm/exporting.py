@@ -46,6 +46,7 @@ from emollm.dataset.io import read_jsonl
 from emollm.errors import EmollmError
 from emollm.log import get_logger
 from emollm.modeling.modeling_emollm import ADAPTER_DIR, MEDIA_WEIGHTS_NAME
+from emollm.paths import check_new_output
 from emollm.processing import PROCESSOR_CONFIG
 from emollm.version import __version__
 
@@ -507,13 +508,7 @@ def _model_card(*, out_name: str, kind: str, run: RunDir, base: str | None, base
 
 # ------------------------------------------------------------------------------------------ export
 def _check_target(out: Path, run: Path, overwrite: bool) -> None:
-    if out.exists() and not out.is_dir():
-        raise EmollmError(f"--out {out} is a file", hint="give a folder path")
-    resolved_out, resolved_run = out.resolve(), run.resolve()
-    if resolved_out == resolved_run or resolved_run in resolved_out.parents or resolved_out in resolved_run.parents:
-        raise EmollmError(f"--out {out} overlaps the run dir {run}", hint="export to a folder outside the run dir")
-    if out.is_dir() and any(out.iterdir()) and not overwrite:
-        raise EmollmError(f"--out {out} exists and is not empty", hint="choose another folder, or pass --overwrite")
+    check_new_output(out, run, source_name="run dir", outside_hint="export to a folder outside the run dir", overwrite=overwrite)
 
 
 def _move_into_place(tmp: Path, out: Path) -> None:

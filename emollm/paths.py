@@ -20,7 +20,7 @@ import re
 from pathlib import Path
 from urllib.parse import quote
 
-from emollm.errors import ConfigError, UnsafePathError
+from emollm.errors import ConfigError, EmollmError, UnsafePathError
 
 MAX_COMPONENT_BYTES = 255  # ext4, xfs, apfs, ntfs (in UTF-16 units, so bytes is the stricter bound here)
 _DRIVE = re.compile(r"^[A-Za-z]:")
@@ -128,4 +128,15 @@ def ensure_folder(path: str | os.PathLike[str], what: str = "output folder") -> 
     return path
 
 
-__all__ = ["ensure_folder", "MAX_COMPONENT_BYTES", "flat_name", "id_parts", "id_path", "id_rel", "inside"]
+def check_new_output(out: Path, source: Path, *, source_name: str, outside_hint: str, overwrite: bool) -> None:
+    """An export's ``--out``: not a file, not inside (or holding) ``source``, and empty unless ``overwrite``."""
+    if out.exists() and not out.is_dir():
+        raise EmollmError(f"--out {out} is a file", hint="give a folder path")
+    resolved_out, resolved_src = out.resolve(), source.resolve()
+    if resolved_out == resolved_src or resolved_src in resolved_out.parents or resolved_out in resolved_src.parents:
+        raise EmollmError(f"--out {out} overlaps the {source_name} {source}", hint=outside_hint)
+    if out.is_dir() and any(out.iterdir()) and not overwrite:
+        raise EmollmError(f"--out {out} exists and is not empty", hint="choose another folder, or pass --overwrite")
+
+
+__all__ = ["check_new_output", "ensure_folder", "MAX_COMPONENT_BYTES", "flat_name", "id_parts", "id_path", "id_rel", "inside"]

@@ -33,6 +33,7 @@ from typing import Any
 from emollm.dataset.io import read_jsonl
 from emollm.dataset.record import read_dataset
 from emollm.errors import EmollmError, RecordSchemaError
+from emollm.paths import check_new_output
 
 FORMAT_VERSION = 1
 UNSPLIT = "unsplit"  # the DatasetDict key of rows whose split is None (the row's `split` column keeps None)
@@ -349,13 +350,8 @@ def export_hf(dataset_dir: str | os.PathLike, out_dir: str | os.PathLike, *, ove
     ``out_dir`` is replaced only with ``overwrite``. Returns ``{"records": {split: n}, "instructions":
     {task: n}}``."""
     src, out = Path(dataset_dir), Path(out_dir)
-    if out.exists() and not out.is_dir():
-        raise EmollmError(f"--out {out} is a file", hint="give a folder path")
-    s, o = src.resolve(), out.resolve()
-    if s == o or s in o.parents or o in s.parents:
-        raise EmollmError(f"--out {out} overlaps the dataset dir {src}", hint="export to a folder outside the dataset")
-    if out.is_dir() and any(out.iterdir()) and not overwrite:
-        raise EmollmError(f"--out {out} exists and is not empty", hint="choose another folder, or pass --overwrite")
+    check_new_output(out, src, source_name="dataset dir", outside_hint="export to a folder outside the dataset",
+                     overwrite=overwrite)
     records = load_dataset(src)  # reads and checks everything before anything is written
     tasks = {t: load_dataset(src, instructions=t) for t in instruction_tasks(src)}
     out.parent.mkdir(parents=True, exist_ok=True)
