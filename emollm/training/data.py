@@ -9,7 +9,6 @@
 
 from __future__ import annotations
 
-import json
 import os
 from collections import Counter
 from collections.abc import Iterator, Mapping, Sequence
@@ -18,6 +17,7 @@ from typing import Any
 
 import torch
 
+from emollm.dataset.io import parse_jsonl
 from emollm.errors import EmollmError, FeatureCacheError
 from emollm.features.cache import FeatureCache
 from emollm.log import get_logger
@@ -119,13 +119,7 @@ class EmotionDataset(torch.utils.data.Dataset):
         out = []
         for file in files:
             with open(file, encoding="utf-8") as fh:
-                for n, line in enumerate(fh, 1):
-                    if not line.strip():
-                        continue
-                    try:
-                        sample = json.loads(line)
-                    except ValueError as err:
-                        raise EmollmError(f"{file}:{n}: not JSON ({err})") from None
+                for n, sample in parse_jsonl(fh, where=file, error=EmollmError, numbered=True):
                     missing = [k for k in ("id", "messages", "target") if k not in sample]
                     if self.prompt_only:
                         missing = [k for k in missing if k != "target"]
