@@ -25,14 +25,20 @@ import argparse
 import json
 import os
 import shutil
+import sys
 import tempfile
 import time
 from pathlib import Path
 
-from data_builders.runner import build
-from emollm import config as cfglib
-from emollm.log import setup_logging
-from emollm.testing.samples import sample_media_dir
+ROOT = Path(__file__).resolve().parents[1]
+sys.path[:0] = [str(ROOT), str(ROOT / "benchmarks")]
+
+from protocol import StageTimer  # noqa: E402
+
+from data_builders.runner import build  # noqa: E402
+from emollm import config as cfglib  # noqa: E402
+from emollm.log import setup_logging  # noqa: E402
+from emollm.testing.samples import sample_media_dir  # noqa: E402
 
 CLIPS = ("single_face.mp4", "no_face.mp4", "face_noface.mov", "noface_face.mov", "WolfgangLanger_Pexels.mp4")
 
@@ -51,31 +57,6 @@ def run(workers: int, clips: Path, au_fps: float, detect: int) -> dict:
 
 
 # ------------------------------------------------------------------------------------------ --full
-
-
-class StageTimer:
-    """Exclusive wall time per stage of wrapped functions (a stage's time excludes stages it calls)."""
-
-    def __init__(self) -> None:
-        self.totals: dict[str, float] = {}
-        self.calls: dict[str, int] = {}
-        self._stack: list[list] = []
-
-    def wrap(self, stage: str, fn):  # noqa: ANN001, ANN201
-        def timed(*args, **kwargs):  # noqa: ANN002, ANN003, ANN202
-            frame = [stage, time.perf_counter(), 0.0]  # stage, start, time spent in nested stages
-            self._stack.append(frame)
-            try:
-                return fn(*args, **kwargs)
-            finally:
-                self._stack.pop()
-                spent = time.perf_counter() - frame[1]
-                self.totals[stage] = self.totals.get(stage, 0.0) + spent - frame[2]
-                self.calls[stage] = self.calls.get(stage, 0) + 1
-                if self._stack:
-                    self._stack[-1][2] += spent
-
-        return timed
 
 
 def tiny_whisper(folder: Path) -> Path:

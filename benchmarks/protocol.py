@@ -10,16 +10,19 @@
   is computed per round, A_i / B_i, so the two timings of a ratio share the machine's state at that moment,
   and reported as the median of those with its min, max and IQR. A noise burst that hits one side in one
   round moves one per-round ratio, not the median.
+- ``StageTimer`` splits one timed run into stages (exclusive wall time per wrapped entry point, a nested
+  stage not counted twice); ``timer.patched([(module, "name", "stage"), ...])`` wraps them for a block.
 - ``header()`` / ``format_result()`` print the settings (threads, OMP_WAIT_POLICY, torch version, CPUs) and
   the result, so every figure in benchmarks/README.md carries how it was measured.
 """
 
 from __future__ import annotations
 
+import contextlib
 import os
 import statistics
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 
 WARMUP = 2
 REPEATS = 7
@@ -116,3 +119,43 @@ def format_result(result: dict, unit: float = 1e3, suffix: str = "ms") -> str:
     parts += [f"ratio {k} {s['median']:.3f} [{s['min']:.3f}-{s['max']:.3f}, IQR {s['iqr']:.3f}]"
               for k, s in result["ratios"].items()]
     return "  ".join(parts) + f"  ({result['repeats']} rounds, {result['warmup']} warm-up)"
+
+
+class StageTimer:
+    """Exclusive wall time per stage of wrapped functions (a stage's time excludes the stages it calls)."""
+
+    def __init__(self, clock: Callable[[], float] = time.perf_counter) -> None:
+        self.clock = clock
+        self.totals: dict[str, float] = {}
+        self.calls: dict[str, int] = {}
+        self._stack: list[list] = []
+
+    def wrap(self, stage: str, fn: Callable) -> Callable:
+        def timed(*args, **kwargs):  # noqa: ANN002, ANN003, ANN202
+            frame = [stage, self.clock(), 0.0]  # stage, start, time spent in nested stages
+            self._stack.append(frame)
+            try:
+                return fn(*args, **kwargs)
+            finally:
+                self._stack.pop()
+                spent = self.clock() - frame[1]
+                self.totals[stage] = self.totals.get(stage, 0.0) + spent - frame[2]
+                self.calls[stage] = self.calls.get(stage, 0) + 1
+                if self._stack:
+                    self._stack[-1][2] += spent
+
+        return timed
+
+    @contextlib.contextmanager
+    def patched(self, targets: list[tuple[object, str, str]]) -> Iterator[StageTimer]:
+        """Wrap ``getattr(module, name)`` as ``stage`` for each (module, name, stage) inside the block.
+
+        Patch the name where the caller looks it up (``from x import f`` binds its own copy)."""
+        saved = [(mod, name, getattr(mod, name)) for mod, name, _ in targets]
+        try:
+            for mod, name, stage in targets:
+                setattr(mod, name, self.wrap(stage, getattr(mod, name)))
+            yield self
+        finally:
+            for mod, name, fn in reversed(saved):
+                setattr(mod, name, fn)

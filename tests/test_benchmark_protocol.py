@@ -117,3 +117,31 @@ def test_format_result_prints_median_and_spread(protocol):
     text = protocol.format_result(res)
     assert "emollm 12.0 ms [11.0-13.0]" in text and "bare 10.0 ms [10.0-10.0]" in text
     assert "ratio emollm/bare 1.200 [1.100-1.300" in text and "3 rounds, 0 warm-up" in text
+
+
+def test_stage_timer_counts_nested_stages_once_and_restores_patches(protocol):
+    """A stage's time excludes the stages it calls, and the patched names come back afterwards."""
+    import types
+
+    now = [0.0]
+
+    def tick(dt):
+        now[0] += dt
+
+    mod = types.SimpleNamespace()
+    mod.inner = lambda: tick(2.0)
+
+    def outer():
+        tick(1.0)
+        mod.inner()
+        tick(0.5)
+
+    mod.outer = outer
+    original = (mod.outer, mod.inner)
+    timer = protocol.StageTimer(clock=lambda: now[0])
+    with timer.patched([(mod, "outer", "analyse"), (mod, "inner", "decode")]):
+        mod.outer()
+        mod.inner()
+    assert timer.totals == {"analyse": 1.5, "decode": 4.0}
+    assert timer.calls == {"analyse": 1, "decode": 2}
+    assert (mod.outer, mod.inner) == original
