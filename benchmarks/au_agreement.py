@@ -11,7 +11,8 @@
   against the same CSV's AUs: the AU formulas alone, no detector in between.
 
 Per AU: Pearson's r of the intensities, presence F1 (OpenFace's ``AUxx_c`` as the truth), the presence
-rates; and the means over the AUs OpenFace marks present at least once.
+rates; and the means over the AUs OpenFace marks present at least once. Nothing is timed (the
+protocol header, printed first, records the thread settings the figures were made with).
 """
 
 from __future__ import annotations
@@ -23,6 +24,10 @@ import sys
 from pathlib import Path
 
 os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
+ROOT = Path(__file__).resolve().parents[1]
+sys.path[:0] = [str(ROOT), str(ROOT / "benchmarks")]  # the shared protocol, also when loaded by path (tests)
+
+import protocol  # noqa: E402
 
 
 def landmark_mode(csvs: list[Path]) -> dict:
@@ -84,6 +89,7 @@ def main(argv: list[str] | None = None) -> int:
     a = ap.parse_args(argv)
     overrides = [x for x in a.args if "=" in x]
     paths = [Path(x) for x in a.args if "=" not in x]
+    print(protocol.header(protocol.setup_threads(1)))
     if a.sample:
         from emollm.testing.samples import sample_path
 

@@ -22,8 +22,15 @@ box, after mapping back to the clean frame's coordinates), **false** detections 
 ``no_face.mp4``, **extra** boxes per frame in the one-face files (not the reference face),
 **lm err** (mean distance of the 68 landmarks to the reference ones, in inter-ocular distances,
 over the frames where the face was found) and **fps** (frames per second on this machine,
-landmark fitting included). Torch and BLAS run on one thread (``OMP_WAIT_POLICY=PASSIVE``); the
-detectors are interleaved frame by frame so machine load hits all alike. ``dlib_hog_1pass`` is
+landmark fitting included). Torch and BLAS run on one thread (``OMP_WAIT_POLICY=PASSIVE``). The
+accuracy pass runs the detectors through the shared protocol (benchmarks/protocol.py) with each frame
+as one round: per condition interleaved frame by frame, their order rotating every frame, the first
+``--warmup`` frames' times discarded (their detections still count); fps = kept frames / their summed
+time (one pass: for orientation). The **speed** section is the figure to compare: the detectors timed
+with the protocol on a fixed set (``--speed-frames`` face frames, each in all five conditions), one
+round = each detector on the whole set, ``--rounds`` kept after ``--warmup``; per detector ms per frame
+median [min-max], and the median per-round time ratio of the first detector (the default, mtcnn) to
+each other one [min-max, IQR]. ``--speed-only`` runs that section alone. ``dlib_hog_1pass`` is
 today's detector before this change (HOG, no second pass), registered here for comparison.
 
 ``--calibrate``: fit each detector's box map (``BoxMap``: centre offset and scale onto dlib-HOG
@@ -34,15 +41,19 @@ landmark disagreement before and after the map.
 detection on every frame, at the builder's settings (the five clips sampled at ``build.au_fps`` by
 ``data_builders.analysis.sample_indices``, decoded at ``build.frame_max_side``, detected at
 ``build.detect_max_side``, bridging on, ``min_frames`` as ``analyse_clip``), the modes interleaved
-clip by clip (their order alternating per repeat). Per mode: frames where the main face is found
+per clip (their order rotating every round). Per mode: frames where the main face is found
 (and those where every-frame has it absent but this mode has it, or the reverse), full-frame
 detector calls, the main-track landmark difference to every-frame mode in inter-ocular distances
-(mean / 95th percentile / max, over frames both have), ms per frame. The *jitter* line is the
-reference: the same landmarks refitted on the every-frame box moved by 2 % of its width.
+(mean / 95th percentile / max, over frames both have), ms per frame (median round), and the speed-up
+over every-frame mode: the median per-round time ratio every-frame / this mode [min-max, IQR], the
+modes timed with the protocol per clip (interleaved, rotating order, ``--warmup`` rounds discarded,
+``--repeats`` kept). The *jitter* line is the reference: the same landmarks refitted on the
+every-frame box moved by 2 % of its width.
 
-    python benchmarks/face_detection.py [--frames 8] [--detect-max-side 640] [--detectors a,b] [--json out.json]
+    python benchmarks/face_detection.py [--frames 8] [--detect-max-side 640] [--detectors a,b] [--rounds 11] [--json out.json]
+    python benchmarks/face_detection.py --speed-only [--rounds 11] [--speed-frames 2]
     python benchmarks/face_detection.py --calibrate [--frames 24]
-    python benchmarks/face_detection.py --tracking [--keyframe-every 1,3,5,8] [--repeats 2]
+    python benchmarks/face_detection.py --tracking [--keyframe-every 1,3,5,8] [--repeats 7] [--warmup 2]
 """
 
 from __future__ import annotations
@@ -57,13 +68,20 @@ import dataclasses  # noqa: E402
 import io  # noqa: E402
 import json  # noqa: E402
 import statistics  # noqa: E402
-import time  # noqa: E402
+import sys  # noqa: E402
 from collections import defaultdict  # noqa: E402
+from collections.abc import Callable  # noqa: E402
+from pathlib import Path  # noqa: E402
 from typing import NamedTuple  # noqa: E402
 
 import numpy as np  # noqa: E402
 import torch  # noqa: E402
 from PIL import Image, ImageFilter  # noqa: E402
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path[:0] = [str(ROOT), str(ROOT / "benchmarks")]  # the shared protocol, also when loaded by path (tests)
+
+import protocol  # noqa: E402
 
 from emollm import assets  # noqa: E402
 from emollm.media import FaceDetector, box_iou, read_frames  # noqa: E402
@@ -77,6 +95,7 @@ KNOWN_FACE = {"single_face.mp4": True, "WolfgangLanger_Pexels.mp4": True, "no_fa
 ONE_FACE = {"single_face.mp4", "WolfgangLanger_Pexels.mp4", "single_face.jpg", *assets.POSED_LABELS}
 CONDITIONS = ("clean", "small40", "small24", "canvas3x", "jpeg15")
 GREY = 128
+SPEED_ROUNDS = 11  # speed section: rounds for its ratios to repeat to +-0.03 (benchmarks/README.md)
 
 
 def register_baseline() -> None:
@@ -153,26 +172,81 @@ def lm_error(lm: np.ndarray, ref: np.ndarray) -> float:
 # ------------------------------------------------------------------------------------------ benchmark
 
 
-def timed_detect(detector: FaceDetector, image: np.ndarray):  # noqa: ANN201
-    t0 = time.perf_counter()
-    found = detector.detect(image)
-    return found, time.perf_counter() - t0
+def detect_all(detectors: dict[str, FaceDetector], images: list[np.ndarray], warmup: int) -> tuple[dict, dict]:
+    """Every detector on every image, timed with the protocol, one image per round.
+
+    Returns ({name: [detections per image]}, protocol.compare's result)."""
+    n = len(images)
+    out: dict[str, list] = {name: [] for name in detectors}
+
+    def side(name: str) -> Callable[[], None]:
+        det, got = detectors[name], out[name]
+        pos = [0]
+
+        def run() -> None:  # this round's image: the detectors of one round see the same one
+            got.append(det.detect(images[pos[0]]))
+            pos[0] += 1
+
+        return run
+
+    warmup = min(warmup, n - 1)
+    res = protocol.compare({name: side(name) for name in detectors}, warmup=warmup, repeats=n - warmup)
+    return out, res
 
 
-def run_benchmark(items: list[Item], names: list[str], detect_max_side: int) -> dict:
+def speed_images(items: list[Item], count: int, ref_hog: FaceDetector) -> list[np.ndarray]:
+    """``count`` face frames spread over the one-face files, each in every condition (the speed set)."""
+    pool = [it for it in items if it.file in ONE_FACE]
+    picks = [pool[round(i * (len(pool) - 1) / max(1, count - 1))] for i in range(count)] if count > 1 else pool[:1]
+    images = []
+    for item in picks:
+        hog = ref_hog.detect(item.frame)
+        face_w = max(d.box[2] - d.box[0] for d in hog) if hog else item.frame.shape[1] / 5
+        images += [make_condition(item.frame, c, face_w)[0] for c in CONDITIONS]
+    return images
+
+
+def run_speed(items: list[Item], names: list[str], detect_max_side: int, count: int, rounds: int,
+              warmup: int) -> dict:
+    """The detectors on the speed set with the protocol: one round = each detector on every image."""
+    detectors = {n: FaceDetector(n, detect_max_side=detect_max_side, fallback=False) for n in names}
+    ref_hog = FaceDetector("dlib_hog", detect_max_side=None, fallback=False)
+    images = speed_images(items, count, ref_hog)
+    for d in detectors.values():
+        d.detect(images[0])  # load the models outside the timing
+
+    def side(det: FaceDetector) -> Callable[[], None]:
+        return lambda: [det.detect(im) for im in images]
+
+    res = protocol.compare({n: side(d) for n, d in detectors.items()}, warmup=warmup, repeats=rounds)
+    return {"images": len(images), "frames": count, "rounds": rounds, "warmup": warmup,
+            "ms_per_frame": {n: {k: round(1000 * st[k] / len(images), 2) for k in ("median", "min", "max")}
+                             for n, st in res["sides"].items()},
+            "ratios": {k: {q: round(v, 4) for q, v in st.items()} for k, st in res["ratios"].items()}}  # fmt: skip
+
+
+def print_speed(speed: dict) -> None:
+    print(f"speed: {speed['frames']} face frame(s) x {len(CONDITIONS)} conditions = {speed['images']} images per round, "
+          f"{speed['rounds']} rounds after {speed['warmup']} warm-up")  # fmt: skip
+    for name, st in speed["ms_per_frame"].items():
+        print(f"  {name:15} {st['median']:8.1f} ms/frame [{st['min']:.1f}-{st['max']:.1f}]  "
+              f"{1000 / st['median']:7.2f} frames/s")  # fmt: skip
+    for key, r in speed["ratios"].items():
+        print(f"  time ratio {key:28} {r['median']:.3f} [{r['min']:.3f}-{r['max']:.3f}, IQR {r['iqr']:.3f}]")
+
+
+def run_benchmark(items: list[Item], names: list[str], detect_max_side: int, warmup: int = protocol.WARMUP) -> dict:
     detectors = {n: FaceDetector(n, detect_max_side=detect_max_side, fallback=False) for n in names}
     ref_hog = FaceDetector("dlib_hog", detect_max_side=None, fallback=False)  # reference landmarks
     for d in [*detectors.values(), ref_hog]:
         d.detect(items[0].frame)  # load the models outside the timing
 
-    # Clean pass first: it defines the reference faces (interleaved, timed as the "clean" condition).
+    # Clean pass first: it defines the reference faces (timed as the "clean" condition).
     found = defaultdict(dict)  # (condition, name) -> {item index: list[FaceDetection] in clean coords}
-    seconds = defaultdict(float)
-    for k, item in enumerate(items):
-        for name, det in detectors.items():
-            dets, dt = timed_detect(det, item.frame)
-            found[("clean", name)][k] = [(d.box, d.landmarks) for d in dets]
-            seconds[("clean", name)] += dt
+    timing = {}  # condition -> protocol.compare result
+    dets_by_name, timing["clean"] = detect_all(detectors, [it.frame for it in items], warmup)
+    for name, per_item in dets_by_name.items():
+        found[("clean", name)] = {k: [(d.box, d.landmarks) for d in dets] for k, dets in enumerate(per_item)}
 
     refs: dict[int, tuple] = {}  # item index -> (ref box, ref landmarks or None)
     majority = max(1, len(names) // 2 + len(names) % 2)
@@ -195,13 +269,14 @@ def run_benchmark(items: list[Item], names: list[str], detect_max_side: int) -> 
     all_w = statistics.median([w for ws in widths.values() for w in ws])
     face_w = {f: statistics.median(ws) for f, ws in widths.items()}
 
-    for k, item in enumerate(items):
-        for condition in CONDITIONS[1:]:
-            image, s, ox, oy = make_condition(item.frame, condition, face_w.get(item.file, all_w))
-            for name, det in detectors.items():
-                dets, dt = timed_detect(det, image)
-                found[(condition, name)][k] = [(back(d.box, s, ox, oy), (d.landmarks - [ox, oy]) / s) for d in dets]
-                seconds[(condition, name)] += dt
+    for condition in CONDITIONS[1:]:  # built before the timing, one condition at a time (canvas3x is large)
+        made = [make_condition(item.frame, condition, face_w.get(item.file, all_w)) for item in items]
+        dets_by_name, timing[condition] = detect_all(detectors, [m[0] for m in made], warmup)
+        for name, per_item in dets_by_name.items():
+            found[(condition, name)] = {
+                k: [(back(d.box, s, ox, oy), (d.landmarks - [ox, oy]) / s) for d in dets]
+                for k, (dets, (_, s, ox, oy)) in enumerate(zip(per_item, made, strict=True))}
+        del made
 
     no_face = [k for k, it in enumerate(items) if it.file == "no_face.mp4"]
     one_face = [k for k, it in enumerate(items) if it.file in ONE_FACE]
@@ -223,14 +298,18 @@ def run_benchmark(items: list[Item], names: list[str], detect_max_side: int) -> 
                 "false_per_frame_no_face": round(sum(len(got[k]) for k in no_face) / max(1, len(no_face)), 3),
                 "extra_per_frame_one_face": round(extra / max(1, len(one_face)), 3),
                 "lm_err_iod": round(statistics.mean(errs), 4) if errs else None,
-                "fps": round(len(items) / seconds[(condition, name)], 2),
+                "fps": round(len(timing[condition]["times"][name]) / sum(timing[condition]["times"][name]), 2),
             })  # fmt: skip
-    return {"frames": len(items), "should_have_face": len(refs), "detect_max_side": detect_max_side, "rows": rows}
+    first = timing["clean"]
+    return {"frames": len(items), "should_have_face": len(refs), "detect_max_side": detect_max_side, "rows": rows,
+            "timed_frames": first["repeats"], "warmup_frames": first["warmup"]}
 
 
 def print_table(result: dict) -> None:
     print(f"{result['frames']} frames ({result['should_have_face']} should have a face), "
-          f"detect_max_side={result['detect_max_side']}, torch threads {torch.get_num_threads()}")  # fmt: skip
+          f"detect_max_side={result['detect_max_side']}, torch threads {torch.get_num_threads()}; timing: "
+          f"fps over the last {result['timed_frames']} frames of each condition (first {result['warmup_frames']} "
+          f"discarded)")  # fmt: skip
     print(f"{'condition':9} {'detector':15} {'found':>11} {'false/fr':>8} {'extra/fr':>8} {'lm err':>7} {'fps':>7}")
     for r in result["rows"]:
         lm = f"{r['lm_err_iod']:.3f}" if r["lm_err_iod"] is not None else "-"
@@ -345,7 +424,7 @@ def tracking_clips() -> list[tuple[str, object]]:
     return out
 
 
-def run_tracking(keyframes: list[int], repeats: int, detect_max_side: int) -> dict:
+def run_tracking(keyframes: list[int], repeats: int, detect_max_side: int, warmup: int = protocol.WARMUP) -> dict:
     from emollm import config as cfglib
     from emollm.media import track_faces
     from emollm.media.faces import _takes_min_face
@@ -358,19 +437,20 @@ def run_tracking(keyframes: list[int], repeats: int, detect_max_side: int) -> di
     modes = [1, *[k for k in keyframes if k != 1]]
     clips = tracking_clips()
     detector.detect(clips[0][1].array[0])  # models loaded outside the timing
-    per = {(name, k): {"seconds": 0.0, "calls": 0} for name, _ in clips for k in modes}
-    results = {}
-    for rep in range(repeats):
-        for name, frames in clips:
-            n = len(frames.indices)
-            for k in modes if rep % 2 == 0 else modes[::-1]:
-                counted.calls = 0
-                t0 = time.perf_counter()
-                res = track_faces(frames, detector, iou_threshold=face.iou_threshold, max_gap=face.max_gap,
-                                  bridge=face.bridge, min_frames=2 if n >= 5 else 1, keyframe_every=k)  # fmt: skip
-                per[(name, k)]["seconds"] += time.perf_counter() - t0
-                per[(name, k)]["calls"] = counted.calls
-                results[(name, k)] = res
+    calls, results, timing = {}, {}, {}
+
+    def side(name: str, frames, k: int) -> Callable[[], None]:  # noqa: ANN001
+        def run() -> None:
+            counted.calls = 0
+            results[(name, k)] = track_faces(frames, detector, iou_threshold=face.iou_threshold, max_gap=face.max_gap,
+                                             bridge=face.bridge, min_frames=2 if len(frames.indices) >= 5 else 1,
+                                             keyframe_every=k)  # fmt: skip
+            calls[(name, k)] = counted.calls
+
+        return run
+
+    for name, frames in clips:  # per clip, the modes interleaved in a rotating order; ratios every-frame / mode
+        timing[name] = protocol.compare({k: side(name, frames, k) for k in modes}, warmup=warmup, repeats=repeats)
     rows = []
     for name, frames in clips:
         base = results[(name, 1)]
@@ -388,27 +468,32 @@ def run_tracking(keyframes: list[int], repeats: int, detect_max_side: int) -> di
                 "clip": name, "keyframe_every": k, "frames": res.num_frames, "found": len(res.face_frames),
                 "gained": sorted(set(res.face_frames) - set(base.face_frames)),
                 "lost": sorted(set(base.face_frames) - set(res.face_frames)),
-                "roi_frames": len(res.roi_frames), "full_frame_calls": per[(name, k)]["calls"],
+                "roi_frames": len(res.roi_frames), "full_frame_calls": calls[(name, k)],
                 "redetected": len(res.redetected), "bridged": len(res.bridged), "tracks": res.num_tracks,
                 "lm_diff_iod": {"mean": round(float(np.mean(diffs)), 4), "p95": round(float(np.percentile(diffs, 95)), 4),
                                 "max": round(float(np.max(diffs)), 4)} if diffs else None,
                 "jitter_2pct_iod": round(float(np.mean(jitter)), 4) if jitter else None,
-                "ms_per_frame": round(1000 * per[(name, k)]["seconds"] / repeats / res.num_frames, 2),
+                "ms_per_frame": round(1000 * timing[name]["sides"][k]["median"] / res.num_frames, 2),
+                "speedup_vs_every_frame": ({q: round(v, 4) for q, v in timing[name]["ratios"][f"1/{k}"].items()}
+                                           if k != 1 else None),
             })  # fmt: skip
-    return {"detect_max_side": detect_max_side, "repeats": repeats, "modes": modes, "rows": rows}
+    return {"detect_max_side": detect_max_side, "repeats": repeats, "warmup": warmup, "modes": modes, "rows": rows}
 
 
 def print_tracking(result: dict) -> None:
     print(f"track_faces: keyframe mode vs every frame, builder settings (detect_max_side={result['detect_max_side']}), "
-          f"{result['repeats']} repeat(s), torch threads {torch.get_num_threads()}")  # fmt: skip
+          f"{result['repeats']} round(s) after {result['warmup']} warm-up, torch threads {torch.get_num_threads()}")  # fmt: skip
     print(f"{'clip':26} {'every':>5} {'found':>9} {'lost':>4} {'gained':>6} {'full':>5} {'roi':>4} "
-          f"{'redet':>5} {'bridg':>5} {'lm mean':>7} {'p95':>6} {'max':>6} {'jitter':>6} {'ms/fr':>6}")  # fmt: skip
+          f"{'redet':>5} {'bridg':>5} {'lm mean':>7} {'p95':>6} {'max':>6} {'jitter':>6} {'ms/fr':>6}"
+          f"  speed-up vs every frame [min-max, IQR]")  # fmt: skip
     for r in result["rows"]:
         lm = r["lm_diff_iod"] or {"mean": 0.0, "p95": 0.0, "max": 0.0}
+        q = r["speedup_vs_every_frame"]
+        speedup = f"{q['median']:.3f} [{q['min']:.3f}-{q['max']:.3f}, IQR {q['iqr']:.3f}]" if q else "-"
         print(f"{r['clip']:26} {r['keyframe_every']:>5} {r['found']:>4}/{r['frames']:<4} {len(r['lost']):>4} "
               f"{len(r['gained']):>6} {r['full_frame_calls']:>5} {r['roi_frames']:>4} {r['redetected']:>5} "
               f"{r['bridged']:>5} {lm['mean']:>7.4f} {lm['p95']:>6.3f} {lm['max']:>6.3f} "
-              f"{r['jitter_2pct_iod'] or 0:>6.4f} {r['ms_per_frame']:>6.1f}")  # fmt: skip
+              f"{r['jitter_2pct_iod'] or 0:>6.4f} {r['ms_per_frame']:>6.1f}  {speedup}")  # fmt: skip
     print("all clips:")
     for k in result["modes"]:
         rs = [r for r in result["rows"] if r["keyframe_every"] == k]
@@ -420,7 +505,7 @@ def print_tracking(result: dict) -> None:
               f"lm diff (mean of clip means) {statistics.mean(means) if means else 0:.4f}, {ms:.1f} ms/frame")  # fmt: skip
 
 
-def main() -> None:
+def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--frames", type=int, default=8, help="frames sampled per clip")
     parser.add_argument("--detect-max-side", type=int, default=None,
@@ -429,20 +514,28 @@ def main() -> None:
     parser.add_argument("--calibrate", action="store_true", help="fit the box maps instead")
     parser.add_argument("--tracking", action="store_true", help="keyframe tracking vs every-frame detection instead")
     parser.add_argument("--keyframe-every", default="1,5", help="--tracking: the modes compared (1: every frame)")
-    parser.add_argument("--repeats", type=int, default=1, help="--tracking: runs per clip and mode (timing)")
+    parser.add_argument("--repeats", type=int, default=protocol.REPEATS,
+                        help=f"--tracking: timed rounds per clip, after the warm-up (default {protocol.REPEATS})")
+    parser.add_argument("--warmup", type=int, default=protocol.WARMUP,
+                        help="rounds (speed, --tracking) or frames per condition (fps) whose times are discarded")
+    parser.add_argument("--rounds", type=int, default=SPEED_ROUNDS,
+                        help=f"speed section: timed rounds after the warm-up (default {SPEED_ROUNDS}; 0: no speed section)")
+    parser.add_argument("--speed-frames", type=int, default=2, help="speed section: face frames (x 5 conditions)")
+    parser.add_argument("--speed-only", action="store_true", help="only the speed section (no accuracy pass)")
     parser.add_argument("--json", help="also write the results here")
-    args = parser.parse_args()
-    torch.set_num_threads(1)
+    args = parser.parse_args(argv)
+    info = protocol.setup_threads(1)
+    print(protocol.header(info))
     if args.tracking:
         from emollm import config as cfglib
 
         detect = args.detect_max_side or cfglib.load(None, []).build.detect_max_side
-        result = run_tracking([int(k) for k in args.keyframe_every.split(",")], args.repeats, detect)
+        result = run_tracking([int(k) for k in args.keyframe_every.split(",")], args.repeats, detect, args.warmup)
         print_tracking(result)
         if args.json:
             with open(args.json, "w", encoding="utf-8") as fh:
                 json.dump(result, fh, indent=2)
-        return
+        return 0
     register_baseline()
     items = load_items(args.frames)
     args.detect_max_side = args.detect_max_side or 640
@@ -454,12 +547,18 @@ def main() -> None:
     else:
         names = args.detectors.split(",") if args.detectors else [
             n for n in detector_names() if not n.endswith("_raw")]  # fmt: skip
-        result = run_benchmark(items, names, args.detect_max_side)
-        print_table(result)
+        result = {} if args.speed_only else run_benchmark(items, names, args.detect_max_side, args.warmup)
+        if result:
+            print_table(result)
+        if args.rounds > 0:
+            result["speed"] = run_speed(items, names, args.detect_max_side, args.speed_frames, args.rounds, args.warmup)
+            print_speed(result["speed"])
+        result["protocol"] = info
     if args.json:
         with open(args.json, "w", encoding="utf-8") as fh:
             json.dump(result, fh, indent=2)
+    return 0
 
 
 if __name__ == "__main__":
-    main()
+    raise SystemExit(main())

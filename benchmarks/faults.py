@@ -23,6 +23,10 @@ case cannot pass because the run had already finished).
 Printed: one row per case (name, handled, data lost, detail), then
 ``cases tried N / handled H / data lost L``; ``--json PATH`` writes the rows too. A case that cannot
 run here (e.g. an unreadable folder when running as root) is reported as skipped, not tried.
+
+Durations (each case's seconds on stderr, the total ``wall_s``) are one timed run each, not protocol
+rounds: a case is a verdict, run once (a kill case's moment is seeded), and its time is only context.
+The protocol header (threads, OMP_WAIT_POLICY, which the commands' processes get too) is printed first.
 """
 
 from __future__ import annotations
@@ -47,7 +51,9 @@ from pathlib import Path
 from typing import Any
 
 ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT))
+sys.path[:0] = [str(ROOT), str(ROOT / "benchmarks")]  # the shared protocol, also when loaded by path (tests)
+
+import protocol  # noqa: E402
 
 BUG_LINE = "this is a bug in emollm"
 TRACEBACK = "Traceback (most recent call last)"
@@ -1254,6 +1260,8 @@ def main(argv: list[str] | None = None) -> int:
     if unknown:
         parser.error(f"unknown case(s) {', '.join(unknown)}; --list shows them")
     os.environ.setdefault("OMP_NUM_THREADS", "1")
+    threads = os.environ["OMP_NUM_THREADS"]
+    print(protocol.header(protocol.setup_threads(int(threads) if threads.isdigit() else None)), flush=True)
     with contextlib.ExitStack() as stack:
         if args.work:
             work = Path(args.work).resolve()

@@ -13,6 +13,11 @@ on a copy of the test clips with every AU input zeroed. Each command runs in its
 Printed: each stage's time, and last one JSON line with ``uar_with_media``, ``uar_media_zeroed``,
 ``chance`` (1 / classes) and more (WARs, the labels predicted, backbone, steps, seconds).
 
+The stage times are one timed run each (train, predict, evaluate as a user runs them), not protocol
+rounds: a second training run would take as long again and answer nothing the first did not; they are
+context for the UARs, not a comparison. The protocol header (threads, OMP_WAIT_POLICY, which the
+commands' processes inherit) is printed first; ``--threads N`` fixes the thread count.
+
 ``--shuffled``: the control, the AUs drawn from a class independent of each clip's label (nothing in
 a clip carries its label): the trained model must then sit at chance with media too.
 """
@@ -28,7 +33,9 @@ import time
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT))
+sys.path[:0] = [str(ROOT), str(ROOT / "benchmarks")]  # the shared protocol, also when loaded by path (tests)
+
+import protocol  # noqa: E402
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -44,9 +51,11 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--shuffled", action="store_true", help="control: media independent of the label")
     parser.add_argument("--in-process", action="store_true", help="run the commands in this process (faster start-up)")
     parser.add_argument("--out", default=None, help="work dir to keep (data, config, run, predictions, eval)")
+    parser.add_argument("--threads", type=int, default=None, help="torch / OMP threads (default: torch's own)")
     args = parser.parse_args(argv)
 
     os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")  # spinning OpenMP threads cost more than they save on 2 cores
+    print(protocol.header(protocol.setup_threads(args.threads)), flush=True)
     from emollm.testing.media_task import run_media_task
 
     recipe = {"batch_size": args.batch_size} if args.batch_size else None

