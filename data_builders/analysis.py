@@ -99,32 +99,35 @@ def sample_indices(info, build) -> tuple[list[int], list[str]]:  # noqa: ANN001 
     return [i for i in indices if i < total] or [0], flags
 
 
-def _track_main_face(out: ClipAnalysis, cfg: Any, indices: list[int]) -> None:
+def _track_main_face(out: ClipAnalysis, cfg: Any, indices: list[int], stream: Any) -> None:
     """``out.track`` and ``out.landmarks``: the main face over the AU frames, then at the encoders'
     extra frames (``encoder_frames=True``).
 
     The track runs over the AU frames alone, exactly as a build without encoder frames sees the clip
     (keyframe tracking depends on which frames it is given), so ``emollm build``, ``features`` and
     ``infer`` of one clip measure the same landmarks, AUs and peak. An extra frame takes the main face
-    found near its box at the AU frame closest in time (none there: no face at that frame either)."""
-    from emollm.media.faces import find_near, track_faces
+    found near its box at the AU frame closest in time (none there: no face at that frame either),
+    followed from that box (``faces.follow``: the detector's last stage checks and refines it, a
+    search around it where that sees no face). ``stream``: the clip's :class:`~emollm.media.video.FrameStream`,
+    read row by row while it decodes."""
+    from emollm.media.faces import follow, track_faces
 
     face = cfg.media.face
     detector = _detector(cfg, out.still)
     au = out.au_positions
     measured = set(au)
-    extra = [p for p in range(len(out.frames.indices)) if p not in measured]
+    extra = [p for p in range(len(stream.indices)) if p not in measured]
     # a video's main face must be seen in 2 sampled frames: one stray detection is no speaker
-    out.track = track_faces(out.frames if not extra else out.frames.array[au], detector,
+    out.track = track_faces(stream.rows(au, indices=None if extra else stream.indices), detector,
                             iou_threshold=face.iou_threshold, max_gap=face.max_gap, bridge=face.bridge,
                             min_frames=2 if len(indices) >= 5 else 1, keyframe_every=face.keyframe_every)  # fmt: skip
     for k, lm in enumerate(out.track.landmarks):
         if lm is not None:
             out.landmarks[au[k]] = lm
-    times = np.asarray([out.frames.indices[p] for p in au])
+    times = np.asarray([stream.indices[p] for p in au])
     for pos in extra:
-        box = out.track.boxes[int(np.argmin(np.abs(times - out.frames.indices[pos])))]
-        found = find_near(out.frames.array[pos], box, detector) if box is not None else None
+        box = out.track.boxes[int(np.argmin(np.abs(times - stream.indices[pos])))]
+        found = follow(stream[pos], box, detector) if box is not None else None
         if found is not None:
             out.landmarks[pos] = found.landmarks
     if out.track.num_tracks > 1 or any(len(d) > 1 for d in out.track.detections):
@@ -161,50 +164,60 @@ def encoder_indices(info, media) -> list[int]:  # noqa: ANN001 - MediaInfo, Medi
 
 
 def analyse_clip(info, cfg, *, video: bool = True, faces: bool = True, audio: bool | None = None,  # noqa: ANN001
-                 aus: bool | None = None, encoder_frames: bool = False) -> ClipAnalysis:
+                 aus: bool | None = None, encoder_frames: bool = False, overlap: bool = False) -> ClipAnalysis:
     """Analyse one probed clip (``emollm.media.probe``) with ``cfg``'s build and media settings.
 
     ``audio`` None: decoded when a cue needs it (ASR, tone, speech-aware peak); ``aus`` None: measured
     when ``build.au_source`` is ``builtin``. ``encoder_frames``: also decode the frames the frozen
     encoders read (``media`` sampling) in the same pass and track the face over
     them too, for :meth:`ClipAnalysis.encoder_clip` / :meth:`~ClipAnalysis.encoder_crops`; the AUs are
-    still measured on the ``build.au_fps`` frames only. An unreadable audio stream is flagged
+    still measured on the ``build.au_fps`` frames only. ``overlap``: decode the frames in a background
+    thread while the audio decodes and the face track reads the first frames (less wall time for one
+    clip, as ``emollm infer`` wants; the same results and CPU time; a builder's workers keep it off, their
+    cores being busy with other clips). An unreadable audio stream is flagged
     (``audio_unreadable``), never fatal; an undecodable video raises MediaError."""
     from data_builders import tone
     from data_builders.au.landmark_au import series_from_landmarks
     from data_builders.au.sources import get_au_source
-    from emollm.media import read_frames_from
     from emollm.media.audio import load_audio_from
+    from emollm.media.video import FrameStream
 
     b = cfg.build
     out = ClipAnalysis(info=info)
     audio = needs_audio(cfg) if audio is None else audio
     aus = get_au_source(b.au_source).from_analysis if aus is None else aus
-    if audio and info.has_audio:
-        try:
-            out.audio = load_audio_from(info, 16000)
-        except MediaError as exc:
-            log.warning("%s: audio unreadable: %s", info.path, getattr(exc, "cause", exc))
-            out.flags.append("audio_unreadable")
-    if not (video and info.has_video):
-        return out
-    indices, flags = sample_indices(info, b)
-    out.flags += flags
-    # One resolution for every consumer, so a build and an `infer` of the same clip measure the same
-    # face: build.frame_max_side, or media.max_side when that is smaller.
-    max_side = min(b.frame_max_side, cfg.media.max_side or b.frame_max_side)
-    wanted = indices
-    if encoder_frames:
-        enc = encoder_indices(info, cfg.media)
-        wanted = sorted(set(indices) | set(enc))
-    out.frames = read_frames_from(info, wanted, max_side=max_side)
-    row = {idx: k for k, idx in enumerate(out.frames.indices)}
-    out.au_positions = [row[i] for i in indices]
-    out.encoder_positions = [row[i] for i in enc] if encoder_frames else []
-    n = len(out.frames.indices)
-    out.landmarks = np.full((n, 68, 2), np.nan)
-    if faces:
-        _track_main_face(out, cfg, indices)
+    stream = None
+    if video and info.has_video:
+        indices, sample_flags = sample_indices(info, b)
+        # One resolution for every consumer, so a build and an `infer` of the same clip measure the same
+        # face: build.frame_max_side, or media.max_side when that is smaller.
+        max_side = min(b.frame_max_side, cfg.media.max_side or b.frame_max_side)
+        wanted = indices
+        if encoder_frames:
+            enc = encoder_indices(info, cfg.media)
+            wanted = sorted(set(indices) | set(enc))
+        stream = FrameStream(info, wanted, max_side=max_side, background=overlap)
+    try:
+        if audio and info.has_audio:
+            try:
+                out.audio = load_audio_from(info, 16000)
+            except MediaError as exc:
+                log.warning("%s: audio unreadable: %s", info.path, getattr(exc, "cause", exc))
+                out.flags.append("audio_unreadable")
+        if stream is None:
+            return out
+        out.flags += sample_flags
+        row = {idx: k for k, idx in enumerate(wanted)}
+        out.au_positions = [row[i] for i in indices]
+        out.encoder_positions = [row[i] for i in enc] if encoder_frames else []
+        n = len(wanted)
+        out.landmarks = np.full((n, 68, 2), np.nan)
+        if faces:
+            _track_main_face(out, cfg, indices, stream)
+        out.frames = stream.result()
+    finally:
+        if stream is not None:
+            stream.close()
     times = np.asarray(out.frames.timestamps_s, dtype=np.float64)
     if out.audio is not None and b.speech_aware_peak and not out.still:
         out.voiced = tone.voiced_at(out.audio, times, silence_dbfs=b.silence_dbfs)

@@ -66,12 +66,13 @@ class ClipStages:
 
 
 def clip_stages(clip: inputs_mod.ClipInput, cfg: EmollmConfig, root: Path, *, encoder_frames: bool = False,
-                reused: dict[str, Any] | None = None, load_series: Callable[[], AUSeries] | None = None,
+                overlap: bool = False, reused: dict[str, Any] | None = None, load_series: Callable[[], AUSeries] | None = None,
                 old_cues: dict[str, Any] | None = None, save_series: Callable[[AUSeries], None] | None = None) -> ClipStages:
     """The build worker's stages for one clip (``root``: what the record's media path is relative to).
 
     ``encoder_frames``: also decode the frozen encoders' frames (and the audio) in the same pass, for a
-    caller that encodes the clip next. Resume (the runner): ``reused`` is the clip's previous part when
+    caller that encodes the clip next; ``overlap``: decode while the face is tracked (see
+    :func:`~data_builders.analysis.analyse_clip`). Resume (the runner): ``reused`` is the clip's previous part when
     its AUs still hold (``load_series`` reads them back), ``old_cues`` its audio cues when they still
     hold; ``save_series`` writes a freshly measured series (the AU side file) before the slower stages."""
     from emollm.media import probe
@@ -94,7 +95,8 @@ def clip_stages(clip: inputs_mod.ClipInput, cfg: EmollmConfig, root: Path, *, en
 
             stage = "analysis"  # one decode of the clip: frames, face track, audio, voiced frames, AUs
             out.analysis = analyse_clip(info, cfg, video=not reuse_aus, aus=None if not reuse_aus else False,
-                                        encoder_frames=encoder_frames, audio=True if encoder_frames else None)
+                                        encoder_frames=encoder_frames, audio=True if encoder_frames else None,
+                                        overlap=overlap)
         analysis = out.analysis
         if not info.has_video:
             flags.append("no_video")
@@ -172,17 +174,18 @@ class ClipRecord:
 
 
 def clip_record(path: str | os.PathLike, cfg: EmollmConfig, *, clip_id: str | None = None, subtitle: str | None = None,
-                encoder_frames: bool = False) -> ClipRecord:
+                encoder_frames: bool = False, overlap: bool = False) -> ClipRecord:
     """One clip -> its record, in memory (no dataset, no file written): the build's per-clip stages
     then its merge steps, with ``cfg``'s build settings. ``subtitle`` wins over ASR, as a subtitles CSV
     row does in a build (its provenance reads ``csv:subtitles.csv``); no labels CSV, no describer, no
-    reasoning writer. ``encoder_frames``: keep the encoders' frames in the analysis (see :func:`clip_stages`).
+    reasoning writer. ``encoder_frames``: keep the encoders' frames in the analysis; ``overlap``: decode
+    while the face is tracked (see :func:`clip_stages`).
     Call :func:`check_setup` once first. A clip the stages cannot use returns ``error`` (the reason)."""
     from data_builders.phrases import load_phrases
 
     path = Path(path)
     clip = inputs_mod.ClipInput(id=clip_id or path.stem, path=path)
-    stages = clip_stages(clip, cfg, path.parent, encoder_frames=encoder_frames)
+    stages = clip_stages(clip, cfg, path.parent, encoder_frames=encoder_frames, overlap=overlap)
     if stages.error is not None:
         return ClipRecord(None, analysis=stages.analysis, error=stages.error["reason"])
     given = (subtitle or "").strip() or None  # as a subtitles CSV cell is read
@@ -485,7 +488,7 @@ def _expression(analysis, cfg: EmollmConfig) -> dict[str, Any] | None:  # noqa: 
     landmarks = [None if np.isnan(analysis.landmarks[p, 0, 0]) else analysis.landmarks[p] for p in au]
     if not any(lm is not None for lm in landmarks):
         return None
-    cue = expression_cue(analysis.frames.array[au], landmarks, load_label_set(cfg.data.label_set), model=model)
+    cue = expression_cue([analysis.frames.array[p] for p in au], landmarks, load_label_set(cfg.data.label_set), model=model)
     # canonical emotions, not the run's label set: a relabel with another set reuses this vote
     mean = cue.frame_probabilities.mean(axis=0)
     probs: dict[str, float] = {}

@@ -19,6 +19,7 @@ register itself under another name.
 
 from __future__ import annotations
 
+import hashlib
 from collections.abc import Callable
 from dataclasses import asdict, dataclass
 
@@ -116,8 +117,29 @@ def _runs(mask: np.ndarray) -> list[tuple[int, int]]:
     return list(zip(edges[::2], edges[1::2], strict=True))
 
 
+_LAST_VOICING: tuple = (None, None)  # (key, track): the last clip's, read-only
+
+
 def _voicing(x: np.ndarray, sr: int, silence_dbfs: float):  # noqa: ANN202 - tuple of arrays
-    """Per 10 ms frame: (energy dB, peak dB, active, F0, voiced), or None for silent audio."""
+    """Per 10 ms frame: (energy dB, peak dB, active, F0, voiced), or None for silent audio.
+
+    A clip's audio is tracked twice (the analysis' voiced frames, then its prosody tone): the last
+    answer is kept, keyed by a digest of the samples, and given again (arrays read-only)."""
+    global _LAST_VOICING
+    x = np.ascontiguousarray(x, dtype=np.float64)
+    key = (hashlib.blake2b(memoryview(x).cast("B"), digest_size=16).digest(), len(x), sr, silence_dbfs)
+    if _LAST_VOICING[0] == key:
+        return _LAST_VOICING[1]
+    track = _voicing_uncached(x, sr, silence_dbfs)
+    if track is not None:
+        for a in track:
+            if isinstance(a, np.ndarray):
+                a.flags.writeable = False
+    _LAST_VOICING = (key, track)
+    return track
+
+
+def _voicing_uncached(x: np.ndarray, sr: int, silence_dbfs: float):  # noqa: ANN202
     frames = _frames(x)
     rms = np.sqrt(np.mean(frames**2, axis=1) + 1e-20)
     db = 20 * np.log10(rms + 1e-12)

@@ -44,7 +44,7 @@ from emollm.media.detectors import (
 )
 from emollm.media.detectors.base import Box, scale_face
 from emollm.media.detectors.dlib_detectors import PREDICTOR_FILENAME, face_model_path, import_dlib
-from emollm.media.video import Frames
+from emollm.media.video import FrameRows, Frames
 
 logger = get_logger(__name__)
 
@@ -122,6 +122,8 @@ class FaceDetection:
 def _as_frame_list(frames: Frames | np.ndarray | Sequence[np.ndarray]) -> list[np.ndarray]:
     if isinstance(frames, Frames):
         frames = frames.array
+    if isinstance(frames, FrameRows):
+        return frames  # type: ignore[return-value]  # read lazily, row by row, while it decodes
     if isinstance(frames, np.ndarray):
         if frames.ndim == 3:  # a single frame
             return [frames]
@@ -272,6 +274,19 @@ class FaceDetector:
             raw = backend.detect(image, max_side=None, upsample=0)
         sx, sy = (right - left) / cw, (bottom - top) / ch
         return self._finish(frame, [scale_face(f, sx, sy, left, top) for f in raw], spec)
+
+    def check(self, frame: np.ndarray, box: Box) -> FaceDetection | None:
+        """The face at ``box`` (dlib-HOG framing, full-frame coordinates) as the detector's last
+        stage sees it: its box refined there and the landmarks fitted on it, or None where that
+        stage sees no face, or the backend has no such stage (``verify``: MTCNN's O-Net)."""
+        spec, backend = self._backend()
+        verify = getattr(backend, "verify", None)
+        if verify is None:
+            return None
+        frame = _check_frame(frame)
+        raw = verify(frame, [spec.box_map.invert(box)])[0]
+        found = self._finish(frame, [raw], spec) if raw is not None else []
+        return found[0] if found else None
 
     def detect_frames(self, frames: Frames | np.ndarray | Sequence[np.ndarray]) -> list[list[FaceDetection]]:
         """Faces in every frame (a progress bar on stderr for long runs)."""
@@ -464,15 +479,34 @@ def _grow_box(box: Box, factor: float) -> Box:
 BRIDGE_REGION = 2.5  # a missed frame is searched again in the expected box enlarged this much
 BRIDGE_FACE_PX = 160.0  # ... on the crop resized so that a face the expected size is this wide (closer)
 BRIDGE_MIN_IOU = 0.3  # a face found there must overlap the expected box this much
+# ... so it is at least sqrt(0.3) ~ 0.55 of the box's side: faces under this fraction of it are not
+# looked for (MTCNN skips the pyramid's finer scales, ~3x faster; the same face is found, its box
+# within a few px of the full search's)
+BRIDGE_MIN_FACE = 0.4
 
 
 def find_near(frame: np.ndarray, box: Box, detector: FaceDetector) -> FaceDetection | None:
     """The face at about ``box`` in ``frame``, looked for as a missed frame of a track is: in the box
-    enlarged :data:`BRIDGE_REGION` times, closer (:meth:`FaceDetector.detect_around`); the one
-    overlapping ``box`` most, if by IoU >= :data:`BRIDGE_MIN_IOU`, else None."""
-    found = detector.detect_around(frame, box, grow=BRIDGE_REGION, face_px=BRIDGE_FACE_PX)
+    enlarged :data:`BRIDGE_REGION` times, closer (:meth:`FaceDetector.detect_around`, for faces from
+    :data:`BRIDGE_MIN_FACE` of the box's size); the one overlapping ``box`` most, if by IoU >=
+    :data:`BRIDGE_MIN_IOU`, else None."""
+    found = detector.detect_around(
+        frame, box, grow=BRIDGE_REGION, face_px=BRIDGE_FACE_PX, min_face=BRIDGE_MIN_FACE * BRIDGE_FACE_PX
+    )
     best = max(found, key=lambda d: box_iou(d.box, box), default=None)
     return best if best is not None and box_iou(best.box, box) >= BRIDGE_MIN_IOU else None
+
+
+def follow(frame: np.ndarray, box: Box, detector: FaceDetector) -> FaceDetection | None:
+    """The face at about ``box`` in ``frame`` (a frame close in time to the one ``box`` was found
+    in), as :func:`find_near` answers, cheaper: a backend with a ``verify`` stage (MTCNN's O-Net)
+    checks the box itself and refines it (one 48x48 crop instead of a pyramid search); where it
+    sees no face there, or its face overlaps ``box`` by IoU < :data:`BRIDGE_MIN_IOU`, the search
+    :func:`find_near` decides."""
+    found = detector.check(frame, box)
+    if found is not None and box_iou(found.box, box) >= BRIDGE_MIN_IOU:
+        return found
+    return find_near(frame, box, detector)
 
 
 def bridge_gaps(
@@ -626,7 +660,7 @@ def track_faces(
         iou_threshold=iou_threshold,
         max_gap=max_gap,
         min_frames=min_frames,
-        frame_indices=frames.indices if isinstance(frames, Frames) else None,
+        frame_indices=frames.indices if isinstance(frames, (Frames, FrameRows)) else None,
     )
     result.roi_frames = roi
     if bridge:

@@ -19,8 +19,10 @@ def test_a_clip_is_decoded_once_and_every_cue_reads_that_decode(sample_dir, tmp_
     import emollm.media as media
     import emollm.media.audio as audio
     import emollm.media.faces as faces
+    import emollm.media.video as video
 
     call_counter(media, "read_frames_from", "frames")
+    call_counter(video, "read_frames_from", "frames")  # what FrameStream's decode thread calls
     call_counter(audio, "load_audio_from", "audio")
     call_counter(media, "track_faces", "track")
     call_counter(faces, "track_faces", "track")
@@ -157,3 +159,21 @@ def test_clip_record_in_memory_is_the_builds_record(sample_dir, tmp_path):
     bad = clip_record(clips / "broken.mp4", cfg)
     errors = [json.loads(line) for line in (tmp_path / "ds" / "errors.jsonl").read_text().splitlines()]
     assert bad.record is None and bad.error == next(e["reason"] for e in errors if e["id"] == "broken")
+
+
+def test_an_overlapped_decode_gives_the_same_analysis(sample_dir):
+    """infer decodes while it tracks the face (overlap=True); frames, landmarks and AUs are those of the plain order."""
+    import numpy as np
+
+    from data_builders.analysis import analyse_clip
+    from emollm.media import probe
+
+    cfg = cfglib.load("tiny_cpu")
+    info = probe(sample_dir / "face_noface.mov")
+    plain = analyse_clip(info, cfg, encoder_frames=True, audio=True)
+    overlapped = analyse_clip(info, cfg, encoder_frames=True, audio=True, overlap=True)
+    assert np.array_equal(plain.frames.array, overlapped.frames.array)
+    assert np.array_equal(plain.landmarks, overlapped.landmarks, equal_nan=True)
+    assert plain.face_positions == overlapped.face_positions and len(plain.face_positions) > 5
+    assert np.array_equal(plain.aus.intensity, overlapped.aus.intensity, equal_nan=True)
+    assert plain.flags == overlapped.flags

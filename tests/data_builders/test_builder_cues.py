@@ -188,3 +188,23 @@ def test_whisper_subtitle_reaches_record_and_description(sample_dir, tmp_path) -
     assert rec["provenance"]["subtitle"]["source"] == "whisper" and "asr_repetition_dropped" in rec["flags"]
     assert rec["coarse_description"].endswith('saying: "I can\'t believe it".')
     assert "I can't believe it" in rec["reasoning"]
+
+
+def test_a_clips_voicing_is_tracked_once(monkeypatch) -> None:
+    """The analysis' voiced frames and the prosody tone of one clip's audio share one F0 track (same
+    answer as tracking it again); other audio is tracked afresh."""
+    from data_builders import tone
+
+    t = np.arange(16000 * 2) / 16000
+    x = (0.3 * np.sin(2 * np.pi * 160 * t) * (t % 1.0 < 0.3)).astype(np.float32)  # voiced bursts
+    calls: list[int] = []
+    real = tone.yin_f0
+    monkeypatch.setattr(tone, "yin_f0", lambda *a, **k: calls.append(1) or real(*a, **k))
+    monkeypatch.setattr(tone, "_LAST_VOICING", (None, None))
+    voiced = tone.voiced_at(x, np.array([0.1, 0.65, 1.1]))
+    first = prosody_features(x)
+    assert len(calls) == 1 and voiced.tolist() == [True, False, True] and first.voiced_s > 0.3
+    monkeypatch.setattr(tone, "_LAST_VOICING", (None, None))
+    assert prosody_features(x) == first and len(calls) == 2  # the kept answer is the computed one
+    quieter = prosody_features(0.5 * x)
+    assert len(calls) == 3 and quieter.peak_dbfs < first.peak_dbfs

@@ -34,6 +34,20 @@ def test_frames_by_index_match_a_full_decode(sample_dir, name, indices):
     assert not np.array_equal(frames.array[0], frames.array[-1])
 
 
+def test_downscaled_frames_are_the_per_frame_conversion(sample_dir):
+    """The decoder's one reused swscale context gives the pixels of frame.to_ndarray(width=..., AREA),
+    frame by frame (960x540 -> 640x360)."""
+    path = sample_dir / "noface_face.mov"
+    indices = [0, 3, 83, 168]
+    frames = read_frames(path, indices, max_side=640)
+    with av.open(str(path)) as container:
+        ref = {i: f.to_ndarray(format="rgb24", width=640, height=360, interpolation="AREA")
+               for i, f in enumerate(container.decode(video=0)) if i in indices}  # fmt: skip
+    assert frames.array.shape == (4, 360, 640, 3)
+    for row, i in enumerate(indices):
+        np.testing.assert_array_equal(frames.array[row], ref[i])
+
+
 def test_uniform_frames_shape_dtype_timestamps(sample_dir):
     frames = read_frames(sample_dir / "single_face.mp4", num_frames=16)
     assert frames.array.shape == (16, 360, 640, 3)

@@ -51,7 +51,12 @@ class BoxDetector(Protocol):
         A backend may also take an optional ``min_face`` keyword (px at detection resolution: the
         smallest face worth searching for in this call, a hint it may use to skip work; MTCNN
         does). :class:`~emollm.media.faces.FaceDetector` passes it only to backends whose
-        ``detect`` names it."""
+        ``detect`` names it.
+
+        A backend may also have ``verify(frame, boxes) -> list[RawFace | None]``: its last stage
+        run on given boxes (one answer per box: the face there, its box refined, or None), how a
+        face followed from a nearby frame is checked cheaply (MTCNN's O-Net does it;
+        :meth:`~emollm.media.faces.FaceDetector.check`, ``faces.follow``)."""
         ...
 
 
@@ -79,6 +84,17 @@ class BoxMap:
         cy = (top + bottom) / 2 + (self.dy or 0.0) * s
         half = (self.scale if self.scale is not None else 1.0) * s / 2
         return (cx - half, cy - half, cx + half, cy + half)
+
+    def invert(self, box: Box) -> Box:
+        """The square detector box that :meth:`apply` maps onto ``box`` (dlib-HOG framing) (a box
+        tracked in dlib framing, handed back to the detector to check)."""
+        if self.is_identity:
+            return box
+        left, top, right, bottom = box
+        s = ((right - left) + (bottom - top)) / 2 / (self.scale if self.scale is not None else 1.0)
+        cx = (left + right) / 2 - (self.dx or 0.0) * s
+        cy = (top + bottom) / 2 - (self.dy or 0.0) * s
+        return (cx - s / 2, cy - s / 2, cx + s / 2, cy + s / 2)
 
 
 @dataclass(frozen=True)

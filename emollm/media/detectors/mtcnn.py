@@ -263,6 +263,22 @@ def run_cascade(
     return boxes[keep], scores[keep], points[keep]
 
 
+@torch.inference_mode()
+def run_onet(
+    image: np.ndarray, boxes: np.ndarray, onet: ONet, *, threshold: float = THRESHOLDS[2]
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """O-Net alone on given (N, 4) boxes of a uint8 RGB image (squared first, as the cascade's
+    R-Net output is): (refined boxes, scores, points) per box, score NaN where below ``threshold``."""
+    boxes = _square(np.asarray(boxes, dtype=np.float64).reshape(-1, 4))
+    prob, offsets, marks = _batched(onet, _to_input(_crops(Image.fromarray(image), boxes, 48)))
+    size = boxes[:, 2:4] - boxes[:, 0:2]
+    points = np.stack(
+        [boxes[:, 0:1] + size[:, 0:1] * marks[:, 0:5], boxes[:, 1:2] + size[:, 1:2] * marks[:, 5:10]], axis=-1
+    )
+    scores = np.where(prob >= threshold, prob.astype(np.float64), np.nan)
+    return _refine(boxes, offsets.astype(np.float64)), scores, points
+
+
 class MtcnnDetector:
     """MTCNN as a registered backend: ``min_face_size`` px at detection resolution (halved per
     ``upsample`` step instead of enlarging the frame), ``threshold`` the O-Net probability (0.7).
@@ -294,4 +310,16 @@ class MtcnnDetector:
         return [
             scale_face(RawFace(tuple(float(v) for v in b), float(s), p), sx, sy)  # type: ignore[arg-type]
             for b, s, p in zip(boxes, scores, points, strict=True)
+        ]
+
+    def verify(self, frame: np.ndarray, boxes: list) -> list[RawFace | None]:
+        """O-Net on each of ``boxes`` (frame coordinates, the frame as given): the face there with
+        its refined box, or None where O-Net says no face (probability under the threshold)."""
+        if not len(boxes):
+            return []
+        with torch_threads(self.threads):
+            refined, scores, points = run_onet(frame, np.asarray(boxes), self.nets[2], threshold=self.thresholds[2])
+        return [
+            None if np.isnan(s) else RawFace(tuple(float(v) for v in b), float(s), p)  # type: ignore[arg-type]
+            for b, s, p in zip(refined, scores, points, strict=True)
         ]
