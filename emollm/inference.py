@@ -34,7 +34,7 @@ from typing import Any
 import torch
 
 from emollm import config as cfglib
-from emollm.errors import ConfigError, EmollmError
+from emollm.errors import ConfigError, EmollmError, MediaTokenMismatchError
 from emollm.log import get_logger, progress
 
 log = get_logger(__name__)
@@ -208,7 +208,13 @@ def _fill_cache(cfg: cfglib.EmollmConfig, model: Any, dataset: Path, records: It
     missing = sum(cache.status(r["id"], n) == "missing" for r in records for n in frozen)
     if missing:
         log.info("predict: the feature cache lacks %d entries for this run's encoders: computing them", missing)
-        summary = extract_features(cfg, dataset)
+        # the model's own live encoders (loaded once per model, kept), not a second copy built per call
+        live = model.load_encoders(frozen)
+        device = next(model.parameters()).device
+        for encoder in live.values():
+            if hasattr(encoder, "to") and getattr(encoder, "device", None) != device:
+                encoder.to(device)
+        summary = extract_features(cfg, dataset, encoders=live)
         missing = summary.entries_computed + summary.entries_absent
         cache.bind_specs(model.config.modalities)  # bound before the folders existed: bind again
     return cache, missing
@@ -304,7 +310,13 @@ CUE_FIELDS = ("pseudo_label", "pseudo_label_confidence", "aus_present_at_peak", 
 
 
 class Explainer:
-    """A trained run, ready to explain raw clips (see the module docstring)."""
+    """A trained run, ready to explain raw clips (see the module docstring).
+
+    ``overlap_decode`` (True): each clip's frames decode in a background thread while its face is
+    tracked, which shortens one clip's wall time and changes no result; False runs the stages one
+    after the other (a per-stage profile, as ``benchmarks/infer_latency.py`` takes)."""
+
+    overlap_decode = True
 
     def __init__(self, model: Any, processor: Any, cfg: cfglib.EmollmConfig, run_dir: str | os.PathLike | None = None):
         from eval.label_sets import load_label_set
@@ -371,18 +383,38 @@ class Explainer:
         per_clip_build = (time.perf_counter() - t0) / max(len(clips), 1)
         if workdir is not None:
             _dump_analysis(workdir, analysed.values())
-        items: list[tuple[int, dict[str, Any]]] = []
+        # Each clip's encoder inputs, then every clip's inputs of a modality through its live encoder in
+        # batches (as `emollm features` does), then the prompts.
+        staged: list[tuple[int, Any, dict[str, Any], dict[str, str]]] = []
         for i, result in enumerate(results):
             result.timings_s["analyse"] = per_clip_build
             if result.id in errors:
                 result.error = errors[result.id]
                 continue
+            result.task = task
             t1 = time.perf_counter()
             try:
-                items.append((i, self._item(analysed.pop(result.id), Path(result.clip), task, use, result)))
+                done = analysed.pop(result.id)
+                staged.append((i, done, *self._encoder_inputs(done, Path(result.clip), use)))
             except EmollmError as err:
                 result.error = err.message
             result.timings_s["encoders"] = time.perf_counter() - t1
+        t1 = time.perf_counter()
+        features = self._encode_live([inputs for _, _, inputs, _ in staged])
+        shared = (time.perf_counter() - t1) / max(len(staged), 1)
+        instruction = infer_instruction(self.cfg, task)
+        items: list[tuple[int, dict[str, Any]]] = []
+        for (i, done, _, absent), feats in zip(staged, features, strict=True):
+            result = results[i]
+            t1 = time.perf_counter()
+            try:
+                if isinstance(feats, EmollmError):
+                    raise feats
+                items.append((i, self._item(done, Path(result.clip), task, use, result, live=(feats, absent),
+                                            instruction=instruction)))
+            except EmollmError as err:
+                result.error = err.message
+            result.timings_s["encoders"] += shared + time.perf_counter() - t1
         collator = EmotionCollator(self.processor, self.modalities, padding_side="left")
         gen_kwargs = generation_kwargs(self.cfg.predict, **gen)
         lengths = [len(item["input_ids"]) for _, item in items]
@@ -428,46 +460,98 @@ class Explainer:
             if r.id in errors:
                 continue
             given = subtitles[k] if subtitles is not None else None
-            done = clip_record(r.clip, cfg, clip_id=r.id, subtitle=given, encoder_frames=True)
+            done = clip_record(r.clip, cfg, clip_id=r.id, subtitle=given, encoder_frames=True,
+                               overlap=self.overlap_decode)
             if done.error is not None:
                 errors[r.id] = done.error
             else:
                 analysed[r.id] = done
         return results, analysed, errors
 
-    def _item(self, analysed: Any, path: Path, task: str, use: list[str], result: Explanation) -> dict[str, Any]:
-        """Prompt ids + live media features of one analysed clip (the EmotionDataset item layout):
-        ``analysed`` is its :class:`~data_builders.clip.ClipRecord`, whose decode the encoders read."""
-        record, analysis = analysed.record, analysed.analysis
+    def _encoder_inputs(self, analysed: Any, path: Path, use: list[str]) -> tuple[dict[str, Any], dict[str, str]]:
+        """(raw input per frozen encoder, reason per modality left out) of one analysed clip, read from
+        its :class:`~data_builders.clip.ClipRecord`'s decode (nothing decoded twice)."""
         from emollm.features.extract import decode_for_encoders, encoder_inputs, encoder_view, peak_frame_input
+
+        record, analysis = analysed.record, analysed.analysis
+        frozen = {n: e for n, e in self.cfg.model.encoders.items() if e.modality != "au" and n in use}
+        if not frozen:
+            return {}, {}
+        kinds = {e.modality for e in frozen.values()}
+        # the clip analysis is the one judge of whether there is a face: none found there, none fed here
+        face_seen = bool(record.get("face_frames"))
+        wants_faces = bool(kinds & {"face", "video"}) and face_seen
+        if analysis is not None:  # the builder's own decode and face track
+            clip, crops = encoder_view(self.cfg, analysis, faces=wants_faces)
+        else:
+            clip, crops = decode_for_encoders(self.cfg, path, audio="audio" in kinds and record.get("has_audio", True),
+                                              faces=wants_faces)  # fmt: skip
+        inputs, absent = encoder_inputs(frozen, clip, crops, subtitle=record.get("subtitle"))
+        for name in [n for n, e in frozen.items() if e.modality in ("face", "video") and not face_seen]:
+            absent[name] = "no face in the clip analysis"
+        for name in list(inputs):
+            if frozen[name].options.get("frames") == "peak":
+                peak = (record.get("peak_frame") or {}).get("index")
+                decoded = analysis.frame_at(int(peak)) if analysis is not None and peak is not None else None
+                inputs[name] = decoded if decoded is not None else peak_frame_input(self.cfg, path.parent, record, clip)
+        return inputs, absent
+
+    def _encode_live(self, per_clip: list[dict[str, Any]]) -> list[dict[str, torch.Tensor] | EmollmError]:
+        """Features ``(T, D)`` per clip and modality: each live encoder once over all the clips' inputs,
+        in batches of ``features.batch_size`` of one image size (as ``emollm features``), checked as
+        ``model.encode_media`` checks them. A batch that fails is redone clip by clip, so only the clip
+        at fault gets the error (in its slot)."""
+        from emollm.features.extract import _same_size_groups
+
+        out: list[dict[str, torch.Tensor] | EmollmError] = [{} for _ in per_clip]
+        names = [n for n in self.modalities if any(n in inputs for inputs in per_clip)]
+        if not names:
+            return out
+        live = self._on_device(names)
+        size = self.cfg.features.batch_size
+        for name in names:
+            spec = self.modalities[name]
+            items = [(k, inputs[name]) for k, inputs in enumerate(per_clip) if name in inputs and isinstance(out[k], dict)]
+            try:
+                for group in _same_size_groups(items):
+                    for (k, _), feats in zip(group, live[name].extract_batch([x for _, x in group], batch_size=size),
+                                             strict=True):
+                        out[k][name] = feats
+            except EmollmError:  # find the clip at fault: one by one
+                for k, x in items:
+                    try:
+                        feats = live[name].extract(x)
+                        out[k][name] = feats
+                    except EmollmError as err:
+                        out[k] = err
+            expected = (spec["num_input_tokens"], spec["feature_dim"])
+            for k, _ in items:
+                got = out[k].get(name) if isinstance(out[k], dict) else None
+                if got is not None and tuple(got.shape) != expected:
+                    out[k] = MediaTokenMismatchError(f"modality '{name}': the encoder gave features of shape "
+                                                     f"{tuple(got.shape)}, the model was built for {expected}")
+        return out
+
+    def _item(self, analysed: Any, path: Path, task: str, use: list[str], result: Explanation, *,
+              live: tuple[dict[str, torch.Tensor], dict[str, str]] | None = None,
+              instruction: str | None = None) -> dict[str, Any]:
+        """Prompt ids + media features of one analysed clip (the EmotionDataset item layout):
+        ``analysed`` is its :class:`~data_builders.clip.ClipRecord`; ``live``: its live encoders'
+        features and absent modalities when already computed (else computed here)."""
         from emollm.prompts import emotion_llama_sample
 
+        record = analysed.record
         result.task = task
-        frozen = {n: e for n, e in self.cfg.model.encoders.items() if e.modality != "au" and n in use}
-        kinds = {e.modality for e in frozen.values()}
-        media: dict[str, torch.Tensor] = {}
+        if live is None:
+            inputs, absent = self._encoder_inputs(analysed, path, use)
+            feats = self._encode_live([inputs])[0]
+            if isinstance(feats, EmollmError):
+                raise feats
+        else:
+            feats, absent = live
+        absent = dict(absent)
+        media: dict[str, torch.Tensor] = {name: f.float() for name, f in feats.items()}
         masks: dict[str, torch.Tensor] = {}
-        absent: dict[str, str] = {}
-        if frozen:
-            # the clip analysis is the one judge of whether there is a face: none found there, none fed here
-            face_seen = bool(record.get("face_frames"))
-            wants_faces = bool(kinds & {"face", "video"}) and face_seen
-            if analysis is not None:  # the builder's own decode and face track: nothing decoded twice
-                clip, crops = encoder_view(self.cfg, analysis, faces=wants_faces)
-            else:
-                clip, crops = decode_for_encoders(self.cfg, path,
-                                                  audio="audio" in kinds and record.get("has_audio", True),
-                                                  faces=wants_faces)  # fmt: skip
-            inputs, absent = encoder_inputs(frozen, clip, crops, subtitle=record.get("subtitle"))
-            for name in [n for n, e in frozen.items() if e.modality in ("face", "video") and not face_seen]:
-                absent[name] = "no face in the clip analysis"
-            for name in list(inputs):
-                if frozen[name].options.get("frames") == "peak":
-                    peak = (record.get("peak_frame") or {}).get("index")
-                    decoded = analysis.frame_at(int(peak)) if analysis is not None and peak is not None else None
-                    inputs[name] = decoded if decoded is not None else peak_frame_input(self.cfg, path.parent, record, clip)
-            for name, feats in self.model.encode_media(self._on_device(inputs)).items():
-                media[name] = feats[0].float().cpu()
         for name in (n for n in use if self.modalities[n]["kind"] == "au"):
             au = analysed.series.model_input() if analysed.series is not None else None
             if au is None or not au[1].any():
@@ -476,7 +560,7 @@ class Explainer:
             media[name], masks[name] = torch.from_numpy(au[0]), torch.from_numpy(au[1])
         present = set(media)
         sample = emotion_llama_sample(record["id"], task, record.get("subtitle"), modalities=tuple(self.modalities),
-                                      pool=[infer_instruction(self.cfg, task)])
+                                      pool=[instruction or infer_instruction(self.cfg, task)])
         encoded = self.processor.encode(sample, present=present)
         if encoded is None:
             raise EmollmError(f"the prompt is longer than max_length {self.processor.max_length}")
@@ -489,12 +573,13 @@ class Explainer:
         }  # fmt: skip
         return {**encoded, "media": media, "media_masks": masks}
 
-    def _on_device(self, inputs: dict[str, Any]) -> dict[str, Any]:
-        live = self.model.load_encoders(list(inputs))
+    def _on_device(self, names: list[str]) -> dict[str, Any]:
+        """The live encoders of ``names``, on the model's device (moved once, not on every clip)."""
+        live = self.model.load_encoders(names)
         for encoder in live.values():
-            if hasattr(encoder, "to"):
+            if hasattr(encoder, "to") and getattr(encoder, "device", None) != self.device:
                 encoder.to(self.device)
-        return inputs
+        return live
 
     def _parse(self, text: str) -> str | None:
         from emollm.dataset.label_parsing import parse_label

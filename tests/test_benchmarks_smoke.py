@@ -34,26 +34,43 @@ def test_infer_latency_reports_every_stage_and_both_ratios(tmp_path, capsys):
     bench = _load("infer_latency")
     out = tmp_path / "latency.json"
     argv = ["--clips", str(sample_path("single_face.mp4")), "--max-new-tokens", "4", "--repeats", "1",
-            "--warmup", "0", "--device", "cpu", "--json", str(out)]  # fmt: skip
+            "--warmup", "0", "--stage-rounds", "1", "--device", "cpu", "--json", str(out)]  # fmt: skip
     assert bench.main(argv) == 0
-    assert "end-to-end explain" in capsys.readouterr().out
+    printed = capsys.readouterr().out
+    assert printed.startswith("protocol:") and "end-to-end explain" in printed
 
     report = json.loads(out.read_text())
     summary = report["summary"]
-    assert summary["clips_measured"] == 1
-    # a clip with a face and audio goes through every stage, each encoder included
-    for stage in bench.STAGES:
-        assert _positive(summary["stage_ms"][stage]), stage
-    assert set(summary["encoder_ms"]) == {"video", "face", "temporal", "audio"}
-    assert all(_positive(v) for v in summary["encoder_ms"].values())
-    assert _positive(summary["end_to_end_ms"]) and _positive(summary["decode_token_ms"])
+    assert _positive(summary["end_to_end"]["median_ms"])
+    assert summary["vs_baseline"] is None  # the filing baseline is for the default clips only
+    split = summary["stages"]
+    # the split mirrors what explain runs: every function it patches exists, and a clip with a face and
+    # audio goes through each stage; generate's forward ran once with the prompt and once per later token
+    assert split["not_found"] == []
+    for stage in bench.STAGE_ORDER:
+        if stage != bench.OTHER:
+            assert _positive(split["stage_ms"][stage]), stage
+    assert split["decode_steps_per_clip"] == 3
     for name in ("prefill", "per_token", "total"):
-        assert _positive(summary["ratio"][name]), name
-    clip = report["clips"][0]
-    assert clip["modalities_fed"] == ["au", "audio", "face", "temporal", "video"]
-    assert clip["prompt_tokens"] > clip["media_tokens"] > 0
-    assert report["max_new_tokens"] == 4 and report["device"] == "cpu"
+        assert _positive(summary["generate"]["ratio"][name]["median"]), name
+    assert summary["prompt_tokens"] > 0
+    assert report["max_new_tokens"] == 4 and report["device"] == "cpu" and report["clips"] == ["single_face.mp4"]
     assert {"torch", "transformers", "python"} <= set(report["versions"])
+
+
+def test_predict_throughput_reports_clips_per_second_for_each_size(tmp_path, capsys):
+    bench = _load("predict_throughput")
+    out = tmp_path / "throughput.json"
+    argv = ["--sizes", "1,2", "--max-new-tokens", "2", "--repeats", "1", "--warmup", "0", "--on-the-fly",
+            "--json", str(out)]  # fmt: skip
+    assert bench.main(argv) == 0
+    printed = capsys.readouterr().out
+    assert printed.startswith("protocol:") and "clips/s" in printed
+    report = json.loads(out.read_text())
+    for kind in ("predict", "predict_on_the_fly", "explain_many"):
+        assert set(report[kind]) == {"1", "2"}, kind
+        assert all(_positive(v["clips_per_s"]) for v in report[kind].values()), kind
+    assert report["batch_size"] == 4  # the tiny run's predict.batch_size
 
 
 def test_pseudo_labels_reports_each_voter_and_the_fused_label(tmp_path, capsys):

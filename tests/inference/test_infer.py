@@ -50,7 +50,7 @@ def test_a_clip_is_decoded_and_its_face_tracked_once(explainer, sample_dir, call
     import emollm.media.video as video
 
     for module, name, key in ((media, "read_frames_from", "frames"), (video, "read_frames", "frames"),
-                              (audio, "load_audio_from", "audio"), (media, "track_faces", "track"),
+                              (video, "read_frames_from", "frames"), (audio, "load_audio_from", "audio"), (media, "track_faces", "track"),
                               (faces, "track_faces", "track")):  # fmt: skip
         call_counter(module, name, key)
     calls = call_counter.calls
