@@ -121,7 +121,7 @@ class AUEncoder(nn.Module):
 
         empty = ~mask.any(dim=1)  # rows with no valid frame: let them attend to frame 0, zero them at the end
         attend = mask.clone()
-        attend[empty, 0] = True
+        attend[:, 0] |= empty  # (a boolean-indexed write would read the mask back from the device)
         padding = ~attend
         if self.frames is not None:
             h = self.frames(h, src_key_padding_mask=padding)

@@ -153,34 +153,41 @@ class EmoLLMForConditionalGeneration(EmoLLMPreTrainedModel, GenerationMixin):
                 given = torch.full((batch,), name in media, dtype=torch.bool, device=input_ids.device)
             present[name] = given.to(input_ids.device).bool()
         projected = self.media(media, present, media_masks, batch_size=batch)  # every module runs (ZeRO-3: no rank skips one)
-        dummy = inputs_embeds.new_zeros(())
+        spans = {name: input_ids == self.config.media_token_ids[name] for name in projected
+                 if self.config.media_token_ids.get(name) is not None}
+        # every modality's per-row token count in one device read (the checks below are plain Python)
+        counts = dict(zip(spans, torch.stack([m.sum(dim=1) for m in spans.values()]).tolist(), strict=True)) if spans else {}
+        merged, unused = None, []
         for name, rows in projected.items():
-            dummy = dummy + rows.sum() * 0.0
-            token_id = self.config.media_token_ids.get(name)
-            if token_id is None:
-                continue
-            mask = input_ids == token_id
-            per_row = mask.sum(dim=1)
-            n = rows.shape[1]
-            bad = ((per_row != 0) & (per_row != n)).nonzero()
-            if len(bad):
-                row = int(bad[0])
+            per_row, n = counts.get(name, [0] * batch), rows.shape[1]
+            bad = [row for row, count in enumerate(per_row) if count not in (0, n)]
+            if bad:
                 raise MediaTokenMismatchError(
-                    f"modality '{name}': row {row} has {int(per_row[row])} media tokens but the projector gives "
+                    f"modality '{name}': row {bad[0]} has {per_row[bad[0]]} media tokens but the projector gives "
                     f"{n} rows per clip"
                 )
-            with_tokens = per_row > 0
-            if not bool(with_tokens.any()):
+            with_tokens = [row for row, count in enumerate(per_row) if count]
+            if not with_tokens:
+                unused.append(rows)
                 continue
             declared_absent = media_present is not None and name in media_present
             if name not in media and (not declared_absent or bool(present[name][with_tokens].any())):
                 # Tokens with no features are only fine for rows declared absent (missing_modality "zero").
                 raise MediaTokenMismatchError(
-                    f"modality '{name}': {int(with_tokens.sum())} row(s) hold its media tokens but no '{name}' features were given"
+                    f"modality '{name}': {len(with_tokens)} row(s) hold its media tokens but no '{name}' features were given"
                 )
-            source = rows[with_tokens].reshape(-1, rows.shape[-1]).to(inputs_embeds.dtype)
-            inputs_embeds = inputs_embeds.masked_scatter(mask.unsqueeze(-1), source)
-        return inputs_embeds + dummy.to(inputs_embeds.dtype)
+            source = (rows if len(with_tokens) == batch else rows[with_tokens]).reshape(-1, rows.shape[-1])
+            source = source.to(inputs_embeds.dtype)
+            if merged is None:  # one copy of the embeddings; later modalities write into it in place
+                merged = inputs_embeds.masked_scatter(spans[name].unsqueeze(-1), source)
+            else:
+                merged.masked_scatter_(spans[name].unsqueeze(-1), source)
+        merged = inputs_embeds if merged is None else merged
+        if unused:
+            # Modalities with no token in the batch still reach the loss, with weight 0: every media
+            # parameter gets a (zero) gradient on every step (DDP / ZeRO-3 need the same graph on all ranks).
+            merged = merged + (sum(rows.sum() for rows in unused) * 0.0).to(merged.dtype)
+        return merged
 
     def _media_token_mask(self, input_ids: torch.LongTensor) -> torch.Tensor:
         ids = list(self.config.media_token_ids.values())

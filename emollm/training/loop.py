@@ -308,16 +308,47 @@ def target_tokens(labels: torch.Tensor) -> int:
     return int((labels[:, 1:] != -100).sum())
 
 
-def token_losses(logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+def target_positions(labels: torch.Tensor) -> torch.Tensor:
+    """Sequence positions whose logits predict a target in some row (``labels[:, t + 1] != -100``), sorted;
+    never empty (position 0 when nothing is a target, so the graph still reaches every trained weight)."""
+    positions = (labels[:, 1:] != -100).any(0).nonzero().squeeze(1)
+    return positions if len(positions) else positions.new_zeros(1)
+
+
+def token_losses(logits: torch.Tensor, labels: torch.Tensor, positions: torch.Tensor | None = None) -> torch.Tensor:
     """Per-token cross-entropy ``(B, L-1)`` in float32 of the next-token targets, 0 where the label is
     -100. Summed and divided by the accumulated batch's :func:`target_tokens`, it is the loss per
-    target token that transformers' Trainer computes with ``num_items_in_batch``."""
-    labels = labels[:, 1:].to(logits.device)
+    target token that transformers' Trainer computes with ``num_items_in_batch``. With ``positions``
+    (:func:`target_positions`), ``logits`` are those positions' only ``(B, K, V)`` and the result is ``(B, K)``
+    (the same row sums: every other position holds no target)."""
+    if positions is None:
+        labels, logits = labels[:, 1:].to(logits.device), logits[:, :-1]
+    else:
+        labels = labels[:, positions.to(labels.device) + 1].to(logits.device)
     keep = labels != -100
     # Only the target positions are upcast (prompts with hundreds of media tokens would double the logits' memory)
     losses = torch.zeros(labels.shape, dtype=torch.float32, device=logits.device)
-    return losses.masked_scatter(keep, torch.nn.functional.cross_entropy(logits[:, :-1][keep].float(), labels[keep],
+    return losses.masked_scatter(keep, torch.nn.functional.cross_entropy(logits[keep].float(), labels[keep],
                                                                          reduction="none"))
+
+
+def micro_batch_losses(model, inputs: dict[str, Any], labels: torch.Tensor) -> torch.Tensor:
+    """One micro-batch's forward: per-token losses ``(B, K)`` (:func:`token_losses`). The LM head runs on
+    the K positions that predict a target only (``logits_to_keep``): prompts with hundreds of media
+    tokens would otherwise spend a full-vocabulary matmul, forward and backward, on every prompt token."""
+    positions = target_positions(labels)  # from the batch's CPU labels: no device sync
+    logits = model(**inputs, logits_to_keep=positions.to(inputs["input_ids"].device)).logits
+    return token_losses(logits, labels, positions)
+
+
+def make_optimizer(model, cfg: EmollmConfig, *, deepspeed: bool = False) -> torch.optim.Optimizer:
+    """AdamW over :func:`param_groups`; fused (one kernel for all tensors, transformers Trainer's default
+    ``adamw_torch_fused``) unless DeepSpeed wraps it, or a trained tensor is not on a fused device."""
+    groups = param_groups(model, cfg)
+    fused_devices = ("cpu", "cuda", "xpu", "mps")
+    fused = not deepspeed and all(p.device.type in fused_devices and p.is_floating_point()
+                                  for g in groups for p in g["params"])
+    return torch.optim.AdamW(groups, lr=cfg.train.lr, **({"fused": True} if fused else {}))
 
 
 # ------------------------------------------------------------------------------------------ resume
@@ -718,7 +749,7 @@ def train(cfg: EmollmConfig, *, stop_after_step: int | None = None) -> TrainResu
 
     evaluator = Evaluator(cfg, accelerator, model, processor, ds.cache) if t.eval_steps else None
 
-    optimizer = torch.optim.AdamW(param_groups(model, cfg), lr=t.lr)
+    optimizer = make_optimizer(model, cfg, deepspeed=ds_plugin is not None)
     scheduler = get_scheduler(t.lr_scheduler if t.lr_scheduler != "constant" else "constant_with_warmup", optimizer,
                               num_warmup_steps=math.ceil(t.warmup_ratio * total_steps), num_training_steps=total_steps)
     model, optimizer = accelerator.prepare(model, optimizer)
@@ -834,11 +865,12 @@ def train(cfg: EmollmConfig, *, stop_after_step: int | None = None) -> TrainResu
         sums = torch.zeros(1 + 2 * len(task_names), dtype=torch.float64)  # loss; per task: loss, tokens
         for at_epoch, position, batch in group:
             ids, tasks = batch["ids"], batch["tasks"]
-            inputs = _to_device(batch, accelerator.device)
-            labels = inputs.pop("labels")
+            inputs = _to_device({k: v for k, v in batch.items() if k != "labels"}, accelerator.device)
+            labels = batch["labels"]  # stays on the CPU: target positions and token counts need no device sync
             with accelerator.accumulate(model):
-                per_token = token_losses(model(**inputs).logits, labels)
+                per_token = micro_batch_losses(model, inputs, labels)
                 loss_sum = per_token.sum()
+                # checked before the backward: under DeepSpeed, accelerator.backward also steps the weights
                 if not torch.isfinite(loss_sum.detach()):
                     raise EmollmError(
                         f"loss is {loss_sum.item()} at step {step + 1} (epoch {at_epoch}, batch {position}); "
@@ -859,7 +891,7 @@ def train(cfg: EmollmConfig, *, stop_after_step: int | None = None) -> TrainResu
                 k = task_names.index(str(task))
                 sums[1 + 2 * k] += row_loss[row]
                 sums[2 + 2 * k] += row_tokens[row]
-            mask = inputs["attention_mask"]
+            mask = batch["attention_mask"]  # the CPU copy
             window["tokens"] += int(mask.sum())
             window["padded"] += mask.numel()
             window["samples"] += mask.shape[0]
@@ -1001,4 +1033,5 @@ def _save_final(accelerator, model, processor, out: Path, save_run) -> None:
 
 __all__ = ["LAYOUT_KEYS", "Evaluator", "TrainResult", "build_model", "check_eval_split", "check_resume_layout",
            "list_checkpoints", "param_groups", "prepare_log", "prune_checkpoints", "result_config", "resume_checkpoint",
-           "target_tokens", "token_losses", "train", "vet_checkpoint"]
+           "make_optimizer", "micro_batch_losses", "target_positions", "target_tokens", "token_losses", "train",
+           "vet_checkpoint"]
