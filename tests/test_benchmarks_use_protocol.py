@@ -23,6 +23,8 @@ EXEMPT = {
     "faults.py": {"cli": "one CLI command's duration, shown in its case's detail",
                   "python": "one child process's duration, as cli",
                   "run_case": "one fault case's duration, printed beside its verdict (stderr)"},
+    "vs_trl.py": {"run_side": "one whole training process per call, its rates read from its own logs; the rounds "
+                             "rotate with protocol.order and each ratio is taken per round"},
 }  # fmt: skip
 
 

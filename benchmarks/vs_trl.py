@@ -1,0 +1,512 @@
+"""emollm's training loop against TRL's SFTTrainer: same backbone, same samples, same LoRA, side by side.
+
+    python benchmarks/vs_trl.py                                # SmolLM2-135M-Instruct, 30 steps of 4, 2 threads
+    python benchmarks/vs_trl.py --rounds 2                     # A B B A: two runs a side, per-round ratios
+    python benchmarks/vs_trl.py --backbone tiny --steps 4      # the tiny local LLaMA (seconds)
+    python benchmarks/vs_trl.py --device cuda --threads 0      # on a GPU (threads 0: torch's default)
+
+**The data.** The media task of ``emollm.testing.media_task`` (built-dataset records + per-frame AU
+side files; the label is carried by the AUs alone), its ``train`` split, task ``emotion``.
+
+**emollm** (side A): ``train.py --config CONFIG key=value...`` in its own process, as a user runs it,
+with the learned ``au`` encoder (its 4 media tokens per prompt, the AU encoder and projector trained at
+``projector_lr``), ``train.logging_steps=1`` (one ``logs/train_log.jsonl`` row per step: its loss and
+its window's samples/s, from which the step's time is ``samples / samples_per_s``), no evaluation, no
+intermediate checkpoint. The child is this script (``--child emollm``), which sets the threads and runs
+``train.py`` with ``runpy`` (so peak CUDA memory can be read at exit); ``train.py`` itself is unchanged.
+
+**TRL** (side B): ``trl.SFTTrainer`` + ``peft.LoraConfig`` in its own process (``--child trl``), on
+the SAME token sequences in the SAME batches: before either run, this script builds emollm's training
+dataset and length-grouped sampler exactly as ``train.py`` does (``emollm.training.loop``) and writes
+each step's samples as emollm's processor encodes them (``input_ids``, and ``labels`` with -100 on
+every prompt token: emollm's completion-only loss mask). TRL gets that pre-tokenized dataset
+(``input_ids`` + ``labels``, so SFTTrainer trains the same completion-only loss per target token) in
+that order (``train_sampling_strategy="sequential"``). emollm's media placeholder tokens are added
+tokens TRL's backbone does not have: they are KEPT as positions (same sequence lengths, same attention
+cost) as one ordinary token of the base vocabulary, a space (:func:`filler_token`), so TRL trains on
+text only.
+Same LoRA (r, alpha, dropout, target modules, bias none), AdamW (betas, eps, weight decay 0; TRL's
+default fused kernel, ``adamw_torch_fused``), lr,
+warmup steps, cosine schedule, grad-norm clip 1.0, batch size, steps, seed, float32, sdpa; TRL's own
+defaults that change the computation are set to emollm's (``gradient_checkpointing=False``,
+``bf16=False``; TRL defaults both on), no evaluation, no checkpoint, ``logging_steps=1``.
+
+**Measured, per run.** Steady-state samples/s and tokens/s (real tokens: the sequences' lengths, media
+positions included; the same count both sides) over the steps after ``--warmup-steps``; the loop's
+time (first step to last); the process's wall time (start-up, model load and final save included);
+peak memory: the child's max RSS (``os.wait4`` rusage of that one process) and, on CUDA,
+``torch.cuda.max_memory_allocated``; **time to a common loss**: each side's loss smoothed by a
+trailing mean over ``--smooth`` steps; the target is the higher of the two sides' final smoothed
+losses (a level both reach); a side's time to it is its loop time through the first step whose
+smoothed loss is at or below it. emollm also sees the media (which carry the label), TRL does not, so
+emollm's loss may go lower: the common target is the level both reach. Ratios are emollm / TRL
+(throughput > 1: emollm faster; time to loss < 1: emollm faster).
+
+**Order.** Whole runs cannot be interleaved step by step: with ``--rounds 2`` the runs alternate
+A B B A (``--rounds N``: A B, B A, A B ...), each ratio is taken per round, and the median is printed.
+
+**LLaMA-Factory** (``--llamafactory``: a folder holding an unpacked llamafactory wheel, or installed):
+its SFT trainer is imported in a child process with ``DISABLE_VERSION_CHECK=1``; when that fails the
+reason is printed and the side is skipped (0.9.5 pins transformers<=5.6, peft<=0.20, trl<=0.24 and
+imports ``trl.AutoModelForCausalLMWithValueHead``, gone in trl 1.x; never installed over ours).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+sys.path.insert(0, str(ROOT / "benchmarks"))
+
+#: The LoRA and schedule both sides use (``real``: the media task's recipe for SmolLM2; ``tiny``: its tiny one).
+TARGETS = ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"]
+SIDES = ("emollm", "trl")
+
+
+# ------------------------------------------------------------------------------------------ setup
+def prepare(work: str | os.PathLike, *, backbone: str | None = None, steps: int = 30, batch_size: int = 4,
+            clips: int | None = None, seed: int = 0, lr: float | None = None) -> dict[str, Any]:
+    """Write the data, the emollm config, and the per-step token sequences; returns the run spec
+    (``spec.json``: what both sides train with)."""
+    from emollm.testing.media_task import RECIPES, resolve_backbone, write_config, write_media_task
+
+    work = Path(work)
+    work.mkdir(parents=True, exist_ok=True)
+    path, kind = resolve_backbone(backbone)
+    recipe = {**RECIPES[kind], "batch_size": batch_size, "lora_targets": TARGETS}
+    if lr is not None:
+        recipe.update(lr=lr, projector_lr=max(lr, recipe["projector_lr"]))
+    # enough train clips that the measured steps see few repeats (a quarter more for the test split)
+    clips = clips or max(16, -(-steps * batch_size * 5 // 4 // 4) * 4)
+    task = write_media_task(work / "data", clips=clips, seed=seed)
+    config = write_config(work / "config.yaml", task, path, work / "run", recipe=recipe, steps=steps, seed=seed)
+    spec = {
+        "backbone": path, "recipe": kind, "config": str(config), "steps": steps, "batch_size": batch_size,
+        "seed": seed, "lr": recipe["lr"], "projector_lr": recipe["projector_lr"],
+        "warmup_steps": _warmup_steps(recipe["warmup_ratio"], steps), "lr_scheduler": "cosine",
+        "weight_decay": 0.0, "max_grad_norm": 1.0,
+        "lora": {"r": recipe["lora_r"], "alpha": recipe["lora_alpha"], "dropout": recipe["lora_dropout"],
+                 "target_modules": TARGETS},
+        "n_train": task.n_train,
+    }  # fmt: skip
+    spec.update(export_sequences(spec, work / "sequences.jsonl"))
+    (work / "spec.json").write_text(json.dumps(spec, indent=1), encoding="utf-8")
+    return spec
+
+
+def _warmup_steps(ratio: float, steps: int) -> int:
+    import math
+
+    return math.ceil(ratio * steps)  # emollm.training.loop.train's rule
+
+
+def emollm_overrides(spec: dict[str, Any], run_dir: str | os.PathLike) -> list[str]:
+    """The ``key=value`` overrides both the sequence export and the emollm run use."""
+    return [f"run.output_dir={run_dir}", "train.logging_steps=1", f"train.save_steps={spec['steps'] + 1}",
+            f"train.max_steps={spec['steps']}", f"train.per_device_batch_size={spec['batch_size']}"]
+
+
+def filler_token(tokenizer: Any, pad_id: int) -> int:
+    """The base-vocabulary token that stands in for emollm's media placeholders on the TRL side: a
+    space, an ordinary neutral token (a control token such as end-of-text there would tell the model
+    the text ended); never the pad token. Falls back to unk / id 0 when a space is not one token."""
+    ids = tokenizer.encode(" ", add_special_tokens=False)
+    if len(ids) == 1 and ids[0] != pad_id and ids[0] not in set(tokenizer.all_special_ids):
+        return int(ids[0])
+    unk = tokenizer.unk_token_id
+    return int(unk) if unk is not None and unk != pad_id else (1 if pad_id == 0 else 0)
+
+
+def export_sequences(spec: dict[str, Any], out: Path) -> dict[str, Any]:
+    """Each step's samples as ``train.py`` builds them (its dataset, processor, length-grouped sampler,
+    epoch after epoch): one JSON line per sample, in step order, with ``input_ids`` as emollm sees them
+    (``emollm_ids``), the TRL copy with media tokens replaced (``input_ids``) and ``labels``."""
+    from emollm import config as cfglib
+    from emollm.modeling.factory import build_model_and_processor
+    from emollm.training.data import LengthGroupedBatchSampler
+    from emollm.training.loop import _dataset
+
+    cfg = cfglib.load(spec["config"], emollm_overrides(spec, Path(out).parent / "run_export"))
+    model, processor = build_model_and_processor(cfg)
+    ds = _dataset(cfg, model, processor)  # the dataset train.py trains on
+    media_ids = set(processor.media_token_ids.values())
+    filler = filler_token(processor.tokenizer, processor.pad_token_id)
+    vocab = model.language_model.get_input_embeddings().num_embeddings - processor.num_added_tokens
+    del model
+    sampler = LengthGroupedBatchSampler(ds.lengths, spec["batch_size"], seed=cfg.run.seed)
+    rows: list[dict[str, Any]] = []
+    epoch, step = 0, 0
+    while step < spec["steps"]:
+        sampler.set_epoch(epoch)
+        for batch in sampler:
+            for i in batch:
+                item = ds[i]
+                ids = list(item["input_ids"])
+                rows.append({"step": step + 1, "id": item["id"], "emollm_ids": ids,
+                             "input_ids": [filler if t in media_ids else t for t in ids], "labels": list(item["labels"])})
+            step += 1
+            if step == spec["steps"]:
+                break
+        epoch += 1
+    assert all(t < vocab for r in rows for t in r["input_ids"]), "a TRL token id outside the base vocabulary"
+    out.write_text("".join(json.dumps(r) + "\n" for r in rows), encoding="utf-8")
+    media_per_sample = [sum(t in media_ids for t in r["emollm_ids"]) for r in rows]
+    return {"sequences": str(out), "filler_token": filler, "media_tokens_per_sample": max(media_per_sample),
+            "step_tokens": step_counts(rows, "input_ids"), "step_samples": step_counts(rows, None),
+            "target_tokens": sum(sum(lab != -100 for lab in r["labels"][1:]) for r in rows)}
+
+
+def step_counts(rows: list[dict[str, Any]], key: str | None) -> list[int]:
+    """Per step: the tokens of its samples (``key``'s lengths), or its sample count (``key`` None)."""
+    counts: dict[int, int] = {}
+    for r in rows:
+        counts[r["step"]] = counts.get(r["step"], 0) + (len(r[key]) if key else 1)
+    return [counts[s] for s in sorted(counts)]
+
+
+# ------------------------------------------------------------------------------------------ children
+def _threads(n: int) -> dict:
+    from protocol import setup_threads
+
+    return setup_threads(n if n > 0 else None)
+
+
+def _cuda_peak() -> int | None:
+    import torch
+
+    return int(torch.cuda.max_memory_allocated()) if torch.cuda.is_available() else None
+
+
+def child_emollm(spec: dict[str, Any], run_dir: Path, report: Path) -> int:
+    """``train.py --config CONFIG overrides...`` as its own ``__main__`` (the user's command)."""
+    import runpy
+
+    start = time.time()
+    sys.argv = [str(ROOT / "train.py"), "--config", spec["config"], *emollm_overrides(spec, run_dir)]
+    code = 0
+    try:
+        runpy.run_path(str(ROOT / "train.py"), run_name="__main__")
+    except SystemExit as exc:
+        code = int(exc.code or 0)
+    report.write_text(json.dumps({"cuda_peak_bytes": _cuda_peak(), "started": start}), encoding="utf-8")
+    return code
+
+
+def child_trl(spec: dict[str, Any], run_dir: Path, report: Path, *, record: bool = False) -> int:
+    """SFTTrainer + peft LoRA on the exported sequences, in their order; writes per-step times and losses."""
+    import torch
+    from datasets import Dataset
+    from peft import LoraConfig
+    from transformers import AutoModelForCausalLM, AutoTokenizer, TrainerCallback
+    from trl import SFTConfig, SFTTrainer
+
+    start = time.time()
+    rows = [json.loads(line) for line in Path(spec["sequences"]).read_text(encoding="utf-8").splitlines()]
+    data = Dataset.from_list([{"input_ids": r["input_ids"], "labels": r["labels"]} for r in rows])
+    tokenizer = AutoTokenizer.from_pretrained(spec["backbone"])
+    model = AutoModelForCausalLM.from_pretrained(spec["backbone"], dtype=torch.float32, attn_implementation="sdpa")
+    lora = spec["lora"]
+    peft_config = LoraConfig(r=lora["r"], lora_alpha=lora["alpha"], lora_dropout=lora["dropout"],
+                             target_modules=list(lora["target_modules"]), bias="none", task_type="CAUSAL_LM")
+    args = SFTConfig(
+        output_dir=str(run_dir), max_steps=spec["steps"], per_device_train_batch_size=spec["batch_size"],
+        gradient_accumulation_steps=1, learning_rate=spec["lr"], lr_scheduler_type=spec["lr_scheduler"],
+        warmup_steps=spec["warmup_steps"], weight_decay=spec["weight_decay"], max_grad_norm=spec["max_grad_norm"],
+        optim="adamw_torch_fused", seed=spec["seed"], data_seed=spec["seed"], logging_steps=1, save_strategy="no",
+        eval_strategy="no", report_to="none", gradient_checkpointing=False, bf16=False, fp16=False,
+        max_length=None, train_sampling_strategy="sequential", dataloader_num_workers=0, disable_tqdm=True,
+        use_cpu=not torch.cuda.is_available(),
+    )  # fmt: skip
+    times: list[float] = []
+
+    class StepClock(TrainerCallback):
+        def on_train_begin(self, *a, **k):  # noqa: ANN002, ANN003, ANN202
+            times.append(time.perf_counter())
+
+        def on_step_end(self, *a, **k):  # noqa: ANN002, ANN003, ANN202
+            times.append(time.perf_counter())
+
+    trainer = SFTTrainer(model=model, args=args, train_dataset=data, processing_class=tokenizer,
+                         peft_config=peft_config, callbacks=[StepClock()])
+    seen: list[list[dict[str, list[int]]]] = []
+    if record:  # what the trainer's batches actually hold (the test compares them with emollm's)
+        collate = trainer.data_collator
+
+        def recording(examples):  # noqa: ANN001, ANN202
+            batch = collate(examples)
+            seen.append(unpadded(batch))
+            return batch
+
+        trainer.data_collator = recording
+    trainer.train()
+    losses = [h["loss"] for h in trainer.state.log_history if "loss" in h and "train_runtime" not in h]
+    pc = trainer.model.peft_config["default"]
+    result = {
+        "started": start, "step_s": [b - a for a, b in zip(times, times[1:], strict=False)], "losses": losses,
+        "cuda_peak_bytes": _cuda_peak(), "seen": seen if record else None,
+        "lora": {"r": pc.r, "alpha": pc.lora_alpha, "dropout": pc.lora_dropout,
+                 "target_modules": sorted(pc.target_modules), "bias": pc.bias},
+        "trainable": sum(p.numel() for p in trainer.model.parameters() if p.requires_grad),
+    }  # fmt: skip
+    report.write_text(json.dumps(result), encoding="utf-8")
+    return 0
+
+
+def unpadded(batch: dict[str, Any]) -> list[dict[str, list[int]]]:
+    """A collated batch's rows without their padding: ``[{"input_ids", "labels"}]`` (right padding)."""
+    rows = []
+    for ids, lab, mask in zip(batch["input_ids"].tolist(), batch["labels"].tolist(), batch["attention_mask"].tolist(),
+                              strict=True):
+        n = int(sum(mask))
+        rows.append({"input_ids": ids[:n], "labels": lab[:n]})
+    return rows
+
+
+def read_emollm_run(run_dir: Path, spec: dict[str, Any]) -> dict[str, Any]:
+    """Per-step losses and times from ``logs/train_log.jsonl`` (``train.logging_steps=1``): a step's
+    time is its row's samples / samples_per_s; its real-token count, tokens_per_s x that time."""
+    rows = [json.loads(line) for line in (run_dir / "logs" / "train_log.jsonl").read_text(encoding="utf-8").splitlines()]
+    rows = [r for r in rows if r.get("kind", "train") == "train"]
+    if [r["step"] for r in rows] != list(range(1, spec["steps"] + 1)):
+        raise RuntimeError(f"{run_dir}: expected one log row per step 1..{spec['steps']}")
+    step_s = [n / r["samples_per_s"] for r, n in zip(rows, spec["step_samples"], strict=True)]
+    adapter = json.loads((run_dir / "adapter_config.json").read_text()) if (run_dir / "adapter_config.json").is_file() \
+        else _find_adapter_config(run_dir)
+    return {"losses": [r["loss"] for r in rows], "step_s": step_s,
+            "step_tokens": [round(r["tokens_per_s"] * s) for r, s in zip(rows, step_s, strict=True)],
+            "lora": {"r": adapter["r"], "alpha": adapter["lora_alpha"], "dropout": adapter["lora_dropout"],
+                     "target_modules": sorted(adapter["target_modules"]), "bias": adapter["bias"]}}
+
+
+def _find_adapter_config(run_dir: Path) -> dict[str, Any]:
+    found = sorted(run_dir.rglob("adapter_config.json"))
+    if not found:
+        raise RuntimeError(f"{run_dir}: no adapter_config.json (the LoRA the run saved)")
+    return json.loads(found[0].read_text())
+
+
+def run_side(side: str, spec: dict[str, Any], work: Path, tag: str, *, threads: int, device: str,
+             record: bool = False) -> dict[str, Any]:
+    """One run of ``side`` in a child process; its figures (losses, step times, memory, wall)."""
+    run_dir = work / f"run_{side}_{tag}"
+    report = work / f"child_{side}_{tag}.json"
+    report.unlink(missing_ok=True)
+    env = dict(os.environ)
+    if device == "cpu":
+        env["CUDA_VISIBLE_DEVICES"] = ""
+    cmd = [sys.executable, str(Path(__file__).resolve()), "--child", side, "--spec", str(work / "spec.json"),
+           "--run-dir", str(run_dir), "--report", str(report), "--threads", str(threads), *(["--record"] if record else [])]
+    log_path = work / f"child_{side}_{tag}.log"
+    t0 = time.perf_counter()
+    with open(log_path, "w") as log:
+        proc = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, env=env)
+        _, status, usage = os.wait4(proc.pid, 0)
+    wall = time.perf_counter() - t0
+    proc.returncode = os.waitstatus_to_exitcode(status)
+    if proc.returncode != 0 or not report.is_file():
+        tail = log_path.read_text(errors="replace")[-3000:]
+        raise RuntimeError(f"the {side} run failed (exit {proc.returncode}); log {log_path}:\n{tail}")
+    child = json.loads(report.read_text())
+    figures = read_emollm_run(run_dir, spec) if side == "emollm" else child
+    maxrss = usage.ru_maxrss * (1 if sys.platform == "darwin" else 1024)  # Linux: KiB
+    return {**figures, "side": side, "tag": tag, "wall_s": wall, "max_rss_bytes": maxrss,
+            "cuda_peak_bytes": child.get("cuda_peak_bytes"), "seen": child.get("seen")}
+
+
+# ------------------------------------------------------------------------------------------ figures
+def smoothed(losses: list[float], window: int) -> list[float]:
+    """Trailing mean over ``window`` steps (fewer at the start)."""
+    return [statistics.fmean(losses[max(0, i + 1 - window): i + 1]) for i in range(len(losses))]
+
+
+def time_to(losses: list[float], step_s: list[float], target: float, window: int) -> tuple[int, float] | None:
+    """``(step, loop seconds through it)`` of the first step whose smoothed loss is <= ``target`` (None: never)."""
+    elapsed = 0.0
+    for step, (s, dt) in enumerate(zip(smoothed(losses, window), step_s, strict=True), 1):
+        elapsed += dt
+        if s <= target + 1e-12:
+            return step, elapsed
+    return None
+
+
+def figures(run: dict[str, Any], spec: dict[str, Any], warmup: int) -> dict[str, Any]:
+    steady = slice(min(warmup, len(run["step_s"]) - 1), None)
+    secs = sum(run["step_s"][steady])
+    return {"samples_per_s": sum(spec["step_samples"][steady]) / secs,
+            "tokens_per_s": sum(spec["step_tokens"][steady]) / secs, "loop_s": sum(run["step_s"]),
+            "wall_s": run["wall_s"], "max_rss_mib": run["max_rss_bytes"] / 2**20,
+            "cuda_peak_mib": None if run.get("cuda_peak_bytes") is None else run["cuda_peak_bytes"] / 2**20,
+            "first_loss": run["losses"][0], "final_loss": run["losses"][-1]}
+
+
+def compare_round(a: dict[str, Any], b: dict[str, Any], spec: dict[str, Any], *, warmup: int,
+                  smooth: int) -> dict[str, Any]:
+    fa, fb = figures(a, spec, warmup), figures(b, spec, warmup)
+    target = max(smoothed(a["losses"], smooth)[-1], smoothed(b["losses"], smooth)[-1])
+    for f, run in ((fa, a), (fb, b)):
+        hit = time_to(run["losses"], run["step_s"], target, smooth)
+        f["steps_to_loss"], f["time_to_loss_s"] = hit if hit else (None, None)
+    ta, tb = fa["time_to_loss_s"], fb["time_to_loss_s"]
+    return {"emollm": fa, "trl": fb, "target_loss": target, "ratios": {
+        "samples_per_s": fa["samples_per_s"] / fb["samples_per_s"],
+        "tokens_per_s": fa["tokens_per_s"] / fb["tokens_per_s"],
+        "time_to_loss": ta / tb if ta and tb else None,
+        "steps_to_loss": fa["steps_to_loss"] / fb["steps_to_loss"] if ta and tb else None,
+        "loop_s": fa["loop_s"] / fb["loop_s"], "wall_s": fa["wall_s"] / fb["wall_s"],
+        "max_rss": fa["max_rss_mib"] / fb["max_rss_mib"]}}
+
+
+def round_orders(rounds: int) -> list[list[str]]:
+    """A B, B A, A B ...: each side first in every other round (the protocol's rotation)."""
+    from protocol import order
+
+    return [order(list(SIDES), r) for r in range(rounds)]
+
+
+def llamafactory_status(where: str | None) -> str:
+    """Why LLaMA-Factory's SFT trainer runs or not here (imported in a child, never installed)."""
+    import importlib.util
+
+    if not where and importlib.util.find_spec("llamafactory") is None:
+        return ("skipped: llamafactory is not installed (its 0.9.5 wheel pins transformers<=5.6, peft<=0.20, "
+                "trl<=0.24; to try it without installing: pip download --no-deps llamafactory==0.9.5, unzip, "
+                "--llamafactory DIR)")
+    env = dict(os.environ, DISABLE_VERSION_CHECK="1")
+    if where:
+        env["PYTHONPATH"] = os.pathsep.join([where, env.get("PYTHONPATH", "")])
+    proc = subprocess.run([sys.executable, "-c", "import llamafactory.train.sft.trainer"], capture_output=True,
+                          text=True, env=env)
+    if proc.returncode == 0:
+        return "importable (not yet run side by side: its CLI needs its own dataset registry)"
+    lines = [ln for ln in proc.stderr.strip().splitlines() if ln.strip()]
+    return f"skipped: its trainer does not import here ({lines[-1] if lines else 'no message'})"
+
+
+def _mib(x: float | None) -> str:
+    return "-" if x is None else f"{x:.0f} MiB"
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--backbone", default=None, help="'tiny', or an HF folder (default: SmolLM2-135M-Instruct)")
+    parser.add_argument("--steps", type=int, default=30, help="optimizer steps a run (default 30)")
+    parser.add_argument("--batch-size", type=int, default=4, help="per-device batch size (default 4)")
+    parser.add_argument("--lr", type=float, default=None, help="LoRA lr (default: the media task recipe's)")
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--rounds", type=int, default=1, help="runs a side; alternated A B, B A, ... (default 1)")
+    parser.add_argument("--warmup-steps", type=int, default=3, help="steps left out of the steady-state rates")
+    parser.add_argument("--smooth", type=int, default=5, help="trailing window of the smoothed loss (steps)")
+    parser.add_argument("--threads", type=int, default=2, help="torch / OMP threads per run (0: torch's default)")
+    parser.add_argument("--device", choices=("cpu", "cuda"), default="cpu")
+    parser.add_argument("--llamafactory", default=None, help="a folder holding an unpacked llamafactory wheel")
+    parser.add_argument("--out", default=None, help="work dir to keep (data, sequences, run dirs, child logs)")
+    parser.add_argument("--json", default=None, help="write the full result here")
+    parser.add_argument("--child", choices=SIDES, help=argparse.SUPPRESS)
+    parser.add_argument("--spec", help=argparse.SUPPRESS)
+    parser.add_argument("--run-dir", help=argparse.SUPPRESS)
+    parser.add_argument("--report", help=argparse.SUPPRESS)
+    parser.add_argument("--record", action="store_true", help=argparse.SUPPRESS)
+    args = parser.parse_args(argv)
+
+    os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
+    if args.child:
+        _threads(args.threads)
+        spec = json.loads(Path(args.spec).read_text())
+        run = child_emollm if args.child == "emollm" else child_trl
+        kwargs = {"record": args.record} if args.child == "trl" else {}
+        return run(spec, Path(args.run_dir), Path(args.report), **kwargs)
+
+    if args.device == "cuda":
+        import torch
+
+        if not torch.cuda.is_available():
+            parser.error("--device cuda: no CUDA device here")
+    try:
+        import trl  # noqa: F401  # optional: the bench extra
+    except ImportError:
+        print("trl is not installed (pip install -e '.[bench]'): nothing to compare against", file=sys.stderr)
+        return 2
+    from protocol import header
+
+    info = _threads(args.threads)
+    work = Path(args.out) if args.out else Path(tempfile.mkdtemp(prefix="vs_trl_"))
+    t0 = time.perf_counter()
+    spec = prepare(work, backbone=args.backbone, steps=args.steps, batch_size=args.batch_size, seed=args.seed,
+                   lr=args.lr)
+    print(header(info), flush=True)
+    print(f"order: whole runs, one child process each, {' '.join(s for o in round_orders(args.rounds) for s in o)} "
+          f"(ratios per round, median); steady-state rates leave out the first {args.warmup_steps} steps", flush=True)
+    print(f"backbone {spec['backbone']} ({spec['recipe']}); {spec['steps']} steps x batch {spec['batch_size']} of "
+          f"{spec['n_train']} train clips; LoRA r {spec['lora']['r']} alpha {spec['lora']['alpha']} dropout "
+          f"{spec['lora']['dropout']} on {','.join(TARGETS)}; lr {spec['lr']} cosine, warmup {spec['warmup_steps']} "
+          f"steps; {sum(spec['step_tokens'])} tokens, {spec['target_tokens']} target tokens; emollm prompts carry "
+          f"{spec['media_tokens_per_sample']} AU media tokens (TRL: the same positions as token "
+          f"{spec['filler_token']}, a space); device {args.device}; data {time.perf_counter() - t0:.1f} s", flush=True)
+
+    runs: dict[str, list[dict[str, Any]]] = {s: [] for s in SIDES}
+    for r, sides in enumerate(round_orders(args.rounds)):
+        for side in sides:
+            run = run_side(side, spec, work, str(r), threads=args.threads, device=args.device)
+            runs[side].append(run)
+            print(f"  round {r} {side:6s}: loss {run['losses'][0]:.3f} -> {run['losses'][-1]:.3f}, loop "
+                  f"{sum(run['step_s']):.1f} s, process {run['wall_s']:.1f} s", flush=True)
+    mismatch = [i + 1 for run in runs["emollm"] for i, (a, b) in enumerate(zip(run["step_tokens"], spec["step_tokens"],
+                                                                                strict=True)) if abs(a - b) > 1]
+    if mismatch:
+        print(f"WARNING: emollm's logged tokens differ from the exported sequences at steps {mismatch[:5]}")
+    lora_same = runs["emollm"][0]["lora"] == runs["trl"][0]["lora"]  # as each side saved / built it
+    rounds = [compare_round(a, b, spec, warmup=args.warmup_steps, smooth=args.smooth)
+              for a, b in zip(runs["emollm"], runs["trl"], strict=True)]
+
+    print(f"\n{'':24s}{'emollm':>14s}{'TRL':>14s}{'emollm/TRL':>13s}   (median of {len(rounds)} round(s))")
+    med = lambda side, key: statistics.median(x[side][key] for x in rounds) if all(  # noqa: E731
+        x[side][key] is not None for x in rounds) else None
+    ratio = lambda key: statistics.median(x["ratios"][key] for x in rounds) if all(  # noqa: E731
+        x["ratios"][key] is not None for x in rounds) else None
+    rows = [("samples/s (steady)", "samples_per_s", "samples_per_s", "{:.2f}"),
+            ("tokens/s (steady)", "tokens_per_s", "tokens_per_s", "{:.0f}"),
+            ("time to common loss s", "time_to_loss_s", "time_to_loss", "{:.1f}"),
+            ("steps to common loss", "steps_to_loss", "steps_to_loss", "{:.0f}"),
+            ("training loop s", "loop_s", "loop_s", "{:.1f}"), ("process wall s", "wall_s", "wall_s", "{:.1f}"),
+            ("peak RSS MiB", "max_rss_mib", "max_rss", "{:.0f}")]
+    for label, key, rkey, fmt in rows:
+        a, b, q = med("emollm", key), med("trl", key), ratio(rkey)
+        show = lambda v, f=fmt: "-" if v is None else f.format(v)  # noqa: E731
+        spread = ""
+        if len(rounds) > 1 and q is not None:
+            qs = [x["ratios"][rkey] for x in rounds]
+            spread = f" [{min(qs):.3f}-{max(qs):.3f}]"
+        print(f"{label:24s}{show(a):>14s}{show(b):>14s}{show(q, '{:.3f}'):>13s}{spread}")
+    if args.device == "cuda":
+        print(f"{'peak CUDA MiB':24s}{_mib(med('emollm', 'cuda_peak_mib')):>14s}{_mib(med('trl', 'cuda_peak_mib')):>14s}")
+    targets = [x["target_loss"] for x in rounds]
+    print(f"common loss target (higher final {args.smooth}-step mean): {', '.join(f'{t:.4f}' for t in targets)}; "
+          f"final losses emollm {med('emollm', 'final_loss'):.4f}, TRL {med('trl', 'final_loss'):.4f}")
+    print(f"same sequences (emollm's logged tokens per step = the exported ones): {not mismatch}; same LoRA "
+          f"config: {lora_same} ({runs['emollm'][0]['lora']})")
+    lf = llamafactory_status(args.llamafactory)
+    print(f"LLaMA-Factory: {lf}")
+    result = {"spec": {k: v for k, v in spec.items() if k not in ("step_tokens", "step_samples")},
+              "threads": args.threads, "device": args.device, "rounds": rounds,
+              "order": [s for o in round_orders(args.rounds) for s in o], "same_sequences": not mismatch,
+              "same_lora": lora_same, "llamafactory": lf, "work": str(work),
+              "total_s": round(time.perf_counter() - t0, 1)}
+    if args.json:
+        Path(args.json).write_text(json.dumps(result, indent=1), encoding="utf-8")
+    print(json.dumps({"ratios": {k: ratio(k) for k in rounds[0]["ratios"]}, "target_loss": targets,
+                      "total_s": result["total_s"], "work": str(work)}), flush=True)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
