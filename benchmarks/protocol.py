@@ -34,10 +34,24 @@ def setup_threads(n: int | None = None) -> dict:
 
     os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
     if n is not None and n > 0:
-        for var in ("OMP_NUM_THREADS", "MKL_NUM_THREADS"):
+        for var in ("OMP_NUM_THREADS", "MKL_NUM_THREADS", "OPENBLAS_NUM_THREADS"):
             os.environ[var] = str(n)
         torch.set_num_threads(n)
+        _limit_native_pools(n)
     return settings()
+
+
+_POOL_LIMITS: list = []  # threadpoolctl's limiter, kept alive for the process
+
+
+def _limit_native_pools(n: int) -> None:
+    """numpy's OpenBLAS and other native pools are sized when first loaded, before the variables above
+    are read: cap them in place (threadpoolctl, when installed)."""
+    try:
+        from threadpoolctl import threadpool_limits
+    except ImportError:
+        return
+    _POOL_LIMITS.append(threadpool_limits(limits=n))
 
 
 def settings() -> dict:

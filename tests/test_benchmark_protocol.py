@@ -145,3 +145,22 @@ def test_stage_timer_counts_nested_stages_once_and_restores_patches(protocol):
     assert timer.totals == {"analyse": 1.5, "decode": 4.0}
     assert timer.calls == {"analyse": 1, "decode": 2}
     assert (mod.outer, mod.inner) == original
+
+
+def test_setup_threads_caps_the_native_pools_already_loaded(protocol, monkeypatch):
+    """numpy's BLAS pool is sized at import, before OMP_NUM_THREADS is set: the protocol caps it in place."""
+    threadpoolctl = pytest.importorskip("threadpoolctl")
+    import numpy  # noqa: F401 - loads OpenBLAS with its own pool
+    import torch
+
+    before = torch.get_num_threads()
+    for var in ("OMP_NUM_THREADS", "MKL_NUM_THREADS", "OPENBLAS_NUM_THREADS"):
+        monkeypatch.delenv(var, raising=False)
+    try:
+        protocol.setup_threads(1)
+        pools = threadpoolctl.threadpool_info()
+        assert pools and all(p["num_threads"] == 1 for p in pools)
+    finally:
+        while protocol._POOL_LIMITS:
+            protocol._POOL_LIMITS.pop().restore_original_limits()
+        torch.set_num_threads(before)
