@@ -21,7 +21,9 @@ from emollm.log import get_logger
 
 log = get_logger(__name__)
 
-VERSION = "analysis/1"
+# 2: the encoders' extra frames take the face by faces.follow (O-Net on the nearest AU frame's box), and a
+# bridged gap searches for faces from 0.4 of the expected size: feature caches and AU stages of /1 are redone
+VERSION = "analysis/2"
 
 
 @dataclass(eq=False)
