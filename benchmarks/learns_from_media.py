@@ -60,10 +60,17 @@ def main(argv: list[str] | None = None) -> int:
 
     recipe = {"batch_size": args.batch_size} if args.batch_size else None
     work = Path(args.out) if args.out else Path(tempfile.mkdtemp(prefix="learns_from_media_"))
+    from emollm.errors import EmollmError
+
     t0 = time.perf_counter()
-    result = run_media_task(work, backbone=args.backbone, steps=args.steps, clips=args.clips, n_test=args.test,
-                            seed=args.seed, media_informative=not args.shuffled, template=args.template,
-                            subprocess_run=not args.in_process, recipe=recipe, report=lambda line: print(line, flush=True))
+    try:
+        result = run_media_task(work, backbone=args.backbone, steps=args.steps, clips=args.clips, n_test=args.test,
+                                seed=args.seed, media_informative=not args.shuffled, template=args.template,
+                                subprocess_run=not args.in_process, recipe=recipe,
+                                report=lambda line: print(line, flush=True))  # fmt: skip
+    except EmollmError as err:  # e.g. too few steps: no answer names an emotion yet, evaluate says so
+        print(f"error: {err.message}", file=sys.stderr)
+        return 2
     result["seconds"]["total_s"] = round(time.perf_counter() - t0, 1)
     print(f"UAR with media {result['uar_with_media']:.3f}, media zeroed {result['uar_media_zeroed']:.3f}, "
           f"chance {result['chance']:.3f} ({result['n_test']} held-out clips; work dir {work})")
