@@ -195,6 +195,16 @@ def _done_ids(out: Path) -> set[str]:
     return ids
 
 
+def live_encoders_on_device(model: Any, names: Sequence[str], device: torch.device) -> dict[str, Any]:
+    """The model's live encoders of ``names`` (loaded once per model, kept) on ``device``, moved only when
+    they are elsewhere (not on every clip)."""
+    live = model.load_encoders(list(names))
+    for encoder in live.values():
+        if hasattr(encoder, "to") and getattr(encoder, "device", None) != device:
+            encoder.to(device)
+    return live
+
+
 def _fill_cache(cfg: cfglib.EmollmConfig, model: Any, dataset: Path, records: Iterable[dict]) -> tuple[Any, int]:
     """The feature cache bound to the model's encoders; entries it lacks are computed first."""
     from emollm.features.cache import FeatureCache
@@ -209,11 +219,7 @@ def _fill_cache(cfg: cfglib.EmollmConfig, model: Any, dataset: Path, records: It
     if missing:
         log.info("predict: the feature cache lacks %d entries for this run's encoders: computing them", missing)
         # the model's own live encoders (loaded once per model, kept), not a second copy built per call
-        live = model.load_encoders(frozen)
-        device = next(model.parameters()).device
-        for encoder in live.values():
-            if hasattr(encoder, "to") and getattr(encoder, "device", None) != device:
-                encoder.to(device)
+        live = live_encoders_on_device(model, frozen, next(model.parameters()).device)
         summary = extract_features(cfg, dataset, encoders=live)
         missing = summary.entries_computed + summary.entries_absent
         cache.bind_specs(model.config.modalities)  # bound before the folders existed: bind again
@@ -507,7 +513,7 @@ class Explainer:
         names = [n for n in self.modalities if any(n in inputs for inputs in per_clip)]
         if not names:
             return out
-        live = self._on_device(names)
+        live = live_encoders_on_device(self.model, names, self.device)
         size = self.cfg.features.batch_size
         for name in names:
             spec = self.modalities[name]
@@ -573,13 +579,6 @@ class Explainer:
         }  # fmt: skip
         return {**encoded, "media": media, "media_masks": masks}
 
-    def _on_device(self, names: list[str]) -> dict[str, Any]:
-        """The live encoders of ``names``, on the model's device (moved once, not on every clip)."""
-        live = self.model.load_encoders(names)
-        for encoder in live.values():
-            if hasattr(encoder, "to") and getattr(encoder, "device", None) != self.device:
-                encoder.to(self.device)
-        return live
 
     def _parse(self, text: str) -> str | None:
         from emollm.dataset.label_parsing import parse_label
@@ -607,4 +606,5 @@ def load(run_dir: str | os.PathLike, **kwargs: Any) -> Explainer:
 
 
 __all__ = ["Explainer", "Explanation", "PredictSummary", "generate", "generation_kwargs", "length_sorted_batches",
+           "live_encoders_on_device",
            "load", "load_model", "predict_dataset", "run_config"]
