@@ -75,6 +75,18 @@ def test_yin_tracks_a_known_pitch() -> None:
     assert np.allclose(f0, 180, atol=2) and (ap < 0.1).all()
 
 
+def test_yin_in_blocks_gives_the_values_of_one_pass() -> None:
+    """A long clip is tracked block by block (bounded memory): every frame's F0 is the one-pass value, bit for bit."""
+    from data_builders import tone
+
+    voice = _voice(12.0, 120, 300, 0.5)  # ~1200 frames: several blocks and a partial last one
+    frames = tone._frames(voice.astype(np.float64))
+    assert len(frames) > 3 * tone.YIN_BLOCK and len(frames) % tone.YIN_BLOCK
+    f0, ap = yin_f0(frames)
+    one_f0, one_ap = tone._yin_block(frames, SR, tone.FMIN, tone.FMAX, 0.15)
+    assert np.array_equal(f0, one_f0) and np.array_equal(ap, one_ap)
+
+
 def test_prosody_phrases_silence_and_rising_pitch() -> None:
     silent = describe_prosody(np.zeros(SR * 2, np.float32))
     assert silent.tone is None and silent.flags == ["silent_audio"]
