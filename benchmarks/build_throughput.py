@@ -51,7 +51,7 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 sys.path[:0] = [str(ROOT), str(ROOT / "benchmarks")]
 
-from protocol import StageTimer, compare, format_result, header, settings, setup_threads, time_one  # noqa: E402
+from protocol import StageTimer, compare, format_result, header, pinned_cpus, settings, setup_threads, time_one  # noqa: E402
 
 CLIPS = ("single_face.mp4", "no_face.mp4", "face_noface.mov", "noface_face.mov", "WolfgangLanger_Pexels.mp4")
 STAGES = ("probe", "decode video", "decode audio", "faces", "landmarks", "AUs", "expression", "tone", "ASR",
@@ -135,27 +135,14 @@ def one_build(cfg, clips: Path, workers: int, timer: StageTimer | None = None) -
             "text": {k: summary.text.get(k) for k in ("coarse_descriptions", "reasoning", "fine")}}  # fmt: skip
 
 
-def pin_to_one_cpu() -> tuple[set[int] | None, int | None]:
-    """Pin this process to one CPU; returns (the CPUs it had, the one it has now)."""
-    if not hasattr(os, "sched_setaffinity"):
-        return None, None
-    cpus = os.sched_getaffinity(0)
-    one = max(cpus)  # the last CPU: on a shared box the first one takes more interrupts
-    os.sched_setaffinity(0, {one})
-    return cpus, one
-
-
 def per_core(cfg, clips: Path, repeats: int) -> dict:  # noqa: ANN001
     """1 worker pinned to one CPU: warm-up build dropped, then ``repeats`` timed builds."""
-    cpus, cpu = pin_to_one_cpu()
-    try:
+    with pinned_cpus(1) as pinned:
         one_build(cfg, clips, 1)  # warm-up: page cache, MTCNN / dlib / expression model / whisper loads
         timer = StageTimer()
         runs: list[dict] = []
         timed = compare({"build": lambda: runs.append(one_build(cfg, clips, 1, timer))}, warmup=0, repeats=repeats)
-    finally:
-        if cpus is not None:
-            os.sched_setaffinity(0, cpus)
+    cpu = min(pinned) if pinned else None
     walls = timed["times"]["build"]  # the protocol's clock around each whole build
     media_s = runs[0]["clip_seconds"]
     rtfs = sorted(media_s / w for w in walls)

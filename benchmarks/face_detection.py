@@ -48,7 +48,11 @@ detector calls, the main-track landmark difference to every-frame mode in inter-
 over every-frame mode: the median per-round time ratio every-frame / this mode [min-max, IQR], the
 modes timed with the protocol per clip (interleaved, rotating order, ``--warmup`` rounds discarded,
 ``--repeats`` kept). The *jitter* line is the reference: the same landmarks refitted on the
-every-frame box moved by 2 % of its width.
+every-frame box moved by 2 % of its width. **AU presence flips**: the builder's AUs
+(``series_from_landmarks`` at the build defaults) from each mode's landmarks against those from
+every-frame mode's, the share of (frame, AU) presence cells that differ over the frames both have a
+face in (``AUflip``), beside the same for the 2 % jitter (``jit``): how much the tracking moves the
+pseudo-labels' input, against how much dlib's fit moves on its own.
 
     python benchmarks/face_detection.py [--frames 8] [--detect-max-side 640] [--detectors a,b] [--rounds 11] [--json out.json]
     python benchmarks/face_detection.py --speed-only [--rounds 11] [--speed-frames 2]
@@ -392,19 +396,31 @@ def calibrate(items: list[Item], names: list[str], detect_max_side: int) -> dict
 
 
 class Counted:
-    """A backend wrapper counting its calls (full-frame detections vs region searches by crop size)."""
+    """A backend wrapper counting its calls: full-frame detections, region searches (by crop size:
+    they pass max_side=None) and box checks (``verify``, MTCNN's O-Net on a followed box)."""
 
     def __init__(self, backend, min_face: bool) -> None:  # noqa: ANN001
-        self.backend, self.calls = backend, 0
+        self.backend, self.calls, self.searches, self.checks = backend, 0, 0, 0
         if min_face:  # keep the optional keyword visible to FaceDetector's check
             self.detect = self._detect_min_face
+        if hasattr(backend, "verify"):  # FaceDetector.check looks the stage up on the backend
+            self.verify = self._verify
+
+    def reset(self) -> None:
+        self.calls = self.searches = self.checks = 0
 
     def detect(self, frame, *, max_side, upsample):  # noqa: ANN001, ANN201
-        self.calls += max_side is not None  # region searches pass max_side=None
+        self.calls += max_side is not None
+        self.searches += max_side is None
         return self.backend.detect(frame, max_side=max_side, upsample=upsample)
+
+    def _verify(self, frame, boxes):  # noqa: ANN001, ANN201
+        self.checks += len(boxes)
+        return self.backend.verify(frame, boxes)
 
     def _detect_min_face(self, frame, *, max_side, upsample, min_face=None):  # noqa: ANN001, ANN201
         self.calls += max_side is not None
+        self.searches += max_side is None
         kw = {} if min_face is None else {"min_face": min_face}
         return self.backend.detect(frame, max_side=max_side, upsample=upsample, **kw)
 
@@ -424,6 +440,27 @@ def tracking_clips() -> list[tuple[str, object]]:
     return out
 
 
+def builder_aus(landmarks: list, frames):  # noqa: ANN001, ANN201 - (positions of (68, 2) or None), Frames -> AUSeries
+    """The builder's AUs (``series_from_landmarks`` at the build defaults) of one track's landmarks."""
+    from data_builders.au.landmark_au import series_from_landmarks
+    from emollm import config as cfglib
+
+    b = cfglib.load(None, []).build
+    lm = np.stack([np.full((68, 2), np.nan) if x is None else np.asarray(x, np.float64) for x in landmarks])
+    return series_from_landmarks(lm, frames.indices, frames.timestamps_s, still=False, baseline=b.baseline,
+                                 percentile=b.baseline_percentile, presence_threshold=b.presence_threshold)  # fmt: skip
+
+
+def au_change(aus, reference) -> dict | None:  # noqa: ANN001 - AUSeries
+    """How far ``aus`` is from ``reference`` over the frames both measured a face in: the share of
+    (frame, AU) presence cells that differ, and the mean absolute intensity difference (0-5 scale)."""
+    both = aus.face & reference.face
+    if not both.any():
+        return None
+    return {"presence_flips": round(float((aus.presence[both] != reference.presence[both]).mean()), 4),
+            "intensity_mae": round(float(np.abs(aus.intensity[both] - reference.intensity[both]).mean()), 4)}  # fmt: skip
+
+
 def run_tracking(keyframes: list[int], repeats: int, detect_max_side: int, warmup: int = protocol.WARMUP) -> dict:
     from emollm import config as cfglib
     from emollm.media import track_faces
@@ -441,11 +478,11 @@ def run_tracking(keyframes: list[int], repeats: int, detect_max_side: int, warmu
 
     def side(name: str, frames, k: int) -> Callable[[], None]:  # noqa: ANN001
         def run() -> None:
-            counted.calls = 0
+            counted.reset()
             results[(name, k)] = track_faces(frames, detector, iou_threshold=face.iou_threshold, max_gap=face.max_gap,
                                              bridge=face.bridge, min_frames=2 if len(frames.indices) >= 5 else 1,
                                              keyframe_every=k)  # fmt: skip
-            calls[(name, k)] = counted.calls
+            calls[(name, k)] = (counted.calls, counted.checks, counted.searches)
 
         return run
 
@@ -455,11 +492,14 @@ def run_tracking(keyframes: list[int], repeats: int, detect_max_side: int, warmu
     for name, frames in clips:
         base = results[(name, 1)]
         jitter = []
+        jittered = [None] * base.num_frames
         for pos in base.face_frames:
             box, lm = base.boxes[pos], base.landmarks[pos]
             dx = 0.02 * (box[2] - box[0])
-            moved = detector.fit_landmarks(frames.array[pos], (box[0] + dx, box[1], box[2] + dx, box[3]))
+            moved = jittered[pos] = detector.fit_landmarks(frames.array[pos], (box[0] + dx, box[1], box[2] + dx, box[3]))
             jitter.append(lm_error(moved, lm))
+        base_aus = builder_aus(base.landmarks, frames)
+        jitter_aus = au_change(builder_aus(jittered, frames), base_aus)
         for k in modes:
             res = results[(name, k)]
             both = [p for p in base.face_frames if res.boxes[p] is not None]
@@ -468,11 +508,13 @@ def run_tracking(keyframes: list[int], repeats: int, detect_max_side: int, warmu
                 "clip": name, "keyframe_every": k, "frames": res.num_frames, "found": len(res.face_frames),
                 "gained": sorted(set(res.face_frames) - set(base.face_frames)),
                 "lost": sorted(set(base.face_frames) - set(res.face_frames)),
-                "roi_frames": len(res.roi_frames), "full_frame_calls": calls[(name, k)],
+                "roi_frames": len(res.roi_frames), "full_frame_calls": calls[(name, k)][0],
+                "box_checks": calls[(name, k)][1], "region_searches": calls[(name, k)][2],
                 "redetected": len(res.redetected), "bridged": len(res.bridged), "tracks": res.num_tracks,
                 "lm_diff_iod": {"mean": round(float(np.mean(diffs)), 4), "p95": round(float(np.percentile(diffs, 95)), 4),
                                 "max": round(float(np.max(diffs)), 4)} if diffs else None,
                 "jitter_2pct_iod": round(float(np.mean(jitter)), 4) if jitter else None,
+                "au_change": au_change(builder_aus(res.landmarks, frames), base_aus), "jitter_au_change": jitter_aus,
                 "ms_per_frame": round(1000 * timing[name]["sides"][k]["median"] / res.num_frames, 2),
                 "speedup_vs_every_frame": ({q: round(v, 4) for q, v in timing[name]["ratios"][f"1/{k}"].items()}
                                            if k != 1 else None),
@@ -483,26 +525,33 @@ def run_tracking(keyframes: list[int], repeats: int, detect_max_side: int, warmu
 def print_tracking(result: dict) -> None:
     print(f"track_faces: keyframe mode vs every frame, builder settings (detect_max_side={result['detect_max_side']}), "
           f"{result['repeats']} round(s) after {result['warmup']} warm-up, torch threads {torch.get_num_threads()}")  # fmt: skip
-    print(f"{'clip':26} {'every':>5} {'found':>9} {'lost':>4} {'gained':>6} {'full':>5} {'roi':>4} "
-          f"{'redet':>5} {'bridg':>5} {'lm mean':>7} {'p95':>6} {'max':>6} {'jitter':>6} {'ms/fr':>6}"
+    print(f"{'clip':26} {'every':>5} {'found':>9} {'lost':>4} {'gained':>6} {'full':>5} {'roi':>4} {'chk':>4} "
+          f"{'srch':>4} {'redet':>5} {'bridg':>5} {'lm mean':>7} {'p95':>6} {'max':>6} {'jitter':>6} {'AUflip':>6} {'jit':>6} {'ms/fr':>6}"
           f"  speed-up vs every frame [min-max, IQR]")  # fmt: skip
     for r in result["rows"]:
         lm = r["lm_diff_iod"] or {"mean": 0.0, "p95": 0.0, "max": 0.0}
         q = r["speedup_vs_every_frame"]
         speedup = f"{q['median']:.3f} [{q['min']:.3f}-{q['max']:.3f}, IQR {q['iqr']:.3f}]" if q else "-"
         print(f"{r['clip']:26} {r['keyframe_every']:>5} {r['found']:>4}/{r['frames']:<4} {len(r['lost']):>4} "
-              f"{len(r['gained']):>6} {r['full_frame_calls']:>5} {r['roi_frames']:>4} {r['redetected']:>5} "
+              f"{len(r['gained']):>6} {r['full_frame_calls']:>5} {r['roi_frames']:>4} {r['box_checks']:>4} "
+              f"{r['region_searches']:>4} {r['redetected']:>5} "
               f"{r['bridged']:>5} {lm['mean']:>7.4f} {lm['p95']:>6.3f} {lm['max']:>6.3f} "
-              f"{r['jitter_2pct_iod'] or 0:>6.4f} {r['ms_per_frame']:>6.1f}  {speedup}")  # fmt: skip
+              f"{r['jitter_2pct_iod'] or 0:>6.4f} {(r['au_change'] or {}).get('presence_flips', 0):>6.4f} "
+              f"{(r['jitter_au_change'] or {}).get('presence_flips', 0):>6.4f} {r['ms_per_frame']:>6.1f}  {speedup}")  # fmt: skip
     print("all clips:")
     for k in result["modes"]:
         rs = [r for r in result["rows"] if r["keyframe_every"] == k]
         frames = sum(r["frames"] for r in rs)
         ms = sum(r["ms_per_frame"] * r["frames"] for r in rs) / frames
         means = [r["lm_diff_iod"]["mean"] for r in rs if r["lm_diff_iod"]]
+        flips = [r["au_change"]["presence_flips"] for r in rs if r["au_change"]]
+        jitter_flips = [r["jitter_au_change"]["presence_flips"] for r in rs if r["jitter_au_change"]]
         print(f"  keyframe_every={k}: found {sum(r['found'] for r in rs)}/{frames}, lost {sum(len(r['lost']) for r in rs)}, "
               f"gained {sum(len(r['gained']) for r in rs)}, full-frame calls {sum(r['full_frame_calls'] for r in rs)}, "
-              f"lm diff (mean of clip means) {statistics.mean(means) if means else 0:.4f}, {ms:.1f} ms/frame")  # fmt: skip
+              f"box checks {sum(r['box_checks'] for r in rs)}, region searches {sum(r['region_searches'] for r in rs)}, "
+              f"lm diff (mean of clip means) {statistics.mean(means) if means else 0:.4f}, "
+              f"AU presence flips {statistics.mean(flips) if flips else 0:.4f} (2 % jitter: "
+              f"{statistics.mean(jitter_flips) if jitter_flips else 0:.4f}), {ms:.1f} ms/frame")  # fmt: skip
 
 
 def main(argv: list[str] | None = None) -> int:

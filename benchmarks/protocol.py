@@ -12,6 +12,9 @@
   round moves one per-round ratio, not the median.
 - ``StageTimer`` splits one timed run into stages (exclusive wall time per wrapped entry point, a nested
   stage not counted twice); ``timer.patched([(module, "name", "stage"), ...])`` wraps them for a block.
+- ``pinned_cpus(n)`` runs a block on n CPUs (sched_setaffinity): sides whose native threads differ (FFmpeg's
+  decoder threads against a one-thread baseline) then share the same cores, and the VM's other CPU stops
+  adding its own scatter to the ratio.
 - ``header()`` / ``format_result()`` print the settings (threads, OMP_WAIT_POLICY, torch version, CPUs) and
   the result, so every figure in benchmarks/README.md carries how it was measured.
 """
@@ -54,19 +57,42 @@ def _limit_native_pools(n: int) -> None:
     _POOL_LIMITS.append(threadpool_limits(limits=n))
 
 
+@contextlib.contextmanager
+def pinned_cpus(n: int | None) -> Iterator[set[int] | None]:
+    """Run the block on ``n`` CPUs of those this process may use (the last ones: on a VM the first takes
+    more interrupts), restoring the affinity after; yields the CPUs pinned to (None: not pinned, where
+    ``n`` is None or the platform has no ``sched_setaffinity``). FFmpeg's decoder threads and every
+    thread started inside follow it, so two sides that thread differently get the same cores."""
+    if n is None or not hasattr(os, "sched_setaffinity"):
+        yield None
+        return
+    cpus = os.sched_getaffinity(0)
+    if n < 1 or n > len(cpus):
+        raise ValueError(f"cannot pin to {n} CPU(s): this process may use {len(cpus)}")
+    pinned = set(sorted(cpus)[-n:])
+    os.sched_setaffinity(0, pinned)
+    try:
+        yield pinned
+    finally:
+        os.sched_setaffinity(0, cpus)
+
+
 def settings() -> dict:
     import torch
 
+    usable = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
     return {"threads": torch.get_num_threads(), "omp_wait_policy": os.environ.get("OMP_WAIT_POLICY", "(unset)"),
             "omp_num_threads": os.environ.get("OMP_NUM_THREADS", "(unset)"), "torch": torch.__version__,
-            "cpus": os.cpu_count(), "cuda": torch.cuda.is_available()}
+            "cpus": os.cpu_count(), "usable_cpus": usable, "cuda": torch.cuda.is_available()}
 
 
 def header(info: dict | None = None) -> str:
     s = info or settings()
+    usable = s.get("usable_cpus", s["cpus"])
+    pinned = f" (pinned to {usable})" if usable != s["cpus"] else ""
     return (f"protocol: interleaved rounds, rotating order, warm-ups discarded, median [min-max]; "
             f"threads {s['threads']}, OMP_WAIT_POLICY {s['omp_wait_policy']}, OMP_NUM_THREADS {s['omp_num_threads']}, "
-            f"torch {s['torch']}, {s['cpus']} CPUs{', CUDA' if s['cuda'] else ''}")
+            f"torch {s['torch']}, {s['cpus']} CPUs{pinned}{', CUDA' if s['cuda'] else ''}")
 
 
 def _sync() -> None:

@@ -23,7 +23,8 @@ log = get_logger(__name__)
 
 # 2: the encoders' extra frames take the face by faces.follow (O-Net on the nearest AU frame's box), and a
 # bridged gap searches for faces from 0.4 of the expected size: feature caches and AU stages of /1 are redone
-VERSION = "analysis/2"
+# 3: between keyframes the main face's last box is checked by O-Net before any search around it
+VERSION = "analysis/3"
 
 
 @dataclass(eq=False)

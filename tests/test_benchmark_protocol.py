@@ -164,3 +164,21 @@ def test_setup_threads_caps_the_native_pools_already_loaded(protocol, monkeypatc
         while protocol._POOL_LIMITS:
             protocol._POOL_LIMITS.pop().restore_original_limits()
         torch.set_num_threads(before)
+
+
+@pytest.mark.skipif(not hasattr(os, "sched_setaffinity"), reason="needs sched_setaffinity (Linux)")
+def test_pinned_cpus_runs_the_block_on_n_cpus_and_gives_them_back(protocol):
+    before = os.sched_getaffinity(0)
+    with protocol.pinned_cpus(1) as pinned:
+        assert os.sched_getaffinity(0) == pinned and len(pinned) == 1 and pinned <= before
+        assert protocol.settings()["usable_cpus"] == 1
+        if len(before) > 1:
+            assert "(pinned to 1)" in protocol.header()
+    assert os.sched_getaffinity(0) == before
+    with pytest.raises(RuntimeError), protocol.pinned_cpus(1):  # restored on an error too
+        raise RuntimeError("boom")
+    assert os.sched_getaffinity(0) == before
+    with pytest.raises(ValueError, match="cannot pin"), protocol.pinned_cpus(len(before) + 1):
+        pass
+    with protocol.pinned_cpus(None) as pinned:
+        assert pinned is None and os.sched_getaffinity(0) == before

@@ -46,6 +46,7 @@ def test_media_decode_reports_the_speedup_with_its_spread(tmp_path, capsys, one_
     assert printed.startswith("protocol: interleaved rounds") and "OMP_WAIT_POLICY PASSIVE" in printed
     report = json.loads(out.read_text())
     assert report["protocol"]["threads"] == 1
+    assert report["protocol"]["usable_cpus"] == 1  # both sides pinned to one CPU by default (--cpus 1)
     (row,) = report["rows"]
     assert row["clip"] == "single_face.mp4" and row["rounds"] == 3 and row["warmup"] == 1
     assert row["baseline_s"] > 0 and row["emollm_s"] > 0
@@ -99,3 +100,20 @@ def test_face_detection_accuracy_pass_keeps_every_frames_detections(one_thread):
     assert a.seen == b.seen == [0, 1, 2, 3, 4]  # each image once per detector
     assert res["order"] == ["a", "b", "b", "a", "a", "b", "b", "a", "a", "b"]  # frame by frame, rotating
     assert len(res["times"]["a"]) == 3 and res["warmup"] == 2
+
+
+def test_tracking_au_change_counts_flipped_presence_cells_over_shared_face_frames():
+    from types import SimpleNamespace
+
+    bench = _load("face_detection")
+    presence = np.zeros((4, 5), np.uint8)
+    ref = SimpleNamespace(face=np.array([True, True, True, False]), presence=presence,
+                          intensity=np.zeros((4, 5), np.float32))  # fmt: skip
+    other = SimpleNamespace(face=np.array([True, True, False, True]), presence=presence.copy(),
+                            intensity=np.zeros((4, 5), np.float32))  # fmt: skip
+    other.presence[0, :2] = 1  # 2 of the 10 cells of the 2 frames both have a face
+    other.presence[3] = 1  # a frame the reference has no face in: not counted
+    other.intensity[1, 0] = 2.0
+    change = bench.au_change(other, ref)
+    assert change == {"presence_flips": 0.2, "intensity_mae": 0.2}
+    assert bench.au_change(other, SimpleNamespace(face=np.zeros(4, bool), presence=presence, intensity=presence)) is None

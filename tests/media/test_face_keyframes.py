@@ -1,5 +1,6 @@
 """Keyframe mode of ``track_faces`` (``media.face.keyframe_every``): the full-frame detector on
-keyframes, a search around the main face's last box between them, on real faces."""
+keyframes; between them the main face's last box checked by the detector's last stage (MTCNN's
+O-Net), a search around it where that sees no face; on real faces."""
 
 from __future__ import annotations
 
@@ -19,10 +20,19 @@ DETECT = 320  # build.detect_max_side: the builder's videos
 
 
 def spy_backend(monkeypatch, detector: FaceDetector) -> list[str]:
-    """Record each backend call as "full" (the full-frame pass: max_side given) or "region"."""
+    """Record each backend call as "full" (the full-frame pass: max_side given), "region" (a search
+    on a crop) or "check" (one box given to the last stage, ``verify``)."""
     calls: list[str] = []
     _, backend = detector._backend()
     real = backend.detect
+    if hasattr(backend, "verify"):
+        real_verify = backend.verify
+
+        def verify(frame, boxes):
+            calls.extend(["check"] * len(boxes))
+            return real_verify(frame, boxes)
+
+        monkeypatch.setattr(backend, "verify", verify)
 
     if faces_mod._takes_min_face(backend):
 
@@ -60,9 +70,10 @@ def test_keyframe_mode_finds_every_face_with_fewer_full_frame_calls(talking, mon
     result = track_faces(frames, detector, min_frames=2, keyframe_every=5)
     assert result.no_face_frames == [] and result.num_tracks == 1
     keyframes = list(range(0, n, 5))
-    assert calls.count("full") == len(keyframes) < n  # only the keyframes: no region search failed
+    assert calls.count("full") == len(keyframes) < n  # only the keyframes: no check failed
     assert result.roi_frames == [p for p in range(n) if p not in keyframes]
-    assert calls.count("region") == len(result.roi_frames)
+    # between keyframes one O-Net check of the last box each, no pyramid search
+    assert calls.count("check") == len(result.roi_frames) and calls.count("region") == 0
     assert result.redetected == result.bridged == []
     for pos in range(n):  # the same face, landmarks within the detector's jitter
         if pos in keyframes:
@@ -125,9 +136,11 @@ def test_a_face_that_jumps_or_comes_and_goes_is_still_found(face_patch, monkeypa
     assert [t.positions for t in result.tracks] == [t.positions for t in every.tracks] == [[2, 3, 4, 5], [6, 7, 8]]
     for pos in range(2, 9):  # the same face found in the same place
         assert faces_mod.box_iou(result.detections[pos][0].box, every.detections[pos][0].box) > 0.8
-    # Keyframes 0, 4, 8; frame 6 (the jump) and 9 (gone) fall back to the full frame; frames 1-3
-    # (nothing to follow) wait for keyframe 4, which follows its face back to frame 2.
+    # Keyframes 0, 4, 8; frame 6 (the jump) and 9 (gone) fall back to the full frame after the check
+    # of the last box and the search around it see no face; frames 1-3 (nothing to follow) wait for
+    # keyframe 4, which follows its face back to frame 2 (the check at frame 1 sees grey).
     assert calls.count("full") == 5 < len(frames)
+    assert calls.count("region") == 3  # frames 1 (back from 4), 6 and 9: only where a check failed
     assert result.roi_frames == [2, 3, 5, 7]
     assert result.no_face_frames == every.no_face_frames
 
