@@ -211,7 +211,7 @@ def speed_images(items: list[Item], count: int, ref_hog: FaceDetector) -> list[n
 
 
 def run_speed(items: list[Item], names: list[str], detect_max_side: int, count: int, rounds: int,
-              warmup: int) -> dict:
+              warmup: int, stop: dict | None = None) -> dict:
     """The detectors on the speed set with the protocol: one round = each detector on every image."""
     detectors = {n: FaceDetector(n, detect_max_side=detect_max_side, fallback=False) for n in names}
     ref_hog = FaceDetector("dlib_hog", detect_max_side=None, fallback=False)
@@ -222,21 +222,24 @@ def run_speed(items: list[Item], names: list[str], detect_max_side: int, count: 
     def side(det: FaceDetector) -> Callable[[], None]:
         return lambda: [det.detect(im) for im in images]
 
-    res = protocol.compare({n: side(d) for n, d in detectors.items()}, warmup=warmup, repeats=rounds)
-    return {"images": len(images), "frames": count, "rounds": rounds, "warmup": warmup,
+    res = protocol.compare({n: side(d) for n, d in detectors.items()}, warmup=warmup, repeats=rounds, **(stop or {}))
+    return {"images": len(images), "frames": count, "rounds": res["repeats"], "warmup": warmup,
+            "ci_reached": res["ci_reached"],
             "ms_per_frame": {n: {k: round(1000 * st[k] / len(images), 2) for k in ("median", "min", "max")}
                              for n, st in res["sides"].items()},
-            "ratios": {k: {q: round(v, 4) for q, v in st.items()} for k, st in res["ratios"].items()}}  # fmt: skip
+            "ratios": {k: protocol.rounded(st) for k, st in res["ratios"].items()}}  # fmt: skip
 
 
 def print_speed(speed: dict) -> None:
     print(f"speed: {speed['frames']} face frame(s) x {len(CONDITIONS)} conditions = {speed['images']} images per round, "
-          f"{speed['rounds']} rounds after {speed['warmup']} warm-up")  # fmt: skip
+          f"{speed['rounds']} rounds after {speed['warmup']} warm-up"
+          + ("" if speed.get("ci_reached") is None else f", CI target {'reached' if speed['ci_reached'] else 'NOT reached'}"))  # fmt: skip
     for name, st in speed["ms_per_frame"].items():
         print(f"  {name:15} {st['median']:8.1f} ms/frame [{st['min']:.1f}-{st['max']:.1f}]  "
               f"{1000 / st['median']:7.2f} frames/s")  # fmt: skip
     for key, r in speed["ratios"].items():
-        print(f"  time ratio {key:28} {r['median']:.3f} [{r['min']:.3f}-{r['max']:.3f}, IQR {r['iqr']:.3f}]")
+        print(f"  time ratio {key:28} {r['median']:.3f} [{r['min']:.3f}-{r['max']:.3f}, IQR {r['iqr']:.3f}, "
+              f"95% CI +-{r['ci_half']:.3f}]")
 
 
 def run_benchmark(items: list[Item], names: list[str], detect_max_side: int, warmup: int = protocol.WARMUP) -> dict:
@@ -516,7 +519,7 @@ def run_tracking(keyframes: list[int], repeats: int, detect_max_side: int, warmu
                 "jitter_2pct_iod": round(float(np.mean(jitter)), 4) if jitter else None,
                 "au_change": au_change(builder_aus(res.landmarks, frames), base_aus), "jitter_au_change": jitter_aus,
                 "ms_per_frame": round(1000 * timing[name]["sides"][k]["median"] / res.num_frames, 2),
-                "speedup_vs_every_frame": ({q: round(v, 4) for q, v in timing[name]["ratios"][f"1/{k}"].items()}
+                "speedup_vs_every_frame": (protocol.rounded(timing[name]["ratios"][f"1/{k}"])
                                            if k != 1 else None),
             })  # fmt: skip
     return {"detect_max_side": detect_max_side, "repeats": repeats, "warmup": warmup, "modes": modes, "rows": rows}
@@ -572,6 +575,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--speed-frames", type=int, default=2, help="speed section: face frames (x 5 conditions)")
     parser.add_argument("--speed-only", action="store_true", help="only the speed section (no accuracy pass)")
     parser.add_argument("--json", help="also write the results here")
+    protocol.add_stopping_arguments(parser)  # the speed section's ratios
     args = parser.parse_args(argv)
     info = protocol.setup_threads(1)
     print(protocol.header(info))
@@ -600,7 +604,8 @@ def main(argv: list[str] | None = None) -> int:
         if result:
             print_table(result)
         if args.rounds > 0:
-            result["speed"] = run_speed(items, names, args.detect_max_side, args.speed_frames, args.rounds, args.warmup)
+            result["speed"] = run_speed(items, names, args.detect_max_side, args.speed_frames, args.rounds, args.warmup,
+                                        protocol.stopping(args))
             print_speed(result["speed"])
         result["protocol"] = info
     if args.json:

@@ -197,7 +197,7 @@ def tone_with(tracker: Callable, x: np.ndarray) -> str | None:
         tone._voicing = _VOICING
 
 
-def speed(audio: np.ndarray, rounds: int, warmup: int) -> dict:
+def speed(audio: np.ndarray, rounds: int, warmup: int, stop: dict | None = None) -> dict:
     """The trackers on the same audio with the protocol; ratios are ours / each librosa tracker.
 
     Each side is the tracker's own work: ours its YIN over the frames, librosa's YIN its F0 alone (the
@@ -208,16 +208,20 @@ def speed(audio: np.ndarray, rounds: int, warmup: int) -> dict:
     fns = {t: (lambda f=f, x=audio: f(x)) for t, f in work.items()}
     for f in work.values():
         f(audio[:SR])  # numba compiles librosa's kernels on first use: not a warm-up round's job
-    res = protocol.compare(fns, warmup=warmup, repeats=rounds)
-    print(f"speed, 1 thread, {seconds:.1f} s of audio ({rounds} rounds, {warmup} warm-up):")
-    out: dict = {"audio_s": seconds, "rounds": rounds, "warmup": warmup, "trackers": {}, "ratios": res["ratios"]}
+    res = protocol.compare(fns, warmup=warmup, repeats=rounds, **(stop or {}))
+    rounds = res["repeats"]
+    reached = "" if res["ci_reached"] is None else f", CI target {'reached' if res['ci_reached'] else 'NOT reached'}"
+    print(f"speed, 1 thread, {seconds:.1f} s of audio ({rounds} rounds, {warmup} warm-up{reached}):")
+    out: dict = {"audio_s": seconds, "rounds": rounds, "warmup": warmup, "trackers": {}, "ratios": res["ratios"],
+                 "ci_reached": res["ci_reached"]}
     for tname, st in res["sides"].items():
         out["trackers"][tname] = {"seconds": st["median"], "seconds_min": st["min"], "seconds_max": st["max"],
                                   "x_real_time": seconds / st["median"]}
         print(f"  {tname:<20} {st['median'] * 1000:8.1f} ms [{st['min'] * 1000:.1f}-{st['max'] * 1000:.1f}]  "
               f"{seconds / st['median']:7.1f}x real time")
     for key, r in res["ratios"].items():
-        print(f"  ratio {key:<36} {r['median']:.3f} [{r['min']:.3f}-{r['max']:.3f}, IQR {r['iqr']:.3f}]  "
+        print(f"  ratio {key:<36} {r['median']:.3f} [{r['min']:.3f}-{r['max']:.3f}, IQR {r['iqr']:.3f}, "
+              f"95% CI +-{r['ci_half']:.3f}]  "
               f"(ours {max(r['median'], 1 / r['median']):.1f}x {'faster' if r['median'] < 1 else 'slower'})")
     return out
 
@@ -229,6 +233,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--warmup", type=int, default=protocol.WARMUP, help="speed: rounds discarded first")
     parser.add_argument("--speed-only", action="store_true", help="only the speed part (same audio)")
     parser.add_argument("--json", help="also write the results here")
+    protocol.add_stopping_arguments(parser)
     args = parser.parse_args(argv)
     info = protocol.setup_threads(1)  # the figure is per core
     print(protocol.header(info))
@@ -279,7 +284,7 @@ def main(argv: list[str] | None = None) -> int:
         print("speech: espeak-ng not installed (skipped)")
 
     audio = np.concatenate([clips["snr 20 dB"], *waves])
-    report["speed"] = speed(audio, args.rounds, args.warmup)
+    report["speed"] = speed(audio, args.rounds, args.warmup, protocol.stopping(args))
 
     import librosa
 

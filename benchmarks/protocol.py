@@ -17,11 +17,16 @@
   adding its own scatter to the ratio.
 - ``header()`` / ``format_result()`` print the settings (threads, OMP_WAIT_POLICY, torch version, CPUs) and
   the result, so every figure in benchmarks/README.md carries how it was measured.
+- Every ratio carries the 95 % confidence interval of its median (``median_ci95``, distribution-free).
+  ``compare(..., until_ci=0.015)`` keeps adding rounds until each ratio's interval is that narrow (or a
+  round / time cap is hit, and says so): the rule that makes a re-run agree to +-0.03, at whatever number
+  of rounds the machine's noise needs (``--until-ci`` / ``--max-minutes`` in the scripts).
 """
 
 from __future__ import annotations
 
 import contextlib
+import math
 import os
 import statistics
 import time
@@ -102,13 +107,27 @@ def _sync() -> None:
         torch.cuda.synchronize()
 
 
+def median_ci95(xs: list[float]) -> tuple[float, float]:
+    """A distribution-free 95 % confidence interval of the median of ``xs``: the order statistics of ranks
+    n/2 -+ 0.98 sqrt(n) (the binomial's normal approximation); [min, max] for fewer than 6 values."""
+    xs = sorted(xs)
+    n = len(xs)
+    if n < 6:
+        return xs[0], xs[-1]
+    half = 0.98 * math.sqrt(n)
+    lo, hi = max(1, math.floor(n / 2 - half)), min(n, math.ceil(n / 2 + 1 + half))  # 1-based ranks
+    return xs[lo - 1], xs[hi - 1]
+
+
 def _stats(xs: list[float]) -> dict:
     xs = sorted(xs)
     if len(xs) >= 2:
         q1, _, q3 = statistics.quantiles(xs, n=4, method="inclusive")
     else:
         q1 = q3 = xs[0]
-    return {"median": statistics.median(xs), "min": xs[0], "max": xs[-1], "iqr": q3 - q1, "n": len(xs)}
+    lo, hi = median_ci95(xs)
+    return {"median": statistics.median(xs), "min": xs[0], "max": xs[-1], "iqr": q3 - q1, "n": len(xs),
+            "ci95": [lo, hi], "ci_half": (hi - lo) / 2}
 
 
 def order(names: list[str], round_index: int) -> list[str]:
@@ -117,19 +136,38 @@ def order(names: list[str], round_index: int) -> list[str]:
     return names[k:] + names[:k]
 
 
+def _ratios(names: list[str], times: dict[str, list[float]]) -> dict[str, list[float]]:
+    first = names[0]
+    return {f"{first}/{other}": [a / b for a, b in zip(times[first], times[other], strict=True)] for other in names[1:]}
+
+
 def compare(sides: dict[str, Callable[[], object]], *, warmup: int = WARMUP, repeats: int = REPEATS,
-            clock: Callable[[], float] = time.perf_counter, sync: Callable[[], None] | None = _sync) -> dict:
+            clock: Callable[[], float] = time.perf_counter, sync: Callable[[], None] | None = _sync,
+            until_ci: float | None = None, max_repeats: int | None = None, max_seconds: float | None = None) -> dict:
     """Time ``sides`` interleaved; the first side is the numerator of every ratio.
 
-    Returns ``{"sides": {name: stats}, "ratios": {"a/b": stats}, "times": {name: [kept seconds]},
-    "order": [names in call order, warm-ups included], "warmup", "repeats"}``.
+    ``until_ci`` (the stopping rule for a ratio that must repeat): after the ``repeats`` rounds, go on
+    round by round until every ratio's median has a 95 % confidence interval (``median_ci95``) of
+    half-width <= ``until_ci``, or ``max_repeats`` rounds were kept, or ``max_seconds`` have passed
+    (by ``clock``) since the first kept round; ``ci_reached`` says which. Two runs whose half-widths are
+    both <= 0.015 agree to about +-0.03. Returns ``{"sides": {name: stats}, "ratios": {"a/b": stats},
+    "times": {name: [kept seconds]}, "order": [names in call order, warm-ups included], "warmup",
+    "repeats" (kept rounds), "until_ci", "ci_reached"}``; stats carry median, min, max, IQR, n, ``ci95``
+    [low, high] and ``ci_half``.
     """
     names = list(sides)
     if not names or repeats < 1 or warmup < 0:
         raise ValueError("compare needs at least one side, repeats >= 1, warmup >= 0")
+    if until_ci is not None and (until_ci <= 0 or len(names) < 2):
+        raise ValueError("until_ci needs a positive half-width and at least two sides (a ratio)")
     times: dict[str, list[float]] = {n: [] for n in names}
     called: list[str] = []
-    for r in range(warmup + repeats):
+    started: float | None = None
+    ci_reached: bool | None = None
+    r = 0
+    while True:
+        if r == warmup:
+            started = clock()
         for name in order(names, r):
             if sync:
                 sync()
@@ -141,11 +179,42 @@ def compare(sides: dict[str, Callable[[], object]], *, warmup: int = WARMUP, rep
             called.append(name)
             if r >= warmup:
                 times[name].append(dt)
-    first = names[0]
-    ratios = {f"{first}/{other}": _stats([a / b for a, b in zip(times[first], times[other], strict=True)])
-              for other in names[1:]}
+        r += 1
+        kept = r - warmup
+        if kept < repeats:
+            continue
+        if until_ci is None:
+            break
+        ci_reached = all(_stats(v)["ci_half"] <= until_ci for v in _ratios(names, times).values())
+        out_of_rounds = max_repeats is not None and kept >= max_repeats
+        out_of_time = max_seconds is not None and started is not None and clock() - started >= max_seconds
+        if ci_reached or out_of_rounds or out_of_time:
+            break
+    ratios = {k: _stats(v) for k, v in _ratios(names, times).items()}
     return {"sides": {n: _stats(times[n]) for n in names}, "ratios": ratios, "times": times,
-            "order": called, "warmup": warmup, "repeats": repeats}
+            "order": called, "warmup": warmup, "repeats": r - warmup, "until_ci": until_ci, "ci_reached": ci_reached}
+
+
+def add_stopping_arguments(parser, default_ci: float | None = None) -> None:  # noqa: ANN001 - an argparse parser
+    """``--until-ci H`` and ``--max-minutes M``: compare's stopping rule, for a script's ratios."""
+    parser.add_argument("--until-ci", type=float, default=default_ci, metavar="H",
+                        help="after the rounds asked for, go on until each ratio's median has a 95%% CI of half-width "
+                             "<= H (0.015: two runs agree to about +-0.03); default: off")  # fmt: skip
+    parser.add_argument("--max-minutes", type=float, default=10.0,
+                        help="--until-ci: stop after this many minutes per comparison even if the CI is wider (default 10)")
+
+
+def stopping(args) -> dict:  # noqa: ANN001 - the namespace of a parser given add_stopping_arguments
+    """compare's keyword arguments for the stopping rule the command line asked for."""
+    if not getattr(args, "until_ci", None):
+        return {}
+    return {"until_ci": args.until_ci, "max_seconds": 60.0 * args.max_minutes}
+
+
+def rounded(stats: dict, digits: int = 4) -> dict:
+    """A stats dict (``compare``'s) with its numbers rounded, the CI's bounds included (for JSON reports)."""
+    return {k: [round(x, digits) for x in v] if isinstance(v, list) else round(v, digits) if isinstance(v, float) else v
+            for k, v in stats.items()}  # fmt: skip
 
 
 def time_one(fn: Callable[[], object], *, warmup: int = WARMUP, repeats: int = REPEATS, **kw) -> dict:
@@ -156,9 +225,12 @@ def time_one(fn: Callable[[], object], *, warmup: int = WARMUP, repeats: int = R
 def format_result(result: dict, unit: float = 1e3, suffix: str = "ms") -> str:
     parts = [f"{n} {s['median'] * unit:.1f} {suffix} [{s['min'] * unit:.1f}-{s['max'] * unit:.1f}]"
              for n, s in result["sides"].items()]
-    parts += [f"ratio {k} {s['median']:.3f} [{s['min']:.3f}-{s['max']:.3f}, IQR {s['iqr']:.3f}]"
+    parts += [f"ratio {k} {s['median']:.3f} [{s['min']:.3f}-{s['max']:.3f}, IQR {s['iqr']:.3f}, 95% CI +-{s['ci_half']:.3f}]"
               for k, s in result["ratios"].items()]
-    return "  ".join(parts) + f"  ({result['repeats']} rounds, {result['warmup']} warm-up)"
+    stop = ""
+    if result.get("until_ci") is not None:
+        stop = f", CI target +-{result['until_ci']} {'reached' if result['ci_reached'] else 'NOT reached (time or round cap)'}"
+    return "  ".join(parts) + f"  ({result['repeats']} rounds, {result['warmup']} warm-up{stop})"
 
 
 class StageTimer:

@@ -81,7 +81,7 @@ def _backbone_dir(size: str, work: Path) -> Path:
 
 
 def compare(size: str, dataset_dir: Path, split: str, work: Path, steps: int, batch_size: int = 2,
-            warmup: int = protocol.WARMUP, clock: str = "wall") -> dict:
+            warmup: int = protocol.WARMUP, clock: str = "wall", stop: dict | None = None) -> dict:
     from peft import LoraConfig, get_peft_model
     from transformers import AutoModelForCausalLM
 
@@ -127,15 +127,17 @@ def compare(size: str, dataset_dir: Path, split: str, work: Path, steps: int, ba
         bare_opt.step()
         bare_opt.zero_grad(set_to_none=True)
 
-    res = protocol.compare({"emollm": emollm_step, "bare": bare_step}, warmup=warmup, repeats=steps, clock=CLOCKS[clock])
+    res = protocol.compare({"emollm": emollm_step, "bare": bare_step}, warmup=warmup, repeats=steps, clock=CLOCKS[clock],
+                           **(stop or {}))
     e, b, ratio = res["sides"]["emollm"], res["sides"]["bare"], res["ratios"]["emollm/bare"]
     groups = model.trainable_parameters_by_group()
     return {"size": size, "hidden": bare.config.hidden_size, "layers": bare.config.num_hidden_layers,
             "batch": list(ids.shape), "tokens": int(mask.sum()), "media_params": groups["media"],
             "lora_params": groups["lora"], "emollm_step_s": e["median"], "bare_step_s": b["median"],
             "ratio": ratio["median"], "ratio_min": ratio["min"], "ratio_max": ratio["max"], "ratio_iqr": ratio["iqr"],
+            "ratio_ci_half": ratio["ci_half"], "ci_reached": res["ci_reached"],
             "emollm_step_range_s": [e["min"], e["max"]], "bare_step_range_s": [b["min"], b["max"]],
-            "target_tokens": n_targets, "rounds": steps, "warmup": warmup, "clock": clock}
+            "target_tokens": n_targets, "rounds": res["repeats"], "warmup": warmup, "clock": clock}
 
 
 def real_token_fraction(batch_size: int = 8, n: int = 4000, seed: int = 0) -> dict:
@@ -201,6 +203,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--clock", choices=sorted(CLOCKS), default="wall",
                     help="wall (default) or cpu: process CPU time, steadier on a machine others share")
     ap.add_argument("--json", action="store_true", help="print one JSON object")
+    protocol.add_stopping_arguments(ap)
     args = ap.parse_args(argv)
     info = protocol.setup_threads(args.threads)
     from emollm.testing.datasets import build_tiny_training_dataset
@@ -214,7 +217,8 @@ def main(argv: list[str] | None = None) -> int:
 
         with contextlib.redirect_stdout(io.StringIO()):
             dataset_dir, split = build_tiny_training_dataset(sample_media_dir(), Path(tmp))
-        report["step"] = [compare(s, dataset_dir, split, Path(tmp), args.steps, warmup=args.warmup, clock=args.clock)
+        report["step"] = [compare(s, dataset_dir, split, Path(tmp), args.steps, warmup=args.warmup, clock=args.clock,
+                                  stop=protocol.stopping(args))
                           for s in args.sizes.split(",")]
     report["real_tokens"] = real_token_fraction()
     report["mfu"] = cuda_mfu(args.steps) if torch.cuda.is_available() else "needs CUDA (skipped on CPU)"
@@ -229,7 +233,9 @@ def main(argv: list[str] | None = None) -> int:
               f"emollm {r['emollm_step_s'] * 1e3:.1f} ms [{e0 * 1e3:.1f}-{e1 * 1e3:.1f}]  "
               f"bare+LoRA {r['bare_step_s'] * 1e3:.1f} ms [{b0 * 1e3:.1f}-{b1 * 1e3:.1f}]  "
               f"ratio {r['ratio']:.3f} [{r['ratio_min']:.3f}-{r['ratio_max']:.3f}, IQR {r['ratio_iqr']:.3f}, "
-              f"{r['rounds']} rounds, {r['clock']} clock]  (media params {r['media_params']:,}, LoRA {r['lora_params']:,})")
+              f"95% CI +-{r['ratio_ci_half']:.3f}, {r['rounds']} rounds"
+              f"{'' if r['ci_reached'] is None else ', CI target ' + ('reached' if r['ci_reached'] else 'NOT reached')}, "
+              f"{r['clock']} clock]  (media params {r['media_params']:,}, LoRA {r['lora_params']:,})")
     rt = report["real_tokens"]
     print(f"real-token fraction, batch {rt['batch_size']}, {rt['samples']} samples: length-grouped "
           f"{100 * rt['grouped']:.1f}%  random {100 * rt['random']:.1f}%")

@@ -57,7 +57,8 @@ def test_warmups_are_discarded(protocol):
     # the two warm-up rounds are slow (first call, allocation): none of them may reach the stats
     res, _ = _run(protocol, {"a": [50.0, 40.0, 2.0, 2.0, 2.0], "b": [30.0, 20.0, 1.0, 1.0, 1.0]}, warmup=2, repeats=3)
     assert res["times"] == {"a": [2.0, 2.0, 2.0], "b": [1.0, 1.0, 1.0]}
-    assert res["sides"]["a"] == {"median": 2.0, "min": 2.0, "max": 2.0, "iqr": 0.0, "n": 3}
+    assert res["sides"]["a"] == {"median": 2.0, "min": 2.0, "max": 2.0, "iqr": 0.0, "n": 3, "ci95": [2.0, 2.0],
+                                 "ci_half": 0.0}
     assert res["ratios"]["a/b"]["median"] == 2.0
 
 
@@ -182,3 +183,32 @@ def test_pinned_cpus_runs_the_block_on_n_cpus_and_gives_them_back(protocol):
         pass
     with protocol.pinned_cpus(None) as pinned:
         assert pinned is None and os.sched_getaffinity(0) == before
+
+
+def test_median_ci95_is_the_order_statistics_around_the_median(protocol):
+    xs = list(range(1, 101))  # n=100: ranks 50 -+ 9.8 -> 40 and 61
+    assert protocol.median_ci95(xs) == (40, 61)
+    assert protocol.median_ci95([3.0, 1.0, 2.0]) == (1.0, 3.0)  # too few: the whole range
+    wide = protocol.median_ci95([1.0 + 0.1 * (i % 7) for i in range(20)])
+    narrow = protocol.median_ci95([1.0 + 0.1 * (i % 7) for i in range(400)])
+    assert wide[0] <= narrow[0] <= 1.3 <= narrow[1] <= wide[1]  # more rounds, a narrower interval
+
+
+def test_until_ci_adds_rounds_until_the_ratio_is_that_precise(protocol):
+    # per-round ratios alternate 1.0 / 1.2: the median's interval shrinks only as rounds add up;
+    # the sides never settle, so only a cap can stop a target tighter than the spread
+    noisy = {"a": [1.0, 1.2] * 200, "b": [1.0] * 400}
+    res, _ = _run(protocol, noisy, warmup=0, repeats=5, until_ci=0.15, max_repeats=200)
+    assert res["ci_reached"] is True and res["ratios"]["a/b"]["ci_half"] <= 0.15 and res["repeats"] >= 5
+    quiet = {"a": [2.0] * 400, "b": [1.0] * 400}  # no spread: the first check stops it
+    res, _ = _run(protocol, quiet, warmup=1, repeats=7, until_ci=0.015)
+    assert res["ci_reached"] is True and res["repeats"] == 7
+    res, _ = _run(protocol, noisy, warmup=0, repeats=5, until_ci=0.001, max_repeats=30)
+    assert res["ci_reached"] is False and res["repeats"] == 30  # the round cap, said so
+    assert "NOT reached" in protocol.format_result(res)
+    res, clock = _run(protocol, noisy, warmup=0, repeats=5, until_ci=0.001, max_seconds=20.0)
+    assert res["ci_reached"] is False and 20.0 <= clock.now < 23.0  # the time cap (rounds take 2.0-2.2 s)
+    res, _ = _run(protocol, noisy, warmup=0, repeats=5)
+    assert res["repeats"] == 5 and res["ci_reached"] is None  # no target: exactly the rounds asked
+    with pytest.raises(ValueError, match="until_ci"):
+        _run(protocol, {"a": [1.0] * 9}, repeats=3, until_ci=0.01)  # one side: no ratio to make precise
