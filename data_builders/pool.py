@@ -41,14 +41,17 @@ def stop_if_orphaned() -> None:
 
 
 def worker_init(torch_threads: int, parent_pid: int | None = None) -> None:
-    """Worker start: die with the build; torch (whisper) shares the cores with the other workers
-    instead of each taking all."""
+    """Worker start: die with the build; torch (whisper) and FFmpeg's decoder share the cores with the
+    other workers (``torch_threads`` each: the CPUs / workers) instead of each taking all."""
     if parent_pid is not None:
         die_with_parent(parent_pid)
     if torch_threads:
         import torch
 
+        from emollm.media.video import set_decode_threads
+
         torch.set_num_threads(torch_threads)
+        set_decode_threads(torch_threads)
 
 
 __all__ = ["die_with_parent", "parent_gone", "stop_if_orphaned", "worker_init"]

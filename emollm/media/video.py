@@ -189,6 +189,19 @@ def read_frames_from(
     return _decode(info, wanted, max_side, on_frame)
 
 
+decode_threads = 0  # FFmpeg's decoder threads per decode: 0 its choice; a builder's pool worker sets 1 (set_decode_threads)
+
+
+def set_decode_threads(n: int) -> None:
+    """FFmpeg decoder threads for this process's decodes (0: FFmpeg's choice, the CPUs + 1). A pool of N
+    build workers on N cores sets 1: its processes are the parallelism, and N x (CPUs + 1) decoder
+    threads would fight over the cores."""
+    global decode_threads
+    if n < 0:
+        raise ValueError(f"decoder threads must be >= 0, got {n}")
+    decode_threads = int(n)
+
+
 def _decode(info: MediaInfo, indices: list[int], max_side: int | None,
             on_frame: Callable[[int, np.ndarray], None] | None = None) -> Frames:
     path = Path(info.path)
@@ -203,6 +216,7 @@ def _decode(info: MediaInfo, indices: list[int], max_side: int | None,
     with open_container(path) as container:
         stream = container.streams[info.video_stream]
         stream.thread_type = "AUTO"  # frame + slice threads; frames still come out in order
+        stream.codec_context.thread_count = decode_threads  # 0: FFmpeg's choice (the CPUs + 1)
         # one swscale context for the clip: frame.to_ndarray(width=...) builds a new one per frame
         # (~30 % of the conversion's time); same filter, same pixels
         reformatter = VideoReformatter()

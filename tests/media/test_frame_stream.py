@@ -52,3 +52,25 @@ def test_closing_the_stream_ends_the_decode(sample_dir):
     assert not stream._thread.is_alive()
     with pytest.raises(RuntimeError, match="closed"):
         stream[1]
+
+
+def test_a_build_worker_decodes_on_its_share_of_the_cores_with_the_same_frames(sample_dir, monkeypatch):
+    import torch
+
+    from data_builders import pool
+    from emollm.media import video
+
+    info = probe(sample_dir / "single_face.mp4")
+    default = read_frames_from(info, [0, 7, 30, 71])
+    monkeypatch.setattr(video, "decode_threads", video.decode_threads)  # restored after the test
+    threads = torch.get_num_threads()
+    try:
+        pool.worker_init(1)  # one core per worker: torch and FFmpeg's decoder each one thread
+        assert video.decode_threads == 1 and torch.get_num_threads() == 1
+        one = read_frames_from(info, [0, 7, 30, 71])
+    finally:
+        torch.set_num_threads(threads)
+    np.testing.assert_array_equal(one.array, default.array)
+    assert one.timestamps_s == default.timestamps_s
+    with pytest.raises(ValueError, match=">= 0"):
+        video.set_decode_threads(-1)
