@@ -648,7 +648,7 @@ def track_faces(
     runs on that frame (a face that moved far is still
     found; a frame without a face is still "no face"). Frames with no face to follow wait for the
     next keyframe: where it (or a fallback) finds a face, the largest is followed back the same way
-    over the frames before it, while it is found. Positions served by a search around a box are in
+    over the frames before it, while it is found. Positions served by a check of or a search around a box are in
     ``result.roi_frames``, and their ``detections`` hold that one face: a new face (a second
     person) appears on a keyframe or a fallback frame only. 1 (the default): every frame full-frame.
     """

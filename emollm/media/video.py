@@ -189,13 +189,13 @@ def read_frames_from(
     return _decode(info, wanted, max_side, on_frame)
 
 
-decode_threads = 0  # FFmpeg's decoder threads per decode: 0 its choice; a builder's pool worker sets 1 (set_decode_threads)
+decode_threads = 0  # FFmpeg's decoder threads per decode: 0 its choice; a build pool worker sets its share of the cores
 
 
 def set_decode_threads(n: int) -> None:
     """FFmpeg decoder threads for this process's decodes (0: FFmpeg's choice, the CPUs + 1). A pool of N
-    build workers on N cores sets 1: its processes are the parallelism, and N x (CPUs + 1) decoder
-    threads would fight over the cores."""
+    build workers sets each one's share of the cores (``data_builders.pool.worker_init``): its processes
+    are the parallelism, and N x (CPUs + 1) decoder threads would fight over the cores."""
     global decode_threads
     if n < 0:
         raise ValueError(f"decoder threads must be >= 0, got {n}")
