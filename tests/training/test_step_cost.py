@@ -56,7 +56,8 @@ def test_loss_and_gradients_match_the_full_logits_loss(setup):
     loss = float(cheap.detach().sum() / n)
     assert loss == pytest.approx(float(full.detach().sum() / n), abs=1e-6)
     assert loss == pytest.approx(float(backbone_loss.detach()), abs=1e-6)
-    torch.testing.assert_close(cheap.detach().sum(1), full.detach().sum(1), rtol=0, atol=1e-5)  # per-row sums (per-task losses)
+    # per-row sums (per-task losses): a row sums hundreds of nats, so float32's own rounding is ~1e-4 there
+    torch.testing.assert_close(cheap.detach().sum(1), full.detach().sum(1), rtol=1e-6, atol=1e-5)
     assert cheap_grads.keys() == full_grads.keys() and any(k.startswith("media.") for k in cheap_grads)
     for name, g in cheap_grads.items():
         torch.testing.assert_close(g, full_grads[name], rtol=1e-4, atol=1e-7, msg=name)
