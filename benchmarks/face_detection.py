@@ -233,7 +233,7 @@ def run_speed(items: list[Item], names: list[str], detect_max_side: int, count: 
 def print_speed(speed: dict) -> None:
     print(f"speed: {speed['frames']} face frame(s) x {len(CONDITIONS)} conditions = {speed['images']} images per round, "
           f"{speed['rounds']} rounds after {speed['warmup']} warm-up"
-          + ("" if speed.get("ci_reached") is None else f", CI target {'reached' if speed['ci_reached'] else 'NOT reached'}"))  # fmt: skip
+          + protocol.ci_note(speed.get("ci_reached")))  # fmt: skip
     for name, st in speed["ms_per_frame"].items():
         print(f"  {name:15} {st['median']:8.1f} ms/frame [{st['min']:.1f}-{st['max']:.1f}]  "
               f"{1000 / st['median']:7.2f} frames/s")  # fmt: skip
@@ -443,12 +443,10 @@ def tracking_clips() -> list[tuple[str, object]]:
     return out
 
 
-def builder_aus(landmarks: list, frames):  # noqa: ANN001, ANN201 - (positions of (68, 2) or None), Frames -> AUSeries
-    """The builder's AUs (``series_from_landmarks`` at the build defaults) of one track's landmarks."""
+def builder_aus(landmarks: list, frames, b):  # noqa: ANN001, ANN201 - (positions of (68, 2) or None), Frames, BuildConfig
+    """The builder's AUs (``series_from_landmarks`` at build config ``b``'s settings) of one track's landmarks."""
     from data_builders.au.landmark_au import series_from_landmarks
-    from emollm import config as cfglib
 
-    b = cfglib.load(None, []).build
     lm = np.stack([np.full((68, 2), np.nan) if x is None else np.asarray(x, np.float64) for x in landmarks])
     return series_from_landmarks(lm, frames.indices, frames.timestamps_s, still=False, baseline=b.baseline,
                                  percentile=b.baseline_percentile, presence_threshold=b.presence_threshold)  # fmt: skip
@@ -469,7 +467,8 @@ def run_tracking(keyframes: list[int], repeats: int, detect_max_side: int, warmu
     from emollm.media import track_faces
     from emollm.media.faces import _takes_min_face
 
-    face = cfglib.load(None, []).media.face
+    cfg = cfglib.load(None, [])
+    face, build = cfg.media.face, cfg.build
     detector = FaceDetector(face.detector, detect_max_side=detect_max_side, fallback=False)
     spec, backend = detector._backend()
     counted = Counted(backend, _takes_min_face(backend))
@@ -501,8 +500,8 @@ def run_tracking(keyframes: list[int], repeats: int, detect_max_side: int, warmu
             dx = 0.02 * (box[2] - box[0])
             moved = jittered[pos] = detector.fit_landmarks(frames.array[pos], (box[0] + dx, box[1], box[2] + dx, box[3]))
             jitter.append(lm_error(moved, lm))
-        base_aus = builder_aus(base.landmarks, frames)
-        jitter_aus = au_change(builder_aus(jittered, frames), base_aus)
+        base_aus = builder_aus(base.landmarks, frames, build)
+        jitter_aus = au_change(builder_aus(jittered, frames, build), base_aus)
         for k in modes:
             res = results[(name, k)]
             both = [p for p in base.face_frames if res.boxes[p] is not None]
@@ -517,7 +516,7 @@ def run_tracking(keyframes: list[int], repeats: int, detect_max_side: int, warmu
                 "lm_diff_iod": {"mean": round(float(np.mean(diffs)), 4), "p95": round(float(np.percentile(diffs, 95)), 4),
                                 "max": round(float(np.max(diffs)), 4)} if diffs else None,
                 "jitter_2pct_iod": round(float(np.mean(jitter)), 4) if jitter else None,
-                "au_change": au_change(builder_aus(res.landmarks, frames), base_aus), "jitter_au_change": jitter_aus,
+                "au_change": au_change(builder_aus(res.landmarks, frames, build), base_aus), "jitter_au_change": jitter_aus,
                 "ms_per_frame": round(1000 * timing[name]["sides"][k]["median"] / res.num_frames, 2),
                 "speedup_vs_every_frame": (protocol.rounded(timing[name]["ratios"][f"1/{k}"])
                                            if k != 1 else None),

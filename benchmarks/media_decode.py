@@ -100,7 +100,7 @@ def main(argv: list[str] | None = None) -> int:
         print(f"{r['clip']:28} {r['codec']:6} {r['size']:9} {r['frames_in_file']:>6} "
               f"{r['baseline_s']:>10.3f} {r['emollm_s']:>9.3f} {r['speedup']:>7.2f}x  "
               f"[{r['speedup_min']:.2f}-{r['speedup_max']:.2f}, IQR {r['speedup_iqr']:.3f}, +-{r['speedup_ci_half']:.3f}]  "
-              f"{r['rounds']}{'' if r['ci_reached'] is not False else ' (CI target not reached)'}")
+              f"{r['rounds']}{protocol.ci_note(r['ci_reached'])}")
     if args.json:
         with open(args.json, "w", encoding="utf-8") as fh:
             json.dump({"protocol": info, "rows": rows}, fh, indent=2)

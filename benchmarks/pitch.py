@@ -210,8 +210,7 @@ def speed(audio: np.ndarray, rounds: int, warmup: int, stop: dict | None = None)
         f(audio[:SR])  # numba compiles librosa's kernels on first use: not a warm-up round's job
     res = protocol.compare(fns, warmup=warmup, repeats=rounds, **(stop or {}))
     rounds = res["repeats"]
-    reached = "" if res["ci_reached"] is None else f", CI target {'reached' if res['ci_reached'] else 'NOT reached'}"
-    print(f"speed, 1 thread, {seconds:.1f} s of audio ({rounds} rounds, {warmup} warm-up{reached}):")
+    print(f"speed, 1 thread, {seconds:.1f} s of audio ({rounds} rounds, {warmup} warm-up{protocol.ci_note(res['ci_reached'])}):")
     out: dict = {"audio_s": seconds, "rounds": rounds, "warmup": warmup, "trackers": {}, "ratios": res["ratios"],
                  "ci_reached": res["ci_reached"]}
     for tname, st in res["sides"].items():

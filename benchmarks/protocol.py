@@ -185,7 +185,7 @@ def compare(sides: dict[str, Callable[[], object]], *, warmup: int = WARMUP, rep
             continue
         if until_ci is None:
             break
-        ci_reached = all(_stats(v)["ci_half"] <= until_ci for v in _ratios(names, times).values())
+        ci_reached = all((hi - lo) / 2 <= until_ci for lo, hi in map(median_ci95, _ratios(names, times).values()))
         out_of_rounds = max_repeats is not None and kept >= max_repeats
         out_of_time = max_seconds is not None and started is not None and clock() - started >= max_seconds
         if ci_reached or out_of_rounds or out_of_time:
@@ -227,10 +227,14 @@ def format_result(result: dict, unit: float = 1e3, suffix: str = "ms") -> str:
              for n, s in result["sides"].items()]
     parts += [f"ratio {k} {s['median']:.3f} [{s['min']:.3f}-{s['max']:.3f}, IQR {s['iqr']:.3f}, 95% CI +-{s['ci_half']:.3f}]"
               for k, s in result["ratios"].items()]
-    stop = ""
-    if result.get("until_ci") is not None:
-        stop = f", CI target +-{result['until_ci']} {'reached' if result['ci_reached'] else 'NOT reached (time or round cap)'}"
-    return "  ".join(parts) + f"  ({result['repeats']} rounds, {result['warmup']} warm-up{stop})"
+    return "  ".join(parts) + f"  ({result['repeats']} rounds, {result['warmup']} warm-up{ci_note(result.get('ci_reached'))})"
+
+
+def ci_note(ci_reached: bool | None) -> str:
+    """What the stopping rule came to, for a result line: nothing without a CI target."""
+    if ci_reached is None:
+        return ""
+    return ", CI target reached" if ci_reached else ", CI target NOT reached (time or round cap)"
 
 
 class StageTimer:

@@ -234,7 +234,7 @@ def main(argv: list[str] | None = None) -> int:
               f"bare+LoRA {r['bare_step_s'] * 1e3:.1f} ms [{b0 * 1e3:.1f}-{b1 * 1e3:.1f}]  "
               f"ratio {r['ratio']:.3f} [{r['ratio_min']:.3f}-{r['ratio_max']:.3f}, IQR {r['ratio_iqr']:.3f}, "
               f"95% CI +-{r['ratio_ci_half']:.3f}, {r['rounds']} rounds"
-              f"{'' if r['ci_reached'] is None else ', CI target ' + ('reached' if r['ci_reached'] else 'NOT reached')}, "
+              f"{protocol.ci_note(r['ci_reached'])}, "
               f"{r['clock']} clock]  (media params {r['media_params']:,}, LoRA {r['lora_params']:,})")
     rt = report["real_tokens"]
     print(f"real-token fraction, batch {rt['batch_size']}, {rt['samples']} samples: length-grouped "
