@@ -42,6 +42,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from emollm.config.schema import IMPORTED_KINDS
 from emollm.dataset.io import read_jsonl
 from emollm.errors import EmollmError
 from emollm.log import get_logger
@@ -575,8 +576,8 @@ def export_model(run_dir: str | os.PathLike, out_dir: str | os.PathLike, *, merg
     for name, spec in (config.get("modalities") or {}).items():
         encoder = spec.get("encoder") or {}
         source = encoder.get("name_or_path")
-        if spec.get("kind") == "au" or not source:
-            continue
+        if spec.get("kind") == "au" or spec.get("kind") in IMPORTED_KINDS or not source:
+            continue  # learned with the model, or imported features: no encoder checkpoint to ship
         entry: dict[str, Any] = {"source": public_name(source), "included": False, "path": None}
         if include_encoders:
             found = locate_checkpoint(source, run.path, encoder.get("revision"))

@@ -206,15 +206,17 @@ def live_encoders_on_device(model: Any, names: Sequence[str], device: torch.devi
 
 
 def _fill_cache(cfg: cfglib.EmollmConfig, model: Any, dataset: Path, records: Iterable[dict]) -> tuple[Any, int]:
-    """The feature cache bound to the model's encoders; entries it lacks are computed first."""
+    """The feature cache bound to the model's encoders; entries it lacks are computed first (not imported
+    ones, kind ``precomputed``: they cannot be; a missing one is the dataset's error, with its hint)."""
     from emollm.features.cache import FeatureCache
     from emollm.features.extract import extract_features
+    from emollm.features.key import IMPORTED_KINDS
 
     if not any(s["kind"] != "au" for s in model.config.modalities.values()):
         return None, 0
     cache = FeatureCache.from_config(cfg, dataset)
     cache.bind_specs(model.config.modalities)
-    frozen = [n for n, s in model.config.modalities.items() if s["kind"] != "au"]
+    frozen = [n for n, s in model.config.modalities.items() if s["kind"] != "au" and s["kind"] not in IMPORTED_KINDS]
     missing = sum(cache.status(r["id"], n) == "missing" for r in records for n in frozen)
     if missing:
         log.info("predict: the feature cache lacks %d entries for this run's encoders: computing them", missing)
@@ -367,6 +369,7 @@ class Explainer:
         _check_task(task)
         infer_instruction(self.cfg, task)  # a bad predict.instruction fails once, not once per clip
         use = self._check_modalities(modalities)
+        self._check_computable(use)
         if subtitles is not None and len(subtitles) != len(clips):
             raise ConfigError(f"{len(subtitles)} subtitles for {len(clips)} clips: give one per clip")
         return self._explain(clips, task, subtitles, use, None if workdir is None else Path(workdir), batch_size, gen)
@@ -380,6 +383,24 @@ class Explainer:
             raise ConfigError(f"the model was trained without modality '{unknown[0]}' "
                               f"(it has: {', '.join(self.modalities)})", hint="choose among the model's modalities")
         return list(modalities)
+
+    def _check_computable(self, use: list[str]) -> None:
+        """Imported features (kind ``precomputed``) cannot be computed from a raw clip, and this path reads
+        no feature cache (a raw clip's name is no dataset id): one error naming the modality and the way out."""
+        from emollm.features.key import IMPORTED_KINDS
+
+        imported = [n for n in use if self.modalities[n]["kind"] in IMPORTED_KINDS]
+        if imported:
+            tag = (self.modalities[imported[0]].get("encoder") or {}).get("name_or_path")
+            rest = [n for n in use if n not in imported]
+            hint = ("predict a dataset whose features were imported instead (`emollm import emotion-llama-features "
+                    "--config CFG DATASET_DIR --from ROOT`, then `emollm predict`)")
+            if rest:
+                hint += f", or explain the clip without them (--modalities {','.join(rest)})"
+            raise EmollmError(
+                f"modality '{imported[0]}' reads imported features ('{tag}', encoder kind 'precomputed'): they "
+                "cannot be computed from a raw clip" + (f" (nor can {', '.join(imported[1:])})" if imported[1:] else ""),
+                hint=hint)
 
     def _explain(self, clips, task, subtitles, use, workdir: Path | None, batch_size, gen) -> list[Explanation]:
         from emollm.training.data import EmotionCollator
@@ -565,7 +586,7 @@ class Explainer:
                 continue
             media[name], masks[name] = torch.from_numpy(au[0]), torch.from_numpy(au[1])
         present = set(media)
-        sample = emotion_llama_sample(record["id"], task, record.get("subtitle"), modalities=tuple(self.modalities),
+        sample = emotion_llama_sample(record["id"], task, record.get("subtitle"), modalities=tuple(self.processor.placeholders),
                                       pool=[instruction or infer_instruction(self.cfg, task)])
         encoded = self.processor.encode(sample, present=present)
         if encoded is None:

@@ -66,18 +66,38 @@ def media_token(name: str) -> str:
 
 @dataclass(frozen=True)
 class ModalitySpan:
-    """How one modality appears in the prompt: ``prefix + num_tokens × media_token + suffix``."""
+    """How one modality appears in the prompt: ``prefix + num_tokens × media_token + suffix``.
+
+    With ``tail`` (a second placeholder name) the modality's last ``tail_tokens`` media tokens are
+    written where ``<tail>`` stands instead, and the span keeps the others: Emotion-LLaMA's EVA CLS
+    token sits after the other features (``<video>…</video> <feature>…<video_cls></feature>``) while
+    its 256 patch tokens fill ``<video>``. The model fills media tokens in text order, so the
+    projector's last outputs (``cls_position: last``) land at ``<tail>``. Both placeholders are used
+    together or not at all.
+    """
 
     name: str
     num_tokens: int
     prefix: str = ""
     suffix: str = ""
+    tail: str | None = None
+    tail_tokens: int = 0
 
     def __post_init__(self) -> None:
         if not re.fullmatch(r"[A-Za-z_][A-Za-z0-9_]*", self.name):
             raise EmollmError(f"modality name {self.name!r} must be letters, digits and '_' (it is used as <{self.name}>)")
         if not isinstance(self.num_tokens, int) or self.num_tokens < 1:
             raise EmollmError(f"modality {self.name!r}: num_tokens must be a positive integer, got {self.num_tokens!r}")
+        if self.tail is None:
+            if self.tail_tokens:
+                raise EmollmError(f"modality {self.name!r}: tail_tokens={self.tail_tokens} needs a tail placeholder")
+            return
+        if not re.fullmatch(r"[A-Za-z_][A-Za-z0-9_]*", self.tail) or self.tail == self.name:
+            raise EmollmError(f"modality {self.name!r}: tail {self.tail!r} must be another placeholder name "
+                              "(letters, digits and '_')")
+        if not isinstance(self.tail_tokens, int) or not 0 < self.tail_tokens < self.num_tokens:
+            raise EmollmError(f"modality {self.name!r}: tail_tokens must be between 1 and {self.num_tokens - 1}, "
+                              f"got {self.tail_tokens!r}")
 
     @property
     def placeholder(self) -> str:
@@ -88,7 +108,16 @@ class ModalitySpan:
         return media_token(self.name)
 
     def expand(self) -> str:
-        return self.prefix + self.token * self.num_tokens + self.suffix
+        return self.prefix + self.token * (self.num_tokens - self.tail_tokens) + self.suffix
+
+    def expand_tail(self) -> str:
+        """What ``<tail>`` becomes: the modality's last ``tail_tokens`` media tokens."""
+        return self.token * self.tail_tokens
+
+
+def tails_of(spans: Mapping[str, ModalitySpan]) -> dict[str, ModalitySpan]:
+    """``{tail placeholder name: its span}`` for the spans that have one."""
+    return {span.tail: span for span in spans.values() if span.tail}
 
 
 def parse_spans(text: str) -> dict[str, ModalitySpan]:
@@ -126,10 +155,11 @@ def expand_placeholder_parts(
     expanded = _free_char(text, 0xE000)
     dropped = _free_char(text + expanded, 0xE000)
     expansions: list[str] = []
+    tails = tails_of(spans)
 
     def replace(match: re.Match) -> str:
         escaped, name = match.group(1), match.group(2)
-        span = spans.get(name)
+        span = spans.get(name) or tails.get(name)
         if escaped:
             return f"<{name}>"
         if span is None:
@@ -137,8 +167,8 @@ def expand_placeholder_parts(
             return match.group(0)
         if seen is not None:
             seen[name] = seen.get(name, 0) + 1
-        if name in present or missing_modality == "zero":
-            expansions.append(span.expand())
+        if span.name in present or missing_modality == "zero":
+            expansions.append(span.expand() if name == span.name else span.expand_tail())
             return expanded
         return dropped
 
@@ -186,6 +216,7 @@ def prepare_messages(
     if target is not None and isinstance(messages[-1], dict) and messages[-1].get("role") != "assistant":
         messages.append({"role": "assistant", "content": str(target)})
     present = set(spans) if present is None else set(present)
+    tails = tails_of(spans)
     seen: dict[str, int] = {}
     for message in messages:
         if not isinstance(message, dict) or not isinstance(message.get("content"), str):
@@ -193,7 +224,7 @@ def prepare_messages(
         content = message["content"]
         if message.get("role") == "assistant":
             used = [m.group(0) for m in _PLACEHOLDER_OR_ESCAPED.finditer(content)
-                    if m.group(2) in spans and not m.group(1)]
+                    if (m.group(2) in spans or m.group(2) in tails) and not m.group(1)]
             if used:
                 raise EmollmError(f"sample {sample_id}: media placeholder {used[0]} in an assistant message; "
                                   "media belong in the user (or system) text",
@@ -205,7 +236,11 @@ def prepare_messages(
     if repeated:
         raise EmollmError(f"sample {sample_id}: placeholder <{repeated[0]}> occurs {seen[repeated[0]]} times; "
                           "each modality may appear once per sample")
-    return messages, set(seen)
+    for tail, span in tails.items():
+        if (span.name in seen) != (tail in seen):
+            raise EmollmError(f"sample {sample_id}: <{tail}> holds the last {span.tail_tokens} of <{span.name}>'s "
+                              f"{span.num_tokens} media tokens: write both placeholders or neither")
+    return messages, set(seen) - set(tails)
 
 
 class EmoProcessor:
@@ -249,6 +284,9 @@ class EmoProcessor:
                     raise EmollmError(f"span under key {key!r} is named {span.name!r}; they must match")
             spans = list(spans.values())
         self.spans: dict[str, ModalitySpan] = {span.name: span for span in spans}
+        for tail, span in tails_of(self.spans).items():
+            if tail in self.spans:
+                raise EmollmError(f"modality {span.name!r}: its tail placeholder <{tail}> is also a modality's name")
         self.max_length = max_length
         self.missing_modality = missing_modality
         self.truncation = truncation
@@ -273,6 +311,11 @@ class EmoProcessor:
             log.info("added %d media token(s) to the tokenizer: %s (vocabulary %d -> %d)",
                      added, ", ".join(tokens), before, len(self.tokenizer))
         return added
+
+    @property
+    def placeholders(self) -> list[str]:
+        """Every placeholder name a prompt may use, in order: the modalities, then the tails."""
+        return [*self.spans, *tails_of(self.spans)]
 
     @property
     def pad_token_id(self) -> int:

@@ -83,25 +83,28 @@ def build_emotion_llama_prompt(
     modalities: Sequence[str] = EMOTION_LLAMA_MODALITIES,
     video_modality: str = "video",
 ) -> str:
-    """Emotion-LLaMA's user text with emollm placeholders, e.g.
-    ``<video> <feature><face><temporal><audio></feature> The person in video says: Hi. [emotion] Please ...``.
+    """Emotion-LLaMA's user text, character for character, with emollm placeholders, e.g.
+    ``<video> <feature><face><temporal><audio><video_cls></feature> The person in video says: Hi.  [emotion] Please ... ``.
 
-    ``modalities``: the placeholders to include; ``video_modality`` goes first on its own, the
-    others inside ``<feature>…</feature>`` (left out when there are none). An empty subtitle leaves
-    out the "The person in video says" sentence.
+    Its dataset writes ``"<video><VideoHere></video> <feature><FeatureHere></feature> {} [{}] {} "``
+    with ``"The person in video says: {subtitle}. "`` as the first field: a period always follows
+    the subtitle, two spaces precede the task tag and one space ends the text (templates that strip
+    the user text, such as ``llama2``, drop it; ``emotion_llama`` keeps it, as MiniGPT-v2 did).
+
+    ``modalities``: the placeholders to include, in order; ``video_modality`` goes first on its own,
+    the others inside ``<feature>…</feature>`` (left out when there are none); a span's tail
+    placeholder (``video_cls``) is listed last. An empty subtitle leaves the field empty (Emotion-LLaMA's
+    clips always had one).
     """
-    parts = []
+    head = []
     if video_modality in modalities:
-        parts.append(f"<{video_modality}>")
+        head.append(f"<{video_modality}>")
     features = [m for m in modalities if m != video_modality]
     if features:
-        parts.append("<feature>" + "".join(f"<{m}>" for m in features) + "</feature>")
+        head.append("<feature>" + "".join(f"<{m}>" for m in features) + "</feature>")
     subtitle = (subtitle or "").strip()
-    if subtitle:
-        end = "" if subtitle[-1] in ".!?…" else "."
-        parts.append(f"The person in video says: {subtitle}{end}")
-    parts.append(f"[{task}] {instruction.strip()}")
-    return " ".join(parts)
+    said = f"The person in video says: {subtitle}. " if subtitle else ""
+    return f"{' '.join(head)} {said} [{task}] {instruction.strip()} ".lstrip()
 
 
 def emotion_llama_spans(num_tokens: Mapping[str, int], video_modality: str = "video") -> dict[str, ModalitySpan]:

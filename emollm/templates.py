@@ -10,7 +10,7 @@ counting lengths (LLaVA's "tokenization mismatch"). Only the template puts contr
 control-token string (``</s>``, ``<|eot_id|>``, ``<|im_start|>``...) in message text is encoded as its
 characters (docs/templates.md "Only the template writes control tokens").
 
-Registered: ``llama2`` (LLaMA-2-chat), ``mistral`` (Mistral-7B-Instruct v0.1/v0.2), ``mistral_v3``
+Registered: ``llama2`` (LLaMA-2-chat), ``emotion_llama`` (Emotion-LLaMA's MiniGPT-v2 prompt on LLaMA-2), ``mistral`` (Mistral-7B-Instruct v0.1/v0.2), ``mistral_v3``
 (Mistral-7B-Instruct v0.3 and later ``[INST]`` layouts), ``llama3`` (LLaMA-3-Instruct), ``chatml``
 (Qwen2-style), ``smollm2`` (ChatML with SmolLM2's default system prompt). See docs/templates.md to add one.
 """
@@ -60,6 +60,11 @@ class Template:
       ``strip_answer``: strip only the answer (Mistral v0.3's ``content|trim``).
     - ``bos_text`` / ``end_text``: how BOS / the end token are written when rendering without a tokenizer.
     - ``stop_words``: tokens at which generation stops (besides ``end_token``).
+    - ``separate_segments``: tokenize each text run between explicit ids (BOS, the end token, media
+      tokens) on its own, with the tokenizer's start-of-text treatment (sentencepiece's leading
+      ``▁``), as MiniGPT-v2 / Emotion-LLaMA do (``tokenizer(seg, add_special_tokens=False)`` per
+      segment around the image embeddings, the answer separately). Default False: every piece is
+      tokenized in its real left context, as the chat template's string would be.
     """
 
     name: str
@@ -78,6 +83,7 @@ class Template:
     bos_text: str | None = None
     end_text: str | None = None
     stop_words: tuple[str, ...] = ()
+    separate_segments: bool = False
     description: str = ""
 
     def __post_init__(self) -> None:
@@ -198,6 +204,16 @@ register_template(
     strip_answer=True,
     bos_text="<s>",
     end_text="</s>",
+)
+register_template(
+    "emotion_llama",
+    description="Emotion-LLaMA (MiniGPT-v2 on LLaMA-2-chat): <s>[INST] {user} [/INST]{answer}</s>; no system "
+    "prompt; the text between media tokens, and the answer, each tokenized on its own as MiniGPT-v2 does",
+    format_user="[INST] {content} [/INST]",
+    bos="every_user_turn",
+    bos_text="<s>",
+    end_text="</s>",
+    separate_segments=True,
 )
 register_template(
     "llama3",
@@ -503,6 +519,21 @@ def _literal_ids(tokenizer: Any, text: str, control_ids: frozenset[int], templat
     return ids
 
 
+def _segment_ids(tokenizer: Any, text: str, pattern: re.Pattern | None) -> list[int]:
+    """Ids of ``text`` with every control token (the template's, the media tokens) as its id and each
+    run of text between them tokenized alone."""
+    ids: list[int] = []
+    pos = 0
+    for match in (pattern.finditer(text) if pattern is not None else ()):
+        if match.start() > pos:
+            ids += _ids(tokenizer, text[pos:match.start()])
+        ids.append(int(tokenizer.convert_tokens_to_ids(match.group(0))))
+        pos = match.end()
+    if pos < len(text):
+        ids += _ids(tokenizer, text[pos:])
+    return ids
+
+
 def encode_conversation(
     template: Template,
     tokenizer: Any,
@@ -566,6 +597,10 @@ def encode_conversation(
             # only these ids differ from the tokenization of the string
             new = _literal_ids(tokenizer, text, control_ids, template.name)
             anchor, context, context_ids = text, "", []
+        elif template.separate_segments:
+            # MiniGPT-v2: each run between special ids is tokenized alone (its own start-of-text '▁')
+            new = _segment_ids(tokenizer, text, pattern)
+            anchor, context, context_ids = "", "", []
         else:
             full = _ids(tokenizer, anchor + context + text)
             head = _ids(tokenizer, anchor) if anchor else []

@@ -100,7 +100,7 @@ def modality_infos(cfg: Any) -> dict[str, ModalityInfo]:
     """Kind, checkpoint and width of each selected modality, from the config and checkpoint configs
     (no weights loaded)."""
     from emollm.dataset.aus import MERR_AUS
-    from emollm.modeling.encoders import feature_dim_of
+    from emollm.modeling.encoders import encoder_options, feature_dim_of
 
     out = {}
     for name, enc in selected_modalities(cfg).items():
@@ -108,8 +108,11 @@ def modality_infos(cfg: Any) -> dict[str, ModalityInfo]:
             width = 2 * int(enc.options.get("num_aus", len(MERR_AUS)))
             out[name] = ModalityInfo("au", width, None, dict(enc.options))
         else:
-            width = enc.feature_dim or feature_dim_of(enc.modality, enc.name_or_path, **enc.options)
-            out[name] = ModalityInfo(enc.modality, int(width), enc.name_or_path, dict(enc.options))
+            # a precomputed entry's width and token count are its options (they pick its cache folder)
+            options = encoder_options(enc.modality, dict(enc.options), feature_dim=enc.feature_dim,
+                                      num_input_tokens=enc.num_input_tokens)
+            width = enc.feature_dim or feature_dim_of(enc.modality, enc.name_or_path, **options)
+            out[name] = ModalityInfo(enc.modality, int(width), enc.name_or_path, options)
     return out
 
 

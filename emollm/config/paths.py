@@ -85,6 +85,9 @@ def check_input_paths(cfg: Any, command: str, *, dataset_dir: str | os.PathLike 
             raise ConfigError(f"{key}: {dataset} holds no annotations.jsonl: not a built dataset",
                               hint="build it first: emollm build CLIPS_DIR --out DATASET_DIR")
     frozen = {n: e for n, e in cfg.model.encoders.items() if e.modality != "au"}
+    from emollm.config.schema import IMPORTED_KINDS
+
+    checkpoints = {n: e for n, e in frozen.items() if e.modality not in IMPORTED_KINDS}  # a tag, not a path
     if command == "train" and frozen and cfg.features.on_missing == "error":
         # an `emollm export --to hf` folder's default cache is its source dataset's: training resolves it
         hf_export = bool(dataset) and (Path(dataset) / "dataset_dict.json").is_file()
@@ -108,7 +111,7 @@ def check_input_paths(cfg: Any, command: str, *, dataset_dir: str | os.PathLike 
         if run_dir is None or (Path(run_dir) / _ADAPTER_CONFIG).is_file():
             _check_model_path("model.backbone.name_or_path", cfg.model.backbone.name_or_path, "the run's backbone LLM")
     if command in ("train", "features", "infer"):  # encoders run (or fingerprint) on these commands
-        for name, encoder in frozen.items():
+        for name, encoder in checkpoints.items():
             _check_model_path(f"model.encoders.{name}.name_or_path", encoder.name_or_path,
                               f"the '{name}' encoder checkpoint")
 

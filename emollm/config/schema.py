@@ -18,7 +18,9 @@ from emollm.config.loader import ConfigCheck
 SCHEMA_VERSION = 1
 
 LabelSetName = str  # a shipped label set (merr, dfew, mer2023, meld, iemocap4, iemocap6, mafw, caer) or a YAML path
-Modality = Literal["audio", "visual", "face", "video", "text", "au"]
+Modality = Literal["audio", "visual", "face", "video", "text", "au", "precomputed"]
+#: Encoder kinds whose features are imported files (``emollm import ...-features``): no checkpoint, never computed.
+IMPORTED_KINDS = ("precomputed",)
 TorchDtype = Literal["auto", "float32", "float16", "bfloat16"]
 
 
@@ -268,6 +270,8 @@ class EncoderConfig:
     projector_options: dict[str, Any] = field(default_factory=dict)  # e.g. {regroup: 4, cls_token: separate}
     span_prefix: str = ""  # text around this modality's media tokens in the prompt
     span_suffix: str = ""
+    span_tail: str | None = None  # a second placeholder <span_tail> that holds the last span_tail_tokens media tokens
+    span_tail_tokens: int = 1  # (Emotion-LLaMA: the EVA CLS token, projected last, written after the other features)
 
     def validate(self) -> None:
         if self.modality is None:
@@ -276,7 +280,9 @@ class EncoderConfig:
             raise ConfigCheck("name_or_path", f"a '{self.modality}' encoder needs a checkpoint path or hub id")
         if self.modality == "au" and self.name_or_path:
             raise ConfigCheck("name_or_path", "the AU encoder is learned with the model: it has no checkpoint")
-        _positive(self, "feature_dim", "num_input_tokens")
+        _positive(self, "feature_dim", "num_input_tokens", "span_tail_tokens")
+        if self.span_tail is not None and not re.fullmatch(r"[a-z][a-z0-9_]*", self.span_tail):
+            raise ConfigCheck("span_tail", f"must be a lowercase identifier (it becomes <name>), got {self.span_tail!r}")
 
 
 @dataclass
@@ -311,6 +317,11 @@ class ModelConfig:
         for name in self.encoders:
             if not re.fullmatch(r"[a-z][a-z0-9_]*", name):
                 raise ConfigCheck(f"encoders.{name}", "modality names are lowercase identifiers (they become <name> placeholders)")
+        tails = [e.span_tail for e in self.encoders.values() if e.span_tail]
+        for name, encoder in self.encoders.items():
+            if encoder.span_tail and (encoder.span_tail in self.encoders or tails.count(encoder.span_tail) > 1):
+                raise ConfigCheck(f"encoders.{name}.span_tail",
+                                  f"'{encoder.span_tail}' is already a placeholder of another modality")
 
 
 @dataclass

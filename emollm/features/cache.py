@@ -22,6 +22,11 @@ a checksum of its tensor bytes; NaN / inf features are refused when stored. A lo
 header (intact, this clip, this modality and encoder); loading (:meth:`FeatureCache.get`) also checks
 the checksum and the values. A file that fails is ``corrupt``: never served (an error naming the
 file, or a logged miss with ``on_missing="skip"``), recomputed by ``emollm features``.
+
+Imported features (encoder kind ``precomputed``: :mod:`emollm.features.imported`) are written and
+read through the same path; their folder is the fingerprint of their source tag and shape, their
+input key the tag and the dtype (they do not depend on the clip file), and a missing or damaged one
+is imported again, never computed.
 """
 
 from __future__ import annotations
@@ -39,7 +44,7 @@ import torch
 
 from emollm.dataset.io import atomic_write_bytes  # noqa: F401 - also re-exported for old imports
 from emollm.errors import FeatureCacheError, FeatureEntryError, FeatureMissingError
-from emollm.features.key import NO_KEY, InputContext, describe_diff, same_clip
+from emollm.features.key import IMPORTED_KINDS, NO_CLIP_KINDS, NO_KEY, InputContext, describe_diff, same_clip
 from emollm.log import get_logger
 from emollm.version import __version__
 
@@ -51,6 +56,9 @@ ABSENT_SUFFIX = ".absent"
 _MAX_NAME = 180
 _DTYPES = {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16}
 _ST_DTYPES = {"float32": "F32", "float16": "F16", "bfloat16": "BF16"}  # safetensors' names of _DTYPES
+#: What to do about a missing, stale or damaged entry of an imported (precomputed) modality.
+IMPORT_HINT = ("import them: `emollm import emotion-llama-features --config CFG DATASET_DIR --from ROOT` "
+               "(imported features cannot be computed by `emollm features`), or set features.on_missing=skip")
 FORMAT = "2"  # metadata "format" of entries written with a "checksum" (entries without one: unverified)
 CHECKSUM = "crc32"
 
@@ -89,6 +97,8 @@ def weights_key(kind: str, name_or_path: str, options: dict[str, Any]) -> str | 
     checkpoint's configs + weight-file hashes. None when the checkpoint files are not on disk."""
     from emollm.modeling import encoders as enc
 
+    if kind in IMPORTED_KINDS:  # no checkpoint: bind computes the fingerprint from the entry alone
+        return None
     cls = enc._encoder_class(kind)
     resolved = enc._resolve_options(kind, cls.OPTIONS, dict(options))
     directory = enc._local_dir(str(name_or_path)) or enc._hub_snapshot(str(name_or_path), resolved.get("revision"))
@@ -208,7 +218,9 @@ class FeatureCache:
     def bind(self, modality: str, kind: str, name_or_path: str, options: dict[str, Any] | None = None) -> str:
         """Bind ``modality`` from the config alone (no weights loaded): the checkpoint's files are
         hashed and matched against the ``encoder.json`` of the cache folders. A checkpoint that is
-        not local (hub id outside the HF cache) is loaded once to compute its fingerprint."""
+        not local (hub id outside the HF cache) is loaded once to compute its fingerprint; so is an
+        imported (``precomputed``) entry, whose fingerprint is its tag and shape (``options`` must
+        hold its ``feature_dim``: :func:`~emollm.modeling.encoders.encoder_options`)."""
         options = dict(options or {})
         key = weights_key(kind, name_or_path, options)
         fp = None
@@ -230,7 +242,10 @@ class FeatureCache:
         return fp
 
     def bind_specs(self, modalities: dict[str, dict[str, Any]]) -> dict[str, str]:
-        """Bind every frozen modality of ``EmoLLMConfig.modalities`` / ``modality_specs(...)``."""
+        """Bind every frozen modality of ``EmoLLMConfig.modalities`` / ``modality_specs(...)`` (an
+        imported modality's shape comes from the spec's ``feature_dim`` / ``num_input_tokens``)."""
+        from emollm.modeling.encoders import encoder_options
+
         out = {}
         for name, spec in modalities.items():
             if spec["kind"] == "au":
@@ -239,7 +254,9 @@ class FeatureCache:
             path = encoder.pop("name_or_path", None)
             if not path:
                 raise FeatureCacheError(f"modality '{name}' names no encoder checkpoint: cannot find its cache")
-            out[name] = self.bind(name, spec["kind"], path, encoder)
+            options = encoder_options(spec["kind"], encoder, feature_dim=spec.get("feature_dim"),
+                                      num_input_tokens=spec.get("num_input_tokens"))
+            out[name] = self.bind(name, spec["kind"], path, options)
         return out
 
     # -- entries ---------------------------------------------------------------------------
@@ -258,7 +275,7 @@ class FeatureCache:
         else ``missing`` (none, stale, or corrupt: logged once per file)."""
         entry = self.check(clip_id, modality)
         if entry.state == "corrupt":
-            self._report(entry.file, entry.reason)
+            self._report(entry.file, entry.reason, modality)
         return "missing" if entry.state in ("stale", "corrupt") else entry.state  # type: ignore[return-value]
 
     def check(self, clip_id: str, modality: str, *, verify: bool = False) -> EntryCheck:
@@ -351,11 +368,13 @@ class FeatureCache:
             return f"stored tensor has dtype {dtype}, its metadata says {metadata.get('dtype')}"
         return None
 
-    def _report(self, file: str, problem: str) -> None:
+    def _report(self, file: str, problem: str, modality: str | None = None) -> None:
         """Log a corrupt entry once per file (it is not served: a miss, or an error)."""
         if self.warn and file not in self._reported:
             self._reported.add(file)
-            log.warning("feature cache: %s: %s: not served; `emollm features` recomputes it", file, problem)
+            fix = "import it again" if self.kinds.get(modality or "") in IMPORTED_KINDS else \
+                "`emollm features` recomputes it"
+            log.warning("feature cache: %s: %s: not served; %s", file, problem, fix)
 
     @staticmethod
     def _stored_inputs(metadata: dict[str, str]) -> Any:
@@ -375,9 +394,10 @@ class FeatureCache:
                 return EntryCheck(state, orphaned="no dataset records")
             return EntryCheck(state, orphaned="no record")
         kind = self.kinds.get(modality, modality)
-        expected = self.context.inputs(kind, self.options.get(modality, {}), record, self.dtype, identity=False)
+        expected = self.context.inputs(kind, self.options.get(modality, {}), record, self.dtype, identity=False,
+                                       source=self.encoders.get(modality))
         why = describe_diff(stored, expected, absent=state == "absent")
-        if why is None and kind != "text":
+        if why is None and kind not in NO_CLIP_KINDS:  # text and imported features never read the clip file
             same, clip_why = same_clip(stored.get("clip") or {}, self.context.clip_path(record))
             if same is None:
                 return EntryCheck(state, orphaned="no clip file")
@@ -390,7 +410,8 @@ class FeatureCache:
                            modality)
         else:
             self._log_once(modality, "stale", "feature cache: '%s' entries made from other inputs are stale "
-                           "(first: clip '%s', %s): `emollm features` recomputes them", modality, clip_id, why)
+                           "(first: clip '%s', %s): %s", modality, clip_id, why,
+                           "import them again" if kind in IMPORTED_KINDS else "`emollm features` recomputes them")
         return EntryCheck("stale", why)
 
     def _log_once(self, modality: str, what: str, message: str, *args: Any) -> None:
@@ -407,14 +428,15 @@ class FeatureCache:
             raise FeatureCacheError(f"clip '{clip_id}': no record in the dataset's annotations.jsonl, so its "
                                     f"'{modality}' features cannot be keyed by their inputs")
         return self.context.inputs(self.kinds.get(modality, modality), self.options.get(modality, {}), record,
-                                   self.dtype)
+                                   self.dtype, source=self.encoders.get(modality))
 
     def put(self, clip_id: str, modality: str, features: torch.Tensor, *,
-            record: dict[str, Any] | None = None) -> Path:
+            record: dict[str, Any] | None = None, imported_from: dict[str, Any] | None = None) -> Path:
         """Store ``(T, D)`` features (in ``dtype``) atomically, with their input key (``record``: the
         clip's record, when the context's dataset does not hold it yet) and a checksum of the stored
         bytes; removes an ``absent`` mark. NaN / inf values (also float16 overflow) are refused:
-        FeatureCacheError, nothing written."""
+        FeatureCacheError, nothing written. ``imported_from``: the file imported features were read
+        from (``{"file", "sha256"}``), recorded as the input key's ``imported``."""
         from safetensors.torch import save
 
         if features.dim() != 2:
@@ -432,6 +454,8 @@ class FeatureCache:
                     "fingerprint": fp, "shape": json.dumps(list(features.shape)), "dtype": self.dtype,
                     "format": FORMAT, "checksum": tensor_checksum(tensor), "emollm_version": __version__}  # fmt: skip
         inputs = self._inputs(clip_id, modality, record)
+        if inputs is not None and imported_from is not None:
+            inputs["imported"] = dict(imported_from)
         if inputs is not None:
             metadata["inputs"] = json.dumps(inputs, sort_keys=True)
         path = self.path(clip_id, modality)
@@ -497,11 +521,11 @@ class FeatureCache:
         """No usable entry: None (counted; a corrupt ``file`` logged) with on_missing=skip, else the error."""
         if self.on_missing == "skip":
             if file:
-                self._report(file, reason)
+                self._report(file, reason, modality)
             self.missing[modality] = self.missing.get(modality, 0) + 1
             return None
         if file:
-            raise FeatureEntryError(file, clip_id, modality, reason)
+            raise FeatureEntryError(file, clip_id, modality, reason, hint=self._hint(modality))
         raise self._missing(clip_id, modality, reason)
 
     def _missing(self, clip_id: str, modality: str, reason: str | None = None) -> FeatureCacheError:
@@ -514,10 +538,15 @@ class FeatureCache:
             except FeatureCacheError:
                 entry = EntryCheck("missing")
             if entry.state == "corrupt":
-                return FeatureEntryError(entry.file, clip_id, modality, entry.reason)
+                return FeatureEntryError(entry.file, clip_id, modality, entry.reason, hint=self._hint(modality))
             reason = entry.reason
         return FeatureMissingError(clip_id, modality, self.encoders.get(modality, "?"),
-                                   None if fp is None or fp.startswith("uncached-") else fp, reason=reason or None)
+                                   None if fp is None or fp.startswith("uncached-") else fp, reason=reason or None,
+                                   hint=self._hint(modality))
+
+    def _hint(self, modality: str) -> str | None:
+        """The hint of a miss: import imported features again (None: the error's own, `emollm features`)."""
+        return IMPORT_HINT if self.kinds.get(modality) in IMPORTED_KINDS else None
 
     @staticmethod
     def _read_json(path: Path) -> dict[str, Any] | None:

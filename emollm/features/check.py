@@ -8,7 +8,10 @@ values; every features file is read in full), ``orphaned`` (an entry whose clip 
 annotations.jsonl, or whose clip file is gone: it cannot be checked) and ``missing`` (no entry).
 ``unverified`` entries (no checksum: written by an older emollm) are listed, not failed. Folders of
 other encoders (another fingerprint) are listed, never counted or pruned: another config may use
-them. ``prune=True`` deletes the stale, corrupt and orphaned entries.
+them. ``prune=True`` deletes the stale, corrupt and orphaned entries. Imported modalities (encoder
+kind ``precomputed``) are checked alike, but a missing, stale or corrupt one is imported again
+(``emollm import emotion-llama-features``), never computed by ``emollm features``; their entries do
+not depend on the clip file, so a moved or deleted clip does not orphan them.
 """
 
 from __future__ import annotations
@@ -20,7 +23,8 @@ from pathlib import Path
 from typing import Any
 
 from emollm.errors import FeatureCacheError
-from emollm.features.cache import ABSENT_SUFFIX, ENCODER_FILE, FeatureCache, clip_id_of
+from emollm.features.cache import ABSENT_SUFFIX, ENCODER_FILE, IMPORT_HINT, FeatureCache, clip_id_of
+from emollm.features.key import IMPORTED_KINDS
 
 
 @dataclass
@@ -78,9 +82,14 @@ class CheckReport:
                     lines += [f"  {item}" for item in items[:limit]]
                     if len(items) > limit:
                         lines.append(f"  ... and {len(items) - limit} more")
-            if e.folder is None:
+            if e.folder is None and e.kind in IMPORTED_KINDS:
+                lines.append(f"{e.modality}: no cache folder for the imported features {e.encoder} (never "
+                             f"imported, or their feature_dim / num_input_tokens changed)")
+            elif e.folder is None:
                 lines.append(f"{e.modality}: no cache folder for encoder {e.encoder} (never extracted, or its "
                              f"weights / config / feature options changed)")
+            if e.kind in IMPORTED_KINDS and (e.stale or e.corrupt or e.missing):
+                lines.append(f"{e.modality}: imported features (kind {e.kind}), never computed: {IMPORT_HINT}")
             for folder, n, encoder in e.other_folders:
                 lines.append(f"{e.modality}: other encoder's folder {folder} ({n} entries, {encoder}): not this "
                              f"config's, kept")
@@ -90,7 +99,9 @@ class CheckReport:
             lines.append("all entries fresh")
         else:
             lines.append("not all fresh: `emollm features` with this config recomputes stale, corrupt and missing "
-                         "entries" + ("" if self.pruned else "; --prune deletes stale, corrupt and orphaned ones"))
+                         "entries" + (" (imported ones: `emollm import emotion-llama-features`)" if any(
+                             e.kind in IMPORTED_KINDS and not e.ok for e in self.encoders) else "")
+                         + ("" if self.pruned else "; --prune deletes stale, corrupt and orphaned ones"))
         return "\n".join(lines)
 
 
@@ -134,6 +145,7 @@ def _encoder_of(folder: Path) -> str:
 def check_cache(cfg: Any, dataset_dir: str | os.PathLike, *, prune: bool = False) -> CheckReport:
     """Check (and with ``prune`` clean) the feature cache of ``cfg`` for the dataset's records."""
     from emollm.dataset.record import read_dataset
+    from emollm.modeling.encoders import encoder_options
 
     dataset = Path(dataset_dir)
     records = read_dataset(dataset)
@@ -144,7 +156,8 @@ def check_cache(cfg: Any, dataset_dir: str | os.PathLike, *, prune: bool = False
     for name, enc in cfg.model.encoders.items():
         if enc.modality == "au":
             continue
-        fp = cache.bind(name, enc.modality, enc.name_or_path, enc.options)
+        fp = cache.bind(name, enc.modality, enc.name_or_path, encoder_options(
+            enc.modality, enc.options, feature_dim=enc.feature_dim, num_input_tokens=enc.num_input_tokens))
         folder = cache.folder(name)
         rep = EncoderReport(name, enc.modality, str(enc.name_or_path),
                             f"{name}/{folder.name}" if (folder / ENCODER_FILE).is_file() else None)

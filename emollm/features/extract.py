@@ -8,7 +8,9 @@ skipped, stale ones recomputed (:mod:`emollm.features.key`), and every file is r
 so ``kill -9`` loses at most the batch in flight. Shardable: ``shard=(i, N)`` takes every N-th record
 from i (under ``accelerate launch``: RANK / WORLD_SIZE). A clip that fails is written to ``.errors/``
 (merged into ``errors.jsonl``) and the run goes on. The AU modality is not extracted here: the
-training dataset reads the builder's AU side file.
+training dataset reads the builder's AU side file. Nor are imported modalities (encoder kind
+``precomputed``: they cannot be computed): their entries are looked up and counted, present or
+missing (``emollm import emotion-llama-features`` fills them); a missing one fails no clip.
 """
 
 from __future__ import annotations
@@ -16,13 +18,14 @@ from __future__ import annotations
 import json
 import os
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 from emollm.dataset.io import atomic_write_bytes
 from emollm.errors import EmollmError
 from emollm.features.cache import FeatureCache, safe_name
+from emollm.features.key import IMPORTED_KINDS
 from emollm.log import get_logger, progress
 
 log = get_logger(__name__)
@@ -38,7 +41,8 @@ def encoder_inputs(encoders: dict[str, Any], clip: Any, crops: Any, *,
     ``face`` / ``video`` the aligned face crops, ``audio`` the 16 kHz samples, ``text`` the clip's
     ``subtitle`` (the record's field). ``encoders`` is ``cfg.model.encoders``; ``clip`` may be None
     when only text is asked for. Returns ``(inputs, absent)``: absent maps a modality to why it has
-    no input. The AU modality is never here (its sequence comes from the dataset builder)."""
+    no input. The AU modality is never here (its sequence comes from the dataset builder), nor an
+    imported (``precomputed``) one (no encoder input: its features come from the cache)."""
     face_images = crops.images if crops is not None and len(crops) else None
     by_kind = {"visual": getattr(clip, "frames", None), "face": face_images, "video": face_images,
                "audio": getattr(clip, "audio", None),
@@ -46,7 +50,7 @@ def encoder_inputs(encoders: dict[str, Any], clip: Any, crops: Any, *,
     why = {"visual": "no frames", "face": "no face", "video": "no face", "audio": "no audio", "text": "no subtitle"}
     inputs, absent = {}, {}
     for name, enc in encoders.items():
-        if enc.modality == "au":
+        if enc.modality == "au" or enc.modality in IMPORTED_KINDS:
             continue
         if by_kind[enc.modality] is None:
             absent[name] = why[enc.modality]
@@ -106,6 +110,9 @@ class FeaturesSummary:
     wall_s: float = 0.0
     cache_dir: str = ""
     shard: str = "0/1"
+    imported: list[str] = field(default_factory=list)  # modalities of kind precomputed: looked up, never computed
+    imported_present: int = 0  # (clip, imported modality) entries in the cache, fresh
+    imported_missing: int = 0  # ... missing, stale or damaged: to import (not failed clips)
 
     def table(self) -> str:
         rate = self.clips_decoded / self.wall_s if self.wall_s > 0 else 0.0
@@ -114,6 +121,12 @@ class FeaturesSummary:
                 ("absent (no input)", self.entries_absent), ("reused", self.entries_reused),
                 ("stale (recomputed)", self.entries_stale), ("corrupt (recomputed)", self.entries_corrupt),
                 ("failed clips", self.failed), ("wall s", f"{self.wall_s:.1f} ({rate:.2f} clips/s)")]  # fmt: skip
+        if self.imported:
+            rows[-1:-1] = [("imported present", f"{self.imported_present} ({', '.join(self.imported)}: "
+                                                 "imported features, never computed here)"),
+                           ("imported missing", f"{self.imported_missing}" + (
+                               " (import them: emollm import emotion-llama-features --config CFG DATASET_DIR "
+                               "--from ROOT)" if self.imported_missing else ""))]
         return "\n".join(f"{k:<20} {v}" for k, v in rows)
 
 
@@ -167,10 +180,12 @@ def extract_features(cfg: Any, dataset_dir: str | os.PathLike, *, shard: tuple[i
 
     ``encoders`` ({modality: loaded encoder}) is for tests and callers that already hold them;
     by default every frozen encoder of ``cfg.model.encoders`` is built and moved to the device.
+    Imported (``precomputed``) modalities are not computed: their entries are counted, present or
+    missing (``summary.imported_present`` / ``imported_missing``; missing ones fail no clip).
     """
     from emollm.config import save_resolved
     from emollm.dataset.record import read_dataset
-    from emollm.modeling.encoders import build_encoder
+    from emollm.modeling.encoders import build_encoder, encoder_options
 
     t0 = time.perf_counter()
     dataset = Path(dataset_dir)
@@ -183,7 +198,13 @@ def extract_features(cfg: Any, dataset_dir: str | os.PathLike, *, shard: tuple[i
     if index == 0:
         save_resolved(cfg, cache.root, command="features")
 
-    frozen = {name: enc for name, enc in cfg.model.encoders.items() if enc.modality != "au"}
+    frozen = {name: enc for name, enc in cfg.model.encoders.items()
+              if enc.modality != "au" and enc.modality not in IMPORTED_KINDS}
+    imported = {name: enc for name, enc in cfg.model.encoders.items() if enc.modality in IMPORTED_KINDS}
+    for name, enc in imported.items():
+        cache.bind(name, enc.modality, enc.name_or_path, encoder_options(
+            enc.modality, enc.options, feature_dim=enc.feature_dim, num_input_tokens=enc.num_input_tokens))
+    summary.imported = list(imported)
     if encoders is None:
         device = _device(cfg)
         encoders = {}
@@ -193,6 +214,20 @@ def extract_features(cfg: Any, dataset_dir: str | os.PathLike, *, shard: tuple[i
         cache.register(name, encoders[name])
     log.info("features: %d clip(s) in shard %d/%d, encoders %s -> %s", len(mine), index, count,
              ", ".join(f"{n} ({cache.fingerprints[n][:16]})" for n in frozen) or "none", cache.root)
+
+    for record in mine:  # imported features: looked up as a reader would, never computed
+        for name in imported:
+            entry = cache.check(record["id"], name, verify=True)
+            if entry.state in ("present", "absent"):
+                summary.imported_present += 1
+                continue
+            summary.imported_missing += 1  # stale ones are logged by the cache (once per modality)
+            if entry.state == "corrupt":
+                log.warning("%s: %s: not served; import it again", entry.file, entry.reason)
+    if imported and summary.imported_missing:
+        log.warning("features: %d of %d imported entries (%s) are not in the cache: `emollm import "
+                    "emotion-llama-features --config CFG %s --from ROOT` imports them", summary.imported_missing,
+                    len(mine) * len(imported), ", ".join(imported), dataset)
 
     todo = []
     for record in mine:
@@ -284,6 +319,9 @@ def extract_features(cfg: Any, dataset_dir: str | os.PathLike, *, shard: tuple[i
     log.info("features: %d written, %d absent, %d reused (%d stale, %d corrupt recomputed), %d clip(s) failed "
              "in %.1f s", summary.entries_computed, summary.entries_absent, summary.entries_reused,
              summary.entries_stale, summary.entries_corrupt, summary.failed, summary.wall_s)
+    if imported:
+        log.info("features: imported (%s): %d present, %d missing", ", ".join(imported), summary.imported_present,
+                 summary.imported_missing)
     return summary
 
 

@@ -16,6 +16,11 @@ or the ``inputs`` field of an ``.absent`` mark) and compared on every lookup:
   again (once per process);
 - the storage dtype (``features.dtype``).
 
+Imported features (encoder kind ``precomputed``, :mod:`emollm.features.imported`) were not computed
+from our decode of the clip: they are keyed by their source tag (``precomputed.source``) and the
+dtype only, never by the clip file, and the entry records the ``.npy`` it came from (path and
+SHA-256, ``inputs["imported"]``), which the import compares to reuse or rewrite the entry.
+
 A lookup whose inputs differ is a miss (the entry is stale; ``emollm features`` recomputes it),
 never a hit. Entries written before input keys existed have no ``inputs``: stale.
 """
@@ -31,6 +36,11 @@ from pathlib import Path
 from typing import Any
 
 KEY_VERSION = 1
+#: Encoder kinds whose entries are imported from files, never computed (their key: the source tag).
+from emollm.config.schema import IMPORTED_KINDS  # noqa: E402  (one home: the config schema)
+
+#: Kinds whose features do not depend on the clip file (no clip identity in their key).
+NO_CLIP_KINDS = ("text", *IMPORTED_KINDS)
 NO_KEY = "no input key (an older cache format, or written without a config)"
 _BLOCK = 64 * 1024  # bytes hashed per sampled block
 _BLOCKS = 16  # sampled blocks (head and tail included); files up to _BLOCK * _BLOCKS are hashed whole
@@ -102,9 +112,13 @@ def _sampling(media: Any) -> dict[str, Any]:
 
 
 def input_settings(media: Any, build: Any, kind: str, options: dict[str, Any],
-                   record: dict[str, Any]) -> dict[str, Any]:
+                   record: dict[str, Any], *, source: str | None = None) -> dict[str, Any]:
     """The settings that shape what an encoder of ``kind`` reads for this clip (config names; a name
-    without ``media.`` / ``build.`` is a value derived from several settings, see docs/features.md)."""
+    without ``media.`` / ``build.`` is a value derived from several settings, see docs/features.md).
+    ``source``: the entry's ``name_or_path``, the key of imported (``precomputed``) features, which
+    depend on nothing of ours (no decoding, no face settings)."""
+    if kind in IMPORTED_KINDS:
+        return {"precomputed.source": source}
     still = (record.get("media") or {}).get("kind") == "image"
     if kind == "text":
         subtitle = record.get("subtitle")
@@ -196,16 +210,18 @@ class InputContext:
         return (self.dataset or Path(".")) / record["media"]["path"]
 
     def inputs(self, kind: str, options: dict[str, Any], record: dict[str, Any], dtype: str,
-               *, identity: bool = True) -> dict[str, Any]:
+               *, identity: bool = True, source: str | None = None) -> dict[str, Any]:
         """The input key of an entry of this encoder for this record (``identity``: with the clip
-        file's identity, hashed; False for comparisons, which stat the file instead)."""
+        file's identity, hashed; False for comparisons, which stat the file instead; never for kinds
+        that do not read the clip file: text, imported). ``source``: the encoder's name_or_path."""
         out: dict[str, Any] = {"version": KEY_VERSION, "dtype": dtype,
-                               "settings": input_settings(self.media, self.build, kind, options, record)}  # fmt: skip
-        if kind != "text" and identity:
+                               "settings": input_settings(self.media, self.build, kind, options, record,
+                                                          source=source)}  # fmt: skip
+        if kind not in NO_CLIP_KINDS and identity:
             path = self.clip_path(record)
             out["clip"] = {"path": str(record["media"]["path"]), **clip_identity(path)}
         return out
 
 
-__all__ = ["KEY_VERSION", "NO_KEY", "InputContext", "clip_identity", "describe_diff", "input_settings", "same_clip",
-           "sampled_digest"]
+__all__ = ["IMPORTED_KINDS", "KEY_VERSION", "NO_CLIP_KINDS", "NO_KEY", "InputContext", "clip_identity", "describe_diff",
+           "input_settings", "same_clip", "sampled_digest"]

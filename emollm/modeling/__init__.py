@@ -6,11 +6,13 @@
 - :mod:`.projectors`, :mod:`.fusion` — projector registry, cross-modal fusion, modality prompt tokens
 - :mod:`.encoders`, :mod:`.au_encoder` — frozen encoder registry (feature extraction) and the AU encoder
 - :mod:`.backbones` — backbone family registry (detection, chat template, LoRA targets, recommended LR)
+- :mod:`.eva_vit` — EVA-CLIP ViT-g (Emotion-LLaMA's global encoder) as a transformers model + converter
 """
 
 from transformers import AutoConfig, AutoModelForCausalLM
 
 from emollm.errors import MediaTokenMismatchError
+from emollm.modeling import eva_vit  # noqa: F401  (registers EvaViT with AutoConfig / AutoModel / AutoImageProcessor)
 from emollm.modeling.configuration import EmoLLMConfig, media_token
 from emollm.modeling.modeling_emollm import EmoLLMForConditionalGeneration, default_lora_targets
 

@@ -40,7 +40,8 @@ class EmoLLMConfig(PreTrainedConfig):
     - ``encoder``: optional ``{"name_or_path": ..., **options}`` of the frozen encoder that made the
       features (the feature cache and live inference use it; the model does not need it to train);
     - ``au_encoder``: for ``au``, the learned AU encoder's options (``num_tokens``, ``depth``, …);
-    - ``span_prefix`` / ``span_suffix``: text the processor writes around the media tokens.
+    - ``span_prefix`` / ``span_suffix``: text the processor writes around the media tokens;
+      ``span_tail`` / ``span_tail_tokens`` (optional): a second placeholder holding the last media tokens.
 
     ``prompt_tokens`` learned tokens are prepended to every modality's span; ``fusion`` (``{"depth":
     …, "num_heads": …}`` or None) mixes the modality tokens before they enter the LLM.

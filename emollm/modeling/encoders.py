@@ -39,6 +39,11 @@ au         (T, 2*num_aus) raw AUs      learned: :class:`LearnedAU` builds the
                                        trains; the cache stores the raw AU sequence.
 =========  ==========================  ==========================================================
 
+``precomputed`` (:class:`PrecomputedFeatures`) has no input and no checkpoint: features someone else
+extracted (Emotion-LLaMA's ``.npy`` files), imported into the feature cache
+(:mod:`emollm.features.imported`), never computed; options ``feature_dim`` / ``num_tokens`` give
+``(T, D)``.
+
 What Emotion-LLaMA used: EVA-CLIP ViT-g on the peak frame (the 256 regrouped patch tokens: the
 ``visual`` default ``patch`` on one frame, regrouped by the projector), MAE (face), VideoMAE
 (video) and HuBERT-large (audio), one 1024-d token each in their feature files: the ``face``,
@@ -176,6 +181,32 @@ def feature_dim_of(kind: str, name_or_path: str | os.PathLike | None = None, **o
     """The feature width ``D`` the encoder of ``kind`` produces, from the config alone (no weights)."""
     cls = _encoder_class(kind)
     return cls.feature_dim_from_config(name_or_path, _resolve_options(kind, cls.OPTIONS, options))
+
+
+def encoder_options(kind: str, options: dict[str, Any], *, feature_dim: int | None = None,
+                    num_input_tokens: int | None = None) -> dict[str, Any]:
+    """The options to build a config entry's encoder with (``build_encoder(kind, name_or_path, **out)``).
+
+    Every kind but ``precomputed``: the entry's ``options`` as they are. A ``precomputed`` entry has
+    no checkpoint to read its shape from, so the entry's ``feature_dim`` / ``num_input_tokens``
+    (``EncoderConfig`` fields, or the ``feature_dim`` / ``num_input_tokens`` of a modality spec)
+    become its ``feature_dim`` / ``num_tokens`` options, unless the options already say so; when both
+    say and disagree: ConfigError.
+    """
+    from emollm.config.schema import IMPORTED_KINDS
+
+    out = dict(options)
+    if kind not in IMPORTED_KINDS:
+        return out
+    for option, value, field_name in (("feature_dim", feature_dim, "feature_dim"),
+                                      ("num_tokens", num_input_tokens, "num_input_tokens")):
+        if value is None:
+            continue
+        if out.get(option) is not None and out[option] != value:
+            raise ConfigError(f"a 'precomputed' entry's options.{option} ({out[option]}) and its {field_name} "
+                              f"({value}) disagree", hint=f"set {field_name} only")
+        out[option] = int(value)
+    return out
 
 
 # ------------------------------------------------------------------------------------------ base
@@ -911,3 +942,79 @@ class LearnedAU(Encoder):
     def fingerprint(self) -> str:
         """Over what the cached raw AU sequence depends on: the AU count and order (not the module's sizes)."""
         return _sha256_json({"fingerprint_version": FINGERPRINT_VERSION, "kind": "au", "aus": list(self.au_names)})
+
+
+# ------------------------------------------------------------------------------------------ imported
+@register_encoder("precomputed")
+class PrecomputedFeatures(Encoder):
+    """Features that can only be imported, never computed: files someone else extracted with encoders
+    that are not available as checkpoints (Emotion-LLaMA's per-clip ``.npy``: MAE ``mae_340_UTT``,
+    VideoMAE ``maeV_399_UTT``, Chinese HuBERT-large ``HL-UTT``, each 1024-d).
+
+    ``name_or_path`` is a source *tag* (``emotion-llama/mae_340_UTT``), never opened as a path.
+    Options: ``feature_dim`` (D, required; :func:`encoder_options` takes it from the config entry's
+    ``feature_dim``), ``num_tokens`` (T, default 1; from ``num_input_tokens``) and ``folder`` (the
+    source folder of the files, default the tag's last part; where they come from, not what they
+    are, so not in the fingerprint). :meth:`fingerprint` hashes the kind, the tag and the shape: the
+    same tag gives the same cache folder in every process. ``emollm import emotion-llama-features``
+    (:func:`emollm.features.imported.import_precomputed_features`) fills the cache; :meth:`extract`
+    refuses.
+    """
+
+    learned = False
+    OPTIONS = {
+        "folder": Option(None, types=(str, type(None)), affects_features=False),
+        "feature_dim": Option(None, types=(int, type(None))),
+        "num_tokens": Option(1, types=(int,)),
+    }
+
+    def __init__(self, name_or_path: str | os.PathLike | None = None, **options: Any):
+        if name_or_path is None or not str(name_or_path).strip():
+            raise ConfigError("a 'precomputed' entry needs a source tag as name_or_path (e.g. "
+                              "emotion-llama/mae_340_UTT): it names where the imported features come from")
+        for key in ("feature_dim", "num_tokens"):
+            if options.get(key) is not None and options[key] < 1:
+                raise ConfigError(f"a 'precomputed' entry's {key} must be >= 1, got {options[key]}")
+        self.name_or_path = str(name_or_path)
+        self.options = options
+
+    @property
+    def feature_dim(self) -> int:  # type: ignore[override]
+        return self.feature_dim_from_config(self.name_or_path, self.options)
+
+    @property
+    def folder(self) -> str:
+        """The folder of the source files under the import root: ``folder``, else the tag's last part."""
+        return self.options["folder"] or self.name_or_path.rstrip("/").rsplit("/", 1)[-1]
+
+    @classmethod
+    def feature_dim_from_config(cls, name_or_path, options: dict[str, Any]) -> int:
+        if options.get("feature_dim") is None:
+            raise ConfigError(f"the 'precomputed' entry '{name_or_path}' needs feature_dim (the width of the "
+                              "imported features): nothing else can tell it", hint="set feature_dim on the entry")
+        return int(options["feature_dim"])
+
+    def num_tokens(self, input_len: int | None = None) -> int:
+        return int(self.options["num_tokens"])
+
+    def to(self, device: Any = None, dtype: Any = None) -> PrecomputedFeatures:
+        return self  # nothing to move: no model
+
+    def fingerprint(self) -> str:
+        """Over what the imported features are: the kind, the source tag and their shape (not ``folder``)."""
+        return _sha256_json({"fingerprint_version": FINGERPRINT_VERSION, "kind": self.kind,
+                             "source": self.name_or_path, "feature_dim": self.feature_dim,
+                             "num_tokens": self.num_tokens()})
+
+    def _refuse(self) -> EmollmError:
+        return EmollmError(
+            f"the '{self.name_or_path}' features come from imported files (`emollm import "
+            "emotion-llama-features`, encoder kind 'precomputed'): they cannot be computed from a clip",
+            hint="import them into the feature cache (`emollm import emotion-llama-features --config CFG "
+                 "DATASET_DIR --from ROOT`) and read them from there (`emollm predict`, training)")
+
+    def extract(self, x: Any) -> torch.Tensor:
+        raise self._refuse()
+
+    def extract_batch(self, items: Sequence[Any], batch_size: int = 8) -> list[torch.Tensor]:
+        raise self._refuse()

@@ -36,6 +36,8 @@ def modality_specs(model_cfg: ModelConfig) -> dict[str, dict[str, Any]]:
             "span_prefix": enc.span_prefix,
             "span_suffix": enc.span_suffix,
         }
+        if enc.span_tail:
+            spec["span_tail"], spec["span_tail_tokens"] = enc.span_tail, enc.span_tail_tokens
         if enc.modality == "au":
             spec["au_encoder"] = dict(enc.options)
             spec["feature_dim"] = 2 * int(enc.options.get("num_aus", len(MERR_AUS)))
@@ -54,7 +56,8 @@ def processor_for(model: EmoLLMForConditionalGeneration, tokenizer: Any, templat
                   max_length: int | None = None, truncation: str = "error") -> EmoProcessor:
     """The processor whose spans match ``model`` (token counts, prefixes); sets the model's media token ids."""
     spans = [
-        ModalitySpan(name, model.num_media_tokens(name), spec.get("span_prefix", ""), spec.get("span_suffix", ""))
+        ModalitySpan(name, model.num_media_tokens(name), spec.get("span_prefix", ""), spec.get("span_suffix", ""),
+                     tail=spec.get("span_tail"), tail_tokens=int(spec.get("span_tail_tokens", 0)) if spec.get("span_tail") else 0)
         for name, spec in model.config.modalities.items()
     ]
     processor = EmoProcessor(tokenizer, template, spans, max_length=max_length,

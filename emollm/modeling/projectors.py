@@ -15,6 +15,10 @@ token options every projector supports:
     its own layer of the same kind (``in_dim -> out_dim``, no regroup) while the patches are regrouped
     and projected; output ``(B, 1 + T/k, out_dim)``, CLS first. ``"drop"``: the CLS token is removed
     (LLaVA's ``select_feature="patch"``); output ``(B, T/k, out_dim)``.
+``cls_position: "first" | "last"`` (default ``"first"``)
+    With ``cls_token="separate"``: where the projected CLS token goes in the output. Emotion-LLaMA
+    puts it last (``cat(patches, features, cls)``); with ``span_tail`` (docs/model.md) the last
+    token is written at its own placeholder, after the other features.
 ``num_input_tokens: int`` (optional)
     The input token count (CLS included) when known: divisibility by ``regroup`` is then checked at
     build time instead of at the first forward.
@@ -59,8 +63,9 @@ __all__ = [
 PROJECTORS: dict[str, Callable[..., nn.Module]] = {}
 
 #: The token options :func:`build_projector` handles for every projector.
-COMMON_OPTIONS = ("regroup", "cls_token", "num_input_tokens")
+COMMON_OPTIONS = ("regroup", "cls_token", "cls_position", "num_input_tokens")
 CLS_TOKEN_MODES = ("none", "separate", "drop")
+CLS_POSITIONS = ("first", "last")
 
 
 def _closest(word: str, choices: list[str]) -> str:
@@ -203,6 +208,7 @@ class Projector(nn.Module):
         regroup: int = 1,
         cls_token: str = "none",
         cls_layer: nn.Module | None = None,
+        cls_position: str = "first",
         num_input_tokens: int | None = None,
     ):
         super().__init__()
@@ -210,6 +216,7 @@ class Projector(nn.Module):
         self.in_dim, self.out_dim = in_dim, out_dim
         self.regroup = regroup
         self.cls_token = cls_token
+        self.cls_position = cls_position
         self.num_input_tokens = num_input_tokens
         self.layer = layer
         self.cls_layer = cls_layer
@@ -250,11 +257,14 @@ class Projector(nn.Module):
             patches = patches.reshape(batch, groups, self.regroup * dim)
         out = self.layer(patches)
         if self.cls_token == "separate":
-            out = torch.cat([self.cls_layer(cls), out], dim=1)
+            parts = [self.cls_layer(cls), out] if self.cls_position == "first" else [out, self.cls_layer(cls)]
+            out = torch.cat(parts, dim=1)
         return out
 
     def extra_repr(self) -> str:
-        return f"name={self.name!r}, in_dim={self.in_dim}, out_dim={self.out_dim}, regroup={self.regroup}, cls_token={self.cls_token!r}"
+        position = f", cls_position={self.cls_position!r}" if self.cls_token == "separate" else ""
+        return (f"name={self.name!r}, in_dim={self.in_dim}, out_dim={self.out_dim}, regroup={self.regroup}, "
+                f"cls_token={self.cls_token!r}{position}")
 
 
 def build_projector(name: str, in_dim: int, out_dim: int, **options: Any) -> Projector:
@@ -290,6 +300,11 @@ def build_projector(name: str, in_dim: int, out_dim: int, **options: Any) -> Pro
             f"{owner}: 'cls_token' must be one of {list(CLS_TOKEN_MODES)}, got {cls_token!r}"
             f"{_closest(str(cls_token), list(CLS_TOKEN_MODES))}"
         )
+    cls_position = options.get("cls_position", "first")
+    if cls_position not in CLS_POSITIONS:
+        raise ConfigError(f"{owner}: 'cls_position' must be one of {list(CLS_POSITIONS)}, got {cls_position!r}")
+    if cls_position != "first" and cls_token != "separate":
+        raise ConfigError(f"{owner}: 'cls_position' applies to cls_token 'separate' only (cls_token is {cls_token!r})")
     num_input_tokens = options.get("num_input_tokens")
     if num_input_tokens is not None:
         num_input_tokens = _int_option(num_input_tokens, "num_input_tokens", owner, minimum=1)
@@ -304,6 +319,7 @@ def build_projector(name: str, in_dim: int, out_dim: int, **options: Any) -> Pro
         regroup=regroup,
         cls_token=cls_token,
         cls_layer=cls_layer,
+        cls_position=cls_position,
         num_input_tokens=num_input_tokens,
     )
     if num_input_tokens is not None:

@@ -110,7 +110,8 @@ class EmotionDataset(torch.utils.data.Dataset):
                     continue
                 sample = emotion_llama_sample(record["id"], task, record.get("subtitle"), target=target,
                                               label=record.get("label") or record.get("pseudo_label"),
-                                              modalities=tuple(self.modalities), seed=seed, pool=pools.get(task))
+                                              modalities=tuple(self.processor.placeholders), seed=seed,
+                                              pool=pools.get(task))
                 sample["clip_id"] = record["id"]
                 out.append(sample)
         return out

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import argparse
+import importlib
 import subprocess
 import sys
 from pathlib import Path
@@ -16,6 +18,11 @@ TRAIN_PY = str(Path(__file__).resolve().parents[2] / "train.py")
 NOT_BUILT_YET = ("build", "features", "train", "predict", "infer", "evaluate", "export", "render")
 
 
+def command_name(module: str) -> str:
+    """The command a module under emollm/cli provides (``importing`` -> ``import``: a keyword as a module name)."""
+    return importlib.import_module(f"emollm.cli.{module}").NAME
+
+
 def run_cli(*argv: str):
     return subprocess.run([sys.executable, "-m", "emollm.cli.main", *argv], capture_output=True, text=True)
 
@@ -24,7 +31,7 @@ def test_help_lists_only_built_commands():
     result = run_cli("--help")
     assert result.returncode == 0
     for name in cli.COMMANDS:
-        assert f"    {name} " in result.stdout
+        assert f"    {command_name(name)} " in result.stdout
     listed = result.stdout.split("commands:")[1]
     for name in NOT_BUILT_YET:
         if name not in cli.COMMANDS:
@@ -33,12 +40,21 @@ def test_help_lists_only_built_commands():
 
 @pytest.mark.parametrize("name", cli.COMMANDS)
 def test_each_command_help_shows_defaults(name, capsys):
+    name = command_name(name)
     with pytest.raises(SystemExit) as info:
         cli.main([name, "--help"])
     assert info.value.code == 0
     out = capsys.readouterr().out
     assert f"usage: emollm {name}" in out
-    assert "(default:" in out
+    command = next(a for a in cli.build_parser()._subparsers._group_actions if a.dest == "command").choices[name]
+    nested = [a for a in command._actions if isinstance(a, argparse._SubParsersAction)]
+    if nested:  # sub-commands only (emollm import): each of them shows its defaults
+        for sub in nested[0].choices:
+            with pytest.raises(SystemExit):
+                cli.main([name, sub, "--help"])
+            assert "(default:" in capsys.readouterr().out, sub
+    else:
+        assert "(default:" in out
 
 
 def test_config_typo_is_one_line_with_a_hint(capsys):

@@ -12,6 +12,7 @@ from emollm.prompts import emotion_llama_sample
 from emollm.testing.tiny import build_tiny_models
 
 PRESETS = {"emotion_llama_llama2": "llama2", "emotion_llama_mistral": "mistral", "emotion_llama_llama3": "llama3"}
+TEMPLATES = {"emotion_llama_llama2": "emotion_llama", "emotion_llama_mistral": "mistral", "emotion_llama_llama3": "llama3"}
 
 
 def test_switching_the_backbone_changes_only_the_backbone():
@@ -33,9 +34,10 @@ def test_preset_at_real_feature_sizes_on_the_tiny_backbone(preset, tiny_name):
     assert counts == {"video": 257, "face": 1, "temporal": 1, "audio": 1}  # Emotion-LLaMA's 260 media tokens
     video = model.media.projector.projectors["video"]
     assert video.layer.proj.in_features == 4 * 1408  # EVA-CLIP patches regrouped 4 -> 1: 256 x 5632
-    assert processor.template.name == tiny_name
+    assert processor.template.name == TEMPLATES[preset]
+    assert processor.placeholders == ["video", "face", "temporal", "audio", "video_cls"]
 
-    sample = emotion_llama_sample("c1", "emotion", "I told you so", target="angry")
+    sample = emotion_llama_sample("c1", "emotion", "I told you so", target="angry", modalities=processor.placeholders)
     batch = processor.collate([processor.encode(sample)])
     media = {"video": torch.randn(1, 1025, 1408), "face": torch.randn(1, 1, 1024),
              "temporal": torch.randn(1, 1, 1024), "audio": torch.randn(1, 1, 1024)}

@@ -196,15 +196,17 @@ def test_instruction_choice_is_deterministic_per_sample_id():
 
 def test_emotion_llama_preset_renders_its_prompt_layout(tok):
     text = build_emotion_llama_prompt("I can't believe it", "emotion", "Which emotion?")
+    # Emotion-LLaMA's dataset: "<video>…</video> <feature>…</feature> {} [{}] {} " with "The person in video says: {}. "
     assert text == ("<video> <feature><face><temporal><audio></feature> The person in video says: "
-                    "I can't believe it. [emotion] Which emotion?")
+                    "I can't believe it.  [emotion] Which emotion? ")
+    assert build_emotion_llama_prompt("Really?", "emotion", "Which?", ()).startswith("The person in video says: Really?. ")
     spans = emotion_llama_spans({"video": 2, "face": 1, "temporal": 1, "audio": 1})
     proc = EmoProcessor(tok, "llama2", spans)
     s = emotion_llama_sample("clip_1", "reason", "Hello", target="Because.")
-    assert s["messages"][0]["content"].endswith("[reason] " + choose_instruction(load_instruction_pool("reason"), "clip_1"))
+    assert s["messages"][0]["content"].endswith("[reason] " + choose_instruction(load_instruction_pool("reason"), "clip_1") + " ")
     prompt = proc.render(s)
     assert ("[INST] <video><|emo_video|><|emo_video|></video> <feature><|emo_face|><|emo_temporal|><|emo_audio|>"
-            "</feature> The person in video says: Hello. [reason]") in prompt
+            "</feature> The person in video says: Hello.  [reason]") in prompt
     no_video = proc.render(s, present={"face", "temporal", "audio"})  # the wrapper goes with the dropped video
     assert "[INST] <feature><|emo_face|>" in no_video and "</video>" not in no_video
 
@@ -239,5 +241,5 @@ def test_emotion_llama_samples_escape_the_clip_text():
     s = emotion_llama_sample("c1", "reason", "I said <video> twice <audio>", target="Her <face> says so.",
                              pool=["Why? <face>"])
     user = s["messages"][0]["content"]
-    assert "says: I said \\<video> twice \\<audio>." in user and user.endswith("Why? <face>")
+    assert "says: I said \\<video> twice \\<audio>." in user and user.endswith("Why? <face> ")
     assert s["target"] == "Her \\<face> says so."

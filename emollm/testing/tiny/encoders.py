@@ -254,3 +254,32 @@ def build_bert(out: Path, seed: int) -> None:
         pad_token_id=tokenizer.pad_token_id,
     )
     _save(out, seeded_init(BertModel, config, seed), tokenizer)
+
+
+# A tiny ViT under the original EVA-CLIP keys of LAVIS's ``eva_vit_g.pth`` (BLIP-2 / MiniGPT-v2's global
+# encoder): width 32, 2 blocks, 2 heads, patch 14, mlp 48, a 2x2 position grid (28 px). Convert it with
+# ``emollm import eva-vit`` / :func:`emollm.modeling.eva_vit.convert_eva_vit` (``num_heads=2``).
+EVA_TINY = {"hidden": 32, "depth": 2, "heads": 2, "patch": 14, "mlp": 48, "grid": 2}
+
+
+def eva_vit_state_dict(seed: int = 0) -> dict:
+    """Random weights under the original ``eva_vit_g.pth`` keys (non-trivial norms and biases)."""
+    import torch
+
+    d, mlp = EVA_TINY["hidden"], EVA_TINY["mlp"]
+    g = torch.Generator().manual_seed(seed)
+
+    def rand(*shape, scale=0.1):
+        return torch.randn(*shape, generator=g) * scale
+
+    block = {"norm1.weight": (d,), "norm1.bias": (d,), "attn.q_bias": (d,), "attn.v_bias": (d,),
+             "attn.qkv.weight": (3 * d, d), "attn.proj.weight": (d, d), "attn.proj.bias": (d,), "norm2.weight": (d,),
+             "norm2.bias": (d,), "mlp.fc1.weight": (mlp, d), "mlp.fc1.bias": (mlp,), "mlp.fc2.weight": (d, mlp),
+             "mlp.fc2.bias": (d,)}  # fmt: skip
+    sd = {"cls_token": rand(1, 1, d, scale=0.5), "pos_embed": rand(1, 1 + EVA_TINY["grid"] ** 2, d, scale=0.5),
+          "patch_embed.proj.weight": rand(d, 3, EVA_TINY["patch"], EVA_TINY["patch"], scale=0.05),
+          "patch_embed.proj.bias": rand(d)}  # fmt: skip
+    for i in range(EVA_TINY["depth"]):
+        for key, shape in block.items():
+            sd[f"blocks.{i}.{key}"] = 1 + rand(*shape) if key in ("norm1.weight", "norm2.weight") else rand(*shape)
+    return sd
