@@ -7,9 +7,11 @@ from pathlib import Path
 
 import torch
 
-# the tiny LLaMA-2 (hidden 64, 2 layers); LoRA r 4, alpha 16; EVA width 16 (16 patches regrouped 4 -> 1: 4
-# groups); 8-d face / video / audio features
-TINY = {"hidden": 64, "layers": 2, "r": 4, "alpha": 16, "visual": 16, "groups": 4, "feature": 8}
+from emollm.testing.tiny.encoders import EVA_TINY
+
+# the tiny LLaMA-2 (hidden 64, 2 layers); LoRA r 4, alpha 16; the tiny EVA's width (EVA_TINY: 32; at 56 px,
+# 16 patches regrouped 4 -> 1: 4 groups); 8-d face / video / audio features
+TINY = {"hidden": 64, "layers": 2, "r": 4, "alpha": 16, "visual": EVA_TINY["hidden"], "groups": 4, "feature": 8}
 LORA_KEY = "llama_model.base_model.model.model.layers.{i}.self_attn.{m}_proj.lora_{ab}{default}.weight"
 
 
