@@ -82,3 +82,16 @@ def test_train_further_from_the_imported_run(setup):
     after = load_file(str(out / "adapter" / "adapter_model.safetensors"))
     assert before.keys() == after.keys()
     assert any(not torch.equal(before[k], after[k]) for k in before)  # the imported adapter trained on
+
+
+def test_explain_a_raw_clip_with_an_imported_run(setup, sample_dir, capsys):
+    """On a raw clip the imported features cannot be computed: the error says so and how to go on;
+    with the modalities that can (the EVA encoder on the peak frame), the clip is explained."""
+    _, _, run = setup
+    clip = str(sample_dir / "single_face.mp4")
+    assert cli.main(["infer", "--model", str(run), clip, "--task", "emotion"]) == 2
+    err = capsys.readouterr().err
+    assert "'face'" in err and "emollm predict" in err
+    assert cli.main(["infer", "--model", str(run), clip, "--task", "emotion", "--modalities", "video", "--json"]) == 0
+    answer = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
+    assert answer["error"] is None and answer["text"] and answer["task"] == "emotion"
