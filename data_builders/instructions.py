@@ -74,6 +74,21 @@ def check_reasoning(text: str, label: str, label_set: LabelSet) -> str | None:
     return None
 
 
+# check_reasoning's verdicts, by (label set, text, label): a review decision re-filters the whole dataset
+# (the duplicate rule needs every record), but only the changed records' texts need reading again.
+_VERDICTS: dict[tuple[Any, str, str], str | None] = {}
+_MAX_VERDICTS = 200_000
+
+
+def _checked(text: str, label: str, label_set: LabelSet) -> str | None:
+    key = (label_set, text, label)
+    if key not in _VERDICTS:
+        if len(_VERDICTS) >= _MAX_VERDICTS:
+            _VERDICTS.clear()
+        _VERDICTS[key] = check_reasoning(text, label, label_set)
+    return _VERDICTS[key]
+
+
 def filter_reasoning(records: Sequence[dict[str, Any]], label_set: LabelSet) -> None:
     """Set ``reasoning_filter`` and ``granularity`` on each record (in place)."""
     seen: dict[str, str] = {}
@@ -83,7 +98,7 @@ def filter_reasoning(records: Sequence[dict[str, Any]], label_set: LabelSet) -> 
             rec["reasoning_filter"] = None
             rec["granularity"] = "coarse"
             continue
-        reason = check_reasoning(text, label, label_set)
+        reason = _checked(text, label, label_set)
         key = _norm(text)
         if reason is None and key in seen:
             reason = f"duplicate_of:{seen[key]}"
@@ -94,18 +109,22 @@ def filter_reasoning(records: Sequence[dict[str, Any]], label_set: LabelSet) -> 
 
 
 def instruction_samples(records: Sequence[dict[str, Any]], seed: int = 0) -> dict[str, list[dict[str, Any]]]:
+    from emollm.prompts import load_instruction_pool
+
     out: dict[str, list[dict[str, Any]]] = {t: [] for t in TASKS}
+    pools = {task: load_instruction_pool(task) for task in TASKS}  # read once, not once per record
     for rec in records:
         label = record_label(rec)
         if not label:
             continue
         extra = {"split": rec.get("split"), "granularity": rec.get("granularity", "coarse"),
                  "media": rec["media"]["path"]}
-        s = emotion_llama_sample(rec["id"], "emotion", rec.get("subtitle"), target=label, label=label, seed=seed)
+        s = emotion_llama_sample(rec["id"], "emotion", rec.get("subtitle"), target=label, label=label, seed=seed,
+                                 pool=pools["emotion"])
         out["emotion"].append(s | extra)
         if rec.get("granularity") == "fine" and rec.get("reasoning"):
             s = emotion_llama_sample(rec["id"], "reason", rec.get("subtitle"), target=rec["reasoning"], label=label,
-                                     seed=seed)
+                                     seed=seed, pool=pools["reason"])
             out["reason"].append(s | extra)
     return out
 

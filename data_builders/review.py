@@ -25,6 +25,10 @@
   the label did not change). Then the reasoning filter, the coarse / fine split and the instruction
   JSONL are redone (:mod:`data_builders.instructions`); a reasoning written for the old label now fails
   the filter (``contradicts_label``) until the next ``emollm build`` writes one for the new label.
+- **Decisions** (:func:`apply_decisions`): the import's rows and the web page's decisions (``emollm
+  review serve``, :mod:`emollm.web.review`) go through this one function. It runs under
+  :func:`review_lock`, an exclusive ``fcntl.flock`` on ``DATASET_DIR/.review.lock``, so two reviewers
+  (two pages, a page and an import, two processes) never lose each other's decisions.
 """
 
 from __future__ import annotations
@@ -34,16 +38,22 @@ import datetime as _dt
 import io
 import json
 import os
-from collections.abc import Sequence
+from collections.abc import Iterator, Mapping, Sequence
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from emollm.dataset.io import atomic_write_text, parse_jsonl, read_jsonl, write_jsonl
+from emollm.dataset.io import atomic_write_text, jsonl_text, parse_jsonl, read_jsonl, write_jsonl
 from emollm.dataset.record import read_annotations
 from emollm.errors import ConfigError, UnsafePathError
 from emollm.log import get_logger
 from emollm.paths import ensure_folder, id_path, id_rel
+
+try:
+    import fcntl
+except ImportError:  # Windows: review_lock uses msvcrt
+    fcntl = None
 
 log = get_logger(__name__)
 
@@ -109,7 +119,9 @@ def _thumbnail(dataset_dir: Path, rec: dict[str, Any], path: Path) -> None:
     Image.fromarray(frames.array[0]).save(path)
 
 
-def _au_chart(rec: dict[str, Any], path: Path) -> None:
+def _au_chart(rec: dict[str, Any], path: Path, *, figsize: tuple[float, float] = (6, 2.6), dpi: int = 80) -> None:
+    """The AU bar chart PNG (``figsize`` inches at ``dpi``: the export's 480 x 208 px by default; the web
+    page asks for more pixels, so its labels stay legible at the size it shows the chart)."""
     import matplotlib
 
     matplotlib.use("Agg", force=True)
@@ -120,7 +132,7 @@ def _au_chart(rec: dict[str, Any], path: Path) -> None:
     at_peak = rec.get("aus_at_peak") or {}
     present = set(rec.get("aus_present_at_peak") or [])
     values = [float(at_peak.get(au, 0.0)) for au in MERR_AUS]
-    fig, ax = plt.subplots(figsize=(6, 2.6), dpi=80)
+    fig, ax = plt.subplots(figsize=figsize, dpi=dpi)
     ax.bar(range(len(MERR_AUS)), values, color=["#c0392b" if au in present else "#95a5a6" for au in MERR_AUS])
     ax.set_xticks(range(len(MERR_AUS)), [au.replace("AU", "") for au in MERR_AUS], fontsize=7)
     ax.set_ylim(0, AU_INTENSITY_MAX)
@@ -280,63 +292,131 @@ def resplit(dataset_dir: Path, records: list[dict[str, Any]]) -> dict[str, int]:
     return write_instructions(records, dataset_dir, seed, atomic_write_text)
 
 
-def import_corrections(dataset_dir: str | os.PathLike[str], corrections: str | os.PathLike[str], *,
-                       reviewer: str | None = None, now: str | None = None) -> ImportResult:  # fmt: skip
-    """Apply a corrections file to the dataset; see the module docstring (valid rows applied,
-    invalid rows reported per row in ``review_errors.jsonl``)."""
+LOCK_FILE = ".review.lock"
+
+
+@contextmanager
+def review_lock(dataset_dir: str | os.PathLike[str]) -> Iterator[None]:
+    """Hold the dataset's exclusive review lock (``fcntl.flock`` on ``DATASET_DIR/.review.lock``) for
+    the duration: every read-modify-write of ``reviews.jsonl`` / ``annotations.jsonl`` by a review
+    (the CSV import, the web page, several reviewers, several processes) runs under it, one at a time,
+    so no decision overwrites another's. Blocks until the lock is free."""
+    path = Path(dataset_dir) / LOCK_FILE
+    try:
+        fh = open(path, "a+b")  # noqa: SIM115 - closed below, after the unlock
+    except OSError as exc:
+        raise ConfigError(f"cannot open the review lock {path} ({exc.strerror or exc})",
+                          hint="the dataset folder must be writable to record reviews") from None  # fmt: skip
+    try:
+        if fcntl is not None:
+            fcntl.flock(fh.fileno(), fcntl.LOCK_EX)
+        else:  # Windows: a lock on the file's first byte (retried: LK_LOCK gives up after ~10 s)
+            import msvcrt
+
+            fh.seek(0)
+            while True:
+                try:
+                    msvcrt.locking(fh.fileno(), msvcrt.LK_LOCK, 1)
+                    break
+                except OSError:
+                    continue
+        try:
+            yield
+        finally:
+            if fcntl is not None:
+                fcntl.flock(fh.fileno(), fcntl.LOCK_UN)
+            else:
+                import msvcrt
+
+                fh.seek(0)
+                msvcrt.locking(fh.fileno(), msvcrt.LK_UNLCK, 1)
+    finally:
+        fh.close()
+
+
+def apply_decisions(dataset_dir: str | os.PathLike[str], decisions: Sequence[Mapping[str, Any]], *,
+                    reviewer: str | None = None, now: str | None = None, source: str = "decisions",
+                    append_errors: bool = False) -> ImportResult:  # fmt: skip
+    """Apply review decisions to the dataset: the one code path of ``review import`` (a corrections
+    file, :func:`import_corrections`) and of the web page (``emollm review serve``, one decision at a
+    time). Each decision is a mapping with ``id``, ``label`` and optionally ``note``, ``reviewer``
+    (else ``reviewer``); an object that is not a mapping may be given as ``{"_invalid": obj}``.
+
+    Valid decisions are applied, invalid ones are per-row errors (``row`` = 1-based position,
+    ``file`` = ``source``) written to ``review_errors.jsonl``: replacing it (an import: the file lists
+    that import's errors), or, with ``append_errors``, added to it and only when there are any (the web
+    page: one decision at a time). Then ``reviews.jsonl``, the records' ``label`` / ``review``, the
+    reasoning filter, the split and the instruction files are rewritten (atomic writes), all under
+    :func:`review_lock`, so concurrent reviewers never lose each other's decisions."""
     dataset_dir = Path(dataset_dir)
-    records = read_annotations(dataset_dir / "annotations.jsonl")
-    by_id = {r["id"]: r for r in records}
-    label_set = _dataset_label_set(dataset_dir)
-    reviews = _load_reviews(dataset_dir)
     when = now or _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds")
-    result = ImportResult()
-    rows = read_corrections(corrections)
-    result.rows = len(rows)
-    for n, row in enumerate(rows, 1):
-        cid = str(row.get("id") or "")
-        if cid not in by_id:  # ids may hold spaces: exact first, then without surrounding whitespace
-            cid = cid.strip()
-        raw = str(row.get("label") or "").strip()
-        err = None
-        if "_invalid" in row:
-            err = "not a JSON object"
-        elif not cid:
-            err = "missing id"
-        elif cid not in by_id:
-            err = f"unknown id {cid!r} (not in annotations.jsonl)"
-        elif not raw:
-            err = "missing label"
-        elif label_set.normalize(raw) is None:
-            err = f"label {raw!r} is not in the label set {list(label_set.labels)}"
-        if err:
-            result.errors.append({"row": n, "id": cid or None, "label": raw or None, "error": err, "file": str(corrections)})
-            continue
-        label = label_set.normalize(raw)
-        rec = by_id[cid]
-        old = rec.get("label") or rec.get("pseudo_label")
-        by = str(row.get("reviewer") or "").strip() or reviewer
-        note = str(row.get("note") or "").strip() or None
-        prev = reviews.get(cid)
-        history = list(prev["history"]) if prev else []
-        decision = {"label": label, "previous_label": old, "by": by, "at": when, "note": note}
-        history.append(decision)
-        state = "accepted" if label == old else "corrected"
-        first_previous = prev["previous_label"] if prev else old
-        reviews[cid] = {"id": cid, "label": label, "state": state, "by": by, "at": when, "note": note,
-                        "previous_label": first_previous, "history": history}  # fmt: skip
-        result.applied.append(cid)
-    atomic_write_text(dataset_dir / REVIEWS_FILE, "".join(json.dumps(reviews[k], ensure_ascii=False) + "\n" for k in sorted(reviews)))
-    errors_path = dataset_dir / REVIEW_ERRORS_FILE
-    write_jsonl(errors_path, result.errors)
-    for e in result.errors:
-        log.warning("corrections row %d (%s): %s", e["row"], e["id"], e["error"])
-    apply_reviews(dataset_dir, records)
-    resplit(dataset_dir, records)
-    write_jsonl(dataset_dir / "annotations.jsonl", records)
+    result = ImportResult(rows=len(decisions))
+    with review_lock(dataset_dir):
+        records = read_annotations(dataset_dir / "annotations.jsonl")
+        by_id = {r["id"]: r for r in records}
+        label_set = _dataset_label_set(dataset_dir)
+        reviews = _load_reviews(dataset_dir)
+        for n, row in enumerate(decisions, 1):
+            if not isinstance(row, Mapping):
+                row = {"_invalid": row}
+            cid = str(row.get("id") or "")
+            if cid not in by_id:  # ids may hold spaces: exact first, then without surrounding whitespace
+                cid = cid.strip()
+            raw = str(row.get("label") or "").strip()
+            err = None
+            if "_invalid" in row:
+                err = "not a JSON object"
+            elif not cid:
+                err = "missing id"
+            elif cid not in by_id:
+                err = f"unknown id {cid!r} (not in annotations.jsonl)"
+            elif not raw:
+                err = "missing label"
+            elif label_set.normalize(raw) is None:
+                err = f"label {raw!r} is not in the label set {list(label_set.labels)}"
+            if err:
+                result.errors.append({"row": n, "id": cid or None, "label": raw or None, "error": err, "file": source})
+                continue
+            label = label_set.normalize(raw)
+            rec = by_id[cid]
+            old = rec.get("label") or rec.get("pseudo_label")
+            by = str(row.get("reviewer") or "").strip() or reviewer
+            note = str(row.get("note") or "").strip() or None
+            prev = reviews.get(cid)
+            history = list(prev["history"]) if prev else []
+            decision = {"label": label, "previous_label": old, "by": by, "at": when, "note": note}
+            history.append(decision)
+            state = "accepted" if label == old else "corrected"
+            first_previous = prev["previous_label"] if prev else old
+            reviews[cid] = {"id": cid, "label": label, "state": state, "by": by, "at": when, "note": note,
+                            "previous_label": first_previous, "history": history}  # fmt: skip
+            rec["label"] = label  # the next row of the same id sees this one as its previous label
+            result.applied.append(cid)
+        errors_path = dataset_dir / REVIEW_ERRORS_FILE
+        if append_errors:
+            if result.errors:
+                with open(errors_path, "a", encoding="utf-8") as fh:
+                    fh.write(jsonl_text(result.errors))
+        else:
+            write_jsonl(errors_path, result.errors)
+        for e in result.errors:
+            log.warning("review decision %d (%s): %s", e["row"], e["id"], e["error"])
+        if result.applied:
+            atomic_write_text(dataset_dir / REVIEWS_FILE, jsonl_text(reviews[k] for k in sorted(reviews)))
+            apply_reviews(dataset_dir, records)
+            resplit(dataset_dir, records)
+            write_jsonl(dataset_dir / "annotations.jsonl", records)
     log.info("review: %d row(s) applied, %d error(s) (see %s)", len(result.applied), len(result.errors), errors_path)
     return result
 
 
-__all__ = ["REVIEWS_FILE", "REVIEW_ERRORS_FILE", "ImportResult", "ReviewExport", "apply_reviews", "export_review",
-           "import_corrections", "read_corrections", "resplit", "review_reasons", "thumb_path"]  # fmt: skip
+def import_corrections(dataset_dir: str | os.PathLike[str], corrections: str | os.PathLike[str], *,
+                       reviewer: str | None = None, now: str | None = None) -> ImportResult:  # fmt: skip
+    """Apply a corrections file to the dataset (:func:`apply_decisions`); see the module docstring
+    (valid rows applied, invalid rows reported per row in ``review_errors.jsonl``)."""
+    rows = read_corrections(corrections)
+    return apply_decisions(dataset_dir, rows, reviewer=reviewer, now=now, source=str(corrections))
+
+
+__all__ = ["LOCK_FILE", "REVIEWS_FILE", "REVIEW_ERRORS_FILE", "ImportResult", "ReviewExport", "apply_decisions",
+           "apply_reviews", "export_review", "import_corrections", "review_lock", "read_corrections", "resplit", "review_reasons", "thumb_path"]  # fmt: skip

@@ -26,7 +26,7 @@ import copy
 import json
 import os
 import time
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Any
@@ -77,20 +77,31 @@ def _move(value: Any, device: torch.device, dtype: torch.dtype) -> Any:
 
 
 @torch.no_grad()  # not inference_mode: mid-training (ZeRO-3) its tensors would poison the next backward
-def generate(model: Any, processor: Any, batch: Mapping[str, Any], gen_kwargs: Mapping[str, Any]) -> list[str]:
+def generate(model: Any, processor: Any, batch: Mapping[str, Any], gen_kwargs: Mapping[str, Any], *,
+             streamer: Any = None) -> list[str]:
     """Generated answers (decoded, stripped) for a left-padded batch from
     :class:`~emollm.training.data.EmotionCollator` (``padding_side="left"``).
 
     ``gen_kwargs`` go to ``model.generate`` (see :func:`generation_kwargs`): greedy, beam search or
     sampling, the media expanded per beam and merged once into the KV cache at prefill. With
-    ``num_return_sequences=n`` the list holds ``n`` answers per sample, sample by sample."""
+    ``num_return_sequences=n`` the list holds ``n`` answers per sample, sample by sample.
+
+    ``streamer``: a transformers streamer (``TextIteratorStreamer(processor.tokenizer, skip_prompt=True,
+    skip_special_tokens=True)``) that receives the answer's tokens as they are generated; one sample,
+    no beam search (transformers' rule). The returned answer is the same with or without one."""
     if batch["attention_mask"][:, -1].min() == 0:
         raise EmollmError("generate() needs a left-padded batch (EmotionCollator(..., padding_side='left'))")
+    extra: dict[str, Any] = {}
+    if streamer is not None:
+        if len(batch["input_ids"]) != 1 or gen_kwargs.get("num_beams", 1) > 1 or gen_kwargs.get("num_return_sequences", 1) > 1:
+            raise ConfigError("streaming the answer needs one clip and one sequence (num_beams 1)",
+                              hint="drop the streamer, or generate greedily / by sampling one clip at a time")
+        extra["streamer"] = streamer
     device = next(model.parameters()).device
     dtype = next(model.media.parameters(), next(model.parameters())).dtype
     inputs = {k: _move(v, device, dtype) for k, v in batch.items() if k not in ("ids", "labels")}
     stop = processor.template.stop_token_ids(processor.tokenizer)
-    out = model.generate(**inputs, eos_token_id=stop, pad_token_id=processor.pad_token_id, **gen_kwargs)
+    out = model.generate(**inputs, eos_token_id=stop, pad_token_id=processor.pad_token_id, **gen_kwargs, **extra)
     new = out[:, inputs["input_ids"].shape[1]:]
     return [text.strip() for text in processor.tokenizer.batch_decode(new, skip_special_tokens=True)]
 
@@ -347,10 +358,13 @@ class Explainer:
 
     # -- public ----------------------------------------------------------------------------
     def explain(self, clip: str | os.PathLike, *, task: str = "reason", subtitle: str | None = None,
-                modalities: Sequence[str] | None = None, **gen: Any) -> Explanation:
-        """One clip -> :class:`Explanation`; raises when the clip cannot be explained."""
+                modalities: Sequence[str] | None = None, streamer: Any = None,
+                on_analysis: Callable[[Explanation, Any], None] | None = None, **gen: Any) -> Explanation:
+        """One clip -> :class:`Explanation`; raises when the clip cannot be explained.
+
+        ``streamer`` and ``on_analysis``: see :meth:`explain_many`."""
         result = self.explain_many([clip], task=task, subtitles=None if subtitle is None else [subtitle],
-                                   modalities=modalities, **gen)[0]
+                                   modalities=modalities, streamer=streamer, on_analysis=on_analysis, **gen)[0]
         if result.error:
             raise EmollmError(f"{clip}: {result.error}")
         return result
@@ -358,21 +372,32 @@ class Explainer:
     def explain_many(self, clips: Sequence[str | os.PathLike], *, task: str = "reason",
                      subtitles: Sequence[str | None] | None = None, modalities: Sequence[str] | None = None,
                      workdir: str | os.PathLike | None = None, batch_size: int | None = None,
+                     streamer: Any = None, on_analysis: Callable[[Explanation, Any], None] | None = None,
                      **gen: Any) -> list[Explanation]:
         """Explain each clip, in order; a clip that fails gets ``error`` set and the rest go on.
 
         ``subtitles``: one per clip (None: whisper when ``build.asr`` is set, else no subtitle);
         ``modalities``: feed only these (each must be one the model was trained with);
         ``workdir``: also write the clips' analysis there, for a look afterwards (``annotations.jsonl``
-        with each record, ``aus/<id>.npz``); nothing is read back from it.
+        with each record, ``aus/<id>.npz``); nothing is read back from it;
+        ``streamer``: a transformers streamer passed to ``model.generate`` (one clip, no beam search;
+        see :func:`generate`): the answer's text as it is generated, the results unchanged;
+        ``on_analysis(result, clip_record)``: called for each clip the analysis could use, right after it,
+        before the encoders (``clip_record`` is its :class:`~data_builders.clip.ClipRecord`: the record,
+        the AU series and the decode with the frames and the face track, for a look at what the model
+        is fed; ``emollm serve`` draws the frames and face crops from it). Never keep the decode.
         """
         _check_task(task)
+        if streamer is not None and len(clips) != 1:
+            raise ConfigError(f"a streamer takes one clip's answer ({len(clips)} clips given)",
+                              hint="explain the clips one at a time to stream each answer")
         infer_instruction(self.cfg, task)  # a bad predict.instruction fails once, not once per clip
         use = self._check_modalities(modalities)
         self._check_computable(use)
         if subtitles is not None and len(subtitles) != len(clips):
             raise ConfigError(f"{len(subtitles)} subtitles for {len(clips)} clips: give one per clip")
-        return self._explain(clips, task, subtitles, use, None if workdir is None else Path(workdir), batch_size, gen)
+        return self._explain(clips, task, subtitles, use, None if workdir is None else Path(workdir), batch_size, gen,
+                             streamer=streamer, on_analysis=on_analysis)
 
     # -- stages ----------------------------------------------------------------------------
     def _check_modalities(self, modalities: Sequence[str] | None) -> list[str]:
@@ -402,9 +427,11 @@ class Explainer:
                 "cannot be computed from a raw clip" + (f" (nor can {', '.join(imported[1:])})" if imported[1:] else ""),
                 hint=hint)
 
-    def _explain(self, clips, task, subtitles, use, workdir: Path | None, batch_size, gen) -> list[Explanation]:
+    def _explain(self, clips, task, subtitles, use, workdir: Path | None, batch_size, gen, *, streamer: Any = None,
+                 on_analysis: Callable[[Explanation, Any], None] | None = None) -> list[Explanation]:
         from emollm.training.data import EmotionCollator
 
+        gen_kwargs = generation_kwargs(self.cfg.predict, **gen)  # a bad option fails before any clip is analysed
         t0 = time.perf_counter()
         results, analysed, errors = self.analyse(clips, subtitles)
         per_clip_build = (time.perf_counter() - t0) / max(len(clips), 1)
@@ -419,6 +446,8 @@ class Explainer:
                 result.error = errors[result.id]
                 continue
             result.task = task
+            if on_analysis is not None:
+                on_analysis(result, analysed[result.id])
             t1 = time.perf_counter()
             try:
                 done = analysed.pop(result.id)
@@ -443,12 +472,19 @@ class Explainer:
                 result.error = err.message
             result.timings_s["encoders"] += shared + time.perf_counter() - t1
         collator = EmotionCollator(self.processor, self.modalities, padding_side="left")
-        gen_kwargs = generation_kwargs(self.cfg.predict, **gen)
         lengths = [len(item["input_ids"]) for _, item in items]
+        if streamer is not None and not items:  # the clip failed before generation: the stream ends empty
+            streamer.end()
         for batch_pos in length_sorted_batches(lengths, batch_size or self.cfg.predict.batch_size):
             t2 = time.perf_counter()
             chosen = [items[p] for p in batch_pos]
-            texts = generate(self.model, self.processor, collator([item for _, item in chosen]), gen_kwargs)
+            try:
+                texts = generate(self.model, self.processor, collator([item for _, item in chosen]), gen_kwargs,
+                                 streamer=streamer)
+            except BaseException:
+                if streamer is not None:  # whoever reads the stream stops waiting
+                    streamer.end()
+                raise
             spent = (time.perf_counter() - t2) / len(chosen)
             for (i, _), text in zip(chosen, texts, strict=True):
                 results[i].text = text

@@ -26,7 +26,7 @@ from emollm.log import setup_logging
 from emollm.version import __version__
 
 # Module names under emollm.cli, in --help order.
-COMMANDS = ("demo", "build", "review", "export", "features", "train", "predict", "infer", "render", "baseline", "evaluate", "probe", "models", "importing", "config")
+COMMANDS = ("demo", "build", "review", "export", "features", "train", "predict", "infer", "serve", "render", "baseline", "evaluate", "probe", "models", "importing", "config")
 
 EXIT_USER_ERROR = 2
 EXIT_BUG = 1

@@ -35,7 +35,7 @@ def require_web() -> None:
     """The ``web`` extra's packages, or one error saying how to install them."""
     try:
         import fastapi  # noqa: F401
-        import multipart  # noqa: F401  (python-multipart: file uploads)
+        import python_multipart  # noqa: F401  (file uploads)
         import uvicorn  # noqa: F401
     except ImportError as err:
         raise EmollmError(f"the web pages need the 'web' extra ({err.name} is not installed)",
