@@ -5,12 +5,19 @@ hundreds of MB each), still writing parts beside a rerun. Each worker, first thi
 imports nothing heavy, so it runs before the worker imports torch), asks Linux to SIGKILL it when the
 build dies (prctl PR_SET_PDEATHSIG), and everywhere checks before each file it writes that its parent
 is still the build (:func:`stop_if_orphaned`).
+
+:func:`worker_init` is the builder's and the feature extractor's ``setup`` for every engine
+(:mod:`emollm.engines`): a local pool calls it with the build's pid; a Ray worker with ``parent_pid``
+None (its raylet owns it), so only the thread shares are set; there :func:`stop_if_orphaned` checks
+the driver instead, when it ran on the worker's host (Ray itself ends a dead driver's tasks elsewhere).
 """
 
 from __future__ import annotations
 
 import os
 import sys
+
+from emollm.engines import driver_gone  # light: no torch
 
 _PARENT_PID: int | None = None  # set in a pool worker: the build process that started it
 
@@ -35,8 +42,9 @@ def parent_gone() -> bool:
 
 
 def stop_if_orphaned() -> None:
-    """In a pool worker whose build died: exit at once, writing nothing more (a no-op elsewhere)."""
-    if parent_gone():
+    """In a pool worker whose build died, or a cluster's worker whose driver on this host died
+    (:func:`emollm.engines.driver_gone`): exit at once, writing nothing more (a no-op elsewhere)."""
+    if parent_gone() or driver_gone():
         os._exit(1)
 
 

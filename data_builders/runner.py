@@ -22,15 +22,19 @@ text stage also runs at merge time, from the parts: AU phrases, coarse descripti
 writer (its LLM replies cached on disk, so a re-run makes no new call), the filter and the coarse /
 fine split, and the instruction JSONL per task; the visual describer on each peak frame (replies cached
 too); a changed writer or describer config therefore never re-runs AU extraction or the audio cues.
+
+Where the clips run is the engine's business (:mod:`emollm.engines`: ``local``, this process or a
+spawned pool; ``ray``, one Ray task per clip on a cluster): every engine runs the same
+:func:`process_clip`, which writes the clip's side file and part, so the merged outputs do not depend
+on it. A clip the engine gave up on (its worker died on every attempt) gets an error part with stage
+``worker`` from the driver, which the next run tries again.
 """
 
 from __future__ import annotations
 
-import concurrent.futures as cf
 import dataclasses
 import hashlib
 import json
-import multiprocessing
 import os
 import time
 from collections import Counter
@@ -57,6 +61,7 @@ from emollm.dataset.aus import MERR_AUS
 from emollm.dataset.io import atomic_write_text, file_stamp, write_jsonl
 from emollm.dataset.label_sets import load_label_set
 from emollm.dataset.record import RECORD_VERSION
+from emollm.engines import Engine, Lost, Resources, get_engine
 from emollm.errors import ConfigError, EmollmError
 from emollm.log import get_logger, progress
 from emollm.paths import ensure_folder, id_path, inside
@@ -65,6 +70,7 @@ from emollm.version import __version__
 log = get_logger(__name__)
 
 PARTS_DIR = ".parts"
+LOST_STAGE = "worker"  # errors.jsonl stage of a clip whose worker died on every attempt (engine retries)
 
 
 @dataclass
@@ -289,6 +295,19 @@ def process_clip(clip: inputs_mod.ClipInput, out_dir: Path, cfg: EmollmConfig, a
     return part
 
 
+def _lost_part(args: tuple, lost: Lost) -> dict[str, Any]:
+    """The part of a clip the engine gave up on (its worker died on every attempt: a crash in a decoder,
+    memory, a lost node), written by the driver: an errors.jsonl line (stage ``worker``), retried by
+    the next run."""
+    clip, out_dir, _cfg, au_fp, label_fp, _reuse, cue_fp, _same_cues = args
+    part = {"id": clip.id, "au_fingerprint": au_fp, "label_fingerprint": label_fp, "cue_fingerprint": cue_fp,
+            "status": "error", "clip_seconds": 0.0, "elapsed_s": 0.0, "relabelled": False,
+            "error": {"id": clip.id, "path": str(clip.path), "stage": LOST_STAGE, "error_type": lost.error_type,
+                      "reason": f"{lost.reason} ({lost.attempts} attempt(s))"}}  # fmt: skip
+    atomic_write_text(part_path(out_dir, clip.id), json.dumps(part, ensure_ascii=False))
+    return part
+
+
 def _read_part(out_dir: Path, clip_id: str) -> dict[str, Any] | None:
     path = part_path(out_dir, clip_id)
     try:
@@ -329,12 +348,20 @@ def build(
     shard: tuple[int, int] = (0, 1),
     merge: bool = True,
     merge_only: bool = False,
+    engine: str | Engine | None = None,
+    cpus_per_task: float = 1.0,
 ) -> BuildSummary:
-    """Build (or resume) a dataset from ``clips_dir`` into ``out_dir``; see the module docstring."""
+    """Build (or resume) a dataset from ``clips_dir`` into ``out_dir``; see the module docstring.
+
+    ``engine`` runs the clips (:mod:`emollm.engines`): None / ``"local"`` this process or ``workers``
+    spawned processes; ``"ray"`` one Ray task per clip asking ``cpus_per_task`` CPUs (a local Ray
+    instance of ``workers`` CPUs), or an :class:`~emollm.engines.Engine` made by the caller (e.g.
+    ``get_engine("ray", address=...)``; the caller closes it). Every engine writes the same part files
+    and the merge is the same, so the outputs are too."""
     t0 = time.perf_counter()
     out = ensure_folder(out_dir, "build --out").resolve()  # a file or a loop there: one line, not a traceback
     ensure_folder(out / PARTS_DIR, "build --out")
-    workers = workers or cfg.build.workers
+    asked_workers, workers = workers, workers or cfg.build.workers
     check_setup(cfg)  # fail before any clip: AU source (OpenFace binary), whisper model, phrase table, writer prompt
     load_label_set(cfg.data.label_set)
     labels = inputs_mod.read_labels(cfg.data.labels_csv)
@@ -356,6 +383,8 @@ def build(
         au_fp = au_fingerprint(cfg, clip)
         cue_fp = cue_fps[clip.id]
         part = _read_part(out, clip.id)
+        if part and part["status"] == "error" and part["error"].get("stage") == LOST_STAGE:
+            part = None  # its worker died on every attempt (memory, a lost node): not the file's fault, so again
         same_aus = bool(part and part["au_fingerprint"] == au_fp)
         if same_aus and part["status"] == "error":
             summary.reused += 1  # failed before labelling: labels and cues cannot change that
@@ -366,8 +395,10 @@ def build(
             continue
         reuse = same_aus and (not part["record"].get("aus_file") or aus_path(out, clip.id).is_file())
         todo.append((clip, out, cfg, au_fp, label_fp, reuse, cue_fp, same_cues))
-    log.info("build: %d clip(s) in shard %d/%d, %d already done, %d to process with %d worker(s)",
-             len(mine), index, count, summary.reused, len(todo), workers)  # fmt: skip
+    own_engine = not isinstance(engine, Engine)
+    # build.workers is the local pool's default; a local Ray instance takes all CPUs unless told
+    runner = (get_engine(engine, workers=workers if engine in (None, "local") else asked_workers) if own_engine
+              else engine)
 
     def account(part: dict[str, Any]) -> None:
         if part["status"] == "error":
@@ -379,19 +410,17 @@ def build(
             summary.computed += 1
         summary.clip_seconds += part.get("clip_seconds", 0.0)
 
-    if workers <= 1 or len(todo) <= 1:
-        for args in progress(todo, desc="build", total=len(todo), unit="clip"):
-            account(process_clip(*args))
-    else:
-        # The workers run torch (the MTCNN detector, the expression model, whisper), whose thread pool
-        # hangs in a forked child once the parent used it: spawn, always (each worker imports once).
-        ctx = multiprocessing.get_context("spawn")
-        threads = max(1, (os.cpu_count() or 1) // workers)
-        with cf.ProcessPoolExecutor(max_workers=workers, mp_context=ctx, initializer=pool_mod.worker_init,
-                                    initargs=(threads, os.getpid())) as pool:
-            futures = [pool.submit(_work, args) for args in todo]
-            for fut in progress(cf.as_completed(futures), desc="build", total=len(futures), unit="clip"):
-                account(fut.result())
+    try:
+        log.info("build: %d clip(s) in shard %d/%d, %d already done, %d to process (%s)", len(mine), index, count,
+                 summary.reused, len(todo), runner.describe() if todo else runner.name)  # fmt: skip
+        # the same per-clip function on every engine: it writes the clip's side file and part (atomically)
+        done = runner.map(_work, todo, resources=Resources(cpus=cpus_per_task), setup=pool_mod.worker_init,
+                          label="emollm-build")
+        for k, part in progress(done, desc="build", total=len(todo), unit="clip"):
+            account(_lost_part(todo[k], part) if isinstance(part, Lost) else part)
+    finally:
+        if own_engine:
+            runner.close()
 
     # failures already on disk from a previous run count too
     if merge:

@@ -19,26 +19,32 @@ A broken clip becomes one line of errors.jsonl; the exit status is 2 when any cl
   emollm build clips/ --out data/merr
   emollm build clips/ --out data/merr --workers 2 build.au_fps=8 data.labels_csv=labels.csv
   emollm build clips/ --out data/merr --shard 0/4      # one of 4 processes / nodes; then --merge
+  emollm build clips/ --out data/merr --engine ray     # one Ray task per clip, a local Ray instance
+  emollm build clips/ --out data/merr --engine ray --address HEAD:6379   # a Ray cluster (docs/scale.md)
 """
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     from emollm.cli.main import add_config_arguments
+    from emollm.engines.cli import add_engine_arguments
 
     parser.add_argument("clips_dir", nargs="?", metavar="CLIPS_DIR", help="folder of clips (default: data.clips_dir)")
     parser.add_argument("--out", metavar="DATASET_DIR", default=None, help="output folder (default: data.dataset_dir)")
-    parser.add_argument("--workers", type=int, default=None, help="processes (default: build.workers)")
+    parser.add_argument("--workers", type=int, default=None,
+                        help="processes (default: build.workers); --engine ray: the CPUs of the local Ray instance")
     parser.add_argument("--shard", default=None, metavar="i/N",
                         help="process every N-th clip starting at i (0-based); default: all, or RANK/WORLD_SIZE under accelerate launch")  # fmt: skip
     parser.add_argument("--labels", default=None, metavar="CSV", help="ground-truth labels CSV (id,label[,split])")
     parser.add_argument("--subtitles", default=None, metavar="CSV", help="subtitles CSV (id,subtitle)")
     parser.add_argument("--merge", action="store_true", help="only merge the part files of finished shards")
+    add_engine_arguments(parser)
     add_config_arguments(parser)
 
 
 def run(args: argparse.Namespace) -> int:
     from data_builders.runner import build, parse_shard
     from emollm.cli.main import split_overrides
+    from emollm.engines.cli import engine_from_args
 
     paths, extra = split_overrides([args.clips_dir] if args.clips_dir else [])
     overrides = [*extra, *args.overrides]
@@ -55,7 +61,10 @@ def run(args: argparse.Namespace) -> int:
         raise ConfigError("no output folder given", hint="emollm build CLIPS_DIR --out DATASET_DIR")
     if args.workers is not None and args.workers < 1:
         raise ConfigError(f"--workers must be >= 1, got {args.workers}")
-    summary = build(cfg, clips_dir, out, workers=args.workers, shard=parse_shard(args.shard), merge_only=args.merge)
+    shard = parse_shard(args.shard)
+    with engine_from_args(args, local_workers=args.workers or cfg.build.workers) as engine:
+        summary = build(cfg, clips_dir, out, workers=args.workers, shard=shard, merge_only=args.merge, engine=engine,
+                        cpus_per_task=args.cpus_per_task)
     print(summary.table())
     if args.merge and not summary.merged:
         shown = ", ".join(repr(m) for m in summary.missing[:5])

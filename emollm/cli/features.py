@@ -28,12 +28,14 @@ when all are fresh, else 1. --prune also deletes the stale, corrupt and orphaned
   emollm features --config train_configs/tiny_cpu.yaml data/merr
   emollm features --config run.yaml data/merr --shard 1/4       # one of 4 processes / nodes
   accelerate launch -m emollm.cli.main features --config run.yaml data/merr   # RANK/WORLD_SIZE shards
+  emollm features --config run.yaml data/merr --engine ray --address HEAD:6379 --gpus-per-task 0.5
   emollm features --check --config run.yaml data/merr [--prune]
 """
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     from emollm.cli.main import add_config_arguments
+    from emollm.engines.cli import add_engine_arguments
 
     parser.add_argument("dataset_dir", nargs="?", metavar="DATASET_DIR", help="built dataset (default: data.dataset_dir)")
     parser.add_argument("--shard", default=None, metavar="i/N",
@@ -43,12 +45,14 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                              "(exit 1 unless all fresh)")
     parser.add_argument("--prune", action="store_true",
                         help="with --check: delete the stale, corrupt and orphaned entries")
+    add_engine_arguments(parser, gpus=True)
     add_config_arguments(parser)
 
 
 def run(args: argparse.Namespace) -> int:
     from data_builders.runner import parse_shard
     from emollm.cli.main import split_overrides
+    from emollm.engines.cli import engine_from_args
     from emollm.features.extract import extract_features
 
     paths, extra = split_overrides([args.dataset_dir] if args.dataset_dir else [])
@@ -58,6 +62,7 @@ def run(args: argparse.Namespace) -> int:
         raise ConfigError("no dataset folder given", hint="emollm features --config FILE DATASET_DIR")
     if args.prune and not args.check:
         raise ConfigError("--prune goes with --check", hint="emollm features --check --prune --config FILE DATASET_DIR")
+    engine = engine_from_args(args)  # its options checked before any file is read (Ray starts when first used)
     from emollm.config.paths import check_input_paths
 
     check_input_paths(cfg, "features", dataset_dir=paths[0] if paths else None)  # before any encoder loads
@@ -67,7 +72,10 @@ def run(args: argparse.Namespace) -> int:
         report = check_cache(cfg, dataset, prune=args.prune)
         print(report.text())
         return 0 if report.ok else 1
-    summary = extract_features(cfg, dataset, shard=parse_shard(args.shard))
+    shard = parse_shard(args.shard)
+    with engine:
+        summary = extract_features(cfg, dataset, shard=shard, engine=engine, cpus_per_task=args.cpus_per_task,
+                                   gpus_per_task=args.gpus_per_task)
     print(summary.table())
     if summary.failed:
         print(f"{summary.failed} clip(s) failed: see {summary.cache_dir}/errors.jsonl", file=sys.stderr)

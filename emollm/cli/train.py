@@ -38,7 +38,12 @@ def run(args: argparse.Namespace) -> int:
         sys.stdout.write(cfglib.dump_yaml(cfg))
         return 0
     check_input_paths(cfg, "train")  # a missing folder fails now, not after the backbone has loaded
-    result = train(cfg)
+    if cfg.train.stage == "grpo":  # reinforcement learning after SFT (docs/training.md "GRPO")
+        from emollm.training.grpo import train_grpo
+
+        result = train_grpo(cfg)
+    else:
+        result = train(cfg)
     print(f"trained {result.global_step} steps; final loss {result.losses[-1]:.4f}; run dir {result.output_dir}"
           if result.losses else f"nothing to do: already at step {result.global_step}; run dir {result.output_dir}")
     return 0

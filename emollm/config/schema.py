@@ -339,11 +339,50 @@ class LoraSettings:
 
 
 @dataclass
+class GrpoConfig:
+    """``train.stage: grpo``: reinforcement learning with verifiable rewards after SFT (docs/training.md "GRPO")."""
+
+    num_generations: int = 4  # G: sampled answers per prompt (the group)
+    max_new_tokens: int = 32
+    temperature: float = 1.0  # sampling temperature (> 0); the log-probabilities use the same
+    top_p: float = 1.0
+    beta: float = 0.04  # KL to the reference policy (the SFT run); 0: no reference forward
+    epsilon: float = 0.2  # clip range of the policy ratio
+    num_iterations: int = 1  # optimizer steps per batch of rollouts (mu)
+    rewards: dict[str, float] = field(default_factory=lambda: {"format": 0.5, "accuracy": 1.0})  # name: weight
+    answer_format: Literal["label", "think_answer"] = "label"  # what the format reward checks
+    scale_rewards: bool = True  # divide the advantage by the group's std (+ eps)
+    log_rollouts: int = 4  # rollouts written to logs/rollouts-<step>.jsonl at each logging step (0: none)
+
+    def validate(self) -> None:
+        from emollm.training.rewards import REWARDS
+
+        _positive(self, "num_generations", "max_new_tokens", "temperature", "num_iterations")
+        if self.num_generations < 2:
+            raise ConfigCheck("num_generations", f"a group needs >= 2 answers (advantages are relative), got {self.num_generations}")
+        if not 0.0 < self.top_p <= 1.0:
+            raise ConfigCheck("top_p", f"must be in (0, 1], got {self.top_p}")
+        if self.beta < 0:
+            raise ConfigCheck("beta", f"must be >= 0, got {self.beta}")
+        if not 0.0 < self.epsilon < 1.0:
+            raise ConfigCheck("epsilon", f"must be in (0, 1), got {self.epsilon}")
+        if self.log_rollouts < 0:
+            raise ConfigCheck("log_rollouts", f"must be >= 0, got {self.log_rollouts}")
+        for name, weight in self.rewards.items():
+            if name not in REWARDS:
+                raise ConfigCheck("rewards", f"unknown reward '{name}' (registered: {', '.join(sorted(REWARDS))})")
+            if weight < 0:
+                raise ConfigCheck("rewards", f"weight of '{name}' must be >= 0, got {weight}")
+        if not any(weight > 0 for weight in self.rewards.values()):
+            raise ConfigCheck("rewards", "needs at least one reward with a weight > 0 (e.g. {format: 0.5, accuracy: 1.0})")
+
+
+@dataclass
 class TrainConfig:
     """`accelerate launch train.py` settings."""
 
-    stage: Literal[1, 2] = 1
-    init_from: str | None = None  # stage 2 starts from stage 1's run dir
+    stage: Literal[1, 2, "grpo"] = 1
+    init_from: str | None = None  # stage 2 starts from stage 1's run dir; grpo from an SFT run dir
     tasks: list[str] = field(default_factory=lambda: ["emotion", "reason"])
     lr: float = 2e-4
     projector_lr: float | None = None  # None: same as lr
@@ -379,6 +418,7 @@ class TrainConfig:
     eval_max_samples: int | None = 64  # a fixed, seeded subset of the eval split's clips (None: all): bounded cost
     eval_max_new_tokens: int = 32  # the emotion answer is short
     eval_loss: bool = True  # teacher-forced loss on the eval split beside the generation metrics
+    grpo: GrpoConfig = field(default_factory=GrpoConfig)  # stage grpo only
 
     def validate(self) -> None:
         _positive(
@@ -396,6 +436,12 @@ class TrainConfig:
             raise ConfigCheck("warmup_ratio", f"must be in [0, 1), got {self.warmup_ratio}")
         if self.stage == 2 and not self.init_from:
             raise ConfigCheck("init_from", "stage 2 starts from a stage-1 run dir: set train.init_from")
+        if self.stage == "grpo":
+            if not self.init_from:
+                raise ConfigCheck("init_from", "stage grpo starts from a supervised (SFT) run dir: set train.init_from")
+            if self.deepspeed:
+                raise ConfigCheck("deepspeed", "stage grpo runs without DeepSpeed for now (the reference weights are "
+                                               "swapped in place, which ZeRO-3's partitioned parameters do not allow)")
         if self.full_finetune and self.lora.enabled:
             raise ConfigCheck("full_finetune", "full fine-tuning and LoRA exclude each other; set train.lora.enabled=false")
         if self.quantization != "none" and not self.lora.enabled:

@@ -15,6 +15,7 @@ missing (``emollm import emotion-llama-features`` fills them); a missing one fai
 
 from __future__ import annotations
 
+import functools
 import json
 import os
 import time
@@ -22,6 +23,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from data_builders.pool import stop_if_orphaned  # light: no torch
 from emollm.dataset.io import atomic_write_bytes
 from emollm.errors import EmollmError
 from emollm.features.cache import FeatureCache, safe_name
@@ -146,11 +148,13 @@ def _error_path(cache: FeatureCache, clip_id: str) -> Path:
     return inside(cache.root / ERRORS_DIR, safe_name(clip_id) + ".json", name=clip_id)
 
 
-def _record_error(cache: FeatureCache, clip_id: str, stage: str, err: Exception) -> None:
+def _record_error(cache: FeatureCache, clip_id: str, stage: str, err: Exception) -> dict[str, str]:
+    """Write the clip's ``.errors/`` file; returns it (the driver logs it: it may run on another node)."""
     reason = getattr(err, "cause", None) or (err.message if isinstance(err, EmollmError) else str(err))
-    log.warning("%s: failed at %s: %s", clip_id, stage, reason)
     data = {"id": clip_id, "stage": stage, "error": type(err).__name__, "reason": reason}
+    stop_if_orphaned()
     atomic_write_bytes(_error_path(cache, clip_id), json.dumps(data, ensure_ascii=False).encode())
+    return data
 
 
 def _merge_errors(cache: FeatureCache) -> int:
@@ -174,17 +178,186 @@ def _same_size_groups(items: list[tuple[str, Any]]) -> list[list[tuple[str, Any]
     return list(groups.values())
 
 
+@dataclass(frozen=True)
+class FeatureJob:
+    """What a worker needs to extract a batch of clips, shipped once per run: the config, the dataset,
+    the encoders' fingerprints as the driver computed them (a worker whose weights differ stops the
+    run instead of writing under another folder), the device and the run's key."""
+
+    cfg: Any
+    dataset: str
+    fingerprints: dict[str, str]
+    device: str
+    key: str
+
+
+class _Extractor:
+    """One process's encoders and cache for a run: extracts batches of clips (the per-clip work of every
+    engine: the driver's own for the local engine, each worker's for Ray)."""
+
+    def __init__(self, cfg: Any, dataset: Path, cache: FeatureCache, frozen: dict[str, Any], encoders: dict[str, Any]):
+        self.cfg, self.dataset, self.cache, self.frozen, self.encoders = cfg, dataset, cache, frozen, encoders
+
+    @classmethod
+    def load(cls, job: FeatureJob) -> _Extractor:
+        """In a worker: the encoders built from the config on the job's device, checked against the driver's."""
+        from emollm.modeling.encoders import build_encoder
+
+        dataset = Path(job.dataset)
+        cache = FeatureCache.from_config(job.cfg, dataset)  # records read from annotations.jsonl when needed
+        frozen = _frozen(job.cfg)
+        encoders = {}
+        for name, enc in frozen.items():
+            encoders[name] = build_encoder(enc.modality, enc.name_or_path, **enc.options).to(job.device)
+            fp = cache.register(name, encoders[name])
+            if fp != job.fingerprints.get(name):
+                import socket
+
+                raise EmollmError(f"encoder '{name}' ({enc.name_or_path}) on {socket.gethostname()} has fingerprint "
+                                  f"{fp[:16]}, the driver's {str(job.fingerprints.get(name))[:16]}: other weights or code",
+                                  hint="every node must see the same encoder files and emollm version")  # fmt: skip
+        return cls(job.cfg, dataset, cache, frozen, encoders)
+
+    def run(self, chunk: list[tuple[dict[str, Any], list[str]]]) -> dict[str, Any]:
+        """Extract one batch of ``(record, modalities needed)``: each clip decoded once, each encoder once
+        over the batch; features, absent marks and error files written (atomically). Returns the counts
+        and the errors."""
+        cfg, dataset, cache, frozen, encoders = self.cfg, self.dataset, self.cache, self.frozen, self.encoders
+        out: dict[str, Any] = {"computed": 0, "absent": 0, "decoded": 0, "failed": 0, "errors": []}
+        decoded: list[tuple[dict, dict[str, Any]]] = []  # (record, inputs per needed modality)
+        for record, needed in chunk:
+            clip_id = record["id"]
+            kinds = {frozen[n].modality for n in needed}
+            clip = crops = None
+            if kinds - set(TEXT_KINDS):  # a clip whose only missing entries are text needs no decoding
+                try:
+                    clip, crops = decode_for_encoders(
+                        cfg, dataset / record["media"]["path"],
+                        audio="audio" in kinds and record.get("has_audio", True),
+                        faces=bool(kinds & set(FACE_KINDS)),
+                    )
+                except EmollmError as err:
+                    out["failed"] += 1
+                    out["errors"].append(_record_error(cache, clip_id, "decode", err))
+                    continue
+                out["decoded"] += 1
+            inputs, absent = encoder_inputs({n: frozen[n] for n in needed}, clip, crops,
+                                            subtitle=record.get("subtitle"))
+            try:
+                for name in inputs:
+                    if frozen[name].options.get("frames") == "peak":
+                        inputs[name] = peak_frame_input(cfg, dataset, record, clip)
+            except EmollmError as err:
+                out["failed"] += 1
+                out["errors"].append(_record_error(cache, clip_id, "decode peak frame", err))
+                continue
+            for name, reason in absent.items():
+                stop_if_orphaned()  # a worker whose driver died writes nothing more (a rerun may be running)
+                cache.put_absent(clip_id, name, reason)
+                out["absent"] += 1
+            decoded.append((record, inputs))
+        batch_size = cfg.features.batch_size
+        failed: set[str] = set()
+        for name in frozen:
+            items = [(r["id"], inp[name]) for r, inp in decoded if name in inp and r["id"] not in failed]
+            if not items:
+                continue
+            try:
+                results = []
+                for group in _same_size_groups(items):  # frames of different sizes cannot share a batch
+                    feats = encoders[name].extract_batch([x for _, x in group], batch_size=batch_size)
+                    results += list(zip([i for i, _ in group], feats, strict=True))
+            except EmollmError:  # find the clip at fault: one by one
+                results = []
+                for clip_id, x in items:
+                    try:
+                        results.append((clip_id, encoders[name].extract(x)))
+                    except EmollmError as err:
+                        failed.add(clip_id)
+                        out["errors"].append(_record_error(cache, clip_id, f"encoder {name}", err))
+            for clip_id, tensor in results:
+                if clip_id not in failed:
+                    try:
+                        stop_if_orphaned()
+                        cache.put(clip_id, name, tensor)
+                    except EmollmError as err:  # NaN / inf features: refused, the clip is an error
+                        failed.add(clip_id)
+                        out["errors"].append(_record_error(cache, clip_id, f"encoder {name}", err))
+                        continue
+                    out["computed"] += 1
+        out["failed"] += len(failed)
+        for record, _ in decoded:
+            if record["id"] not in failed:
+                _error_path(cache, record["id"]).unlink(missing_ok=True)
+        return out
+
+
+def _lost_batch(cache: FeatureCache, chunk: list, lost: Any) -> dict[str, Any]:
+    """A batch the engine gave up on (its worker died on every attempt): each clip an error (stage
+    ``worker``); their entries are still missing, so the next run extracts them again."""
+    errors = []
+    for record, _ in chunk:
+        data = {"id": record["id"], "stage": "worker", "error": lost.error_type,
+                "reason": f"{lost.reason} ({lost.attempts} attempt(s))"}
+        atomic_write_bytes(_error_path(cache, record["id"]), json.dumps(data, ensure_ascii=False).encode())
+        errors.append(data)
+    return {"computed": 0, "absent": 0, "decoded": 0, "failed": len(chunk), "errors": errors}
+
+
+_IN_HAND: dict[str, _Extractor] = {}  # this process's extractor of the run in progress (one run at a time)
+
+
+def extract_chunk(job: FeatureJob, chunk: list[tuple[dict[str, Any], list[str]]]) -> dict[str, Any]:
+    """The engines' task: one batch of clips with this process's extractor for ``job`` (the driver's own
+    encoders when it runs here; loaded once per worker process elsewhere)."""
+    extractor = _IN_HAND.get(job.key)
+    if extractor is None:
+        _IN_HAND.clear()  # a worker kept from an earlier run: free its encoders first
+        extractor = _IN_HAND[job.key] = _Extractor.load(job)
+    return extractor.run(chunk)
+
+
+def _frozen(cfg: Any) -> dict[str, Any]:
+    return {name: enc for name, enc in cfg.model.encoders.items() if enc.modality != "au" and enc.modality not in IMPORTED_KINDS}
+
+
+def task_resources(cfg: Any, engine: Any, *, cpus_per_task: float = 1.0, gpus_per_task: float | None = None) -> Any:
+    """The request of one feature task: ``cpus_per_task`` CPUs and ``gpus_per_task`` GPUs (None: one GPU
+    when ``features.device`` names cuda, else none). The local engine runs on this process's device."""
+    from emollm.engines import Resources
+
+    device = cfg.features.device or ""
+    gpus = gpus_per_task if gpus_per_task is not None else (1.0 if device.startswith("cuda") else 0.0)
+    if engine.name != "local" and device.startswith("cuda") and not gpus:
+        from emollm.errors import ConfigError
+
+        raise ConfigError(f"features.device={device} with --gpus-per-task 0: the engine's workers would see no GPU",
+                          hint="drop --gpus-per-task (one GPU per task), give a fraction (0.25: four tasks share one), "
+                               "or set features.device=cpu")  # fmt: skip
+    return Resources(cpus=cpus_per_task, gpus=gpus)
+
+
 def extract_features(cfg: Any, dataset_dir: str | os.PathLike, *, shard: tuple[int, int] = (0, 1),
-                     encoders: dict[str, Any] | None = None) -> FeaturesSummary:
+                     encoders: dict[str, Any] | None = None, engine: Any = None, cpus_per_task: float = 1.0,
+                     gpus_per_task: float | None = None) -> FeaturesSummary:
     """Fill the feature cache of ``cfg`` for the records of ``dataset_dir`` in this shard.
 
     ``encoders`` ({modality: loaded encoder}) is for tests and callers that already hold them;
     by default every frozen encoder of ``cfg.model.encoders`` is built and moved to the device.
     Imported (``precomputed``) modalities are not computed: their entries are counted, present or
     missing (``summary.imported_present`` / ``imported_missing``; missing ones fail no clip).
+
+    ``engine`` (:mod:`emollm.engines`; None: ``local``, this process) runs the batches of
+    ``features.batch_size`` clips: ``"ray"`` or a Ray engine makes each batch a task asking
+    ``cpus_per_task`` CPUs and ``gpus_per_task`` GPUs (:func:`task_resources`), whose worker builds the
+    encoders once (on its GPU when it has one) and checks their fingerprints against this process's.
+    The batches, and so the features, are the same on every engine.
     """
+    import uuid
+
     from emollm.config import save_resolved
     from emollm.dataset.record import read_dataset
+    from emollm.engines import Engine, Lost, get_engine
     from emollm.modeling.encoders import build_encoder, encoder_options
 
     t0 = time.perf_counter()
@@ -192,24 +365,29 @@ def extract_features(cfg: Any, dataset_dir: str | os.PathLike, *, shard: tuple[i
     records = read_dataset(dataset)
     index, count = shard
     mine = [r for k, r in enumerate(records) if k % count == index]
+    own_engine = not isinstance(engine, Engine)
+    runner = get_engine(engine) if own_engine else engine  # nothing started until it describes or maps
+    resources = task_resources(cfg, runner, cpus_per_task=cpus_per_task, gpus_per_task=gpus_per_task)
     cache = FeatureCache.from_config(cfg, dataset, records=records)
     cache.root.mkdir(parents=True, exist_ok=True)
     summary = FeaturesSummary(clips=len(mine), cache_dir=str(cache.root), shard=f"{index}/{count}")
     if index == 0:
         save_resolved(cfg, cache.root, command="features")
 
-    frozen = {name: enc for name, enc in cfg.model.encoders.items()
-              if enc.modality != "au" and enc.modality not in IMPORTED_KINDS}
+    frozen = _frozen(cfg)
     imported = {name: enc for name, enc in cfg.model.encoders.items() if enc.modality in IMPORTED_KINDS}
     for name, enc in imported.items():
         cache.bind(name, enc.modality, enc.name_or_path, encoder_options(
             enc.modality, enc.options, feature_dim=enc.feature_dim, num_input_tokens=enc.num_input_tokens))
     summary.imported = list(imported)
+    local = runner.name == "local"
+    # the local engine extracts with these; another engine's workers build their own on their device
+    # (these, on the CPU, only fingerprint the encoders: which entries are fresh, and the workers' check)
+    device = _device(cfg) if local else ("cuda" if resources.gpus else "cpu")
     if encoders is None:
-        device = _device(cfg)
         encoders = {}
         for name, enc in frozen.items():
-            encoders[name] = build_encoder(enc.modality, enc.name_or_path, **enc.options).to(device)
+            encoders[name] = build_encoder(enc.modality, enc.name_or_path, **enc.options).to(device if local else "cpu")
     for name in frozen:
         cache.register(name, encoders[name])
     log.info("features: %d clip(s) in shard %d/%d, encoders %s -> %s", len(mine), index, count,
@@ -245,75 +423,30 @@ def extract_features(cfg: Any, dataset_dir: str | os.PathLike, *, shard: tuple[i
             todo.append((record, needed))
 
     batch_size = cfg.features.batch_size
-    bar = progress(range(len(todo)), desc="features", total=len(todo), unit="clip")
-    bar_iter = iter(bar)
-    for start in range(0, len(todo), batch_size):
-        chunk = todo[start : start + batch_size]
-        decoded: list[tuple[dict, dict[str, Any]]] = []  # (record, inputs per needed modality)
-        for record, needed in chunk:
-            next(bar_iter, None)
-            clip_id = record["id"]
-            kinds = {frozen[n].modality for n in needed}
-            clip = crops = None
-            if kinds - set(TEXT_KINDS):  # a clip whose only missing entries are text needs no decoding
-                try:
-                    clip, crops = decode_for_encoders(
-                        cfg, dataset / record["media"]["path"],
-                        audio="audio" in kinds and record.get("has_audio", True),
-                        faces=bool(kinds & set(FACE_KINDS)),
-                    )
-                except EmollmError as err:
-                    summary.failed += 1
-                    _record_error(cache, clip_id, "decode", err)
-                    continue
-                summary.clips_decoded += 1
-            inputs, absent = encoder_inputs({n: frozen[n] for n in needed}, clip, crops,
-                                            subtitle=record.get("subtitle"))
-            try:
-                for name in inputs:
-                    if frozen[name].options.get("frames") == "peak":
-                        inputs[name] = peak_frame_input(cfg, dataset, record, clip)
-            except EmollmError as err:
-                summary.failed += 1
-                _record_error(cache, clip_id, "decode peak frame", err)
-                continue
-            for name, reason in absent.items():
-                cache.put_absent(clip_id, name, reason)
-                summary.entries_absent += 1
-            decoded.append((record, inputs))
-        failed: set[str] = set()
-        for name in frozen:
-            items = [(r["id"], inp[name]) for r, inp in decoded if name in inp and r["id"] not in failed]
-            if not items:
-                continue
-            try:
-                results = []
-                for group in _same_size_groups(items):  # frames of different sizes cannot share a batch
-                    feats = encoders[name].extract_batch([x for _, x in group], batch_size=batch_size)
-                    results += list(zip([i for i, _ in group], feats, strict=True))
-            except EmollmError:  # find the clip at fault: one by one
-                results = []
-                for clip_id, x in items:
-                    try:
-                        results.append((clip_id, encoders[name].extract(x)))
-                    except EmollmError as err:
-                        failed.add(clip_id)
-                        _record_error(cache, clip_id, f"encoder {name}", err)
-            for clip_id, tensor in results:
-                if clip_id not in failed:
-                    try:
-                        cache.put(clip_id, name, tensor)
-                    except EmollmError as err:  # NaN / inf features: refused, the clip is an error
-                        failed.add(clip_id)
-                        _record_error(cache, clip_id, f"encoder {name}", err)
-                        continue
-                    summary.entries_computed += 1
-        summary.failed += len(failed)
-        for record, _ in decoded:
-            if record["id"] not in failed:
-                _error_path(cache, record["id"]).unlink(missing_ok=True)
-    for _ in bar_iter:
-        pass
+    chunks = [todo[start : start + batch_size] for start in range(0, len(todo), batch_size)]
+    job = FeatureJob(cfg, str(dataset), {n: cache.fingerprints[n] for n in frozen}, device, uuid.uuid4().hex)
+    _IN_HAND.clear()
+    _IN_HAND[job.key] = _Extractor(cfg, dataset, cache, frozen, encoders)  # what a batch run here uses
+    try:
+        if chunks:
+            log.info("features: %d batch(es) of up to %d clip(s) (%s)", len(chunks), batch_size, runner.describe())
+        from data_builders.pool import worker_init  # a worker's torch and decoder threads: its CPUs
+
+        done = runner.map(functools.partial(extract_chunk, job), chunks, resources=resources, setup=worker_init,
+                          label="emollm-features")
+        for k, result in progress(done, desc="features", total=len(chunks), unit="batch"):
+            if isinstance(result, Lost):  # the worker died on every attempt: the batch's clips failed, retried next run
+                result = _lost_batch(cache, chunks[k], result)
+            for err in result["errors"]:
+                log.warning("%s: failed at %s: %s", err["id"], err["stage"], err["reason"])
+            summary.entries_computed += result["computed"]
+            summary.entries_absent += result["absent"]
+            summary.clips_decoded += result["decoded"]
+            summary.failed += result["failed"]
+    finally:
+        _IN_HAND.clear()
+        if own_engine:
+            runner.close()
     _merge_errors(cache)
     summary.wall_s = time.perf_counter() - t0
     log.info("features: %d written, %d absent, %d reused (%d stale, %d corrupt recomputed), %d clip(s) failed "
@@ -325,4 +458,5 @@ def extract_features(cfg: Any, dataset_dir: str | os.PathLike, *, shard: tuple[i
     return summary
 
 
-__all__ = ["FeaturesSummary", "decode_for_encoders", "encoder_inputs", "encoder_view", "extract_features", "peak_frame_input"]
+__all__ = ["FeatureJob", "FeaturesSummary", "decode_for_encoders", "encoder_inputs", "encoder_view", "extract_chunk",
+           "extract_features", "peak_frame_input", "task_resources"]

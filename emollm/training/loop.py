@@ -680,6 +680,9 @@ class Evaluator:
 def train(cfg: EmollmConfig, *, stop_after_step: int | None = None) -> TrainResult:
     """Train per ``cfg``; checkpoints, resume, final run dir. ``stop_after_step`` ends the run right
     after that step's checkpoint without the final save (a kill, for resume tests)."""
+    if cfg.train.stage == "grpo":  # reinforcement learning after SFT: its own loop on this one's machinery
+        raise ConfigError("train.stage=grpo runs in emollm.training.grpo.train_grpo (emollm train / train.py "
+                          "dispatch there), not in the supervised loop", hint="call grpo.train_grpo(cfg)")
     from accelerate import Accelerator
     from accelerate.utils import DeepSpeedPlugin, ProjectConfiguration, set_seed
     from transformers import get_scheduler
