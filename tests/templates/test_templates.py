@@ -380,6 +380,7 @@ PRESET_TEMPLATES = {
     "emotion_llama_mistral": "mistral",  # mistralai/Mistral-7B-Instruct-v0.2 (not v0.3)
     "smollm2_cpu": "smollm2",  # SmolLM2-135M-Instruct
     "tiny_cpu": "llama2",  # the tiny LLaMA-2-shaped backbone; no template set: guessed from its tokenizer
+    "grpo_tiny_cpu": "llama2",  # tiny_cpu's backbone, GRPO stage
 }
 REPRODUCES = {"emotion_llama_llama2": "llama2"}  # preset -> the checkpoint's own template it deliberately replaces
 CHECKPOINT_CHAT_TEMPLATES = {
