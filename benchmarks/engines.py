@@ -45,20 +45,8 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 sys.path[:0] = [str(ROOT), str(ROOT / "benchmarks")]
 
+from build_throughput import CLIPS, copy_clips  # noqa: E402  (the same talking-head clips, copied alike)
 from protocol import compare, format_result, header, settings, setup_threads  # noqa: E402
-
-CLIPS = ("single_face.mp4", "no_face.mp4", "face_noface.mov", "noface_face.mov", "WolfgangLanger_Pexels.mp4")
-
-
-def copy_clips(folder: Path, copies: int) -> Path:
-    from emollm.testing.samples import sample_media_dir
-
-    src = sample_media_dir()
-    folder.mkdir(parents=True, exist_ok=True)
-    for name in CLIPS:
-        for k in range(copies):
-            shutil.copy(src / name, folder / f"{Path(name).stem}_{k}{Path(name).suffix}")
-    return folder
 
 
 def build_once(cfg, clips: Path, engine, keep: Path | None = None) -> dict:  # noqa: ANN001
