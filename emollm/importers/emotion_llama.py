@@ -239,11 +239,13 @@ def import_emotion_llama(
     targets_media = {"llama_proj": "projector.projectors.video.layer.proj",
                      "cls_tk_llama_proj": "projector.projectors.video.cls_layer.proj",
                      **{p: f"projector.projectors.{n}.layer.proj" for p, n in FEATURE_PROJECTORS.items()}}
+    filled = set()
     for key, tensor in projectors.items():
         prefix, _, leaf = key.rpartition(".")
         name = f"{targets_media[prefix]}.{leaf}"
         _copy(media, name, tensor, key)
         report.mapped[key] = f"media.{name}"
+        filled.add(name)
     backbone_params = dict(model.language_model.named_parameters())
     ours = {n for n in backbone_params if "lora_" in n}
     for name, item in lora.items():
@@ -253,7 +255,6 @@ def import_emotion_llama(
     if not_filled:
         raise EmollmError(f"{len(not_filled)} LoRA weight(s) of the adapter have no value in the checkpoint: "
                           f"{not_filled[:4]}")
-    filled = {v.split("media.", 1)[1] for v in report.mapped.values() if v.startswith("media.")}
     left = sorted(set(media) - filled)
     if left:
         raise EmollmError(f"media weight(s) without a value in the checkpoint: {left}")

@@ -18,6 +18,7 @@ from __future__ import annotations
 import ipaddress
 import secrets
 import threading
+import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 from typing import Any
@@ -118,8 +119,6 @@ def running(app: Any, *, host: str = LOOPBACK, token: str | None = None) -> Iter
     server = uvicorn.Server(uvicorn.Config(app, host=host, port=port, log_level="warning"))
     thread = threading.Thread(target=server.run, daemon=True)
     thread.start()
-    import time
-
     deadline = time.monotonic() + 30
     while not server.started:
         if not thread.is_alive() or time.monotonic() > deadline:

@@ -447,9 +447,6 @@ def explain_app_for(explainer: Any, *, clips_dir: str | os.PathLike | None = Non
     async def explain(request: Request) -> Response:
         try:
             job = await service.take(request)
-        except Refused as err:
-            return refused(err)
-        try:
             service.acquire(job)
         except Refused as err:
             return refused(err)
