@@ -2,6 +2,7 @@
 
     python benchmarks/grpo_vs_sft.py                              # tiny local LLaMA, minutes on 2 cores
     python benchmarks/grpo_vs_sft.py --sft-steps 20 --steps 30 --seed 1 --out runs/grpo_vs_sft
+    python benchmarks/grpo_vs_sft.py --backbone smollm2 --sft-steps 10 --steps 30   # the real SmolLM2-135M
 
 An under-trained SFT run (``--sft-steps`` of the tiny recipe) is continued two ways on the same budget
 of optimizer steps (``--steps``) and prompts per step: ``train.stage=grpo`` (G sampled answers per
@@ -13,8 +14,8 @@ the GRPO run and the SFT continuation, the reward at the start and the end, and 
 
 The tiny backbone's frozen output layer is random with small weights: its logits stay nearly flat, so
 sampling at temperature 1 gives random tokens that never name a label (no reward to learn from; measured:
-the reward stayed ~0.1 and the UAR fell). The default ``--temperature 0.1`` samples around the argmax,
-which is what SFT moved; a real backbone would use ~1.0.
+the reward stayed ~0.1 and the UAR fell). Its default temperature is 0.1, which samples around the argmax
+SFT moved; a real backbone (``--backbone smollm2`` or a path) samples at 1.0, as R1-Omni does.
 
 The seconds are one timed run each (context, not a comparison: no ratio is claimed); the protocol
 header (threads, OMP_WAIT_POLICY) is printed first.
@@ -62,7 +63,7 @@ def _train(config: Path, overrides: list[str]) -> float:
     return time.perf_counter() - t0
 
 
-def _plot(rows: list[dict], path: Path) -> None:
+def _plot(rows: list[dict], path: Path, backbone: str) -> None:
     import matplotlib
 
     matplotlib.use("Agg")
@@ -75,7 +76,7 @@ def _plot(rows: list[dict], path: Path) -> None:
         ax.plot(steps, [r[key] for r in rows], label=key, lw=1, alpha=0.8)
     ax.set_xlabel("GRPO step")
     ax.set_ylabel("mean reward")
-    ax.set_title("GRPO after SFT on the media task (tiny LLaMA)")
+    ax.set_title(f"GRPO after SFT on the media task ({backbone})")
     ax.legend(fontsize=8)
     fig.tight_layout()
     fig.savefig(path, dpi=120)
@@ -88,7 +89,10 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--steps", type=int, default=30, help="steps of each continuation (default: 30)")
     parser.add_argument("--batch-size", type=int, default=8, help="prompts per step, both continuations (default: 8)")
     parser.add_argument("--generations", type=int, default=4, help="GRPO: answers per prompt (default: 4)")
-    parser.add_argument("--temperature", type=float, default=0.1, help="GRPO: sampling temperature (default: 0.1)")
+    parser.add_argument("--backbone", default="tiny",
+                        help="tiny (the tiny local LLaMA), smollm2 (the real SmolLM2-135M-Instruct) or a path")
+    parser.add_argument("--temperature", type=float, default=None,
+                        help="GRPO: sampling temperature (default: 0.1 on the tiny backbone, else 1.0)")
     parser.add_argument("--beta", type=float, default=0.04, help="GRPO: KL coefficient (default: 0.04)")
     parser.add_argument("--lr", type=float, default=1e-3, help="both continuations' lr and projector lr (default: 1e-3)")
     parser.add_argument("--clips", type=int, default=224)
@@ -105,8 +109,10 @@ def main(argv: list[str] | None = None) -> int:
     with tempfile.TemporaryDirectory() as tmp:
         work = Path(args.out or tmp)
         work.mkdir(parents=True, exist_ok=True)
-        path, kind = resolve_backbone("tiny")
+        path, kind = resolve_backbone(args.backbone)
         recipe = RECIPES[kind]
+        if args.temperature is None:
+            args.temperature = 0.1 if kind == "tiny" else 1.0
         lr = args.lr
         task = write_media_task(work / "data", clips=args.clips, n_test=args.test, seed=args.seed)
         sft_dir = work / "sft"
@@ -129,7 +135,7 @@ def main(argv: list[str] | None = None) -> int:
         rows = [json.loads(x) for x in (grpo_dir / "logs" / "train_log.jsonl").read_text().splitlines()]
         rows = [r for r in rows if r.get("kind") == "train" and "reward" in r]
         png = work / "grpo_reward.png"
-        _plot(rows, png)
+        _plot(rows, png, args.backbone)
         k = max(1, len(rows) // 5)  # the reward over the first and the last fifth of the steps
         first, last = rows[:k], rows[-k:]
         summary = {
@@ -143,7 +149,7 @@ def main(argv: list[str] | None = None) -> int:
             "reward_last": round(sum(r["reward"] for r in last) / k, 4),
             "accuracy_reward_first": round(sum(r.get("reward_accuracy", 0) for r in first) / k, 4),
             "accuracy_reward_last": round(sum(r.get("reward_accuracy", 0) for r in last) / k, 4),
-            "chance": round(task.chance, 4), "sft_steps": args.sft_steps, "steps": args.steps,
+            "chance": round(task.chance, 4), "backbone": args.backbone, "sft_steps": args.sft_steps, "steps": args.steps,
             "batch_size": args.batch_size, "generations": args.generations, "temperature": args.temperature,
             "beta": args.beta, "lr": lr, "seed": args.seed, "n_train": task.n_train, "n_test": task.n_test,
             "seconds": {k2: round(v, 1) for k2, v in seconds.items()},

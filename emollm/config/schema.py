@@ -439,9 +439,6 @@ class TrainConfig:
         if self.stage == "grpo":
             if not self.init_from:
                 raise ConfigCheck("init_from", "stage grpo starts from a supervised (SFT) run dir: set train.init_from")
-            if self.deepspeed:
-                raise ConfigCheck("deepspeed", "stage grpo runs without DeepSpeed for now (the reference weights are "
-                                               "swapped in place, which ZeRO-3's partitioned parameters do not allow)")
         if self.full_finetune and self.lora.enabled:
             raise ConfigCheck("full_finetune", "full fine-tuning and LoRA exclude each other; set train.lora.enabled=false")
         if self.quantization != "none" and not self.lora.enabled:

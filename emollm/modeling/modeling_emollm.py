@@ -347,6 +347,25 @@ class EmoLLMForConditionalGeneration(EmoLLMPreTrainedModel, GenerationMixin):
         for p in self.media.parameters():
             p.requires_grad_(True)
 
+    def set_lora_dropout(self, p: float) -> int:
+        """Set the dropout before every LoRA layer of the adapter (a training setting, not part of the
+        adapter's weights: a run started from another keeps its adapter but trains with its own dropout).
+        Returns the number of layers set."""
+        import torch.nn as nn
+
+        if not self.is_lora:
+            raise EmollmError("this model has no LoRA adapter")
+        n = 0
+        for module in self.language_model.modules():
+            dropouts = getattr(module, "lora_dropout", None)
+            if isinstance(dropouts, nn.ModuleDict):
+                for name in list(dropouts):  # peft puts an Identity where the dropout is 0
+                    dropouts[name] = nn.Dropout(p) if p > 0 else nn.Identity()
+                    n += 1
+        for config in getattr(self.language_model, "peft_config", {}).values():
+            config.lora_dropout = p  # what a run saved from here records
+        return n
+
     def prepare_for_kbit_training(self) -> None:
         """QLoRA: ``peft.prepare_model_for_kbit_training`` on the quantised backbone (every backbone
         weight frozen, its remaining fp16 / bf16 weights (norms, embeddings, LM head) cast to float32 for

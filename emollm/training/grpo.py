@@ -40,7 +40,7 @@ import math
 import re
 import shutil
 import time
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -102,27 +102,44 @@ def grpo_loss(logps: torch.Tensor, old_logps: torch.Tensor, ref_logps: torch.Ten
 # ------------------------------------------------------------------------------------------ the model
 class ReferencePolicy:
     """The frozen SFT policy: copies of the model's trainable tensors as they were at the start, swapped in
-    for the reference forward (:meth:`active`). The copies are never trained."""
+    for the reference forward (:meth:`active`). The copies are never trained.
 
-    def __init__(self, model: torch.nn.Module):
-        self.weights = {n: p.detach().clone() for n, p in model.named_parameters() if p.requires_grad}
-        if not self.weights:
+    Under DeepSpeed ZeRO-3 a parameter's ``data`` holds the whole tensor only while it is gathered; the
+    rank's shard lives in ``param.ds_tensor``, which every gather reads. There the shards are copied and
+    swapped (each rank holds a copy of its own shards only), and ``release`` (the engine's
+    ``empty_partition_cache``) drops every gathered tensor before and after the reference forward, so that
+    no forward sees a tensor gathered from the other policy's shards. Elsewhere (one process, DDP,
+    ZeRO-1/2) ``data`` is swapped."""
+
+    def __init__(self, model: torch.nn.Module, *, release: Callable[[], None] | None = None):
+        trainable = {n: p for n, p in model.named_parameters() if p.requires_grad}
+        if not trainable:
             raise EmollmError("GRPO: the model has no trainable parameter")
+        self.zero3 = any(hasattr(p, "ds_tensor") for p in trainable.values())
+        if self.zero3 and release is None:
+            raise EmollmError("GRPO: a ZeRO-3 model's reference needs the engine's release (empty_partition_cache)")
+        self.release = release
+        self.weights = {n: (p.ds_tensor if self.zero3 else p).detach().clone() for n, p in trainable.items()}
 
     @contextlib.contextmanager
     def active(self, model: torch.nn.Module) -> Iterator[None]:
         params = dict(model.named_parameters())
-        saved = {}
-        with torch.no_grad():
-            for name, ref in self.weights.items():
-                saved[name] = params[name].data
-                params[name].data = ref
+        saved: list[tuple[torch.Tensor, torch.Tensor]] = []  # (tensor, its own data) to put back
         try:
+            with torch.no_grad():
+                if self.zero3:
+                    self.release()
+                for name, ref in self.weights.items():
+                    tensor = params[name].ds_tensor if self.zero3 else params[name]
+                    saved.append((tensor, tensor.data))
+                    tensor.data = ref
             yield
         finally:
             with torch.no_grad():
-                for name, data in saved.items():
-                    params[name].data = data
+                if self.zero3:
+                    self.release()
+                for tensor, data in reversed(saved):
+                    tensor.data = data
 
 
 def completion_mask(completion_ids: torch.Tensor, stop_ids: Sequence[int]) -> tuple[torch.Tensor, torch.Tensor]:
@@ -173,7 +190,7 @@ class GrpoSampler:
     """Rollouts for prompt batches: generation, rewards, advantages, old / reference log-probs."""
 
     def __init__(self, cfg: Any, processor: Any, records: dict[str, dict[str, Any]], reference: ReferencePolicy | None,
-                 clip_of: dict[str, str] | None = None):
+                 clip_of: dict[str, str] | None = None, *, synced_gpus: bool = False):
         from emollm.dataset.label_sets import load_label_set
 
         self.cfg, self.g = cfg, cfg.train.grpo
@@ -185,6 +202,8 @@ class GrpoSampler:
                            "max_new_tokens": self.g.max_new_tokens, "num_beams": 1,
                            "num_return_sequences": self.g.num_generations, "use_cache": True,
                            "eos_token_id": self.stop, "pad_token_id": processor.pad_token_id}
+        if synced_gpus:  # ZeRO-3: each decoding step gathers parameters collectively; a rank done early keeps stepping
+            self.gen_kwargs["synced_gpus"] = True
 
     def reference_label(self, clip_id: str) -> str | None:
         from eval.references import of_record
@@ -245,8 +264,7 @@ def train_grpo(cfg: Any, *, stop_after_step: int | None = None):
     model building, optimizer, scheduler, checkpoints (trainable weights, RNG, ``scheduler.json``, a vetted
     trainer state) and exact resume; ``train_log.jsonl`` rows with ``reward`` and ``reward_<name>``,
     ``logs/rollouts-<step>.jsonl`` samples, evaluation every ``train.eval_steps``."""
-    from accelerate import Accelerator
-    from accelerate.utils import ProjectConfiguration, set_seed
+    from accelerate.utils import set_seed
     from transformers import get_scheduler
 
     from emollm import config as cfglib
@@ -265,9 +283,7 @@ def train_grpo(cfg: Any, *, stop_after_step: int | None = None):
     trackers = loop._check_trackers(t.report_to)
     loop.check_eval_split(cfg)
     resume_dir, saved_state = loop.resume_checkpoint(t.resume, out)
-    accelerator = Accelerator(mixed_precision="bf16" if t.bf16 else "fp16" if t.fp16 else "no",
-                              gradient_accumulation_steps=t.gradient_accumulation_steps, log_with=trackers or None,
-                              project_config=ProjectConfiguration(project_dir=str(out), logging_dir=str(out / "logs")))
+    accelerator = loop.make_accelerator(cfg, out, trackers)
     layout = {"world_size": accelerator.num_processes, "per_device_batch_size": t.per_device_batch_size,
               "gradient_accumulation_steps": t.gradient_accumulation_steps}
     run_config = {**loop.result_config(cfg), **{f"train.grpo.{k}": v for k, v in
@@ -275,8 +291,7 @@ def train_grpo(cfg: Any, *, stop_after_step: int | None = None):
     layout_changed = saved_state is not None and loop.check_resume_layout(saved_state, layout, resume_dir,
                                                                           allow=t.allow_resume_change, config=run_config)
     set_seed(cfg.run.seed)
-    model, processor = loop.build_model(cfg)
-    reference = ReferencePolicy(model) if g.beta else None  # the SFT run's weights, before any checkpoint loads
+    model, processor = loop.build_model_for(accelerator, cfg)
     groups = model.trainable_parameters_by_group()
     log.info("GRPO from %s: trainable %s; G=%d, beta=%g, rewards %s", t.init_from,
              ", ".join(f"{k} {v:,}" for k, v in groups.items()), g.num_generations, g.beta, dict(g.rewards))
@@ -296,12 +311,18 @@ def train_grpo(cfg: Any, *, stop_after_step: int | None = None):
     log.info("GRPO data: %d prompts, %d batches per epoch per rank, %d optimizer steps", len(ds), batches_per_epoch,
              total_steps)
     evaluator = loop.Evaluator(cfg, accelerator, model, processor, train_ds.cache) if t.eval_steps else None
-    rollout_fn = GrpoSampler(cfg, processor, ds.records, reference, {s["id"]: s["clip_id"] for s in ds.samples})
-
-    optimizer = loop.make_optimizer(model, cfg)
+    deepspeed = accelerator.state.deepspeed_plugin is not None
+    optimizer = loop.make_optimizer(model, cfg, deepspeed=deepspeed)
     scheduler = get_scheduler(t.lr_scheduler if t.lr_scheduler != "constant" else "constant_with_warmup", optimizer,
                               num_warmup_steps=math.ceil(t.warmup_ratio * total_steps), num_training_steps=total_steps)
     model, optimizer = accelerator.prepare(model, optimizer)
+    unwrapped = accelerator.unwrap_model(model)
+    # The SFT run's weights, copied as prepared (dtype, ZeRO-3 shards), before any checkpoint loads
+    zero3 = loop.is_zero3(accelerator)
+    reference = ReferencePolicy(unwrapped, release=model.empty_partition_cache if zero3 else None) if g.beta else None
+    rollout_fn = GrpoSampler(cfg, processor, ds.records, reference, {s["id"]: s["clip_id"] for s in ds.samples},
+                             synced_gpus=zero3 and accelerator.num_processes > 1)
+    save_kwargs, load_kwargs = loop.checkpoint_kwargs(accelerator)
     trainable = {n for n, p in accelerator.unwrap_model(model).named_parameters() if p.requires_grad}
 
     def keep_trainable(models, weights, output_dir):
@@ -313,7 +334,7 @@ def train_grpo(cfg: Any, *, stop_after_step: int | None = None):
     step, epoch, offset, losses = 0, 0, 0, []
     if resume_dir is not None:
         try:
-            accelerator.load_state(str(resume_dir), strict=False)
+            accelerator.load_state(str(resume_dir), **load_kwargs)
         except (RuntimeError, KeyError, ValueError) as exc:
             raise EmollmError(f"cannot load checkpoint {resume_dir} into this model: {str(exc).strip()[:200]}",
                               hint="resume with the config the checkpoint was trained with") from None
@@ -346,9 +367,11 @@ def train_grpo(cfg: Any, *, stop_after_step: int | None = None):
         if accelerator.is_main_process and path.exists():
             shutil.rmtree(path)
         accelerator.wait_for_everyone()
-        accelerator.save_state(str(path))
+        accelerator.save_state(str(path), **save_kwargs)
         if accelerator.is_main_process:
             (path / loop.SCHEDULER_STATE).write_text(json.dumps(scheduler.state_dict()))
+        accelerator.wait_for_everyone()  # every rank's files are written: their sizes go in the trainer state
+        if accelerator.is_main_process:
             state = {"global_step": at_step, "epoch": epoch, "batch_offset": offset, "losses": losses,
                      "total_steps": total_steps, "stage": "grpo", **layout, "config": run_config,
                      "files": {rel: n for rel, n in safe_load.file_sizes(path).items()
@@ -372,7 +395,6 @@ def train_grpo(cfg: Any, *, stop_after_step: int | None = None):
     uses = 0
     model.train()
     stopped = False
-    unwrapped = accelerator.unwrap_model(model)
     while step < total_steps:
         if uses == 0 or not pending:
             pending = []
@@ -406,6 +428,9 @@ def train_grpo(cfg: Any, *, stop_after_step: int | None = None):
         uses -= 1
         scheduler.step()
         step += 1
+        # the step's loss over all ranks (each rank's answers weigh the same: the gradients are averaged)
+        step_loss = float(loop._sum_across(torch.tensor([step_loss], dtype=torch.float64),
+                                           accelerator.device)[0]) / accelerator.num_processes
         losses.append(step_loss)
         window["loss"] += step_loss
         window["n"] += 1
@@ -440,18 +465,24 @@ def train_grpo(cfg: Any, *, stop_after_step: int | None = None):
     return result
 
 
-def _mean(values: Sequence[float]) -> float | None:
-    return sum(values) / len(values) if values else None
-
-
 def _log_window(accelerator, window: dict[str, Any], step: int, total: int, scheduler, log_dir: Path) -> None:
+    """One ``train_log.jsonl`` row: the loss (already over all ranks), and the means of every rank's rewards,
+    answer lengths, KL and clipped share since the last row (one reduce; every rank calls this)."""
+    from emollm.training.loop import _sum_across
+
+    names = sorted(window["per"])  # the configured rewards: the same on every rank
+    lists = [window["rewards"], window["lengths"], window["kl"], window["clip"], *(window["per"][k] for k in names)]
+    totals = _sum_across(torch.tensor([x for v in lists for x in (sum(v), len(v))], dtype=torch.float64),
+                         accelerator.device).tolist()
+    mean = {key: totals[2 * i] / totals[2 * i + 1] if totals[2 * i + 1] else None
+            for i, key in enumerate(["reward", "completion_length", "kl", "clip_ratio", *(f"reward_{k}" for k in names)])}
     metrics: dict[str, Any] = {"step": step, "kind": "train", "stage": "grpo",
                                "loss": window["loss"] / max(window["n"], 1)}
-    if window["rewards"]:
-        metrics["reward"] = _mean(window["rewards"])
-        metrics.update({f"reward_{k}": _mean(v) for k, v in window["per"].items()})
-        metrics["completion_length"] = _mean(window["lengths"])
-    metrics.update(kl=_mean(window["kl"]) or 0.0, clip_ratio=_mean(window["clip"]) or 0.0,
+    if mean["reward"] is not None:
+        metrics["reward"] = mean["reward"]
+        metrics.update({f"reward_{k}": mean[f"reward_{k}"] for k in names})
+        metrics["completion_length"] = mean["completion_length"]
+    metrics.update(kl=mean["kl"] or 0.0, clip_ratio=mean["clip_ratio"] or 0.0,
                    lr=scheduler.get_last_lr()[0], step_s=(time.perf_counter() - window["t0"]) / max(window["n"], 1))
     log.info("step %d/%d  loss %.4f  reward %s  kl %.4f  lr %.2e", step, total, metrics["loss"],
              f"{metrics['reward']:.3f}" if "reward" in metrics else "-", metrics["kl"], metrics["lr"])

@@ -184,6 +184,7 @@ def build_model(cfg: EmollmConfig, *, zero3: bool = False):
         if model.is_lora:
             for name, p in model.named_parameters():
                 p.requires_grad_(name.startswith("media.") or "lora_" in name)
+            model.set_lora_dropout(t.lora.dropout)  # this run's setting (the adapter's shape stays the run's)
         log.info("initialised from %s", t.init_from)
     else:
         model, processor = build_model_and_processor(cfg)  # train.quantization: the backbone 4-bit / 8-bit
@@ -677,26 +678,13 @@ class Evaluator:
 
 
 # ------------------------------------------------------------------------------------------ the loop
-def train(cfg: EmollmConfig, *, stop_after_step: int | None = None) -> TrainResult:
-    """Train per ``cfg``; checkpoints, resume, final run dir. ``stop_after_step`` ends the run right
-    after that step's checkpoint without the final save (a kill, for resume tests)."""
-    if cfg.train.stage == "grpo":  # reinforcement learning after SFT: its own loop on this one's machinery
-        raise ConfigError("train.stage=grpo runs in emollm.training.grpo.train_grpo (emollm train / train.py "
-                          "dispatch there), not in the supervised loop", hint="call grpo.train_grpo(cfg)")
+def make_accelerator(cfg: EmollmConfig, out: Path, trackers: list[str]):
+    """The run's :class:`accelerate.Accelerator` (the SFT and GRPO loops): precision, accumulation, trackers and,
+    with ``train.deepspeed``, its DeepSpeed plugin (the config's ``auto`` batch sizes filled from ours)."""
     from accelerate import Accelerator
-    from accelerate.utils import DeepSpeedPlugin, ProjectConfiguration, set_seed
-    from transformers import get_scheduler
+    from accelerate.utils import DeepSpeedPlugin, ProjectConfiguration
 
-    from emollm.config.paths import check_input_paths
-    from emollm.modeling.factory import save_run
-    from emollm.training.data import EmotionCollator, LengthGroupedBatchSampler
-
-    check_input_paths(cfg, "train")  # the Python API too: a missing folder is named before any model loads
     t = cfg.train
-    out = Path(cfg.run.output_dir)
-    trackers = _check_trackers(t.report_to)
-    check_eval_split(cfg)
-    resume_dir, saved_state = resume_checkpoint(t.resume, out)  # vetted: complete, no refused pickle
     ds_plugin = None
     if t.deepspeed:
         if not Path(t.deepspeed).is_file():
@@ -719,6 +707,54 @@ def train(cfg: EmollmConfig, *, stop_after_step: int | None = None) -> TrainResu
         if ds_cfg.get("train_batch_size") == "auto":
             ds_cfg["train_batch_size"] = (ds_cfg["train_micro_batch_size_per_gpu"] * t.gradient_accumulation_steps
                                           * accelerator.num_processes)
+    return accelerator
+
+
+def is_zero3(accelerator) -> bool:
+    plugin = accelerator.state.deepspeed_plugin
+    return plugin is not None and plugin.zero_stage == 3
+
+
+def build_model_for(accelerator, cfg: EmollmConfig):
+    """:func:`build_model` for this accelerator: under ZeRO-3 built whole, partitioned later by
+    ``deepspeed.initialize`` (zero.Init would also catch the frozen encoders that the model loads for their
+    specs; weight-norm convs break under it)."""
+    if not is_zero3(accelerator):
+        return build_model(cfg)
+    with _without_zero3_init():
+        return build_model(cfg, zero3=True)
+
+
+def checkpoint_kwargs(accelerator) -> tuple[dict[str, Any], dict[str, Any]]:
+    """``(save_state kwargs, load_state kwargs)``. DeepSpeed saves through its engine and hands accelerate's
+    pre-save hook nothing: it is told to leave out the frozen weights itself (else every checkpoint holds
+    the whole backbone), and loads them non-strictly."""
+    if accelerator.state.deepspeed_plugin is not None:
+        return {"exclude_frozen_parameters": True}, {"load_module_strict": False}
+    return {}, {"strict": False}
+
+
+def train(cfg: EmollmConfig, *, stop_after_step: int | None = None) -> TrainResult:
+    """Train per ``cfg``; checkpoints, resume, final run dir. ``stop_after_step`` ends the run right
+    after that step's checkpoint without the final save (a kill, for resume tests)."""
+    if cfg.train.stage == "grpo":  # reinforcement learning after SFT: its own loop on this one's machinery
+        raise ConfigError("train.stage=grpo runs in emollm.training.grpo.train_grpo (emollm train / train.py "
+                          "dispatch there), not in the supervised loop", hint="call grpo.train_grpo(cfg)")
+    from accelerate.utils import set_seed
+    from transformers import get_scheduler
+
+    from emollm.config.paths import check_input_paths
+    from emollm.modeling.factory import save_run
+    from emollm.training.data import EmotionCollator, LengthGroupedBatchSampler
+
+    check_input_paths(cfg, "train")  # the Python API too: a missing folder is named before any model loads
+    t = cfg.train
+    out = Path(cfg.run.output_dir)
+    trackers = _check_trackers(t.report_to)
+    check_eval_split(cfg)
+    resume_dir, saved_state = resume_checkpoint(t.resume, out)  # vetted: complete, no refused pickle
+    accelerator = make_accelerator(cfg, out, trackers)
+    ds_plugin = accelerator.state.deepspeed_plugin
     layout = {"world_size": accelerator.num_processes, "per_device_batch_size": t.per_device_batch_size,
               "gradient_accumulation_steps": t.gradient_accumulation_steps}
     run_config = result_config(cfg)
@@ -726,14 +762,7 @@ def train(cfg: EmollmConfig, *, stop_after_step: int | None = None) -> TrainResu
                                                                      allow=t.allow_resume_change, config=run_config)
     set_seed(cfg.run.seed)
 
-    zero3 = ds_plugin is not None and accelerator.state.deepspeed_plugin.zero_stage == 3
-    if zero3:
-        # Built whole, partitioned by deepspeed.initialize: zero.Init would also catch the frozen
-        # encoders that the model loads for their specs (weight-norm convs break under it).
-        with _without_zero3_init():
-            model, processor = build_model(cfg, zero3=True)
-    else:
-        model, processor = build_model(cfg)
+    model, processor = build_model_for(accelerator, cfg)
     groups = model.trainable_parameters_by_group()
     total_params = sum(p.numel() for p in model.parameters())
     log.info("trainable parameters: %s (of %s in all, %.3f%%)", ", ".join(f"{k} {v:,}" for k, v in groups.items()),
@@ -770,10 +799,7 @@ def train(cfg: EmollmConfig, *, stop_after_step: int | None = None) -> TrainResu
             weights[i] = {k: v for k, v in state.items() if k in trainable}
 
     accelerator.register_save_state_pre_hook(keep_trainable)  # DDP / one process: the hook gets the weights
-    # DeepSpeed saves through its engine and hands the hook nothing: it is told to leave out the frozen
-    # weights itself (else every checkpoint holds the whole backbone), and loads them non-strictly.
-    save_kwargs = {"exclude_frozen_parameters": True} if ds_plugin is not None else {}
-    load_kwargs = {"load_module_strict": False} if ds_plugin is not None else {"strict": False}
+    save_kwargs, load_kwargs = checkpoint_kwargs(accelerator)
 
     step, epoch, offset, losses = 0, 0, 0, []
     if resume_dir is not None:

@@ -11,7 +11,7 @@ import torch
 
 from emollm import config as cfglib
 from emollm.errors import ConfigError
-from emollm.testing.datasets import FAST, build_tiny_training_dataset
+from emollm.testing.datasets import FAST
 from emollm.training import grpo, loop, rewards
 
 
@@ -144,7 +144,6 @@ def test_reward_registry_weights_and_custom_rewards(merr):
     ("train.grpo.rewards={format: 0, accuracy: 0}", "train.grpo.rewards"),
     ("train.grpo.answer_format=xml", "train.grpo.answer_format"),
     ("train.init_from=null", "train.init_from"),
-    ("train.deepspeed=train_configs/deepspeed/zero2.json", "train.deepspeed"),
 ])
 def test_grpo_config_errors_name_the_key(override, key):
     with pytest.raises(ConfigError, match=key.replace(".", r"\.")):
@@ -165,20 +164,14 @@ def test_shipped_grpo_config():
 
 
 # ------------------------------------------------------------------------------------------ the loop
-@pytest.fixture(scope="module")
-def dataset(sample_dir, tmp_path_factory):
-    return build_tiny_training_dataset(sample_dir, tmp_path_factory.mktemp("grpo_data"))
+@pytest.fixture
+def dataset(grpo_dataset):  # tests/training/conftest.py: shared with the distributed GRPO tests
+    return grpo_dataset
 
 
-@pytest.fixture(scope="module")
-def sft_run(dataset, tmp_path_factory):
-    """A short SFT run (LoRA + media projectors) to start GRPO from."""
-    ds, split = dataset
-    out = tmp_path_factory.mktemp("grpo_sft") / "run"
-    loop.train(cfglib.load("tiny_cpu", [*FAST, f"data.dataset_dir={ds}", f"data.train_split={split}",
-                                        "train.tasks=[emotion]", f"run.output_dir={out}", "train.max_steps=3",
-                                        "train.lr=1e-2"]))
-    return out
+@pytest.fixture
+def sft_run(grpo_sft_run):
+    return grpo_sft_run
 
 
 @pytest.fixture
@@ -220,6 +213,17 @@ def test_one_grpo_step_moves_lora_and_projectors_and_leaves_the_reference(datase
     row = json.loads((tmp_path / "run" / "logs" / loop.LOG_FILE).read_text().splitlines()[0])
     assert row["stage"] == "grpo" and {"reward", "reward_format", "reward_accuracy", "reward_test_chars", "kl"} <= set(row)
     assert 0 <= row["reward_format"] <= 1 and row["reward"] > 0
+
+
+@pytest.mark.parametrize("dropout", [0.0, 0.2])
+def test_a_run_started_from_another_trains_with_its_own_lora_dropout(dataset, sft_run, tmp_path, dropout):
+    """The SFT run trained with the default dropout; this stage's ``train.lora.dropout`` applies (GRPO's
+    loss pass must match the dropout-free sampling and reference passes) and is what its run dir records."""
+    model, _ = loop.build_model(_grpo_cfg(dataset, sft_run, tmp_path / "run", f"train.lora.dropout={dropout}"))
+    layers = [m.lora_dropout["default"] for m in model.language_model.modules() if hasattr(m, "lora_dropout")]
+    assert layers and all((d.p == dropout) if dropout else isinstance(d, torch.nn.Identity) for d in layers)
+    assert model.language_model.peft_config["default"].lora_dropout == dropout
+    assert json.loads((sft_run / "adapter" / "adapter_config.json").read_text())["lora_dropout"] == 0.05
 
 
 def test_reference_logprobs_are_the_sft_models(dataset, sft_run, tmp_path):
