@@ -1,16 +1,21 @@
 """GRPO after SFT against more SFT, on the task whose label only the media carry (emollm.testing.media_task).
 
     python benchmarks/grpo_vs_sft.py                              # tiny local LLaMA, minutes on 2 cores
-    python benchmarks/grpo_vs_sft.py --sft-steps 20 --steps 30 --seed 1 --out runs/grpo_vs_sft
+    python benchmarks/grpo_vs_sft.py --seeds 0,1,2,3,4,5 --out runs/grpo_vs_sft
     python benchmarks/grpo_vs_sft.py --backbone smollm2 --sft-steps 10 --steps 30   # the real SmolLM2-135M
 
 An under-trained SFT run (``--sft-steps`` of the tiny recipe) is continued two ways on the same budget
 of optimizer steps (``--steps``) and prompts per step: ``train.stage=grpo`` (G sampled answers per
 prompt, rewards ``format`` + ``accuracy``, KL to the SFT run) and ``train.stage=2`` (more supervised
 steps on the same train split). Each run dir is scored as a user scores it: ``emollm predict --split
-test`` and ``emollm evaluate`` on the held-out clips (UAR, WAR). Written: ``grpo_reward.png`` (the GRPO
-run's mean reward per step, and per reward), and last one JSON line with the UARs of the SFT start,
-the GRPO run and the SFT continuation, the reward at the start and the end, and each run's seconds.
+test`` and ``emollm evaluate`` on the held-out clips (UAR, WAR), an unparsable answer counted wrong
+(``evaluate.fallback_label: null``: with the task's ``neutral`` fallback, a model that babbles on neutral
+clips would score on them). Both continuations also evaluate the held-out clips every ``--eval-every``
+steps (``train.eval_steps``: the loop's own greedy evaluation), which gives the UAR curve during GRPO.
+Written per seed: ``seed<k>/grpo_reward.png`` (the GRPO run's mean reward per step and per reward, and
+both continuations' held-out UAR), a JSON line with the UARs of the SFT start, the GRPO run and the SFT
+continuation, the curves, the reward at the start and the end and each run's seconds; with several
+``--seeds``, last a JSON line that counts the seeds where GRPO raised the held-out UAR.
 
 The tiny backbone's frozen output layer is random with small weights: its logits stay nearly flat, so
 sampling at temperature 1 gives random tokens that never name a label (no reward to learn from; measured:
@@ -63,24 +68,108 @@ def _train(config: Path, overrides: list[str]) -> float:
     return time.perf_counter() - t0
 
 
-def _plot(rows: list[dict], path: Path, backbone: str) -> None:
+def _rows(run_dir: Path, kind: str) -> list[dict]:
+    rows = [json.loads(x) for x in (run_dir / "logs" / "train_log.jsonl").read_text().splitlines()]
+    return [r for r in rows if r.get("kind") == kind]
+
+
+def _uar_curve(run_dir: Path, start: float) -> list[list[float]]:
+    """``[[step, held-out UAR], ...]`` from the loop's evaluations, step 0 being the SFT start."""
+    return [[0, round(start, 4)]] + [[r["step"], round(r.get("eval_uar", 0.0), 4)] for r in _rows(run_dir, "eval")]
+
+
+def _plot(rows: list[dict], curves: dict[str, list], path: Path, title: str) -> None:
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
+    chance = curves.pop("_chance", 0.25)
     steps = [r["step"] for r in rows]
-    fig, ax = plt.subplots(figsize=(6, 3.5))
+    fig, (ax, bx) = plt.subplots(1, 2, figsize=(10, 3.6))
     ax.plot(steps, [r["reward"] for r in rows], label="reward (weighted sum)", lw=2)
     for key in sorted(k for k in rows[0] if k.startswith("reward_")):
         ax.plot(steps, [r[key] for r in rows], label=key, lw=1, alpha=0.8)
     ax.set_xlabel("GRPO step")
-    ax.set_ylabel("mean reward")
-    ax.set_title(f"GRPO after SFT on the media task ({backbone})")
+    ax.set_ylabel("mean reward of the sampled answers")
     ax.legend(fontsize=8)
+    for name, curve in curves.items():
+        bx.plot([c[0] for c in curve], [c[1] for c in curve], marker="o", label=name)
+    bx.axhline(chance, color="grey", ls=":", lw=1, label="chance")
+    bx.set_ylim(0, 1.05)
+    bx.set_xlabel("steps after the SFT start")
+    bx.set_ylabel("held-out UAR (greedy)")
+    bx.legend(fontsize=8)
+    fig.suptitle(title, fontsize=10)
     fig.tight_layout()
     fig.savefig(path, dpi=120)
     plt.close(fig)
+
+
+def run_seed(args, seed: int, work: Path) -> dict:
+    import yaml
+
+    from emollm.testing.media_task import RECIPES, resolve_backbone, write_config, write_media_task
+
+    path, kind = resolve_backbone(args.backbone)
+    recipe = RECIPES[kind]
+    temperature = args.temperature if args.temperature is not None else (0.1 if kind == "tiny" else 1.0)
+    lr = args.lr
+    task = write_media_task(work / "data", clips=args.clips, n_test=args.test, seed=seed)
+    sft_dir = work / "sft"
+    config = write_config(work / "config.yaml", task, path, sft_dir, recipe=recipe, steps=args.sft_steps, seed=seed)
+    written = yaml.safe_load(config.read_text())
+    written["evaluate"]["fallback_label"] = None  # an unparsable answer is wrong, not "neutral"
+    config.write_text(yaml.safe_dump(written, sort_keys=False))
+    seconds = {"sft_start": _train(config, [])}
+    result = {"sft_start": _score(sft_dir, task, config, work, "sft_start")}
+    print(f"seed {seed}: SFT start ({args.sft_steps} steps): UAR {result['sft_start']['uar']:.3f}", flush=True)
+    common = [f"train.init_from={sft_dir}", f"train.max_steps={args.steps}", f"train.lr={lr}",
+              f"train.projector_lr={lr}", f"train.per_device_batch_size={args.batch_size}", "train.warmup_ratio=0",
+              "train.lr_scheduler=constant", "train.logging_steps=1", f"train.save_steps={args.steps + 1}",
+              f"train.eval_steps={args.eval_every}", "train.eval_loss=false", "train.lora.dropout=0.0"]
+    grpo_dir, more_dir = work / "grpo", work / "sft_more"
+    seconds["grpo"] = _train(config, [*common, "train.stage=grpo", f"run.output_dir={grpo_dir}",
+                                      f"train.grpo.num_generations={args.generations}",
+                                      f"train.grpo.temperature={temperature}", f"train.grpo.beta={args.beta}",
+                                      "train.grpo.max_new_tokens=8"])
+    seconds["sft_more"] = _train(config, [*common, "train.stage=2", f"run.output_dir={more_dir}"])
+    result["grpo"] = _score(grpo_dir, task, config, work, "grpo")
+    result["sft_more"] = _score(more_dir, task, config, work, "sft_more")
+    rows = [r for r in _rows(grpo_dir, "train") if "reward" in r]
+    start = result["sft_start"]["uar"]
+    curves = {"GRPO": _uar_curve(grpo_dir, start), "more SFT": _uar_curve(more_dir, start)}
+    png = work / "grpo_reward.png"
+    _plot(rows, {**curves, "_chance": task.chance}, png,
+          f"GRPO after SFT on the media task ({args.backbone}, seed {seed}, T={temperature}, G={args.generations})")
+    k = max(1, len(rows) // 5)  # the reward over the first and the last fifth of the steps
+    first, last = rows[:k], rows[-k:]
+    summary = {
+        "seed": seed,
+        "uar_sft_start": round(start, 4),
+        "uar_grpo": round(result["grpo"]["uar"], 4),
+        "uar_sft_more": round(result["sft_more"]["uar"], 4),
+        "war_sft_start": round(result["sft_start"]["war"], 4),
+        "war_grpo": round(result["grpo"]["war"], 4),
+        "war_sft_more": round(result["sft_more"]["war"], 4),
+        "invalid_sft_start": round(result["sft_start"]["invalid_rate"], 4),
+        "invalid_grpo": round(result["grpo"]["invalid_rate"], 4),
+        "uar_curve_grpo": curves["GRPO"], "uar_curve_sft_more": curves["more SFT"],
+        "reward_first": round(sum(r["reward"] for r in first) / k, 4),
+        "reward_last": round(sum(r["reward"] for r in last) / k, 4),
+        "accuracy_reward_first": round(sum(r.get("reward_accuracy", 0) for r in first) / k, 4),
+        "accuracy_reward_last": round(sum(r.get("reward_accuracy", 0) for r in last) / k, 4),
+        "chance": round(task.chance, 4), "backbone": args.backbone, "sft_steps": args.sft_steps, "steps": args.steps,
+        "batch_size": args.batch_size, "generations": args.generations, "temperature": temperature,
+        "beta": args.beta, "lr": lr, "n_train": task.n_train, "n_test": task.n_test,
+        "seconds": {k2: round(v, 1) for k2, v in seconds.items()},
+        "png": str(png) if args.out else None,
+    }  # fmt: skip
+    print(f"seed {seed}: GRPO ({args.steps} steps): UAR {summary['uar_grpo']:.3f} (curve "
+          f"{' '.join(f'{u:.2f}' for _, u in curves['GRPO'])}), reward {summary['reward_first']:.3f} -> "
+          f"{summary['reward_last']:.3f}; more SFT ({args.steps} steps): UAR {summary['uar_sft_more']:.3f}")
+    print(json.dumps(summary), flush=True)
+    return summary
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -95,69 +184,31 @@ def main(argv: list[str] | None = None) -> int:
                         help="GRPO: sampling temperature (default: 0.1 on the tiny backbone, else 1.0)")
     parser.add_argument("--beta", type=float, default=0.04, help="GRPO: KL coefficient (default: 0.04)")
     parser.add_argument("--lr", type=float, default=1e-3, help="both continuations' lr and projector lr (default: 1e-3)")
+    parser.add_argument("--eval-every", type=int, default=10, help="held-out UAR every N steps (default: 10)")
     parser.add_argument("--clips", type=int, default=224)
     parser.add_argument("--test", type=int, default=64)
-    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--seeds", default="0", help="comma-separated seeds, one task + SFT start each (default: 0)")
     parser.add_argument("--out", default=None, help="work dir to keep (default: a temporary one)")
     parser.add_argument("--threads", type=int, default=None)
     args = parser.parse_args(argv)
 
     os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
     print(protocol.header(protocol.setup_threads(args.threads)), flush=True)
-    from emollm.testing.media_task import RECIPES, resolve_backbone, write_config, write_media_task
-
+    seeds = [int(x) for x in args.seeds.split(",") if x.strip()]
     with tempfile.TemporaryDirectory() as tmp:
-        work = Path(args.out or tmp)
-        work.mkdir(parents=True, exist_ok=True)
-        path, kind = resolve_backbone(args.backbone)
-        recipe = RECIPES[kind]
-        if args.temperature is None:
-            args.temperature = 0.1 if kind == "tiny" else 1.0
-        lr = args.lr
-        task = write_media_task(work / "data", clips=args.clips, n_test=args.test, seed=args.seed)
-        sft_dir = work / "sft"
-        config = write_config(work / "config.yaml", task, path, sft_dir, recipe=recipe, steps=args.sft_steps,
-                              seed=args.seed)
-        seconds = {"sft_start": _train(config, [])}
-        result = {"sft_start": _score(sft_dir, task, config, work, "sft_start")}
-        print(f"SFT start ({args.sft_steps} steps): UAR {result['sft_start']['uar']:.3f}", flush=True)
-        common = [f"train.init_from={sft_dir}", f"train.max_steps={args.steps}", f"train.lr={lr}",
-                  f"train.projector_lr={lr}", f"train.per_device_batch_size={args.batch_size}", "train.warmup_ratio=0",
-                  "train.lr_scheduler=constant", "train.logging_steps=1", f"train.save_steps={args.steps + 1}"]
-        grpo_dir, more_dir = work / "grpo", work / "sft_more"
-        seconds["grpo"] = _train(config, [*common, "train.stage=grpo", f"run.output_dir={grpo_dir}",
-                                          f"train.grpo.num_generations={args.generations}",
-                                          f"train.grpo.temperature={args.temperature}", f"train.grpo.beta={args.beta}",
-                                          "train.grpo.max_new_tokens=8"])
-        seconds["sft_more"] = _train(config, [*common, "train.stage=2", f"run.output_dir={more_dir}"])
-        result["grpo"] = _score(grpo_dir, task, config, work, "grpo")
-        result["sft_more"] = _score(more_dir, task, config, work, "sft_more")
-        rows = [json.loads(x) for x in (grpo_dir / "logs" / "train_log.jsonl").read_text().splitlines()]
-        rows = [r for r in rows if r.get("kind") == "train" and "reward" in r]
-        png = work / "grpo_reward.png"
-        _plot(rows, png, args.backbone)
-        k = max(1, len(rows) // 5)  # the reward over the first and the last fifth of the steps
-        first, last = rows[:k], rows[-k:]
-        summary = {
-            "uar_sft_start": round(result["sft_start"]["uar"], 4),
-            "uar_grpo": round(result["grpo"]["uar"], 4),
-            "uar_sft_more": round(result["sft_more"]["uar"], 4),
-            "war_sft_start": round(result["sft_start"]["war"], 4),
-            "war_grpo": round(result["grpo"]["war"], 4),
-            "war_sft_more": round(result["sft_more"]["war"], 4),
-            "reward_first": round(sum(r["reward"] for r in first) / k, 4),
-            "reward_last": round(sum(r["reward"] for r in last) / k, 4),
-            "accuracy_reward_first": round(sum(r.get("reward_accuracy", 0) for r in first) / k, 4),
-            "accuracy_reward_last": round(sum(r.get("reward_accuracy", 0) for r in last) / k, 4),
-            "chance": round(task.chance, 4), "backbone": args.backbone, "sft_steps": args.sft_steps, "steps": args.steps,
-            "batch_size": args.batch_size, "generations": args.generations, "temperature": args.temperature,
-            "beta": args.beta, "lr": lr, "seed": args.seed, "n_train": task.n_train, "n_test": task.n_test,
-            "seconds": {k2: round(v, 1) for k2, v in seconds.items()},
-            "png": str(png) if args.out else None,
-        }  # fmt: skip
-        print(f"GRPO ({args.steps} steps): UAR {summary['uar_grpo']:.3f}, reward {summary['reward_first']:.3f} -> "
-              f"{summary['reward_last']:.3f}; more SFT ({args.steps} steps): UAR {summary['uar_sft_more']:.3f}")
-        print(json.dumps(summary), flush=True)
+        root = Path(args.out or tmp)
+        summaries = []
+        for seed in seeds:
+            work = root / f"seed{seed}"
+            work.mkdir(parents=True, exist_ok=True)
+            summaries.append(run_seed(args, seed, work))
+    if len(summaries) > 1:
+        rose = [s["seed"] for s in summaries if s["uar_grpo"] > s["uar_sft_start"]]
+        print(json.dumps({"seeds": seeds, "grpo_uar_rose": len(rose), "of": len(summaries),
+                          "mean_uar_sft_start": round(sum(s["uar_sft_start"] for s in summaries) / len(summaries), 4),
+                          "mean_uar_grpo": round(sum(s["uar_grpo"] for s in summaries) / len(summaries), 4),
+                          "mean_uar_sft_more": round(sum(s["uar_sft_more"] for s in summaries) / len(summaries), 4),
+                          "reward_climbed": sum(s["reward_last"] > s["reward_first"] for s in summaries)}), flush=True)
     return 0
 
 

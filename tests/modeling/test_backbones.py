@@ -148,14 +148,34 @@ PRESET_FAMILIES = {
 PAPER_PROMPTS = {"emotion_llama_llama2": "emotion_llama"}  # Emotion-LLaMA's MiniGPT-v2 prompt on LLaMA-2-chat
 
 
+def _sft_presets() -> dict:
+    return {p.stem: p for p in train_configs_dir().glob("*.yaml")
+            if p.stem not in ("base", "tiny_cpu") and not p.stem.startswith("grpo_")}
+
+
 def test_recommended_lr_is_the_presets_lr():
-    presets = {p.stem: p for p in train_configs_dir().glob("*.yaml") if p.stem not in ("base", "tiny_cpu", "grpo_tiny_cpu")}
+    presets = _sft_presets()
     assert set(presets) == set(PRESET_FAMILIES), "a new preset: add it to PRESET_FAMILIES"
     for stem, family in PRESET_FAMILIES.items():
         cfg = cfglib.load(presets[stem])
         # the family's template, except where a preset reproduces a paper's prompt on that family
         assert cfg.model.backbone.template == PAPER_PROMPTS.get(stem, B.get_backbone(family).template), stem
         assert cfg.train.lr == B.get_backbone(family).recommended_lr, stem
+
+
+def test_every_backbone_preset_has_a_grpo_recipe_after_its_sft_run():
+    """``grpo_<preset>.yaml``: the preset's model, from the run that preset writes, at a lower lr, without
+    LoRA dropout (sampling and the reference pass run without it)."""
+    grpo_recipes = {p.stem for p in train_configs_dir().glob("grpo_*.yaml")}
+    assert grpo_recipes == {f"grpo_{stem}" for stem in [*PRESET_FAMILIES, "tiny_cpu"]}
+    for stem in [*PRESET_FAMILIES, "tiny_cpu"]:
+        sft, grpo = cfglib.load(stem), cfglib.load(f"grpo_{stem}")
+        assert grpo.train.stage == "grpo" and sft.train.stage == 1, stem
+        assert grpo.train.init_from == sft.run.output_dir, stem  # the SFT run that preset writes
+        assert cfglib.to_dict(grpo)["model"] == cfglib.to_dict(sft)["model"], stem
+        assert grpo.train.lr < sft.train.lr and grpo.train.lora.dropout == 0.0, stem
+        assert grpo.train.grpo.num_generations >= 4 and set(grpo.train.grpo.rewards) == {"format", "accuracy"}, stem
+        assert grpo.run.output_dir != sft.run.output_dir, stem
 
 
 @pytest.fixture

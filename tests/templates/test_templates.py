@@ -381,8 +381,13 @@ PRESET_TEMPLATES = {
     "smollm2_cpu": "smollm2",  # SmolLM2-135M-Instruct
     "tiny_cpu": "llama2",  # the tiny LLaMA-2-shaped backbone; no template set: guessed from its tokenizer
     "grpo_tiny_cpu": "llama2",  # tiny_cpu's backbone, GRPO stage
+    # the GRPO recipes extend their SFT preset: the same model, the same template
+    "grpo_emotion_llama_llama2": "emotion_llama",
+    "grpo_emotion_llama_llama3": "llama3",
+    "grpo_emotion_llama_mistral": "mistral",
+    "grpo_smollm2_cpu": "smollm2",
 }
-REPRODUCES = {"emotion_llama_llama2": "llama2"}  # preset -> the checkpoint's own template it deliberately replaces
+REPRODUCES = {"emotion_llama_llama2": "llama2", "grpo_emotion_llama_llama2": "llama2"}  # preset -> the checkpoint's own template it deliberately replaces
 CHECKPOINT_CHAT_TEMPLATES = {
     "meta-llama/Llama-2-7b-chat-hf": LLAMA2_CHAT_TEMPLATE,
     "meta-llama/Meta-Llama-3-8B-Instruct": LLAMA3_CHAT_TEMPLATE,
