@@ -115,6 +115,7 @@ def run_seed(args, seed: int, work: Path) -> dict:
     recipe = RECIPES[kind]
     temperature = args.temperature if args.temperature is not None else (0.1 if kind == "tiny" else 1.0)
     lr = args.lr
+    rewards = ", ".join(f"{k.strip()}: {float(v)}" for k, v in (x.split("=") for x in args.rewards.split(",")))
     task = write_media_task(work / "data", clips=args.clips, n_test=args.test, seed=seed)
     sft_dir = work / "sft"
     config = write_config(work / "config.yaml", task, path, sft_dir, recipe=recipe, steps=args.sft_steps, seed=seed)
@@ -132,7 +133,7 @@ def run_seed(args, seed: int, work: Path) -> dict:
     seconds["grpo"] = _train(config, [*common, "train.stage=grpo", f"run.output_dir={grpo_dir}",
                                       f"train.grpo.num_generations={args.generations}",
                                       f"train.grpo.temperature={temperature}", f"train.grpo.beta={args.beta}",
-                                      "train.grpo.max_new_tokens=8"])
+                                      "train.grpo.max_new_tokens=8", f"train.grpo.rewards={{{rewards}}}"])
     seconds["sft_more"] = _train(config, [*common, "train.stage=2", f"run.output_dir={more_dir}"])
     result["grpo"] = _score(grpo_dir, task, config, work, "grpo")
     result["sft_more"] = _score(more_dir, task, config, work, "sft_more")
@@ -161,7 +162,7 @@ def run_seed(args, seed: int, work: Path) -> dict:
         "accuracy_reward_last": round(sum(r.get("reward_accuracy", 0) for r in last) / k, 4),
         "chance": round(task.chance, 4), "backbone": args.backbone, "sft_steps": args.sft_steps, "steps": args.steps,
         "batch_size": args.batch_size, "generations": args.generations, "temperature": temperature,
-        "beta": args.beta, "lr": lr, "n_train": task.n_train, "n_test": task.n_test,
+        "beta": args.beta, "rewards": args.rewards, "lr": lr, "n_train": task.n_train, "n_test": task.n_test,
         "seconds": {k2: round(v, 1) for k2, v in seconds.items()},
         "png": str(png) if args.out else None,
     }  # fmt: skip
@@ -183,6 +184,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--temperature", type=float, default=None,
                         help="GRPO: sampling temperature (default: 0.1 on the tiny backbone, else 1.0)")
     parser.add_argument("--beta", type=float, default=0.04, help="GRPO: KL coefficient (default: 0.04)")
+    parser.add_argument("--rewards", default="format=0.5,accuracy=1.0",
+                        help="GRPO: name=weight,... of registered rewards (default: format=0.5,accuracy=1.0)")
     parser.add_argument("--lr", type=float, default=1e-3, help="both continuations' lr and projector lr (default: 1e-3)")
     parser.add_argument("--eval-every", type=int, default=10, help="held-out UAR every N steps (default: 10)")
     parser.add_argument("--clips", type=int, default=224)

@@ -3,6 +3,7 @@ checks, one step on the tiny composite model, exact resume and the CLI run with 
 
 from __future__ import annotations
 
+import importlib.util
 import json
 import math
 
@@ -316,3 +317,23 @@ def test_num_iterations_reuses_each_batch_of_rollouts(dataset, sft_run, tmp_path
              for s in (1, 2)]
     assert texts[0] == texts[1]
     assert rows[1]["loss"] != rows[0]["loss"]  # the policy moved after step 1: the ratio left 1
+
+
+@pytest.mark.skipif(importlib.util.find_spec("tensorboard") is None,
+                    reason="tensorboard is not installed (pip install tensorboard, or emollm[dev])")
+def test_tensorboard_gets_the_rewards_per_step(dataset, sft_run, tmp_path, varied_reward):
+    """(The evaluation's scalars and answers come from the SFT loop's evaluator: test_train_eval.)"""
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    out = tmp_path / "run"
+    grpo.train_grpo(_grpo_cfg(dataset, sft_run, out, "train.max_steps=2", "train.logging_steps=1",
+                              "train.report_to=[tensorboard]", "run.name=tb", varied_reward))
+    events = list((out / "logs").rglob("events.out.tfevents.*"))
+    assert events, sorted(p.relative_to(out) for p in out.rglob("*"))
+    acc = EventAccumulator(str(events[0].parent))
+    acc.Reload()
+    tags = set(acc.Tags()["scalars"])
+    assert {"reward", "reward_format", "reward_accuracy", "reward_test_chars", "kl", "loss", "completion_length"} <= tags
+    assert [e.step for e in acc.Scalars("reward")] == [1, 2]
+    rows = [json.loads(x) for x in (out / "logs" / loop.LOG_FILE).read_text().splitlines()]
+    assert [e.value for e in acc.Scalars("reward")] == pytest.approx([r["reward"] for r in rows])
