@@ -19,8 +19,10 @@ continuation, the curves, the reward at the start and the end and each run's sec
 
 The tiny backbone's frozen output layer is random with small weights: its logits stay nearly flat, so
 sampling at temperature 1 gives random tokens that never name a label (no reward to learn from; measured:
-the reward stayed ~0.1 and the UAR fell). Its default temperature is 0.1, which samples around the argmax
-SFT moved; a real backbone (``--backbone smollm2`` or a path) samples at 1.0, as R1-Omni does.
+the reward stayed ~0.1 and the UAR fell). Its default temperature is 0.3: the first token is mostly a
+label SFT moved up, the rest still junk (``happy ra h ras fear happy``), which the accuracy reward's
+last-word parse scores; 0.1 gave groups of identical answers (nothing to compare) after a collapsed SFT
+start. A real backbone (``--backbone smollm2`` or a path) samples well-formed answers at 1.0, as R1-Omni.
 
 The seconds are one timed run each (context, not a comparison: no ratio is claimed); the protocol
 header (threads, OMP_WAIT_POLICY) is printed first.
@@ -113,7 +115,7 @@ def run_seed(args, seed: int, work: Path) -> dict:
 
     path, kind = resolve_backbone(args.backbone)
     recipe = RECIPES[kind]
-    temperature = args.temperature if args.temperature is not None else (0.1 if kind == "tiny" else 1.0)
+    temperature = args.temperature if args.temperature is not None else (0.3 if kind == "tiny" else 1.0)
     lr = args.lr
     rewards = ", ".join(f"{k.strip()}: {float(v)}" for k, v in (x.split("=") for x in args.rewards.split(",")))
     task = write_media_task(work / "data", clips=args.clips, n_test=args.test, seed=seed)
@@ -178,15 +180,15 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--sft-steps", type=int, default=20, help="steps of the under-trained SFT start (default: 20)")
     parser.add_argument("--steps", type=int, default=30, help="steps of each continuation (default: 30)")
     parser.add_argument("--batch-size", type=int, default=8, help="prompts per step, both continuations (default: 8)")
-    parser.add_argument("--generations", type=int, default=4, help="GRPO: answers per prompt (default: 4)")
+    parser.add_argument("--generations", type=int, default=8, help="GRPO: answers per prompt (default: 8)")
     parser.add_argument("--backbone", default="tiny",
                         help="tiny (the tiny local LLaMA), smollm2 (the real SmolLM2-135M-Instruct) or a path")
     parser.add_argument("--temperature", type=float, default=None,
-                        help="GRPO: sampling temperature (default: 0.1 on the tiny backbone, else 1.0)")
+                        help="GRPO: sampling temperature (default: 0.3 on the tiny backbone, else 1.0)")
     parser.add_argument("--beta", type=float, default=0.04, help="GRPO: KL coefficient (default: 0.04)")
     parser.add_argument("--rewards", default="format=0.5,accuracy=1.0",
                         help="GRPO: name=weight,... of registered rewards (default: format=0.5,accuracy=1.0)")
-    parser.add_argument("--lr", type=float, default=1e-3, help="both continuations' lr and projector lr (default: 1e-3)")
+    parser.add_argument("--lr", type=float, default=2e-4, help="both continuations' lr and projector lr (default: 2e-4)")
     parser.add_argument("--eval-every", type=int, default=10, help="held-out UAR every N steps (default: 10)")
     parser.add_argument("--clips", type=int, default=224)
     parser.add_argument("--test", type=int, default=64)

@@ -1,7 +1,6 @@
 """The GRPO stage in 2 gloo processes: DDP, DeepSpeed ZeRO-2 and ZeRO-3.
 
-Each case launches this file under ``torchrun --nproc_per_node 2`` (as test_train_distributed does: DDP
-with ``ACCELERATE_USE_CPU=true``, DeepSpeed without it). The driver (``__main__`` below) runs the same
+Each case launches this file under ``torchrun --nproc_per_node 2`` (``emollm.testing.distributed.launch``). The driver (``__main__`` below) runs the same
 ``train_grpo(cfg)`` as ``train.py`` from a short SFT run, then on every rank computes the log-probs of one
 fixed batch of answers with the reference policy swapped in (under ZeRO-3: each rank's shards) and
 without it; rank 0 compares them with the SFT run and the saved GRPO run, each loaded whole in its own
@@ -12,12 +11,12 @@ processes): step 2 must repeat the uninterrupted run's loss.
 from __future__ import annotations
 
 import json
-import os
-import subprocess
 import sys
 from pathlib import Path
 
 import pytest
+
+from emollm.testing.distributed import launch, reset_accelerate_state
 
 ROOT = Path(__file__).resolve().parents[2]
 TIMEOUT_S = 300
@@ -30,16 +29,8 @@ def test_two_process_grpo_keeps_the_sft_reference_saves_and_resumes(grpo_dataset
     (ds, split), sft = grpo_dataset, grpo_sft_run
     deepspeed = "" if name == "ddp" else str(ROOT / "train_configs" / "deepspeed" / f"{name}.json")
     out = tmp_path / "run"
-    env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(ROOT), "CUDA_VISIBLE_DEVICES": ""}
-    env.pop("ACCELERATE_USE_DEEPSPEED", None)
-    if deepspeed:
-        env.pop("ACCELERATE_USE_CPU", None)
-    else:
-        env["ACCELERATE_USE_CPU"] = "true"
-    cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_port",
-           str(31500 + os.getpid() % 1000), str(Path(__file__)), str(ds), split, str(sft), str(out), deepspeed]
-    proc = subprocess.run(cmd, capture_output=True, text=True, timeout=TIMEOUT_S, env=env, cwd=tmp_path)
-    assert proc.returncode == 0, (proc.stdout[-2000:], proc.stderr[-4000:])
+    launch(Path(__file__), [ds, split, sft, out, deepspeed], deepspeed=bool(deepspeed), cwd=tmp_path,
+           timeout=TIMEOUT_S, port_base=31500)
     report = json.loads((out / "grpo_report.json").read_text())
 
     assert report["world_sizes"] == [2, 2]
@@ -114,10 +105,7 @@ def _driver(dataset_dir: str, split: str, sft_dir: str, out_dir: str, deepspeed:
                   "live_vs_sft": float((live - from_sft).abs().max()),
                   "live_vs_saved": float((live - from_saved).abs().max())}
     if deepspeed:
-        from accelerate.state import AcceleratorState, GradientState
-
-        AcceleratorState._reset_state()  # accelerate takes a DeepSpeed plugin only in a process's first Accelerator
-        GradientState._reset_state()
+        reset_accelerate_state()  # a second engine in these processes
         again = cfglib.load(str(ROOT / "train_configs" / "grpo_tiny_cpu.yaml"),
                             [*overrides, f"run.output_dir={out_dir}-resumed", f"train.resume={out_dir}/checkpoint-1"])
         resumed = grpo.train_grpo(again)

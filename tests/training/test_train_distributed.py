@@ -15,13 +15,13 @@ loss is per target token of the whole step, over all ranks. ZeRO-3 runs with gra
 from __future__ import annotations
 
 import json
-import os
-import subprocess
 import sys
 import time
 from pathlib import Path
 
 import pytest
+
+from emollm.testing.distributed import launch, reset_accelerate_state
 
 ROOT = Path(__file__).resolve().parents[2]
 TIMEOUT_S = 240
@@ -58,17 +58,9 @@ def reference(dataset, tmp_path_factory) -> dict:
 
 def _launch(dataset, out: Path, deepspeed: str | None, *extra: str) -> dict:
     ds, split = dataset
-    env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(ROOT), "CUDA_VISIBLE_DEVICES": ""}
-    env.pop("ACCELERATE_USE_DEEPSPEED", None)
-    if deepspeed:  # the loop asks for gloo itself; ACCELERATE_USE_CPU would make accelerate drop DeepSpeed
-        env.pop("ACCELERATE_USE_CPU", None)
-    else:  # what `accelerate launch --cpu` sets: real gloo processes instead of one process per rank
-        env["ACCELERATE_USE_CPU"] = "true"
-    cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_port", str(29500 + os.getpid() % 1000),
-           str(Path(__file__)), str(ds), split, str(out), deepspeed or "", *extra]
     t0 = time.perf_counter()
-    proc = subprocess.run(cmd, capture_output=True, text=True, timeout=TIMEOUT_S, env=env, cwd=out.parent)
-    assert proc.returncode == 0, (proc.stdout[-2000:], proc.stderr[-4000:])
+    launch(Path(__file__), [ds, split, out, deepspeed or "", *extra], deepspeed=bool(deepspeed), cwd=out.parent,
+           timeout=TIMEOUT_S, port_base=29500)
     report = json.loads((out / "dist_report.json").read_text())
     report["wall_s"] = time.perf_counter() - t0
     return report
@@ -112,14 +104,11 @@ def test_torchrun_two_cpu_processes_runs_train_py(dataset, tmp_path):
     --cpu``: accelerate 1.x then starts a single process (its ``--cpu`` launcher ignores the count)."""
     ds, split = dataset
     out = tmp_path / "run"
-    cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2",
-           "--master_port", str(30500 + os.getpid() % 1000), str(ROOT / "train.py"),
-           "--config", str(ROOT / "train_configs" / "tiny_cpu.yaml"), "media.num_frames=4", f"data.dataset_dir={ds}",
-           f"data.train_split={split}", "train.tasks=[emotion,reason]", "train.per_device_batch_size=1",
-           f"run.output_dir={out}", "train.max_steps=2", "train.save_steps=2", "train.logging_steps=1"]
-    env = {**os.environ, "OMP_NUM_THREADS": "1", "CUDA_VISIBLE_DEVICES": "", "ACCELERATE_USE_CPU": "true"}
-    proc = subprocess.run(cmd, capture_output=True, text=True, timeout=TIMEOUT_S, env=env, cwd=tmp_path)
-    assert proc.returncode == 0, proc.stderr[-4000:]
+    launch(ROOT / "train.py", ["--config", ROOT / "train_configs" / "tiny_cpu.yaml", "media.num_frames=4",
+                               f"data.dataset_dir={ds}", f"data.train_split={split}", "train.tasks=[emotion,reason]",
+                               "train.per_device_batch_size=1", f"run.output_dir={out}", "train.max_steps=2",
+                               "train.save_steps=2", "train.logging_steps=1"],
+           deepspeed=False, cwd=tmp_path, timeout=TIMEOUT_S, port_base=30500)
     assert json.loads((out / "checkpoint-2" / "trainer_state.json").read_text())["world_size"] == 2
     assert (out / "adapter" / "adapter_model.safetensors").is_file() and (out / "media_modules.safetensors").is_file()
 
@@ -182,10 +171,7 @@ def _driver(dataset_dir: str, split: str, out_dir: str, deepspeed: str, *extra: 
             report["checkpoint_model_bytes"] = sum(f.stat().st_size for f in states)
             report["checkpoint_module_keys"] = sorted(torch.load(states[0], map_location="cpu", weights_only=False)["module"])
     if deepspeed:  # resume from checkpoint-2 into another dir: a second engine in these processes
-        from accelerate.state import AcceleratorState, GradientState
-
-        AcceleratorState._reset_state()  # accelerate takes a DeepSpeed plugin only in a process's first Accelerator
-        GradientState._reset_state()
+        reset_accelerate_state()
         again = cfglib.load(str(ROOT / "train_configs" / "tiny_cpu.yaml"),
                             [*overrides, f"run.output_dir={out_dir}-resumed", f"train.resume={out_dir}/checkpoint-2"])
         resumed = loop.train(again)

@@ -6,9 +6,7 @@ from __future__ import annotations
 import importlib.util
 import json
 import math
-import os
 import shutil
-import subprocess
 import sys
 from pathlib import Path
 
@@ -182,13 +180,9 @@ def test_two_process_zero3_evaluation(dataset, tmp_path):
     runs a repeat), the results are gathered once each, and training goes on after the evaluation."""
     root, split = dataset
     out = tmp_path / "run"
-    env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(ROOT), "CUDA_VISIBLE_DEVICES": ""}
-    env.pop("ACCELERATE_USE_CPU", None)  # DeepSpeed: the loop asks for gloo itself
-    env.pop("ACCELERATE_USE_DEEPSPEED", None)
-    cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2",
-           "--master_port", str(31500 + os.getpid() % 1000), str(Path(__file__)), str(root), split, str(out)]
-    proc = subprocess.run(cmd, capture_output=True, text=True, timeout=240, env=env, cwd=tmp_path)
-    assert proc.returncode == 0, (proc.stdout[-2000:], proc.stderr[-4000:])
+    from emollm.testing.distributed import launch
+
+    launch(Path(__file__), [root, split, out], deepspeed=True, cwd=tmp_path, timeout=240, port_base=32500)
     report = json.loads((out / "eval_report.json").read_text())
     assert report["world_sizes"] == [2, 2] and report["distributed_type"] == "DEEPSPEED"
     assert len(report["losses"]) == 3 and all(math.isfinite(x) for x in report["losses"])
