@@ -121,33 +121,43 @@ def tiny_run(run_dir: Path) -> Path:
     return run_dir
 
 
-def sized_explainer(size: str, device: torch.device, dtype: torch.dtype) -> Any:
-    """An Explainer on the tiny run's config whose backbone is built from a bigger config with random
-    weights, in memory (a 7B checkpoint would take 13 GB of disk to go through a run dir)."""
+def sized_model_and_processor(cfg, shape: dict, device: torch.device, dtype: torch.dtype | None = None):
+    """``factory.build_model_and_processor`` with the backbone built from the tiny backbone's config with
+    ``shape`` applied, random weights, on ``device`` (a 7B checkpoint would be 13 GB of disk)."""
     from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer
 
-    from emollm import config as cfglib
-    from emollm.inference import Explainer
     from emollm.modeling.factory import modality_specs, processor_for
     from emollm.modeling.modeling_emollm import EmoLLMForConditionalGeneration
-    from emollm.testing.tiny import build_tiny_models
 
-    build_tiny_models()
-    cfg = cfglib.load("tiny_cpu")
-    tiny = Path(cfg.model.backbone.name_or_path).expanduser()
+    b = cfg.model.backbone
+    tiny = Path(b.name_or_path).expanduser()
     text_cfg = AutoConfig.from_pretrained(tiny)
-    for key, value in BACKBONES[size].items():
+    for key, value in shape.items():
         setattr(text_cfg, key, value)
-    text_cfg._attn_implementation = "sdpa"
-    torch.manual_seed(0)
+    text_cfg._attn_implementation = b.attn_implementation
+    if dtype is None:
+        dtype = torch.float32 if b.torch_dtype in ("auto", "float32") else getattr(torch, b.torch_dtype)
+    torch.manual_seed(cfg.run.seed)
     with torch.device(device):  # built where it runs: no 13 GB float32 detour through host memory
         backbone = AutoModelForCausalLM.from_config(text_cfg, dtype=dtype)
     fusion = {"depth": cfg.model.fusion.depth, "num_heads": cfg.model.fusion.num_heads} if cfg.model.fusion.depth else None
     model = EmoLLMForConditionalGeneration.from_backbone(backbone, modality_specs(cfg.model), prompt_tokens=cfg.model.prompt_tokens,
                                                          fusion=fusion, missing_modality=cfg.model.missing_modality)  # fmt: skip
+    processor = processor_for(model, AutoTokenizer.from_pretrained(tiny), b.template, max_length=cfg.train.max_length)
+    return model, processor
+
+
+def sized_explainer(size: str, device: torch.device, dtype: torch.dtype) -> Any:
+    """An Explainer on the tiny run's config whose backbone is built from a bigger config with random
+    weights, in memory (a 7B checkpoint would take 13 GB of disk to go through a run dir)."""
+    from emollm import config as cfglib
+    from emollm.inference import Explainer
+    from emollm.testing.tiny import build_tiny_models
+
+    build_tiny_models()
+    cfg = cfglib.load("tiny_cpu")
+    model, processor = sized_model_and_processor(cfg, BACKBONES[size], device, dtype)
     model.add_lora(r=cfg.train.lora.r, alpha=cfg.train.lora.alpha, dropout=0.0)
-    processor = processor_for(model, AutoTokenizer.from_pretrained(tiny), cfg.model.backbone.template,
-                              max_length=cfg.train.max_length)
     return Explainer(model.to(device).eval(), processor, cfg)
 
 
