@@ -268,9 +268,8 @@ def train_grpo(cfg: Any, *, stop_after_step: int | None = None):
     from transformers import get_scheduler
 
     from emollm import config as cfglib
-    from emollm import safe_load
     from emollm.config.paths import check_input_paths
-    from emollm.dataset.io import atomic_write_text, write_jsonl
+    from emollm.dataset.io import write_jsonl
     from emollm.modeling.factory import save_run
     from emollm.training import loop
     from emollm.training.data import EmotionCollator, EmotionDataset, LengthGroupedBatchSampler
@@ -363,22 +362,9 @@ def train_grpo(cfg: Any, *, stop_after_step: int | None = None):
                                                         "num_generations": g.num_generations})
 
     def checkpoint(at_step: int) -> None:
-        path = out / f"{loop.CHECKPOINT_PREFIX}{at_step}"
-        if accelerator.is_main_process and path.exists():
-            shutil.rmtree(path)
-        accelerator.wait_for_everyone()
-        accelerator.save_state(str(path), **save_kwargs)
-        if accelerator.is_main_process:
-            (path / loop.SCHEDULER_STATE).write_text(json.dumps(scheduler.state_dict()))
-        accelerator.wait_for_everyone()  # every rank's files are written: their sizes go in the trainer state
-        if accelerator.is_main_process:
-            state = {"global_step": at_step, "epoch": epoch, "batch_offset": offset, "losses": losses,
-                     "total_steps": total_steps, "stage": "grpo", **layout, "config": run_config,
-                     "files": {rel: n for rel, n in safe_load.file_sizes(path).items()
-                               if not rel.startswith(loop.TRAINER_STATE)}}
-            atomic_write_text(path / loop.TRAINER_STATE, json.dumps(state, indent=1), fsync=False)
-            loop.prune_checkpoints(out, t.save_total_limit)
-        accelerator.wait_for_everyone()
+        loop.save_checkpoint(accelerator, out, at_step, scheduler, save_kwargs, t.save_total_limit,
+                             {"global_step": at_step, "epoch": epoch, "batch_offset": offset, "losses": losses,
+                              "total_steps": total_steps, "stage": "grpo", **layout, "config": run_config})
 
     def prompt_batches() -> Iterator[tuple[int, int, dict[str, Any]]]:
         e, start = epoch, offset

@@ -734,6 +734,30 @@ def checkpoint_kwargs(accelerator) -> tuple[dict[str, Any], dict[str, Any]]:
     return {}, {"strict": False}
 
 
+def save_checkpoint(accelerator, out: Path, at_step: int, scheduler, save_kwargs: dict[str, Any],
+                    save_total_limit: int | None, state: dict[str, Any]) -> Path:
+    """``out/checkpoint-<at_step>`` (the SFT and GRPO loops): accelerate's state (every rank), ``scheduler.json``
+    and, written last (a checkpoint without it is incomplete), the vetted ``trainer_state.json``: ``state``
+    plus the size of every file; then the oldest checkpoints beyond ``save_total_limit`` go."""
+    path = out / f"{CHECKPOINT_PREFIX}{at_step}"
+    if accelerator.is_main_process and path.exists():
+        # a checkpoint of this step left by a run that was resumed from an earlier one (e.g. skipped as
+        # corrupt): none of its files may linger into the new one
+        shutil.rmtree(path)
+    accelerator.wait_for_everyone()
+    accelerator.save_state(str(path), **save_kwargs)
+    if accelerator.is_main_process:
+        (path / SCHEDULER_STATE).write_text(json.dumps(scheduler.state_dict()))
+    accelerator.wait_for_everyone()  # every rank's files are written: their sizes go in the trainer state
+    if accelerator.is_main_process:
+        files = {rel: n for rel, n in safe_load.file_sizes(path).items() if not rel.startswith(TRAINER_STATE)}
+        atomic_write_text(path / TRAINER_STATE, json.dumps({**state, "files": files}, indent=1), fsync=False)
+        for gone in prune_checkpoints(out, save_total_limit):
+            log.info("save_total_limit=%d: removed %s", save_total_limit, gone.name)
+    accelerator.wait_for_everyone()
+    return path
+
+
 def train(cfg: EmollmConfig, *, stop_after_step: int | None = None) -> TrainResult:
     """Train per ``cfg``; checkpoints, resume, final run dir. ``stop_after_step`` ends the run right
     after that step's checkpoint without the final save (a kill, for resume tests)."""
@@ -837,26 +861,9 @@ def train(cfg: EmollmConfig, *, stop_after_step: int | None = None) -> TrainResu
         accelerator.init_trackers(cfg.run.name, config={"lr": t.lr, "max_steps": total_steps})
 
     def checkpoint(at_step: int) -> None:
-        path = out / f"{CHECKPOINT_PREFIX}{at_step}"
-        if accelerator.is_main_process and path.exists():
-            # a checkpoint of this step left by a run that was resumed from an earlier one (e.g. skipped as
-            # corrupt): none of its files may linger into the new one
-            shutil.rmtree(path)
-        accelerator.wait_for_everyone()
-        accelerator.save_state(str(path), **save_kwargs)
-        if accelerator.is_main_process:
-            (path / SCHEDULER_STATE).write_text(json.dumps(scheduler.state_dict()))
-        accelerator.wait_for_everyone()  # every rank's files are written: their sizes go in the trainer state
-        if accelerator.is_main_process:
-            state = {"global_step": at_step, "epoch": epoch, "batch_offset": offset, "losses": losses,
-                     "total_steps": total_steps, **layout, "config": run_config,
-                     "files": {rel: n for rel, n in safe_load.file_sizes(path).items()
-                               if not rel.startswith(TRAINER_STATE)}}
-            # written last: a checkpoint without it is incomplete
-            atomic_write_text(path / TRAINER_STATE, json.dumps(state, indent=1), fsync=False)
-            for gone in prune_checkpoints(out, t.save_total_limit):
-                log.info("save_total_limit=%d: removed %s", t.save_total_limit, gone.name)
-        accelerator.wait_for_everyone()
+        save_checkpoint(accelerator, out, at_step, scheduler, save_kwargs, t.save_total_limit,
+                        {"global_step": at_step, "epoch": epoch, "batch_offset": offset, "losses": losses,
+                         "total_steps": total_steps, **layout, "config": run_config})
 
     log_file = out / "logs" / LOG_FILE
     window = {"loss": 0.0, "n": 0, "tokens": 0, "padded": 0, "samples": 0, "t0": time.perf_counter(),
