@@ -80,13 +80,12 @@ def _uar_curve(run_dir: Path, start: float) -> list[list[float]]:
     return [[0, round(start, 4)]] + [[r["step"], round(r.get("eval_uar", 0.0), 4)] for r in _rows(run_dir, "eval")]
 
 
-def _plot(rows: list[dict], curves: dict[str, list], path: Path, title: str) -> None:
+def _plot(rows: list[dict], curves: dict[str, list], chance: float, path: Path, title: str) -> None:
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    chance = curves.pop("_chance", 0.25)
     steps = [r["step"] for r in rows]
     fig, (ax, bx) = plt.subplots(1, 2, figsize=(10, 3.6))
     ax.plot(steps, [r["reward"] for r in rows], label="reward (weighted sum)", lw=2)
@@ -143,7 +142,7 @@ def run_seed(args, seed: int, work: Path) -> dict:
     start = result["sft_start"]["uar"]
     curves = {"GRPO": _uar_curve(grpo_dir, start), "more SFT": _uar_curve(more_dir, start)}
     png = work / "grpo_reward.png"
-    _plot(rows, {**curves, "_chance": task.chance}, png,
+    _plot(rows, curves, task.chance, png,
           f"GRPO after SFT on the media task ({args.backbone}, seed {seed}, T={temperature}, G={args.generations})")
     k = max(1, len(rows) // 5)  # the reward over the first and the last fifth of the steps
     first, last = rows[:k], rows[-k:]

@@ -275,7 +275,14 @@ def parse(argv: list[str] | None) -> argparse.Namespace:
 def main(argv: list[str] | None = None) -> int:
     args = parse(argv)
     if args.driver:
-        driver(args)
+        import torch.distributed as dist
+
+        try:
+            driver(args)
+        finally:  # every rank leaves the group together: a rank exiting with gloo's threads alive aborted (SIGABRT)
+            if dist.is_initialized():
+                dist.barrier()
+                dist.destroy_process_group()
         return 0
     print(protocol.header())
     stages = [s.strip() for s in args.stages.split(",") if s.strip()]

@@ -322,7 +322,7 @@ def train_grpo(cfg: Any, *, stop_after_step: int | None = None):
     rollout_fn = GrpoSampler(cfg, processor, ds.records, reference, {s["id"]: s["clip_id"] for s in ds.samples},
                              synced_gpus=zero3 and accelerator.num_processes > 1)
     save_kwargs, load_kwargs = loop.checkpoint_kwargs(accelerator)
-    trainable = {n for n, p in accelerator.unwrap_model(model).named_parameters() if p.requires_grad}
+    trainable = {n for n, p in unwrapped.named_parameters() if p.requires_grad}
 
     def keep_trainable(models, weights, output_dir):
         for i, state in enumerate(weights):
