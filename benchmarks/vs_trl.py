@@ -1,7 +1,8 @@
 """emollm's training loop against TRL's SFTTrainer: same backbone, same samples, same LoRA, side by side.
 
     python benchmarks/vs_trl.py                                # SmolLM2-135M-Instruct, 30 steps of 4, 2 threads
-    python benchmarks/vs_trl.py --rounds 2                     # A B B A: two runs a side, per-round ratios
+    python benchmarks/vs_trl.py --rounds 2                     # two lockstep pairs (the order rotated)
+    python benchmarks/vs_trl.py --until-ci 0.015               # pairs until the ratio's 95 % CI is +-0.015
     python benchmarks/vs_trl.py --backbone tiny --steps 4      # the tiny local LLaMA (seconds)
     python benchmarks/vs_trl.py --device cuda --threads 0      # on a GPU (threads 0: torch's default)
 
@@ -10,10 +11,10 @@ side files; the label is carried by the AUs alone), its ``train`` split, task ``
 
 **emollm** (side A): ``train.py --config CONFIG key=value...`` in its own process, as a user runs it,
 with the learned ``au`` encoder (its 4 media tokens per prompt, the AU encoder and projector trained at
-``projector_lr``), ``train.logging_steps=1`` (one ``logs/train_log.jsonl`` row per step: its loss and
-its window's samples/s, from which the step's time is ``samples / samples_per_s``), no evaluation, no
-intermediate checkpoint. The child is this script (``--child emollm``), which sets the threads and runs
-``train.py`` with ``runpy`` (so peak CUDA memory can be read at exit); ``train.py`` itself is unchanged.
+``projector_lr``), ``train.logging_steps=1`` (one ``logs/train_log.jsonl`` row per step: its loss), no
+evaluation, no intermediate checkpoint. The child is this script (``--child emollm``), which sets the
+threads and runs ``train.py`` with ``runpy`` (so peak CUDA memory can be read at exit, and the step
+boundaries below are seen); ``train.py`` itself is unchanged.
 
 **TRL** (side B): ``trl.SFTTrainer`` + ``peft.LoraConfig`` in its own process (``--child trl``), on
 the SAME token sequences in the SAME batches: before either run, this script builds emollm's training
@@ -31,19 +32,29 @@ warmup steps, cosine schedule, grad-norm clip 1.0, batch size, steps, seed, floa
 defaults that change the computation are set to emollm's (``gradient_checkpointing=False``,
 ``bf16=False``; TRL defaults both on), no evaluation, no checkpoint, ``logging_steps=1``.
 
+**Order: lockstep, step by step.** Both children run at once but take turns, so the two sides are
+interleaved as the protocol asks (A B, B A, A B, ...) at the grain of one optimizer step, seconds apart,
+instead of whole runs minutes apart (whose step times moved 20 % between runs on a shared VM). A
+:class:`Conductor` in this process holds a pair of pipes per child and gives one child a turn at a time:
+the set-up (start-up, model load, up to the first step), then each step, then the end (final save, exit).
+A child's :class:`Baton` reports the end of its turn and blocks until its next one; a step's time is
+taken inside the turn (emollm: from the end of the previous step's log row to the end of this one's;
+TRL: from one ``on_step_end`` to the next, its log included), so no waiting is ever counted. Step k
+carries the same samples on both sides, so TRL's time for step k / emollm's is the samples/s (and
+tokens/s) ratio of that step; the ratio printed is the median of those per-step ratios over the steady
+steps of every round, with its 95 % CI (``protocol.median_ci95``). ``--rounds N`` runs N lockstep pairs
+(the order rotated between them); ``--until-ci H`` adds pairs until the CI's half-width is <= H.
+
 **Measured, per run.** Steady-state samples/s and tokens/s (real tokens: the sequences' lengths, media
 positions included; the same count both sides) over the steps after ``--warmup-steps``; the loop's
-time (first step to last); the process's wall time (start-up, model load and final save included);
-peak memory: the child's max RSS (``os.wait4`` rusage of that one process) and, on CUDA,
-``torch.cuda.max_memory_allocated``; **time to a common loss**: each side's loss smoothed by a
-trailing mean over ``--smooth`` steps; the target is the higher of the two sides' final smoothed
-losses (a level both reach); a side's time to it is its loop time through the first step whose
+time (first step to last); the process's wall time (start-up, model load and final save included, the
+child's waits for its turn left out); peak memory: the child's max RSS (``os.wait4`` rusage of that one
+process) and, on CUDA, ``torch.cuda.max_memory_allocated``; **time to a common loss**: each side's loss
+smoothed by a trailing mean over ``--smooth`` steps; the target is the higher of the two sides' final
+smoothed losses (a level both reach); a side's time to it is its loop time through the first step whose
 smoothed loss is at or below it. emollm also sees the media (which carry the label), TRL does not, so
 emollm's loss may go lower: the common target is the level both reach. Ratios are emollm / TRL
 (throughput > 1: emollm faster; time to loss < 1: emollm faster).
-
-**Order.** Whole runs cannot be interleaved step by step: with ``--rounds 2`` the runs alternate
-A B B A (``--rounds N``: A B, B A, A B ...), each ratio is taken per round, and the median is printed.
 
 **LLaMA-Factory** (``--llamafactory``: a folder holding an unpacked llamafactory wheel, or installed):
 its SFT trainer is imported in a child process with ``DISABLE_VERSION_CHECK=1``; when that fails the
@@ -54,13 +65,16 @@ imports ``trl.AutoModelForCausalLMWithValueHead``, gone in trl 1.x; never instal
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import os
+import select
 import statistics
 import subprocess
 import sys
 import tempfile
 import time
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -174,6 +188,115 @@ def step_counts(rows: list[dict[str, Any]], key: str | None) -> list[int]:
     return [counts[s] for s in sorted(counts)]
 
 
+# ------------------------------------------------------------------------------------------ lockstep
+#: The environment variable that hands a child its two pipe ends: ``"GO_FD,DONE_FD"``.
+BATON_ENV = "EMOLLM_VS_TRL_BATON"
+
+
+class Baton:
+    """A child's side of the lockstep: :meth:`handoff` tells the conductor this turn is over and blocks
+    until the next one; :meth:`await_turn` only blocks. Without the environment variable (a child run by
+    hand, or in-process in a test) both do nothing. ``waited_s`` is the time spent blocked."""
+
+    def __init__(self, fds: str | None = None) -> None:
+        fds = os.environ.get(BATON_ENV) if fds is None else fds
+        self.go, self.done = (int(x) for x in fds.split(",")) if fds else (None, None)
+        self.waited_s = 0.0
+
+    def await_turn(self) -> None:
+        if self.go is None:
+            return
+        t0 = time.perf_counter()
+        got = os.read(self.go, 1)
+        self.waited_s += time.perf_counter() - t0
+        if not got:
+            raise SystemExit("vs_trl: the conductor went away")
+
+    def handoff(self) -> None:
+        if self.done is None:
+            return
+        os.write(self.done, b".")
+        self.await_turn()
+
+
+class Conductor:
+    """The parent's side: starts each side's command at once and gives them turns, one child at a time.
+
+    Every child takes ``turns`` turns that end in a :meth:`Baton.handoff` (its set-up, then each step),
+    then a last one that ends when it exits. In turn k the sides go in ``protocol.order(sides, k +
+    offset)``: A B, B A, A B, ... A child that dies or closes its pipe stops the run with its log's tail;
+    the others are killed. :meth:`run` returns per side its exit code, wall seconds and rusage."""
+
+    def __init__(self, commands: dict[str, list[str]], logs: dict[str, Path], *, env: dict[str, str] | None = None,
+                 turn_timeout_s: float = 3600.0) -> None:
+        self.commands, self.logs, self.env, self.timeout = commands, logs, env, turn_timeout_s
+        self.turns_taken: list[str] = []  # the order the turns were given in (for the test)
+
+    def run(self, turns: int, *, offset: int = 0) -> dict[str, dict[str, Any]]:
+        from protocol import order
+
+        procs: dict[str, dict[str, Any]] = {}
+        try:
+            for side, cmd in self.commands.items():
+                procs[side] = self._start(side, cmd)
+            sides = list(self.commands)
+            for k in range(turns):
+                for side in order(sides, k + offset):
+                    self.turns_taken.append(side)
+                    self._turn(side, procs[side])
+            out = {}
+            for side in order(sides, turns + offset):  # the last turn: to the end of the process
+                self.turns_taken.append(side)
+                out[side] = self._finish(side, procs[side])
+            return out
+        finally:
+            for p in procs.values():
+                if p["proc"].poll() is None:
+                    p["proc"].kill()
+                    p["proc"].wait()
+                for fd in (p["go"], p["done"]):
+                    try:
+                        os.close(fd)
+                    except OSError:
+                        pass
+
+    def _start(self, side: str, cmd: list[str]) -> dict[str, Any]:
+        """The child process, with its pair of pipes and the clock of its whole life."""
+        go_r, go_w = os.pipe()
+        done_r, done_w = os.pipe()
+        env = dict(self.env if self.env is not None else os.environ, **{BATON_ENV: f"{go_r},{done_w}"})
+        with open(self.logs[side], "w") as log:
+            proc = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, env=env, pass_fds=(go_r, done_w))
+        os.close(go_r)
+        os.close(done_w)  # the child's end: EOF here once it exits
+        return {"proc": proc, "go": go_w, "done": done_r, "t0": time.perf_counter()}
+
+    def _finish(self, side: str, p: dict[str, Any]) -> dict[str, Any]:
+        """The child's last turn, to its exit: its code, its whole life's wall seconds, its rusage."""
+        os.write(p["go"], b".")
+        _, status, usage = os.wait4(p["proc"].pid, 0)
+        p["proc"].returncode = code = os.waitstatus_to_exitcode(status)
+        if code != 0:
+            raise RuntimeError(self._failure(side, f"exit {code}"))
+        return {"returncode": code, "wall_s": time.perf_counter() - p["t0"], "rusage": usage}
+
+    def _turn(self, side: str, p: dict[str, Any]) -> None:
+        try:
+            os.write(p["go"], b".")
+        except BrokenPipeError:
+            raise RuntimeError(self._failure(side, "it exited before its turn")) from None
+        ready, _, _ = select.select([p["done"]], [], [], self.timeout)
+        if not ready:
+            raise RuntimeError(self._failure(side, f"no end of its turn within {self.timeout:.0f} s"))
+        if not os.read(p["done"], 1):
+            p["proc"].wait()
+            raise RuntimeError(self._failure(side, f"it exited mid-run (exit {p['proc'].returncode})"))
+
+    def _failure(self, side: str, what: str) -> str:
+        tail = self.logs[side].read_text(errors="replace")[-3000:] if self.logs[side].is_file() else ""
+        return f"the {side} run failed: {what}; log {self.logs[side]}:\n{tail}"
+
+
 # ------------------------------------------------------------------------------------------ children
 def _threads(n: int) -> dict:
     from protocol import setup_threads
@@ -187,22 +310,57 @@ def _cuda_peak() -> int | None:
     return int(torch.cuda.max_memory_allocated()) if torch.cuda.is_available() else None
 
 
-def child_emollm(spec: dict[str, Any], run_dir: Path, report: Path) -> int:
+@contextlib.contextmanager
+def _emollm_step_clock(baton: Baton) -> Iterator[list[float]]:
+    """Step times of ``loop.train``, each turn ending at a step's end: the set-up's turn ends at the first
+    micro-batch, a step's at the end of its log row (``train.logging_steps=1``), and the clock restarts
+    (the log window's too) when the next turn begins. Yields the list the steps' seconds go into; the
+    loop's functions are restored after."""
+    from emollm.training import loop
+
+    log_window, micro_batch_losses = loop._log_window, loop.micro_batch_losses
+    step_s: list[float] = []
+    start: list[float] = []
+
+    def first_micro_batch(*args, **kwargs):  # noqa: ANN002, ANN003, ANN202
+        if not start:
+            baton.handoff()  # the set-up ends here
+            start.append(time.perf_counter())
+        return micro_batch_losses(*args, **kwargs)
+
+    def logged_step(accelerator, window, *args, **kwargs):  # noqa: ANN001, ANN002, ANN003, ANN202
+        log_window(accelerator, window, *args, **kwargs)
+        step_s.append(time.perf_counter() - start[0])
+        baton.handoff()
+        start[0] = window["t0"] = time.perf_counter()
+
+    loop.micro_batch_losses, loop._log_window = first_micro_batch, logged_step
+    try:
+        yield step_s
+    finally:
+        loop.micro_batch_losses, loop._log_window = micro_batch_losses, log_window
+
+
+def child_emollm(spec: dict[str, Any], run_dir: Path, report: Path, *, baton: Baton | None = None) -> int:
     """``train.py --config CONFIG overrides...`` as its own ``__main__`` (the user's command)."""
     import runpy
 
+    baton = baton or Baton("")
     start = time.time()
     sys.argv = [str(ROOT / "train.py"), "--config", spec["config"], *emollm_overrides(spec, run_dir)]
     code = 0
-    try:
-        runpy.run_path(str(ROOT / "train.py"), run_name="__main__")
-    except SystemExit as exc:
-        code = int(exc.code or 0)
-    report.write_text(json.dumps({"cuda_peak_bytes": _cuda_peak(), "started": start}), encoding="utf-8")
+    with _emollm_step_clock(baton) as step_s:
+        try:
+            runpy.run_path(str(ROOT / "train.py"), run_name="__main__")
+        except SystemExit as exc:
+            code = int(exc.code or 0)
+    report.write_text(json.dumps({"cuda_peak_bytes": _cuda_peak(), "started": start, "step_s": step_s,
+                                  "waited_s": baton.waited_s}), encoding="utf-8")
     return code
 
 
-def child_trl(spec: dict[str, Any], run_dir: Path, report: Path, *, record: bool = False) -> int:
+def child_trl(spec: dict[str, Any], run_dir: Path, report: Path, *, record: bool = False,
+              baton: Baton | None = None) -> int:
     """SFTTrainer + peft LoRA on the exported sequences, in their order; writes per-step times and losses."""
     import torch
     from datasets import Dataset
@@ -210,6 +368,7 @@ def child_trl(spec: dict[str, Any], run_dir: Path, report: Path, *, record: bool
     from transformers import AutoModelForCausalLM, AutoTokenizer, TrainerCallback
     from trl import SFTConfig, SFTTrainer
 
+    baton = baton or Baton("")
     start = time.time()
     rows = [json.loads(line) for line in Path(spec["sequences"]).read_text(encoding="utf-8").splitlines()]
     data = Dataset.from_list([{"input_ids": r["input_ids"], "labels": r["labels"]} for r in rows])
@@ -227,14 +386,21 @@ def child_trl(spec: dict[str, Any], run_dir: Path, report: Path, *, record: bool
         max_length=None, train_sampling_strategy="sequential", dataloader_num_workers=0, disable_tqdm=True,
         use_cpu=not torch.cuda.is_available(),
     )  # fmt: skip
-    times: list[float] = []
+    step_s: list[float] = []
+    start_of_step: list[float] = []
 
     class StepClock(TrainerCallback):
+        """A step runs from one ``on_step_end`` to the next (the batch fetch, the step, the previous step's
+        log row); the turns end there, and the clock restarts when the next turn begins."""
+
         def on_train_begin(self, *a, **k):  # noqa: ANN002, ANN003, ANN202
-            times.append(time.perf_counter())
+            baton.handoff()  # the set-up ends here
+            start_of_step[:] = [time.perf_counter()]
 
         def on_step_end(self, *a, **k):  # noqa: ANN002, ANN003, ANN202
-            times.append(time.perf_counter())
+            step_s.append(time.perf_counter() - start_of_step[0])
+            baton.handoff()
+            start_of_step[0] = time.perf_counter()
 
     trainer = SFTTrainer(model=model, args=args, train_dataset=data, processing_class=tokenizer,
                          peft_config=peft_config, callbacks=[StepClock()])
@@ -252,7 +418,7 @@ def child_trl(spec: dict[str, Any], run_dir: Path, report: Path, *, record: bool
     losses = [h["loss"] for h in trainer.state.log_history if "loss" in h and "train_runtime" not in h]
     pc = trainer.model.peft_config["default"]
     result = {
-        "started": start, "step_s": [b - a for a, b in zip(times, times[1:], strict=False)], "losses": losses,
+        "started": start, "step_s": step_s, "losses": losses, "waited_s": baton.waited_s,
         "cuda_peak_bytes": _cuda_peak(), "seen": seen if record else None,
         "lora": {"r": pc.r, "alpha": pc.lora_alpha, "dropout": pc.lora_dropout,
                  "target_modules": sorted(pc.target_modules), "bias": pc.bias},
@@ -272,18 +438,19 @@ def unpadded(batch: dict[str, Any]) -> list[dict[str, list[int]]]:
     return rows
 
 
-def read_emollm_run(run_dir: Path, spec: dict[str, Any]) -> dict[str, Any]:
-    """Per-step losses and times from ``logs/train_log.jsonl`` (``train.logging_steps=1``): a step's
-    time is its row's samples / samples_per_s; its real-token count, tokens_per_s x that time."""
+def read_emollm_run(run_dir: Path, spec: dict[str, Any], step_s: list[float]) -> dict[str, Any]:
+    """Per-step losses from ``logs/train_log.jsonl`` (``train.logging_steps=1``), with the step times the
+    child's clock took (``step_s``); a step's real-token count is its row's tokens_per_s / samples_per_s
+    x its samples (the same window, so no clock enters it)."""
     rows = [json.loads(line) for line in (run_dir / "logs" / "train_log.jsonl").read_text(encoding="utf-8").splitlines()]
     rows = [r for r in rows if r.get("kind", "train") == "train"]
-    if [r["step"] for r in rows] != list(range(1, spec["steps"] + 1)):
-        raise RuntimeError(f"{run_dir}: expected one log row per step 1..{spec['steps']}")
-    step_s = [n / r["samples_per_s"] for r, n in zip(rows, spec["step_samples"], strict=True)]
+    if [r["step"] for r in rows] != list(range(1, spec["steps"] + 1)) or len(step_s) != spec["steps"]:
+        raise RuntimeError(f"{run_dir}: expected one log row and one step time per step 1..{spec['steps']}")
     adapter = json.loads((run_dir / "adapter_config.json").read_text()) if (run_dir / "adapter_config.json").is_file() \
         else _find_adapter_config(run_dir)
-    return {"losses": [r["loss"] for r in rows], "step_s": step_s,
-            "step_tokens": [round(r["tokens_per_s"] * s) for r, s in zip(rows, step_s, strict=True)],
+    return {"losses": [r["loss"] for r in rows], "step_s": list(step_s),
+            "step_tokens": [round(n * r["tokens_per_s"] / r["samples_per_s"]) for r, n in zip(rows, spec["step_samples"],
+                                                                                               strict=True)],
             "lora": {"r": adapter["r"], "alpha": adapter["lora_alpha"], "dropout": adapter["lora_dropout"],
                      "target_modules": sorted(adapter["target_modules"]), "bias": adapter["bias"]}}
 
@@ -295,32 +462,34 @@ def _find_adapter_config(run_dir: Path) -> dict[str, Any]:
     return json.loads(found[0].read_text())
 
 
-def run_side(side: str, spec: dict[str, Any], work: Path, tag: str, *, threads: int, device: str,
-             record: bool = False) -> dict[str, Any]:
-    """One run of ``side`` in a child process; its figures (losses, step times, memory, wall)."""
-    run_dir = work / f"run_{side}_{tag}"
-    report = work / f"child_{side}_{tag}.json"
-    report.unlink(missing_ok=True)
+def run_pair(spec: dict[str, Any], work: Path, tag: str, *, threads: int, device: str, offset: int = 0,
+             record: bool = False) -> dict[str, dict[str, Any]]:
+    """One run of each side, both children at once in lockstep (:class:`Conductor`); per side its figures
+    (losses, step times, memory, wall with the waits for its turn left out)."""
     env = dict(os.environ)
     if device == "cpu":
         env["CUDA_VISIBLE_DEVICES"] = ""
-    cmd = [sys.executable, str(Path(__file__).resolve()), "--child", side, "--spec", str(work / "spec.json"),
-           "--run-dir", str(run_dir), "--report", str(report), "--threads", str(threads), *(["--record"] if record else [])]
-    log_path = work / f"child_{side}_{tag}.log"
-    t0 = time.perf_counter()
-    with open(log_path, "w") as log:
-        proc = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, env=env)
-        _, status, usage = os.wait4(proc.pid, 0)
-    wall = time.perf_counter() - t0
-    proc.returncode = os.waitstatus_to_exitcode(status)
-    if proc.returncode != 0 or not report.is_file():
-        tail = log_path.read_text(errors="replace")[-3000:]
-        raise RuntimeError(f"the {side} run failed (exit {proc.returncode}); log {log_path}:\n{tail}")
-    child = json.loads(report.read_text())
-    figures = read_emollm_run(run_dir, spec) if side == "emollm" else child
-    maxrss = usage.ru_maxrss * (1 if sys.platform == "darwin" else 1024)  # Linux: KiB
-    return {**figures, "side": side, "tag": tag, "wall_s": wall, "max_rss_bytes": maxrss,
-            "cuda_peak_bytes": child.get("cuda_peak_bytes"), "seen": child.get("seen")}
+    commands, logs, reports, run_dirs = {}, {}, {}, {}
+    for side in SIDES:
+        run_dirs[side], reports[side] = work / f"run_{side}_{tag}", work / f"child_{side}_{tag}.json"
+        logs[side] = work / f"child_{side}_{tag}.log"
+        reports[side].unlink(missing_ok=True)
+        commands[side] = [sys.executable, str(Path(__file__).resolve()), "--child", side, "--spec", str(work / "spec.json"),
+                          "--run-dir", str(run_dirs[side]), "--report", str(reports[side]), "--threads", str(threads),
+                          *(["--record"] if record and side == "trl" else [])]  # fmt: skip
+    ended = Conductor(commands, logs, env=env).run(1 + spec["steps"], offset=offset)  # the set-up, then each step
+    out = {}
+    for side in SIDES:
+        if not reports[side].is_file():
+            raise RuntimeError(f"the {side} run wrote no report; log {logs[side]}")
+        child = json.loads(reports[side].read_text())
+        figures = read_emollm_run(run_dirs[side], spec, child["step_s"]) if side == "emollm" else child
+        usage = ended[side]["rusage"]
+        maxrss = usage.ru_maxrss * (1 if sys.platform == "darwin" else 1024)  # Linux: KiB
+        out[side] = {**figures, "side": side, "tag": tag, "wall_s": ended[side]["wall_s"] - child["waited_s"],
+                     "waited_s": child["waited_s"], "max_rss_bytes": maxrss,
+                     "cuda_peak_bytes": child.get("cuda_peak_bytes"), "seen": child.get("seen")}
+    return out
 
 
 # ------------------------------------------------------------------------------------------ figures
@@ -357,7 +526,11 @@ def compare_round(a: dict[str, Any], b: dict[str, Any], spec: dict[str, Any], *,
         hit = time_to(run["losses"], run["step_s"], target, smooth)
         f["steps_to_loss"], f["time_to_loss_s"] = hit if hit else (None, None)
     ta, tb = fa["time_to_loss_s"], fb["time_to_loss_s"]
-    return {"emollm": fa, "trl": fb, "target_loss": target, "ratios": {
+    steady = slice(min(warmup, len(a["step_s"]) - 1), None)
+    return {"emollm": fa, "trl": fb, "target_loss": target,
+            # step k holds the same samples on both sides: TRL's time / emollm's is that step's samples/s ratio
+            "step_ratios": [tb_k / ta_k for ta_k, tb_k in zip(a["step_s"][steady], b["step_s"][steady], strict=True)],
+            "ratios": {
         "samples_per_s": fa["samples_per_s"] / fb["samples_per_s"],
         "tokens_per_s": fa["tokens_per_s"] / fb["tokens_per_s"],
         "time_to_loss": ta / tb if ta and tb else None,
@@ -366,11 +539,16 @@ def compare_round(a: dict[str, Any], b: dict[str, Any], spec: dict[str, Any], *,
         "max_rss": fa["max_rss_mib"] / fb["max_rss_mib"]}}
 
 
-def round_orders(rounds: int) -> list[list[str]]:
-    """A B, B A, A B ...: each side first in every other round (the protocol's rotation)."""
-    from protocol import order
+def _past(deadline: float) -> bool:
+    """``--max-minutes``: the stopping rule's cap on adding pairs (a deadline, not a measurement)."""
+    return time.perf_counter() >= deadline
 
-    return [order(list(SIDES), r) for r in range(rounds)]
+
+def step_ratio_stats(rounds: list[dict[str, Any]]) -> dict[str, Any]:
+    """The per-step samples/s ratios of every round pooled: median, 95 % CI, IQR, min, max, n."""
+    from protocol import _stats
+
+    return _stats([q for r in rounds for q in r["step_ratios"]])
 
 
 def llamafactory_status(where: str | None) -> str:
@@ -403,7 +581,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--batch-size", type=int, default=4, help="per-device batch size (default 4)")
     parser.add_argument("--lr", type=float, default=None, help="LoRA lr (default: the media task recipe's)")
     parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--rounds", type=int, default=1, help="runs a side; alternated A B, B A, ... (default 1)")
+    parser.add_argument("--rounds", type=int, default=1,
+                        help="lockstep pairs (one run a side each, the order rotated between them; default 1)")
     parser.add_argument("--warmup-steps", type=int, default=3, help="steps left out of the steady-state rates")
     parser.add_argument("--smooth", type=int, default=5, help="trailing window of the smoothed loss (steps)")
     parser.add_argument("--threads", type=int, default=2, help="torch / OMP threads per run (0: torch's default)")
@@ -411,6 +590,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--llamafactory", default=None, help="a folder holding an unpacked llamafactory wheel")
     parser.add_argument("--out", default=None, help="work dir to keep (data, sequences, run dirs, child logs)")
     parser.add_argument("--json", default=None, help="write the full result here")
+    from protocol import add_stopping_arguments
+
+    add_stopping_arguments(parser)  # --until-ci H: more pairs until the samples/s ratio's CI is +-H
     parser.add_argument("--child", choices=SIDES, help=argparse.SUPPRESS)
     parser.add_argument("--spec", help=argparse.SUPPRESS)
     parser.add_argument("--run-dir", help=argparse.SUPPRESS)
@@ -420,11 +602,13 @@ def main(argv: list[str] | None = None) -> int:
 
     os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
     if args.child:
+        baton = Baton()
+        baton.await_turn()  # the set-up is a turn too: no two children load at once
         _threads(args.threads)
         spec = json.loads(Path(args.spec).read_text())
         run = child_emollm if args.child == "emollm" else child_trl
         kwargs = {"record": args.record} if args.child == "trl" else {}
-        return run(spec, Path(args.run_dir), Path(args.report), **kwargs)
+        return run(spec, Path(args.run_dir), Path(args.report), baton=baton, **kwargs)
 
     if args.device == "cuda":
         import torch
@@ -436,7 +620,7 @@ def main(argv: list[str] | None = None) -> int:
     except ImportError:
         print("trl is not installed (pip install -e '.[bench]'): nothing to compare against", file=sys.stderr)
         return 2
-    from protocol import header
+    from protocol import ci_note, header, rounded
 
     info = _threads(args.threads)
     work = Path(args.out) if args.out else Path(tempfile.mkdtemp(prefix="vs_trl_"))
@@ -444,8 +628,9 @@ def main(argv: list[str] | None = None) -> int:
     spec = prepare(work, backbone=args.backbone, steps=args.steps, batch_size=args.batch_size, seed=args.seed,
                    lr=args.lr)
     print(header(info), flush=True)
-    print(f"order: whole runs, one child process each, {' '.join(s for o in round_orders(args.rounds) for s in o)} "
-          f"(ratios per round, median); steady-state rates leave out the first {args.warmup_steps} steps", flush=True)
+    print("order: lockstep, both children at once taking turns (set-up, then each step, then the end), A B, B A, "
+          f"A B ... per turn; ratios per step (the same samples both sides), median of the steady steps of every "
+          f"pair; steady-state rates leave out the first {args.warmup_steps} steps", flush=True)
     print(f"backbone {spec['backbone']} ({spec['recipe']}); {spec['steps']} steps x batch {spec['batch_size']} of "
           f"{spec['n_train']} train clips; LoRA r {spec['lora']['r']} alpha {spec['lora']['alpha']} dropout "
           f"{spec['lora']['dropout']} on {','.join(TARGETS)}; lr {spec['lr']} cosine, warmup {spec['warmup_steps']} "
@@ -453,22 +638,36 @@ def main(argv: list[str] | None = None) -> int:
           f"{spec['media_tokens_per_sample']} AU media tokens (TRL: the same positions as token "
           f"{spec['filler_token']}, a space); device {args.device}; data {time.perf_counter() - t0:.1f} s", flush=True)
 
+    from protocol import stopping
+
+    stop = stopping(args)
     runs: dict[str, list[dict[str, Any]]] = {s: [] for s in SIDES}
-    for r, sides in enumerate(round_orders(args.rounds)):
-        for side in sides:
-            run = run_side(side, spec, work, str(r), threads=args.threads, device=args.device)
-            runs[side].append(run)
-            print(f"  round {r} {side:6s}: loss {run['losses'][0]:.3f} -> {run['losses'][-1]:.3f}, loop "
-                  f"{sum(run['step_s']):.1f} s, process {run['wall_s']:.1f} s", flush=True)
+    rounds: list[dict[str, Any]] = []
+    deadline = time.perf_counter() + stop.get("max_seconds", 0.0)
+    while True:
+        r = len(rounds)
+        pair = run_pair(spec, work, str(r), threads=args.threads, device=args.device, offset=r)
+        for side in SIDES:
+            runs[side].append(pair[side])
+        rounds.append(compare_round(pair["emollm"], pair["trl"], spec, warmup=args.warmup_steps, smooth=args.smooth))
+        q = step_ratio_stats(rounds[-1:])
+        print(f"  pair {r}: emollm loss {pair['emollm']['losses'][0]:.3f} -> {pair['emollm']['losses'][-1]:.3f}, loop "
+              f"{sum(pair['emollm']['step_s']):.1f} s; TRL loss {pair['trl']['losses'][0]:.3f} -> "
+              f"{pair['trl']['losses'][-1]:.3f}, loop {sum(pair['trl']['step_s']):.1f} s; per-step samples/s ratio "
+              f"{q['median']:.3f} [IQR {q['iqr']:.3f}, 95% CI +-{q['ci_half']:.3f}]", flush=True)
+        if len(rounds) < args.rounds:
+            continue
+        pooled = step_ratio_stats(rounds)
+        if not stop or pooled["ci_half"] <= stop["until_ci"] or _past(deadline):
+            break
+    ci_reached = None if not stop else step_ratio_stats(rounds)["ci_half"] <= stop["until_ci"]
     mismatch = [i + 1 for run in runs["emollm"] for i, (a, b) in enumerate(zip(run["step_tokens"], spec["step_tokens"],
                                                                                 strict=True)) if abs(a - b) > 1]
     if mismatch:
         print(f"WARNING: emollm's logged tokens differ from the exported sequences at steps {mismatch[:5]}")
     lora_same = runs["emollm"][0]["lora"] == runs["trl"][0]["lora"]  # as each side saved / built it
-    rounds = [compare_round(a, b, spec, warmup=args.warmup_steps, smooth=args.smooth)
-              for a, b in zip(runs["emollm"], runs["trl"], strict=True)]
-
-    print(f"\n{'':24s}{'emollm':>14s}{'TRL':>14s}{'emollm/TRL':>13s}   (median of {len(rounds)} round(s))")
+    print(f"\n{'':24s}{'emollm':>14s}{'TRL':>14s}{'emollm/TRL':>13s}   (median of {len(rounds)} pair(s); "
+          f"samples/s and tokens/s: of the per-step ratios)")
     med = lambda side, key: statistics.median(x[side][key] for x in rounds) if all(  # noqa: E731
         x[side][key] is not None for x in rounds) else None
     ratio = lambda key: statistics.median(x["ratios"][key] for x in rounds) if all(  # noqa: E731
@@ -479,11 +678,16 @@ def main(argv: list[str] | None = None) -> int:
             ("steps to common loss", "steps_to_loss", "steps_to_loss", "{:.0f}"),
             ("training loop s", "loop_s", "loop_s", "{:.1f}"), ("process wall s", "wall_s", "wall_s", "{:.1f}"),
             ("peak RSS MiB", "max_rss_mib", "max_rss", "{:.0f}")]
+    per_step = step_ratio_stats(rounds)
     for label, key, rkey, fmt in rows:
         a, b, q = med("emollm", key), med("trl", key), ratio(rkey)
         show = lambda v, f=fmt: "-" if v is None else f.format(v)  # noqa: E731
         spread = ""
-        if len(rounds) > 1 and q is not None:
+        if rkey in ("samples_per_s", "tokens_per_s"):  # the median of the per-step ratios
+            q = per_step["median"]
+            spread = (f" [{per_step['min']:.3f}-{per_step['max']:.3f}, IQR {per_step['iqr']:.3f}, 95% CI "
+                      f"+-{per_step['ci_half']:.3f}, {per_step['n']} steps{ci_note(ci_reached)}]")
+        elif len(rounds) > 1 and q is not None:
             qs = [x["ratios"][rkey] for x in rounds]
             spread = f" [{min(qs):.3f}-{max(qs):.3f}]"
         print(f"{label:24s}{show(a):>14s}{show(b):>14s}{show(q, '{:.3f}'):>13s}{spread}")
@@ -498,12 +702,14 @@ def main(argv: list[str] | None = None) -> int:
     print(f"LLaMA-Factory: {lf}")
     result = {"spec": {k: v for k, v in spec.items() if k not in ("step_tokens", "step_samples")},
               "threads": args.threads, "device": args.device, "rounds": rounds,
-              "order": [s for o in round_orders(args.rounds) for s in o], "same_sequences": not mismatch,
+              "per_step_ratio": rounded(per_step), "until_ci": stop.get("until_ci"), "ci_reached": ci_reached,
+              "same_sequences": not mismatch,
               "same_lora": lora_same, "llamafactory": lf, "work": str(work),
               "total_s": round(time.perf_counter() - t0, 1)}
     if args.json:
         Path(args.json).write_text(json.dumps(result, indent=1), encoding="utf-8")
-    print(json.dumps({"ratios": {k: ratio(k) for k in rounds[0]["ratios"]}, "target_loss": targets,
+    print(json.dumps({"ratios": {**{k: ratio(k) for k in rounds[0]["ratios"]}, "samples_per_s": per_step["median"],
+                                 "tokens_per_s": per_step["median"]}, "target_loss": targets,
                       "total_s": result["total_s"], "work": str(work)}), flush=True)
     return 0
 

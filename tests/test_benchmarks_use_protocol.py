@@ -23,8 +23,10 @@ EXEMPT = {
     "faults.py": {"cli": "one CLI command's duration, shown in its case's detail",
                   "python": "one child process's duration, as cli",
                   "run_case": "one fault case's duration, printed beside its verdict (stderr)"},
-    "vs_trl.py": {"run_side": "one whole training process per call, its rates read from its own logs; the rounds "
-                             "rotate with protocol.order and each ratio is taken per round"},
+    "vs_trl.py": {"_start": "a child process's whole life (start-up to exit), for its process wall time; its steps "
+                           "are interleaved with the other side's by the lockstep and timed inside the child",
+                  "_finish": "as _start: the end of that child's life",
+                  "_past": "the --max-minutes cap on adding lockstep pairs, not a measurement"},
 }  # fmt: skip
 
 
