@@ -121,25 +121,58 @@ def tiny_run(run_dir: Path) -> Path:
     return run_dir
 
 
+def sized_backbone(tiny: str | Path, shape: dict, device: torch.device | str, dtype: torch.dtype, *,
+                   attn_implementation: str = "sdpa", seed: int = 0):
+    """A causal LM built from the tiny backbone's config (a LLaMA) with ``shape`` applied: random weights in
+    ``dtype``, made on ``device`` (no 13 GB float32 detour through host memory for the 7B shape)."""
+    from transformers import AutoConfig, AutoModelForCausalLM
+
+    text_cfg = AutoConfig.from_pretrained(tiny)
+    for key, value in shape.items():
+        setattr(text_cfg, key, value)
+    text_cfg._attn_implementation = attn_implementation
+    torch.manual_seed(seed)
+    with torch.device(device):
+        return AutoModelForCausalLM.from_config(text_cfg, dtype=dtype)
+
+
+def sized_backbone_dir(tiny: str | Path, shape: dict, out: str | Path, *, dtype: torch.dtype,
+                       device: torch.device | str | None = None) -> Path:
+    """:func:`sized_backbone` saved as an HF folder (safetensors, the tiny backbone's tokenizer), for what
+    loads a backbone by path (``vs_trl.py``'s two trainers). Kept and reused while its shape and dtype are
+    the same (a ``sized.json`` written last says the folder is whole)."""
+    import shutil
+
+    from transformers import AutoTokenizer
+
+    out = Path(out)
+    stamp = {"shape": shape, "dtype": str(dtype).removeprefix("torch."), "from": str(tiny)}
+    done = out / "sized.json"
+    if done.is_file() and json.loads(done.read_text()) == stamp:
+        return out
+    shutil.rmtree(out, ignore_errors=True)
+    device = device or ("cuda" if torch.cuda.is_available() else "cpu")
+    model = sized_backbone(tiny, shape, device, dtype)
+    model.save_pretrained(out, safe_serialization=True)
+    AutoTokenizer.from_pretrained(tiny).save_pretrained(out)
+    del model
+    done.write_text(json.dumps(stamp), encoding="utf-8")
+    return out
+
+
 def sized_model_and_processor(cfg, shape: dict, device: torch.device, dtype: torch.dtype | None = None):
     """``factory.build_model_and_processor`` with the backbone built from the tiny backbone's config with
     ``shape`` applied, random weights, on ``device`` (a 7B checkpoint would be 13 GB of disk)."""
-    from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer
+    from transformers import AutoTokenizer
 
     from emollm.modeling.factory import modality_specs, processor_for
     from emollm.modeling.modeling_emollm import EmoLLMForConditionalGeneration
 
     b = cfg.model.backbone
     tiny = Path(b.name_or_path).expanduser()
-    text_cfg = AutoConfig.from_pretrained(tiny)
-    for key, value in shape.items():
-        setattr(text_cfg, key, value)
-    text_cfg._attn_implementation = b.attn_implementation
     if dtype is None:
         dtype = torch.float32 if b.torch_dtype in ("auto", "float32") else getattr(torch, b.torch_dtype)
-    torch.manual_seed(cfg.run.seed)
-    with torch.device(device):  # built where it runs: no 13 GB float32 detour through host memory
-        backbone = AutoModelForCausalLM.from_config(text_cfg, dtype=dtype)
+    backbone = sized_backbone(tiny, shape, device, dtype, attn_implementation=b.attn_implementation, seed=cfg.run.seed)
     fusion = {"depth": cfg.model.fusion.depth, "num_heads": cfg.model.fusion.num_heads} if cfg.model.fusion.depth else None
     model = EmoLLMForConditionalGeneration.from_backbone(backbone, modality_specs(cfg.model), prompt_tokens=cfg.model.prompt_tokens,
                                                          fusion=fusion, missing_modality=cfg.model.missing_modality)  # fmt: skip

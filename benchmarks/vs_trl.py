@@ -5,6 +5,7 @@
     python benchmarks/vs_trl.py --until-ci 0.015               # pairs until the ratio's 95 % CI is +-0.015
     python benchmarks/vs_trl.py --backbone tiny --steps 4      # the tiny local LLaMA (seconds)
     python benchmarks/vs_trl.py --device cuda --threads 0      # on a GPU (threads 0: torch's default)
+    python benchmarks/vs_trl.py --device cuda --threads 0 --backbone 7b --dtype bfloat16   # 7B-shaped, bf16
 
 **The data.** The media task of ``emollm.testing.media_task`` (built-dataset records + per-frame AU
 side files; the label is carried by the AUs alone), its ``train`` split, task ``emotion``.
@@ -28,9 +29,11 @@ cost) as one ordinary token of the base vocabulary, a space (:func:`filler_token
 text only.
 Same LoRA (r, alpha, dropout, target modules, bias none), AdamW (betas, eps, weight decay 0; TRL's
 default fused kernel, ``adamw_torch_fused``), lr,
-warmup steps, cosine schedule, grad-norm clip 1.0, batch size, steps, seed, float32, sdpa; TRL's own
-defaults that change the computation are set to emollm's (``gradient_checkpointing=False``,
-``bf16=False``; TRL defaults both on), no evaluation, no checkpoint, ``logging_steps=1``.
+warmup steps, cosine schedule, grad-norm clip 1.0, batch size, steps, seed, sdpa, and the precision
+(``--dtype float32``; ``bfloat16``: bf16 weights and bf16 autocast, emollm's ``train.bf16``, TRL's
+``bf16=True``); TRL's own defaults that change the computation are set to emollm's
+(``gradient_checkpointing=False``, ``bf16`` as ``--dtype``; TRL defaults both on), no evaluation, no
+checkpoint, ``logging_steps=1``.
 
 **Order: lockstep, step by step.** Both children run at once but take turns, so the two sides are
 interleaved as the protocol asks (A B, B A, A B, ...) at the grain of one optimizer step, seconds apart,
@@ -43,7 +46,9 @@ TRL: from one ``on_step_end`` to the next, its log included), so no waiting is e
 carries the same samples on both sides, so TRL's time for step k / emollm's is the samples/s (and
 tokens/s) ratio of that step; the ratio printed is the median of those per-step ratios over the steady
 steps of every round, with its 95 % CI (``protocol.median_ci95``). ``--rounds N`` runs N lockstep pairs
-(the order rotated between them); ``--until-ci H`` adds pairs until the CI's half-width is <= H.
+(the order rotated between them); ``--until-ci H`` adds pairs until the CI's half-width is <= H. Each step
+is timed on two clocks, wall and the child's CPU seconds (all its threads; what the VM's host takes from
+it is not in them): ``--clock`` picks the headline's (default wall) and the other is printed beside it.
 
 **Measured, per run.** Steady-state samples/s and tokens/s (real tokens: the sequences' lengths, media
 positions included; the same count both sides) over the steps after ``--warmup-steps``; the loop's
@@ -85,18 +90,34 @@ sys.path.insert(0, str(ROOT / "benchmarks"))
 #: The LoRA and schedule both sides use (``real``: the media task's recipe for SmolLM2; ``tiny``: its tiny one).
 TARGETS = ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"]
 SIDES = ("emollm", "trl")
+DTYPES = ("float32", "bfloat16")
+#: The clocks a step is timed on, and the report key of each: ``wall`` (what a user waits), ``cpu`` (the
+#: process's CPU seconds, all threads: steadier on a VM whose host takes time from it).
+CLOCKS = {"wall": "step_s", "cpu": "step_cpu_s"}  # bfloat16: bf16 weights + bf16 autocast on both sides
 
 
 # ------------------------------------------------------------------------------------------ setup
 def prepare(work: str | os.PathLike, *, backbone: str | None = None, steps: int = 30, batch_size: int = 4,
-            clips: int | None = None, seed: int = 0, lr: float | None = None) -> dict[str, Any]:
+            clips: int | None = None, seed: int = 0, lr: float | None = None, dtype: str = "float32") -> dict[str, Any]:
     """Write the data, the emollm config, and the per-step token sequences; returns the run spec
-    (``spec.json``: what both sides train with)."""
+    (``spec.json``: what both sides train with). ``backbone`` may name one of infer_latency's sized shapes
+    (``mid``, ``7b``): that shape with random weights in ``dtype``, saved under ``work`` once."""
     from emollm.testing.media_task import RECIPES, resolve_backbone, write_config, write_media_task
 
     work = Path(work)
     work.mkdir(parents=True, exist_ok=True)
-    path, kind = resolve_backbone(backbone)
+    if dtype not in DTYPES:
+        raise ValueError(f"dtype {dtype!r}: one of {', '.join(DTYPES)}")
+    if backbone in sized_shapes():
+        import torch
+        from infer_latency import sized_backbone_dir
+
+        tiny, _ = resolve_backbone("tiny")
+        path = str(sized_backbone_dir(tiny, sized_shapes()[backbone], work / f"backbone_{backbone}_{dtype}",
+                                      dtype=getattr(torch, dtype)))
+        kind = "real"  # the real backbone's recipe (lr, LoRA r 16) on a random-weight backbone of that shape
+    else:
+        path, kind = resolve_backbone(backbone)
     recipe = {**RECIPES[kind], "batch_size": batch_size, "lora_targets": TARGETS}
     if lr is not None:
         recipe.update(lr=lr, projector_lr=max(lr, recipe["projector_lr"]))
@@ -111,7 +132,7 @@ def prepare(work: str | os.PathLike, *, backbone: str | None = None, steps: int 
         "weight_decay": 0.0, "max_grad_norm": 1.0,
         "lora": {"r": recipe["lora_r"], "alpha": recipe["lora_alpha"], "dropout": recipe["lora_dropout"],
                  "target_modules": TARGETS},
-        "n_train": task.n_train,
+        "n_train": task.n_train, "dtype": dtype,
     }  # fmt: skip
     spec.update(export_sequences(spec, work / "sequences.jsonl"))
     (work / "spec.json").write_text(json.dumps(spec, indent=1), encoding="utf-8")
@@ -125,9 +146,19 @@ def _warmup_steps(ratio: float, steps: int) -> int:
 
 
 def emollm_overrides(spec: dict[str, Any], run_dir: str | os.PathLike) -> list[str]:
-    """The ``key=value`` overrides both the sequence export and the emollm run use."""
+    """The ``key=value`` overrides both the sequence export and the emollm run use. ``bfloat16``: the
+    backbone's weights in bf16 and bf16 autocast (``train.bf16``), as TRL's side loads and runs it."""
+    dtype = spec.get("dtype", "float32")
     return [f"run.output_dir={run_dir}", "train.logging_steps=1", f"train.save_steps={spec['steps'] + 1}",
-            f"train.max_steps={spec['steps']}", f"train.per_device_batch_size={spec['batch_size']}"]
+            f"train.max_steps={spec['steps']}", f"train.per_device_batch_size={spec['batch_size']}",
+            f"model.backbone.torch_dtype={dtype}", f"train.bf16={str(dtype == 'bfloat16').lower()}"]
+
+
+def sized_shapes() -> dict[str, dict[str, Any]]:
+    """infer_latency's backbone shapes (built from the tiny LLaMA's config, random weights)."""
+    from infer_latency import BACKBONES
+
+    return BACKBONES
 
 
 def filler_token(tokenizer: Any, pad_id: int) -> int:
@@ -310,33 +341,59 @@ def _cuda_peak() -> int | None:
     return int(torch.cuda.max_memory_allocated()) if torch.cuda.is_available() else None
 
 
+class StepClock:
+    """A child's step times on two clocks: wall (``step_s``) and the process's CPU time, all its threads
+    (``step_cpu_s``: time the host's other guests took from the VM is not in it). :meth:`start` at a turn's
+    beginning, :meth:`stop` at its step's end."""
+
+    def __init__(self) -> None:
+        self.step_s: list[float] = []
+        self.step_cpu_s: list[float] = []
+        self._t0: tuple[float, float] | None = None
+
+    @property
+    def started(self) -> bool:
+        return self._t0 is not None
+
+    def start(self) -> float:
+        self._t0 = (time.perf_counter(), time.process_time())
+        return self._t0[0]
+
+    def stop(self) -> None:
+        wall, cpu = self._t0
+        self.step_s.append(time.perf_counter() - wall)
+        self.step_cpu_s.append(time.process_time() - cpu)
+
+    def report(self) -> dict[str, list[float]]:
+        return {"step_s": self.step_s, "step_cpu_s": self.step_cpu_s}
+
+
 @contextlib.contextmanager
-def _emollm_step_clock(baton: Baton) -> Iterator[list[float]]:
+def _emollm_step_clock(baton: Baton) -> Iterator[StepClock]:
     """Step times of ``loop.train``, each turn ending at a step's end: the set-up's turn ends at the first
     micro-batch, a step's at the end of its log row (``train.logging_steps=1``), and the clock restarts
-    (the log window's too) when the next turn begins. Yields the list the steps' seconds go into; the
-    loop's functions are restored after."""
+    (the log window's too) when the next turn begins. Yields the :class:`StepClock`; the loop's functions
+    are restored after."""
     from emollm.training import loop
 
     log_window, micro_batch_losses = loop._log_window, loop.micro_batch_losses
-    step_s: list[float] = []
-    start: list[float] = []
+    clock = StepClock()
 
     def first_micro_batch(*args, **kwargs):  # noqa: ANN002, ANN003, ANN202
-        if not start:
+        if not clock.started:
             baton.handoff()  # the set-up ends here
-            start.append(time.perf_counter())
+            clock.start()
         return micro_batch_losses(*args, **kwargs)
 
     def logged_step(accelerator, window, *args, **kwargs):  # noqa: ANN001, ANN002, ANN003, ANN202
         log_window(accelerator, window, *args, **kwargs)
-        step_s.append(time.perf_counter() - start[0])
+        clock.stop()
         baton.handoff()
-        start[0] = window["t0"] = time.perf_counter()
+        window["t0"] = clock.start()
 
     loop.micro_batch_losses, loop._log_window = first_micro_batch, logged_step
     try:
-        yield step_s
+        yield clock
     finally:
         loop.micro_batch_losses, loop._log_window = micro_batch_losses, log_window
 
@@ -349,12 +406,12 @@ def child_emollm(spec: dict[str, Any], run_dir: Path, report: Path, *, baton: Ba
     start = time.time()
     sys.argv = [str(ROOT / "train.py"), "--config", spec["config"], *emollm_overrides(spec, run_dir)]
     code = 0
-    with _emollm_step_clock(baton) as step_s:
+    with _emollm_step_clock(baton) as clock:
         try:
             runpy.run_path(str(ROOT / "train.py"), run_name="__main__")
         except SystemExit as exc:
             code = int(exc.code or 0)
-    report.write_text(json.dumps({"cuda_peak_bytes": _cuda_peak(), "started": start, "step_s": step_s,
+    report.write_text(json.dumps({"cuda_peak_bytes": _cuda_peak(), "started": start, **clock.report(),
                                   "waited_s": baton.waited_s}), encoding="utf-8")
     return code
 
@@ -373,7 +430,9 @@ def child_trl(spec: dict[str, Any], run_dir: Path, report: Path, *, record: bool
     rows = [json.loads(line) for line in Path(spec["sequences"]).read_text(encoding="utf-8").splitlines()]
     data = Dataset.from_list([{"input_ids": r["input_ids"], "labels": r["labels"]} for r in rows])
     tokenizer = AutoTokenizer.from_pretrained(spec["backbone"])
-    model = AutoModelForCausalLM.from_pretrained(spec["backbone"], dtype=torch.float32, attn_implementation="sdpa")
+    bf16 = spec.get("dtype") == "bfloat16"
+    model = AutoModelForCausalLM.from_pretrained(spec["backbone"], dtype=torch.bfloat16 if bf16 else torch.float32,
+                                                 attn_implementation="sdpa")
     lora = spec["lora"]
     peft_config = LoraConfig(r=lora["r"], lora_alpha=lora["alpha"], lora_dropout=lora["dropout"],
                              target_modules=list(lora["target_modules"]), bias="none", task_type="CAUSAL_LM")
@@ -382,28 +441,27 @@ def child_trl(spec: dict[str, Any], run_dir: Path, report: Path, *, record: bool
         gradient_accumulation_steps=1, learning_rate=spec["lr"], lr_scheduler_type=spec["lr_scheduler"],
         warmup_steps=spec["warmup_steps"], weight_decay=spec["weight_decay"], max_grad_norm=spec["max_grad_norm"],
         optim="adamw_torch_fused", seed=spec["seed"], data_seed=spec["seed"], logging_steps=1, save_strategy="no",
-        eval_strategy="no", report_to="none", gradient_checkpointing=False, bf16=False, fp16=False,
+        eval_strategy="no", report_to="none", gradient_checkpointing=False, bf16=bf16, fp16=False,
         max_length=None, train_sampling_strategy="sequential", dataloader_num_workers=0, disable_tqdm=True,
         use_cpu=not torch.cuda.is_available(),
     )  # fmt: skip
-    step_s: list[float] = []
-    start_of_step: list[float] = []
+    clock = StepClock()
 
-    class StepClock(TrainerCallback):
+    class Lockstep(TrainerCallback):
         """A step runs from one ``on_step_end`` to the next (the batch fetch, the step, the previous step's
         log row); the turns end there, and the clock restarts when the next turn begins."""
 
         def on_train_begin(self, *a, **k):  # noqa: ANN002, ANN003, ANN202
             baton.handoff()  # the set-up ends here
-            start_of_step[:] = [time.perf_counter()]
+            clock.start()
 
         def on_step_end(self, *a, **k):  # noqa: ANN002, ANN003, ANN202
-            step_s.append(time.perf_counter() - start_of_step[0])
+            clock.stop()
             baton.handoff()
-            start_of_step[0] = time.perf_counter()
+            clock.start()
 
     trainer = SFTTrainer(model=model, args=args, train_dataset=data, processing_class=tokenizer,
-                         peft_config=peft_config, callbacks=[StepClock()])
+                         peft_config=peft_config, callbacks=[Lockstep()])
     seen: list[list[dict[str, list[int]]]] = []
     if record:  # what the trainer's batches actually hold (the test compares them with emollm's)
         collate = trainer.data_collator
@@ -418,7 +476,7 @@ def child_trl(spec: dict[str, Any], run_dir: Path, report: Path, *, record: bool
     losses = [h["loss"] for h in trainer.state.log_history if "loss" in h and "train_runtime" not in h]
     pc = trainer.model.peft_config["default"]
     result = {
-        "started": start, "step_s": step_s, "losses": losses, "waited_s": baton.waited_s,
+        "started": start, **clock.report(), "losses": losses, "waited_s": baton.waited_s,
         "cuda_peak_bytes": _cuda_peak(), "seen": seen if record else None,
         "lora": {"r": pc.r, "alpha": pc.lora_alpha, "dropout": pc.lora_dropout,
                  "target_modules": sorted(pc.target_modules), "bias": pc.bias},
@@ -438,17 +496,18 @@ def unpadded(batch: dict[str, Any]) -> list[dict[str, list[int]]]:
     return rows
 
 
-def read_emollm_run(run_dir: Path, spec: dict[str, Any], step_s: list[float]) -> dict[str, Any]:
+def read_emollm_run(run_dir: Path, spec: dict[str, Any], clock: dict[str, list[float]]) -> dict[str, Any]:
     """Per-step losses from ``logs/train_log.jsonl`` (``train.logging_steps=1``), with the step times the
-    child's clock took (``step_s``); a step's real-token count is its row's tokens_per_s / samples_per_s
-    x its samples (the same window, so no clock enters it)."""
+    child's :class:`StepClock` took (``clock``: its report); a step's real-token count is its row's
+    tokens_per_s / samples_per_s x its samples (the same window, so no clock enters it)."""
+    step_s = clock["step_s"]
     rows = [json.loads(line) for line in (run_dir / "logs" / "train_log.jsonl").read_text(encoding="utf-8").splitlines()]
     rows = [r for r in rows if r.get("kind", "train") == "train"]
     if [r["step"] for r in rows] != list(range(1, spec["steps"] + 1)) or len(step_s) != spec["steps"]:
         raise RuntimeError(f"{run_dir}: expected one log row and one step time per step 1..{spec['steps']}")
     adapter = json.loads((run_dir / "adapter_config.json").read_text()) if (run_dir / "adapter_config.json").is_file() \
         else _find_adapter_config(run_dir)
-    return {"losses": [r["loss"] for r in rows], "step_s": list(step_s),
+    return {"losses": [r["loss"] for r in rows], "step_s": list(step_s), "step_cpu_s": list(clock["step_cpu_s"]),
             "step_tokens": [round(n * r["tokens_per_s"] / r["samples_per_s"]) for r, n in zip(rows, spec["step_samples"],
                                                                                                strict=True)],
             "lora": {"r": adapter["r"], "alpha": adapter["lora_alpha"], "dropout": adapter["lora_dropout"],
@@ -483,7 +542,7 @@ def run_pair(spec: dict[str, Any], work: Path, tag: str, *, threads: int, device
         if not reports[side].is_file():
             raise RuntimeError(f"the {side} run wrote no report; log {logs[side]}")
         child = json.loads(reports[side].read_text())
-        figures = read_emollm_run(run_dirs[side], spec, child["step_s"]) if side == "emollm" else child
+        figures = read_emollm_run(run_dirs[side], spec, child) if side == "emollm" else child
         usage = ended[side]["rusage"]
         maxrss = usage.ru_maxrss * (1 if sys.platform == "darwin" else 1024)  # Linux: KiB
         out[side] = {**figures, "side": side, "tag": tag, "wall_s": ended[side]["wall_s"] - child["waited_s"],
@@ -529,7 +588,8 @@ def compare_round(a: dict[str, Any], b: dict[str, Any], spec: dict[str, Any], *,
     steady = slice(min(warmup, len(a["step_s"]) - 1), None)
     return {"emollm": fa, "trl": fb, "target_loss": target,
             # step k holds the same samples on both sides: TRL's time / emollm's is that step's samples/s ratio
-            "step_ratios": [tb_k / ta_k for ta_k, tb_k in zip(a["step_s"][steady], b["step_s"][steady], strict=True)],
+            "step_ratios": {clock: [tb_k / ta_k for ta_k, tb_k in zip(a[key][steady], b[key][steady], strict=True)]
+                            for clock, key in CLOCKS.items() if key in a and key in b},
             "ratios": {
         "samples_per_s": fa["samples_per_s"] / fb["samples_per_s"],
         "tokens_per_s": fa["tokens_per_s"] / fb["tokens_per_s"],
@@ -544,11 +604,11 @@ def _past(deadline: float) -> bool:
     return time.perf_counter() >= deadline
 
 
-def step_ratio_stats(rounds: list[dict[str, Any]]) -> dict[str, Any]:
-    """The per-step samples/s ratios of every round pooled: median, 95 % CI, IQR, min, max, n."""
+def step_ratio_stats(rounds: list[dict[str, Any]], clock: str = "wall") -> dict[str, Any]:
+    """The per-step samples/s ratios of every round pooled, on ``clock``: median, 95 % CI, IQR, min, max, n."""
     from protocol import _stats
 
-    return _stats([q for r in rounds for q in r["step_ratios"]])
+    return _stats([q for r in rounds for q in r["step_ratios"][clock]])
 
 
 def llamafactory_status(where: str | None) -> str:
@@ -576,7 +636,11 @@ def _mib(x: float | None) -> str:
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--backbone", default=None, help="'tiny', or an HF folder (default: SmolLM2-135M-Instruct)")
+    parser.add_argument("--backbone", default=None,
+                        help="'tiny'; 'mid' or '7b' (infer_latency's shapes, random weights, saved under the work dir); "
+                             "or an HF folder (default: SmolLM2-135M-Instruct)")
+    parser.add_argument("--dtype", choices=DTYPES, default="float32",
+                        help="both sides: float32, or bfloat16 weights with bf16 autocast (default float32)")
     parser.add_argument("--steps", type=int, default=30, help="optimizer steps a run (default 30)")
     parser.add_argument("--batch-size", type=int, default=4, help="per-device batch size (default 4)")
     parser.add_argument("--lr", type=float, default=None, help="LoRA lr (default: the media task recipe's)")
@@ -585,6 +649,9 @@ def main(argv: list[str] | None = None) -> int:
                         help="lockstep pairs (one run a side each, the order rotated between them; default 1)")
     parser.add_argument("--warmup-steps", type=int, default=3, help="steps left out of the steady-state rates")
     parser.add_argument("--smooth", type=int, default=5, help="trailing window of the smoothed loss (steps)")
+    parser.add_argument("--clock", choices=sorted(CLOCKS), default="wall",
+                        help="the clock of the headline per-step ratio and of --until-ci: wall (default), or cpu "
+                             "(process CPU seconds, all threads; the other is printed too)")
     parser.add_argument("--threads", type=int, default=2, help="torch / OMP threads per run (0: torch's default)")
     parser.add_argument("--device", choices=("cpu", "cuda"), default="cpu")
     parser.add_argument("--llamafactory", default=None, help="a folder holding an unpacked llamafactory wheel")
@@ -626,7 +693,7 @@ def main(argv: list[str] | None = None) -> int:
     work = Path(args.out) if args.out else Path(tempfile.mkdtemp(prefix="vs_trl_"))
     t0 = time.perf_counter()
     spec = prepare(work, backbone=args.backbone, steps=args.steps, batch_size=args.batch_size, seed=args.seed,
-                   lr=args.lr)
+                   lr=args.lr, dtype=args.dtype)
     print(header(info), flush=True)
     print("order: lockstep, both children at once taking turns (set-up, then each step, then the end), A B, B A, "
           f"A B ... per turn; ratios per step (the same samples both sides), median of the steady steps of every "
@@ -636,7 +703,8 @@ def main(argv: list[str] | None = None) -> int:
           f"{spec['lora']['dropout']} on {','.join(TARGETS)}; lr {spec['lr']} cosine, warmup {spec['warmup_steps']} "
           f"steps; {sum(spec['step_tokens'])} tokens, {spec['target_tokens']} target tokens; emollm prompts carry "
           f"{spec['media_tokens_per_sample']} AU media tokens (TRL: the same positions as token "
-          f"{spec['filler_token']}, a space); device {args.device}; data {time.perf_counter() - t0:.1f} s", flush=True)
+          f"{spec['filler_token']}, a space); device {args.device}, {spec['dtype']}; data {time.perf_counter() - t0:.1f} s",
+          flush=True)
 
     from protocol import stopping
 
@@ -650,24 +718,24 @@ def main(argv: list[str] | None = None) -> int:
         for side in SIDES:
             runs[side].append(pair[side])
         rounds.append(compare_round(pair["emollm"], pair["trl"], spec, warmup=args.warmup_steps, smooth=args.smooth))
-        q = step_ratio_stats(rounds[-1:])
+        q = step_ratio_stats(rounds[-1:], args.clock)
         print(f"  pair {r}: emollm loss {pair['emollm']['losses'][0]:.3f} -> {pair['emollm']['losses'][-1]:.3f}, loop "
               f"{sum(pair['emollm']['step_s']):.1f} s; TRL loss {pair['trl']['losses'][0]:.3f} -> "
-              f"{pair['trl']['losses'][-1]:.3f}, loop {sum(pair['trl']['step_s']):.1f} s; per-step samples/s ratio "
+              f"{pair['trl']['losses'][-1]:.3f}, loop {sum(pair['trl']['step_s']):.1f} s; per-step ratio ({args.clock}) "
               f"{q['median']:.3f} [IQR {q['iqr']:.3f}, 95% CI +-{q['ci_half']:.3f}]", flush=True)
         if len(rounds) < args.rounds:
             continue
-        pooled = step_ratio_stats(rounds)
+        pooled = step_ratio_stats(rounds, args.clock)
         if not stop or pooled["ci_half"] <= stop["until_ci"] or _past(deadline):
             break
-    ci_reached = None if not stop else step_ratio_stats(rounds)["ci_half"] <= stop["until_ci"]
+    ci_reached = None if not stop else step_ratio_stats(rounds, args.clock)["ci_half"] <= stop["until_ci"]
     mismatch = [i + 1 for run in runs["emollm"] for i, (a, b) in enumerate(zip(run["step_tokens"], spec["step_tokens"],
                                                                                 strict=True)) if abs(a - b) > 1]
     if mismatch:
         print(f"WARNING: emollm's logged tokens differ from the exported sequences at steps {mismatch[:5]}")
     lora_same = runs["emollm"][0]["lora"] == runs["trl"][0]["lora"]  # as each side saved / built it
     print(f"\n{'':24s}{'emollm':>14s}{'TRL':>14s}{'emollm/TRL':>13s}   (median of {len(rounds)} pair(s); "
-          f"samples/s and tokens/s: of the per-step ratios)")
+          f"samples/s and tokens/s: of the per-step ratios, {args.clock} clock)")
     med = lambda side, key: statistics.median(x[side][key] for x in rounds) if all(  # noqa: E731
         x[side][key] is not None for x in rounds) else None
     ratio = lambda key: statistics.median(x["ratios"][key] for x in rounds) if all(  # noqa: E731
@@ -678,7 +746,7 @@ def main(argv: list[str] | None = None) -> int:
             ("steps to common loss", "steps_to_loss", "steps_to_loss", "{:.0f}"),
             ("training loop s", "loop_s", "loop_s", "{:.1f}"), ("process wall s", "wall_s", "wall_s", "{:.1f}"),
             ("peak RSS MiB", "max_rss_mib", "max_rss", "{:.0f}")]
-    per_step = step_ratio_stats(rounds)
+    per_step = step_ratio_stats(rounds, args.clock)
     for label, key, rkey, fmt in rows:
         a, b, q = med("emollm", key), med("trl", key), ratio(rkey)
         show = lambda v, f=fmt: "-" if v is None else f.format(v)  # noqa: E731
@@ -691,6 +759,10 @@ def main(argv: list[str] | None = None) -> int:
             qs = [x["ratios"][rkey] for x in rounds]
             spread = f" [{min(qs):.3f}-{max(qs):.3f}]"
         print(f"{label:24s}{show(a):>14s}{show(b):>14s}{show(q, '{:.3f}'):>13s}{spread}")
+    for clock in sorted(CLOCKS):  # the headline's clock, then the other one
+        c = step_ratio_stats(rounds, clock)
+        print(f"per-step ratio, {clock} clock{' (the headline)' if clock == args.clock else ''}: {c['median']:.3f} "
+              f"[{c['min']:.3f}-{c['max']:.3f}, IQR {c['iqr']:.3f}, 95% CI +-{c['ci_half']:.3f}, {c['n']} steps]")
     if args.device == "cuda":
         print(f"{'peak CUDA MiB':24s}{_mib(med('emollm', 'cuda_peak_mib')):>14s}{_mib(med('trl', 'cuda_peak_mib')):>14s}")
     targets = [x["target_loss"] for x in rounds]
@@ -702,7 +774,8 @@ def main(argv: list[str] | None = None) -> int:
     print(f"LLaMA-Factory: {lf}")
     result = {"spec": {k: v for k, v in spec.items() if k not in ("step_tokens", "step_samples")},
               "threads": args.threads, "device": args.device, "rounds": rounds,
-              "per_step_ratio": rounded(per_step), "until_ci": stop.get("until_ci"), "ci_reached": ci_reached,
+              "clock": args.clock, "per_step_ratio": {c: rounded(step_ratio_stats(rounds, c)) for c in CLOCKS},
+              "until_ci": stop.get("until_ci"), "ci_reached": ci_reached,
               "same_sequences": not mismatch,
               "same_lora": lora_same, "llamafactory": lf, "work": str(work),
               "total_s": round(time.perf_counter() - t0, 1)}

@@ -49,7 +49,7 @@ def test_both_trainers_see_the_same_sequences_and_lora(tmp_path, monkeypatch):
     monkeypatch.setattr(sys, "argv", sys.argv[:1])
     assert bench.child_emollm(spec, tmp_path / "run_emollm", tmp_path / "emollm.json") == 0
     emollm_report = json.loads((tmp_path / "emollm.json").read_text())
-    emollm_run = bench.read_emollm_run(tmp_path / "run_emollm", spec, emollm_report["step_s"])
+    emollm_run = bench.read_emollm_run(tmp_path / "run_emollm", spec, emollm_report)
     monkeypatch.undo()
     from emollm.training import loop
 
@@ -75,7 +75,8 @@ def test_both_trainers_see_the_same_sequences_and_lora(tmp_path, monkeypatch):
     assert emollm_run["lora"] == trl_run["lora"]
     assert trl_run["lora"]["r"] == spec["lora"]["r"] and trl_run["lora"]["target_modules"] == sorted(bench.TARGETS)
     assert len(emollm_run["losses"]) == len(trl_run["losses"]) == len(trl_run["step_s"]) == spec["steps"]
-    assert all(t > 0 for t in emollm_run["step_s"] + trl_run["step_s"])  # each side's own step clock
+    for run in (emollm_run, trl_run):  # each side's own step clock, on both clocks
+        assert len(run["step_cpu_s"]) == spec["steps"] and all(t > 0 for t in run["step_s"] + run["step_cpu_s"])
 
 
 def test_time_to_common_loss_is_the_first_step_at_the_higher_final_level():
@@ -90,7 +91,9 @@ def test_time_to_common_loss_is_the_first_step_at_the_higher_final_level():
     assert result["ratios"]["time_to_loss"] == pytest.approx(3.0 / 8.0)
     assert (result["emollm"]["steps_to_loss"], result["trl"]["steps_to_loss"]) == (3, 4)
     assert result["ratios"]["samples_per_s"] == pytest.approx(2.0)  # steady state: steps 2-4
-    assert result["step_ratios"] == pytest.approx([2.0, 2.0, 2.0])  # per step: slow's time / fast's
+    assert result["step_ratios"]["wall"] == pytest.approx([2.0, 2.0, 2.0])  # per step: slow's time / fast's
+    fast["step_cpu_s"], slow["step_cpu_s"] = [2.0] * 4, [3.0] * 4  # the CPU clock, when both sides have it
+    assert bench.compare_round(fast, slow, spec, warmup=1, smooth=2)["step_ratios"]["cpu"] == pytest.approx([1.5] * 3)
 
 
 FAKE_CHILD = """
