@@ -245,7 +245,12 @@ def test_missing_or_unloadable_checkpoint(tmp_path):
         build_encoder("video")
 
 
-def test_hub_id_goes_to_transformers_and_fails_cleanly_offline():
+def test_hub_id_goes_to_transformers_and_fails_cleanly_offline(monkeypatch):
+    import huggingface_hub.constants
+
+    # the hub's offline mode: the same error at once, without five connection retries (23 s) on a machine
+    # whose network is down
+    monkeypatch.setattr(huggingface_hub.constants, "HF_HUB_OFFLINE", True)
     with pytest.raises(EmollmError, match="emollm-test/no-such-model") as info:
         build_encoder("audio", "emollm-test/no-such-model")
     assert not isinstance(info.value, ConfigError)  # not judged a missing path: transformers was asked
