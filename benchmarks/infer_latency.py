@@ -361,13 +361,13 @@ def compare_generate(model: Any, processor: Any, batches: list[dict], new_tokens
     per_round = {who: [tuple(sum(sides[f"{who} {i}"].splits[warmup + r][part] for i in range(len(batches)))
                              for part in (0, 1)) for r in range(repeats)] for who in ("ours", "bare")}  # fmt: skip
     o, b = per_round["ours"], per_round["bare"]
-    ratios = {"prefill": protocol._stats([x[0] / y[0] for x, y in zip(o, b, strict=True)]),
-              "per_token": protocol._stats([x[1] / y[1] for x, y in zip(o, b, strict=True)]),
-              "total": protocol._stats([sum(x) / sum(y) for x, y in zip(o, b, strict=True)])}  # fmt: skip
+    ratios = {"prefill": protocol.summarize([x[0] / y[0] for x, y in zip(o, b, strict=True)]),
+              "per_token": protocol.summarize([x[1] / y[1] for x, y in zip(o, b, strict=True)]),
+              "total": protocol.summarize([sum(x) / sum(y) for x, y in zip(o, b, strict=True)])}  # fmt: skip
     n_clips, per_tok = len(batches), max(new_tokens - 1, 1)
-    ms = {who: {"prefill": 1e3 * protocol._stats([x[0] for x in runs])["median"] / n_clips,
-                "per_token": 1e3 * protocol._stats([x[1] for x in runs])["median"] / n_clips / per_tok,
-                "total": 1e3 * protocol._stats([sum(x) for x in runs])["median"] / n_clips}
+    ms = {who: {"prefill": 1e3 * protocol.summarize([x[0] for x in runs])["median"] / n_clips,
+                "per_token": 1e3 * protocol.summarize([x[1] for x in runs])["median"] / n_clips / per_tok,
+                "total": 1e3 * protocol.summarize([sum(x) for x in runs])["median"] / n_clips}
           for who, runs in per_round.items()}  # fmt: skip
     return {"ms_per_clip": ms, "ratio": ratios, "repeats": repeats, "warmup": warmup}
 

@@ -145,7 +145,8 @@ def median_ci95(xs: list[float]) -> tuple[float, float]:
     return xs[lo - 1], xs[hi - 1]
 
 
-def _stats(xs: list[float]) -> dict:
+def summarize(xs: list[float]) -> dict:
+    """Median, min, max, IQR, n and the median's 95 % CI (``ci95``, ``ci_half``) of ``xs``."""
     xs = sorted(xs)
     if len(xs) >= 2:
         q1, _, q3 = statistics.quantiles(xs, n=4, method="inclusive")
@@ -216,8 +217,8 @@ def compare(sides: dict[str, Callable[[], object]], *, warmup: int = WARMUP, rep
         out_of_time = max_seconds is not None and started is not None and clock() - started >= max_seconds
         if ci_reached or out_of_rounds or out_of_time:
             break
-    ratios = {k: _stats(v) for k, v in _ratios(names, times).items()}
-    return {"sides": {n: _stats(times[n]) for n in names}, "ratios": ratios, "times": times,
+    ratios = {k: summarize(v) for k, v in _ratios(names, times).items()}
+    return {"sides": {n: summarize(times[n]) for n in names}, "ratios": ratios, "times": times,
             "order": called, "warmup": warmup, "repeats": r - warmup, "until_ci": until_ci, "ci_reached": ci_reached}
 
 

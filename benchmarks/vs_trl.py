@@ -87,6 +87,8 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(ROOT / "benchmarks"))
 
+import protocol  # noqa: E402  (standard library only: the children import it before their turn too)
+
 #: The LoRA and schedule both sides use (``real``: the media task's recipe for SmolLM2; ``tiny``: its tiny one).
 TARGETS = ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"]
 SIDES = ("emollm", "trl")
@@ -264,19 +266,17 @@ class Conductor:
         self.turns_taken: list[str] = []  # the order the turns were given in (for the test)
 
     def run(self, turns: int, *, offset: int = 0) -> dict[str, dict[str, Any]]:
-        from protocol import order
-
         procs: dict[str, dict[str, Any]] = {}
         try:
             for side, cmd in self.commands.items():
                 procs[side] = self._start(side, cmd)
             sides = list(self.commands)
             for k in range(turns):
-                for side in order(sides, k + offset):
+                for side in protocol.order(sides, k + offset):
                     self.turns_taken.append(side)
                     self._turn(side, procs[side])
             out = {}
-            for side in order(sides, turns + offset):  # the last turn: to the end of the process
+            for side in protocol.order(sides, turns + offset):  # the last turn: to the end of the process
                 self.turns_taken.append(side)
                 out[side] = self._finish(side, procs[side])
             return out
@@ -330,9 +330,7 @@ class Conductor:
 
 # ------------------------------------------------------------------------------------------ children
 def _threads(n: int) -> dict:
-    from protocol import setup_threads
-
-    return setup_threads(n if n > 0 else None)
+    return protocol.setup_threads(n if n > 0 else None)
 
 
 def _cuda_peak() -> int | None:
@@ -606,9 +604,7 @@ def _past(deadline: float) -> bool:
 
 def step_ratio_stats(rounds: list[dict[str, Any]], clock: str = "wall") -> dict[str, Any]:
     """The per-step samples/s ratios of every round pooled, on ``clock``: median, 95 % CI, IQR, min, max, n."""
-    from protocol import _stats
-
-    return _stats([q for r in rounds for q in r["step_ratios"][clock]])
+    return protocol.summarize([q for r in rounds for q in r["step_ratios"][clock]])
 
 
 def llamafactory_status(where: str | None) -> str:
@@ -657,9 +653,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--llamafactory", default=None, help="a folder holding an unpacked llamafactory wheel")
     parser.add_argument("--out", default=None, help="work dir to keep (data, sequences, run dirs, child logs)")
     parser.add_argument("--json", default=None, help="write the full result here")
-    from protocol import add_stopping_arguments
-
-    add_stopping_arguments(parser)  # --until-ci H: more pairs until the samples/s ratio's CI is +-H
+    protocol.add_stopping_arguments(parser)  # --until-ci H: more pairs until the samples/s ratio's CI is +-H
     parser.add_argument("--child", choices=SIDES, help=argparse.SUPPRESS)
     parser.add_argument("--spec", help=argparse.SUPPRESS)
     parser.add_argument("--run-dir", help=argparse.SUPPRESS)
@@ -687,14 +681,12 @@ def main(argv: list[str] | None = None) -> int:
     except ImportError:
         print("trl is not installed (pip install -e '.[bench]'): nothing to compare against", file=sys.stderr)
         return 2
-    from protocol import ci_note, header, rounded
-
     info = _threads(args.threads)
     work = Path(args.out) if args.out else Path(tempfile.mkdtemp(prefix="vs_trl_"))
     t0 = time.perf_counter()
     spec = prepare(work, backbone=args.backbone, steps=args.steps, batch_size=args.batch_size, seed=args.seed,
                    lr=args.lr, dtype=args.dtype)
-    print(header(info), flush=True)
+    print(protocol.header(info), flush=True)
     print("order: lockstep, both children at once taking turns (set-up, then each step, then the end), A B, B A, "
           f"A B ... per turn; ratios per step (the same samples both sides), median of the steady steps of every "
           f"pair; steady-state rates leave out the first {args.warmup_steps} steps", flush=True)
@@ -706,9 +698,7 @@ def main(argv: list[str] | None = None) -> int:
           f"{spec['filler_token']}, a space); device {args.device}, {spec['dtype']}; data {time.perf_counter() - t0:.1f} s",
           flush=True)
 
-    from protocol import stopping
-
-    stop = stopping(args)
+    stop = protocol.stopping(args)
     runs: dict[str, list[dict[str, Any]]] = {s: [] for s in SIDES}
     rounds: list[dict[str, Any]] = []
     deadline = time.perf_counter() + stop.get("max_seconds", 0.0)
@@ -725,10 +715,10 @@ def main(argv: list[str] | None = None) -> int:
               f"{q['median']:.3f} [IQR {q['iqr']:.3f}, 95% CI +-{q['ci_half']:.3f}]", flush=True)
         if len(rounds) < args.rounds:
             continue
-        pooled = step_ratio_stats(rounds, args.clock)
-        if not stop or pooled["ci_half"] <= stop["until_ci"] or _past(deadline):
+        per_step = step_ratio_stats(rounds, args.clock)
+        if not stop or per_step["ci_half"] <= stop["until_ci"] or _past(deadline):
             break
-    ci_reached = None if not stop else step_ratio_stats(rounds, args.clock)["ci_half"] <= stop["until_ci"]
+    ci_reached = None if not stop else per_step["ci_half"] <= stop["until_ci"]
     mismatch = [i + 1 for run in runs["emollm"] for i, (a, b) in enumerate(zip(run["step_tokens"], spec["step_tokens"],
                                                                                 strict=True)) if abs(a - b) > 1]
     if mismatch:
@@ -746,7 +736,6 @@ def main(argv: list[str] | None = None) -> int:
             ("steps to common loss", "steps_to_loss", "steps_to_loss", "{:.0f}"),
             ("training loop s", "loop_s", "loop_s", "{:.1f}"), ("process wall s", "wall_s", "wall_s", "{:.1f}"),
             ("peak RSS MiB", "max_rss_mib", "max_rss", "{:.0f}")]
-    per_step = step_ratio_stats(rounds, args.clock)
     for label, key, rkey, fmt in rows:
         a, b, q = med("emollm", key), med("trl", key), ratio(rkey)
         show = lambda v, f=fmt: "-" if v is None else f.format(v)  # noqa: E731
@@ -754,7 +743,7 @@ def main(argv: list[str] | None = None) -> int:
         if rkey in ("samples_per_s", "tokens_per_s"):  # the median of the per-step ratios
             q = per_step["median"]
             spread = (f" [{per_step['min']:.3f}-{per_step['max']:.3f}, IQR {per_step['iqr']:.3f}, 95% CI "
-                      f"+-{per_step['ci_half']:.3f}, {per_step['n']} steps{ci_note(ci_reached)}]")
+                      f"+-{per_step['ci_half']:.3f}, {per_step['n']} steps{protocol.ci_note(ci_reached)}]")
         elif len(rounds) > 1 and q is not None:
             qs = [x["ratios"][rkey] for x in rounds]
             spread = f" [{min(qs):.3f}-{max(qs):.3f}]"
@@ -774,7 +763,7 @@ def main(argv: list[str] | None = None) -> int:
     print(f"LLaMA-Factory: {lf}")
     result = {"spec": {k: v for k, v in spec.items() if k not in ("step_tokens", "step_samples")},
               "threads": args.threads, "device": args.device, "rounds": rounds,
-              "clock": args.clock, "per_step_ratio": {c: rounded(step_ratio_stats(rounds, c)) for c in CLOCKS},
+              "clock": args.clock, "per_step_ratio": {c: protocol.rounded(step_ratio_stats(rounds, c)) for c in CLOCKS},
               "until_ci": stop.get("until_ci"), "ci_reached": ci_reached,
               "same_sequences": not mismatch,
               "same_lora": lora_same, "llamafactory": lf, "work": str(work),
